@@ -1,0 +1,84 @@
+// vfio-mig command line: parse the command, dispatch, turn errors into one line and
+// an exit code. Each command lives in src/commands/<name>.ts.
+
+import { SysError } from "./ffi/errno.ts";
+import { libc } from "./ffi/libc.ts";
+import type { Command } from "./src/commands/command.ts";
+import { EXIT_CODES_HELP } from "./src/commands/command.ts";
+import { infoCommand, resetCommand, stateCommand } from "./src/commands/info.ts";
+import { loadCommand } from "./src/commands/load.ts";
+import { saveCommand } from "./src/commands/save.ts";
+import { simCommand } from "./src/commands/sim.ts";
+import { EXIT, VfioMigError } from "./src/errors.ts";
+import { VERSION } from "./src/version.ts";
+
+const COMMANDS: Command[] = [saveCommand, loadCommand, infoCommand, stateCommand, resetCommand, simCommand];
+
+function usage(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+  return `vfio-mig ${VERSION}: save and restore the migration state of Linux VFIO devices
+
+Usage: vfio-mig COMMAND [options]    (vfio-mig COMMAND --help for details)
+
+Commands:
+${COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join("\n")}
+
+Examples:
+  vfio-mig save --device 0000:3b:00.1 state.bin
+  vfio-mig save --device A - | ssh dst vfio-mig load --device B -
+  vfio-mig sim create /tmp/a --model mtty-2 && vfio-mig info --device sim:/tmp/a
+
+${EXIT_CODES_HELP}`;
+}
+
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
+    const cmd = COMMANDS.find((c) => c.name === rest[0]);
+    console.log(cmd ? cmd.help : usage());
+    return name === undefined ? EXIT.USAGE : EXIT.OK;
+  }
+  if (name === "--version" || name === "version") {
+    console.log(`vfio-mig ${VERSION}`);
+    return EXIT.OK;
+  }
+  const cmd = COMMANDS.find((c) => c.name === name);
+  if (!cmd) {
+    console.error(`vfio-mig: unknown command '${name}' (commands: ${COMMANDS.map((c) => c.name).join(", ")})`);
+    return EXIT.USAGE;
+  }
+  try {
+    return await cmd.run(rest);
+  } catch (e) {
+    return report(e);
+  }
+}
+
+function report(e: unknown): number {
+  const debug = safeDebug();
+  if (e instanceof VfioMigError) {
+    console.error(`vfio-mig: ${e.message}`);
+    if (debug && e.cause) console.error(e.cause);
+    return e.exitCode;
+  }
+  if (e instanceof SysError) {
+    console.error(`vfio-mig: ${e.message}`);
+    return EXIT.FAILURE;
+  }
+  console.error(`vfio-mig: internal error: ${e instanceof Error ? e.message : String(e)} (set VFIO_MIG_DEBUG=1 for details)`);
+  if (debug) console.error(e);
+  return EXIT.FAILURE;
+}
+
+// Through libc's getenv: no --allow-env needed, and no permission prompt.
+function safeDebug(): boolean {
+  try {
+    return libc().getenv("VFIO_MIG_DEBUG") === "1";
+  } catch {
+    return false;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

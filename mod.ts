@@ -1,0 +1,30 @@
+// vfio-mig as a library: open devices, save and load their migration state, drive
+// the v2 state machine, read and write streams, and run the simulated VFIO kernel.
+
+export { Errno, errnoName, isErrno, SysError } from "./ffi/errno.ts";
+export { libc, LibcSys } from "./ffi/libc.ts";
+export type { Mapping, Sys } from "./ffi/sys.ts";
+export * as uapi from "./ffi/vfio_uapi.ts";
+export {
+  ALL_STATES,
+  DeviceState,
+  isHangingArc,
+  nextStep,
+  resolvePath,
+  stateName,
+  supportedStates,
+} from "./src/migration/state_machine.ts";
+export { MigrationV2 } from "./src/migration/v2.ts";
+export { defaultDeviceSpec, openDevice, systemFor, VfioDevice } from "./src/device/open.ts";
+export { save, type SaveOptions, type SaveResult } from "./src/migrate/save.ts";
+export { load, type LoadOptions, type LoadResult } from "./src/migrate/load.ts";
+export { Cancellation } from "./src/migrate/session.ts";
+export { openSink, openSource, type Sink, type Source } from "./src/transport/transport.ts";
+export { StreamReader } from "./src/stream/reader.ts";
+export { StreamWriter } from "./src/stream/writer.ts";
+export * as streamFormat from "./src/stream/format.ts";
+export { parseFaults, SimKernel } from "./src/sim/kernel.ts";
+export { SimStore } from "./src/sim/store.ts";
+export { describeDevice } from "./src/commands/info.ts";
+export { EXIT, StreamError, VfioMigError } from "./src/errors.ts";
+export { VERSION } from "./src/version.ts";

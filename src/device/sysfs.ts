@@ -1,0 +1,135 @@
+// What sysfs says about a device: its kind, driver, IOMMU group and cdev node.
+// The sysfs root can be moved (VFIO_MIG_SYSFS) for tests with a fake tree.
+
+import { isErrno } from "../../ffi/errno.ts";
+import type { Sys } from "../../ffi/sys.ts";
+
+export const PCI_ADDR = /^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$/;
+export const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+export const CDEV = /^\/dev\/vfio\/devices\/(vfio\d+)$/;
+
+export interface SysfsDevice {
+  kind: "pci" | "mdev";
+  /** PCI address (0000:3b:00.1) or mdev UUID: the name GROUP_GET_DEVICE_FD takes. */
+  name: string;
+  path: string;
+  driver: string | null;
+  group: string | null;
+  /** vfioN under vfio-dev/, when the kernel has VFIO_DEVICE_CDEV. */
+  cdev: string | null;
+  mdevType: string | null;
+}
+
+function basename(p: string): string {
+  return p.slice(p.lastIndexOf("/") + 1);
+}
+
+export class Sysfs {
+  constructor(readonly sys: Sys, readonly root = "/sys") {}
+
+  static fromEnv(sys: Sys): Sysfs {
+    return new Sysfs(sys, sys.getenv("VFIO_MIG_SYSFS") || "/sys");
+  }
+
+  #link(path: string): string | null {
+    try {
+      return basename(this.sys.readlink(path));
+    } catch (e) {
+      if (isErrno(e, "ENOENT") || isErrno(e, "EINVAL") || isErrno(e, "ENOTDIR")) return null;
+      throw e;
+    }
+  }
+
+  #list(path: string): string[] {
+    try {
+      return this.sys.readdir(path);
+    } catch (e) {
+      if (isErrno(e, "ENOENT") || isErrno(e, "ENOTDIR")) return [];
+      throw e;
+    }
+  }
+
+  #exists(path: string): boolean {
+    try {
+      this.sys.stat(path);
+      return true;
+    } catch (e) {
+      if (isErrno(e, "ENOENT") || isErrno(e, "ENOTDIR")) return false;
+      throw e;
+    }
+  }
+
+  /** Looks a PCI address, mdev UUID or sysfs path up; null when sysfs has no such device. */
+  find(spec: string): SysfsDevice | null {
+    let kind: "pci" | "mdev";
+    let name: string;
+    let path: string;
+    const pci = PCI_ADDR.exec(spec);
+    if (pci) {
+      kind = "pci";
+      name = `${(pci[1] ?? "0000").toLowerCase()}:${pci[2]}:${pci[3]}.${pci[4]}`.toLowerCase();
+      path = `${this.root}/bus/pci/devices/${name}`;
+    } else if (UUID.test(spec)) {
+      kind = "mdev";
+      name = spec.toLowerCase();
+      path = `${this.root}/bus/mdev/devices/${name}`;
+    } else if (spec.startsWith("/sys/") || spec.startsWith(this.root + "/")) {
+      name = basename(spec.replace(/\/+$/, ""));
+      kind = UUID.test(name) ? "mdev" : "pci";
+      path = spec.replace(/\/+$/, "");
+    } else {
+      return null;
+    }
+    if (!this.#exists(path)) return null;
+    const vfioDev = this.#list(`${path}/vfio-dev`);
+    return {
+      kind,
+      name,
+      path,
+      driver: this.#link(`${path}/driver`),
+      group: this.#link(`${path}/iommu_group`),
+      cdev: vfioDev.find((n) => /^vfio\d+$/.test(n)) ?? null,
+      mdevType: kind === "mdev" ? this.#link(`${path}/mdev_type`) : null,
+    };
+  }
+
+  /** The device behind a cdev node /dev/vfio/devices/vfioN. */
+  findByCdev(node: string): SysfsDevice | null {
+    const link = (() => {
+      try {
+        return this.sys.readlink(`${this.root}/class/vfio-dev/${node}/device`);
+      } catch {
+        return null;
+      }
+    })();
+    if (!link) return null;
+    return this.find(basename(link));
+  }
+
+  /** Other devices in an IOMMU group, with their drivers. */
+  groupMembers(group: string): { name: string; driver: string | null }[] {
+    return this.#list(`${this.root}/kernel/iommu_groups/${group}/devices`).map((name) => ({
+      name,
+      driver: this.#link(`${this.root}/kernel/iommu_groups/${group}/devices/${name}/driver`),
+    }));
+  }
+
+  /** Every device bound to a vfio driver (PCI with a vfio driver, and mdevs with a group). */
+  vfioDevices(): SysfsDevice[] {
+    const out: SysfsDevice[] = [];
+    for (const n of this.#list(`${this.root}/bus/pci/devices`)) {
+      const d = this.find(n);
+      if (d?.driver && isVfioDriver(d.driver)) out.push(d);
+    }
+    for (const n of this.#list(`${this.root}/bus/mdev/devices`)) {
+      const d = this.find(n);
+      if (d?.group) out.push(d);
+    }
+    return out;
+  }
+}
+
+/** vfio-pci and its variant drivers (mlx5_vfio_pci, hisi_acc_vfio_pci, pds_vfio_pci, …). */
+export function isVfioDriver(driver: string): boolean {
+  return driver === "vfio-pci" || driver.includes("vfio");
+}

@@ -1,0 +1,63 @@
+// Loops over short reads and writes, and EINTR/EAGAIN retries, in one place.
+
+import { Errno, SysError } from "../ffi/errno.ts";
+import type { Sys } from "../ffi/sys.ts";
+
+const MAX_RETRIES = 100;
+
+function retryable(e: unknown): boolean {
+  return e instanceof SysError && (e.errno === Errno.EINTR || e.errno === Errno.EAGAIN);
+}
+
+/** Writes every byte of `buf`, looping on short writes and retrying EINTR/EAGAIN. */
+export function writeAll(sys: Sys, fd: number, buf: Uint8Array): void {
+  let off = 0;
+  let retries = 0;
+  while (off < buf.length) {
+    let n: number;
+    try {
+      n = sys.write(fd, off === 0 ? buf : buf.subarray(off));
+    } catch (e) {
+      if (retryable(e) && ++retries <= MAX_RETRIES) {
+        if ((e as SysError).errno === Errno.EAGAIN) waitBriefly();
+        continue;
+      }
+      throw e;
+    }
+    if (n === 0) throw new SysError("write", Errno.EIO, "wrote 0 bytes");
+    off += n;
+    retries = 0;
+  }
+}
+
+/** One read, retrying EINTR/EAGAIN; returns 0 only at end of file. */
+export function readSome(sys: Sys, fd: number, buf: Uint8Array): number {
+  let retries = 0;
+  for (;;) {
+    try {
+      return sys.read(fd, buf);
+    } catch (e) {
+      if (retryable(e) && ++retries <= MAX_RETRIES) {
+        if ((e as SysError).errno === Errno.EAGAIN) waitBriefly();
+        continue;
+      }
+      throw e;
+    }
+  }
+}
+
+/** Fills `buf` unless end of file comes first; returns bytes read. */
+export function readFull(sys: Sys, fd: number, buf: Uint8Array): number {
+  let off = 0;
+  while (off < buf.length) {
+    const n = readSome(sys, fd, buf.subarray(off));
+    if (n === 0) break;
+    off += n;
+  }
+  return off;
+}
+
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+function waitBriefly(): void {
+  Atomics.wait(sleeper, 0, 0, 1);
+}

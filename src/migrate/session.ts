@@ -1,0 +1,155 @@
+// What save and load share: cancellation on SIGINT/SIGTERM, progress on a terminal,
+// the stream identity of a device, and putting a device back in a safe state.
+
+import { SysError } from "../../ffi/errno.ts";
+import type { VfioDevice } from "../device/open.ts";
+import { InterruptedError, VfioMigError } from "../errors.ts";
+import { DeviceState, stateName } from "../migration/state_machine.ts";
+import type { StreamIdentity } from "../stream/format.ts";
+
+/** Set by signal listeners; checked between chunks (the data path is synchronous). */
+export class Cancellation {
+  signal: string | null = null;
+  #last = 0;
+  #listeners: [Deno.Signal, () => void][] = [];
+
+  /** Catches SIGINT/SIGTERM for the life of an operation. */
+  install(): this {
+    for (const sig of ["SIGINT", "SIGTERM"] as Deno.Signal[]) {
+      const fn = () => {
+        this.signal = sig;
+      };
+      try {
+        Deno.addSignalListener(sig, fn);
+        this.#listeners.push([sig, fn]);
+      } catch { /* not supported here */ }
+    }
+    return this;
+  }
+
+  uninstall(): void {
+    for (const [sig, fn] of this.#listeners) Deno.removeSignalListener(sig, fn);
+    this.#listeners = [];
+  }
+
+  /** Throws if a signal came. */
+  check(): void {
+    if (this.signal) throw new InterruptedError(this.signal);
+  }
+
+  /** Lets signal listeners run (at most every 20 ms), then checks. */
+  async checkpoint(): Promise<void> {
+    const now = performance.now();
+    if (now - this.#last >= 20) {
+      this.#last = now;
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    this.check();
+  }
+}
+
+export type ProgressPhase = "setup" | "pre-copy" | "stop-copy" | "resume" | "done";
+
+/** A progress line on stderr when it is a terminal, at most 5 times a second. */
+export class Progress {
+  readonly #enabled: boolean;
+  readonly #start = performance.now();
+  #last = 0;
+  #shown = false;
+  readonly #total: number | null;
+
+  constructor(enabled: boolean, total: number | null) {
+    this.#enabled = enabled && Deno.stderr.isTerminal();
+    this.#total = total;
+  }
+
+  update(phase: ProgressPhase, bytes: number, force = false): void {
+    if (!this.#enabled) return;
+    const now = performance.now();
+    if (!force && now - this.#last < 200) return;
+    this.#last = now;
+    const secs = (now - this.#start) / 1000;
+    const rate = secs > 0 ? bytes / secs : 0;
+    let line = `${phase}: ${formatBytes(bytes)}`;
+    if (this.#total) line += ` of ~${formatBytes(this.#total)}`;
+    line += `  ${formatBytes(rate)}/s  ${secs.toFixed(1)}s`;
+    if (this.#total && rate > 0 && bytes < this.#total) line += `  ETA ${((this.#total - bytes) / rate).toFixed(1)}s`;
+    Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[K${line}`));
+    this.#shown = true;
+  }
+
+  finish(): void {
+    if (this.#shown) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+    this.#shown = false;
+  }
+}
+
+export function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+}
+
+export function streamIdentity(d: VfioDevice): StreamIdentity {
+  return {
+    kind: d.info.kind,
+    driver: d.info.driver,
+    mdevType: d.info.mdevType,
+    vendor: d.info.pci?.vendor ?? null,
+    device: d.info.pci?.device ?? null,
+    subsystemVendor: d.info.pci?.subsystemVendor ?? null,
+    subsystemDevice: d.info.pci?.subsystemDevice ?? null,
+    ...(d.info.model ? { model: d.info.model } : {}),
+  };
+}
+
+/** Reads the device state without failing: null when even GET fails. */
+export function tryGetState(d: VfioDevice): DeviceState | null {
+  try {
+    return d.migration.getState();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Brings a device to `target` after a failure: ERROR (or a GET that fails) is
+ * recovered by VFIO_DEVICE_RESET, which leaves it RUNNING. Returns a phrase saying
+ * where the device is left.
+ */
+export function recoverDevice(d: VfioDevice, target: DeviceState, resetFirst = false): string {
+  let state = tryGetState(d);
+  if (!resetFirst && state !== null && state !== DeviceState.ERROR) {
+    if (state === target) return `${d.label} is ${stateName(state)}`;
+    try {
+      d.migration.setState(target, state);
+      state = tryGetState(d);
+      if (state === target) return `${d.label} is ${stateName(state)}`;
+    } catch { /* fall through to reset */ }
+  }
+  try {
+    d.migration.reset();
+  } catch (e) {
+    const st = tryGetState(d);
+    return `${d.label} could not be reset (${e instanceof SysError ? e.code : e}) and is ${st === null ? "in an unknown state" : stateName(st)}`;
+  }
+  state = tryGetState(d);
+  if (state !== null && state !== target && target !== DeviceState.RUNNING && state !== DeviceState.ERROR) {
+    try {
+      d.migration.setState(target, state);
+      state = tryGetState(d);
+    } catch { /* report what it is */ }
+  }
+  return `${d.label} was reset and is ${state === null ? "in an unknown state" : stateName(state)}`;
+}
+
+/** Wraps a cause into one line with the device's final state. */
+export function failure(what: string, cause: unknown, where: string): VfioMigError {
+  const kind = cause instanceof VfioMigError ? cause.kind : "failure";
+  const msg = cause instanceof Error ? cause.message : String(cause);
+  return new VfioMigError(`${what}: ${msg}; ${where}`, kind, { cause });
+}

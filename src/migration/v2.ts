@@ -1,0 +1,114 @@
+// Migration uAPI v2 on one open device fd: the feature calls (MIGRATION,
+// MIG_DEVICE_STATE, MIG_DATA_SIZE), PRECOPY_INFO on the data_fd, and reset.
+
+import { isErrno, SysError } from "../../ffi/errno.ts";
+import type { Sys } from "../../ffi/sys.ts";
+import {
+  decode,
+  encodeInto,
+  FEATURE,
+  FEATURE_FLAGS,
+  featureBuffer,
+  IOCTL,
+  STRUCTS,
+} from "../../ffi/vfio_uapi.ts";
+import { DeviceState, isHangingArc, resolvePath, stateName } from "./state_machine.ts";
+import { VfioMigError } from "../errors.ts";
+
+export interface PrecopyInfo {
+  initialBytes: number;
+  dirtyBytes: number;
+  flags: number;
+}
+
+export interface SetStateResult {
+  state: DeviceState;
+  /** A new data_fd handed out by the final arc, or null. */
+  dataFd: number | null;
+}
+
+export class MigrationV2 {
+  /** States visited by this tool's SET calls, in order (for reports and tests). */
+  readonly visited: DeviceState[] = [];
+
+  constructor(readonly sys: Sys, readonly fd: number, readonly name: string) {}
+
+  /** VFIO_DEVICE_FEATURE GET MIGRATION: the device's migration flags. ENOTTY: not migratable. */
+  migrationFlags(): number {
+    const buf = featureBuffer(FEATURE_FLAGS.GET | FEATURE.MIGRATION, 8);
+    this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
+    return decode(STRUCTS.vfio_device_feature_migration, buf, 8).flags;
+  }
+
+  /** MIG_DATA_SIZE: estimated STOP_COPY bytes, or null where the kernel lacks it. */
+  dataSize(): number | null {
+    const buf = featureBuffer(FEATURE_FLAGS.GET | FEATURE.MIG_DATA_SIZE, 8);
+    try {
+      this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
+    } catch (e) {
+      if (isErrno(e, "ENOTTY") || isErrno(e, "EINVAL")) return null;
+      throw e;
+    }
+    return decode(STRUCTS.vfio_device_feature_mig_data_size, buf, 8).stop_copy_length;
+  }
+
+  /** PROBE of a feature: true when the device supports it. */
+  probe(feature: number, set: boolean): boolean {
+    const buf = featureBuffer(FEATURE_FLAGS.PROBE | (set ? FEATURE_FLAGS.SET : FEATURE_FLAGS.GET) | feature, 0);
+    try {
+      this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
+      return true;
+    } catch (e) {
+      if (e instanceof SysError) return false;
+      throw e;
+    }
+  }
+
+  getState(): DeviceState {
+    const buf = featureBuffer(FEATURE_FLAGS.GET | FEATURE.MIG_DEVICE_STATE, 8);
+    this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
+    return decode(STRUCTS.vfio_device_feature_mig_state, buf, 8).device_state;
+  }
+
+  /**
+   * SET MIG_DEVICE_STATE. Refuses, without asking the kernel, the STOP_COPY→PRE_COPY*
+   * arcs that hang unfixed kernels; for those targets the current state is read first.
+   */
+  setState(target: DeviceState, knownCurrent?: DeviceState): SetStateResult {
+    if (target === DeviceState.PRE_COPY || target === DeviceState.PRE_COPY_P2P) {
+      const cur = knownCurrent ?? this.getState();
+      if (isHangingArc(cur, target)) {
+        throw new VfioMigError(
+          `${this.name}: refusing ${stateName(cur)} -> ${stateName(target)}: the uAPI forbids it and ` +
+            `kernels 6.2 until the 2026 fix hang on it`,
+          "usage",
+        );
+      }
+    }
+    const buf = featureBuffer(FEATURE_FLAGS.SET | FEATURE.MIG_DEVICE_STATE, 8);
+    encodeInto(STRUCTS.vfio_device_feature_mig_state, { device_state: target, data_fd: -1 }, buf, 8);
+    this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
+    this.visited.push(target);
+    const fd = decode(STRUCTS.vfio_device_feature_mig_state, buf, 8).data_fd;
+    return { state: target, dataFd: fd >= 0 ? fd : null };
+  }
+
+  /** VFIO_MIG_GET_PRECOPY_INFO on a data_fd (valid in PRE_COPY states only). */
+  precopyInfo(dataFd: number): PrecopyInfo {
+    const buf = new Uint8Array(STRUCTS.vfio_precopy_info.size);
+    // flags must go in as 0: old drivers echo back whatever they were given.
+    encodeInto(STRUCTS.vfio_precopy_info, { argsz: buf.length, flags: 0 }, buf);
+    this.sys.ioctl(dataFd, IOCTL.MIG_GET_PRECOPY_INFO, buf);
+    const d = decode(STRUCTS.vfio_precopy_info, buf);
+    return { initialBytes: d.initial_bytes, dirtyBytes: d.dirty_bytes, flags: d.flags };
+  }
+
+  reset(): void {
+    this.sys.ioctl(this.fd, IOCTL.DEVICE_RESET, null);
+  }
+
+  /** The kernel's path for a request, for messages and dry runs. */
+  static pathOf(flags: number, from: DeviceState, to: DeviceState): DeviceState[] | null {
+    return resolvePath(flags, from, to);
+  }
+}

@@ -1,0 +1,219 @@
+// Device models of the simulated VFIO kernel: what a device's migration data looks
+// like, how it is validated on resume, and its identity (PCI config space).
+//
+// mtty-1 / mtty-2 follow samples/vfio-mdev/mtty.c byte for byte: a 24-byte header
+// (u64 magic, u32 major 1, u32 minor 0, u32 nr_ports, u32 flags 0) then 36 bytes per
+// serial port, host-endian; pre-copy offers only the header, and the resume header
+// is validated on the write that completes byte 24 (EFAULT, bytes still taken).
+//
+// bulk is N bytes of seeded state: a 32-byte header then records {u64 offset,
+// u64 length, bytes}. Pre-copy offers the whole state as initial data and pages
+// dirtied while running as further records, so a live save stays correct.
+
+import { Errno, SysError } from "../../ffi/errno.ts";
+
+export type ModelName = "mtty-1" | "mtty-2" | "bulk";
+export const MODEL_NAMES: readonly ModelName[] = ["mtty-1", "mtty-2", "bulk"];
+
+export const MTTY_MAGIC = 0x7e9d09898c3e2c4en;
+export const MTTY_HEADER_SIZE = 24;
+export const MTTY_PORT_SIZE = 36;
+const MTTY_MAX_FIFO_SIZE = 16;
+
+export const BULK_MAGIC = 0x4b4c55424d494656n; // "VFIMBULK" little-endian
+export const BULK_HEADER_SIZE = 32;
+export const BULK_RECORD_HEADER = 16;
+export const BULK_PAGE = 4096;
+
+export interface DeviceIdentity {
+  vendor: number;
+  device: number;
+  subsystemVendor: number;
+  subsystemDevice: number;
+  classCode: number;
+  revision: number;
+}
+
+export interface ModelInfo {
+  name: ModelName;
+  driver: string;
+  /** mdev type name, for mdev-like models. */
+  mdevType?: string;
+  identity: DeviceIdentity;
+  /** VFIO_DEVICE_INFO flags. */
+  deviceFlags: number;
+  /** Size of each BAR region (index 0..5); 0 = absent. */
+  bars: number[];
+  configSize: number;
+  defaultMigrationFlags: number;
+  /** Whether DMA logging ops exist (mtty installs no-op ones). */
+  dmaLogging: boolean;
+}
+
+const PCI = 1 << 1;
+const RESET = 1 << 0;
+
+export function modelInfo(name: ModelName): ModelInfo {
+  switch (name) {
+    case "mtty-1":
+    case "mtty-2":
+      return {
+        name,
+        driver: "mtty",
+        mdevType: name,
+        identity: {
+          vendor: 0x4348,
+          device: 0x3253,
+          subsystemVendor: 0x4348,
+          subsystemDevice: 0x3253,
+          classCode: 0x070002,
+          revision: 0x10,
+        },
+        deviceFlags: PCI, // mtty does not advertise RESET, yet handles it
+        bars: name === "mtty-1" ? [8, 0, 0, 0, 0, 0] : [8, 8, 0, 0, 0, 0],
+        configSize: 0xff,
+        defaultMigrationFlags: 0x7,
+        dmaLogging: true,
+      };
+    case "bulk":
+      return {
+        name,
+        driver: "vfio-mig-sim",
+        identity: {
+          vendor: 0x1b36,
+          device: 0x10f0,
+          subsystemVendor: 0x1af4,
+          subsystemDevice: 0x1100,
+          classCode: 0xff0000,
+          revision: 1,
+        },
+        deviceFlags: PCI | RESET,
+        bars: [0, 0, 0, 0, 0, 0],
+        configSize: 256,
+        defaultMigrationFlags: 0x7,
+        dmaLogging: false,
+      };
+  }
+}
+
+export function mttyPorts(name: ModelName): number {
+  return name === "mtty-2" ? 2 : 1;
+}
+
+/** Size of the device's internal state file. */
+export function stateSize(name: ModelName, bulkSize: number): number {
+  return name === "bulk" ? bulkSize : mttyPorts(name) * MTTY_PORT_SIZE;
+}
+
+/** Fills a fresh state: mtty ports with max_fifo_size set and seeded registers. */
+export function initialMttyState(name: ModelName, seed: number): Uint8Array {
+  const n = mttyPorts(name);
+  const b = new Uint8Array(n * MTTY_PORT_SIZE);
+  const rnd = prng(seed);
+  for (let i = 0; i < n; i++) {
+    const p = i * MTTY_PORT_SIZE;
+    if (seed !== 0) {
+      b[p + 7] = rnd() & 0xff; // UART scratch register
+      const count = rnd() % 8;
+      for (let k = 0; k < count; k++) b[p + 8 + k] = rnd() & 0xff; // fifo
+      b[p + 8 + 16] = 0; // head
+      b[p + 8 + 17] = count; // tail
+      b[p + 8 + 18] = count; // count
+    }
+    b[p + 33] = MTTY_MAX_FIFO_SIZE;
+    b[p + 34] = 1; // intr_trigger_level
+  }
+  return b;
+}
+
+export function mttyHeader(name: ModelName): Uint8Array {
+  const b = new Uint8Array(MTTY_HEADER_SIZE);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, MTTY_MAGIC, true);
+  v.setUint32(8, 1, true);
+  v.setUint32(12, 0, true);
+  v.setUint32(16, mttyPorts(name), true);
+  v.setUint32(20, 0, true);
+  return b;
+}
+
+/** mtty_resume_write's header check; returns the errno or 0. */
+export function validateMttyHeader(name: ModelName, h: Uint8Array): number {
+  const v = new DataView(h.buffer, h.byteOffset, h.byteLength);
+  const ok = v.getBigUint64(0, true) === MTTY_MAGIC && v.getUint32(20, true) === 0 &&
+    v.getUint32(8, true) === 1 && v.getUint32(12, true) === 0 && v.getUint32(16, true) === mttyPorts(name);
+  return ok ? 0 : Errno.EFAULT;
+}
+
+export function bulkHeader(size: number): Uint8Array {
+  const b = new Uint8Array(BULK_HEADER_SIZE);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, BULK_MAGIC, true);
+  v.setUint32(8, 1, true); // version
+  v.setUint32(12, 0, true); // flags
+  v.setBigUint64(16, BigInt(size), true);
+  return b;
+}
+
+export function validateBulkHeader(size: number, h: Uint8Array): number {
+  const v = new DataView(h.buffer, h.byteOffset, h.byteLength);
+  const ok = v.getBigUint64(0, true) === BULK_MAGIC && v.getUint32(8, true) === 1 &&
+    v.getUint32(12, true) === 0 && Number(v.getBigUint64(16, true)) === size;
+  return ok ? 0 : Errno.EINVAL;
+}
+
+export function bulkRecordHeader(offset: number, length: number): Uint8Array {
+  const b = new Uint8Array(BULK_RECORD_HEADER);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, BigInt(offset), true);
+  v.setBigUint64(8, BigInt(length), true);
+  return b;
+}
+
+/** PCI config space of a model (type 0 header). */
+export function configSpace(info: ModelInfo): Uint8Array {
+  const b = new Uint8Array(info.configSize);
+  const v = new DataView(b.buffer);
+  const id = info.identity;
+  v.setUint16(0x00, id.vendor, true);
+  v.setUint16(0x02, id.device, true);
+  v.setUint16(0x04, 0x0000, true); // command
+  v.setUint16(0x06, 0x0200, true); // status
+  v.setUint8(0x08, id.revision);
+  v.setUint8(0x09, id.classCode & 0xff);
+  v.setUint16(0x0a, id.classCode >> 8, true);
+  v.setUint8(0x0e, 0); // header type 0
+  v.setUint16(0x2c, id.subsystemVendor, true);
+  v.setUint16(0x2e, id.subsystemDevice, true);
+  return b;
+}
+
+/** xorshift32: small, fast, seeded; enough to make states distinct and reproducible. */
+export function prng(seed: number): () => number {
+  let x = (seed >>> 0) || 0x9e3779b9;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+/** Fills `out` with the seeded bulk pattern for the block starting at `offset`. */
+export function fillBulk(out: Uint8Array, seed: number, offset: number): void {
+  const words = new Uint32Array(out.buffer, out.byteOffset, out.byteLength >>> 2);
+  let x = ((seed ^ Math.imul(offset / BULK_PAGE | 0, 0x85ebca6b)) >>> 0) || 1;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x;
+  }
+  for (let i = words.length * 4; i < out.length; i++) out[i] = i & 0xff;
+}
+
+export function sysErr(op: string, name: keyof typeof Errno, detail?: string): SysError {
+  return new SysError(op, Errno[name], detail);
+}

@@ -1,0 +1,167 @@
+// A simulated device lives in a folder, so that two processes (the ends of a pipe,
+// or of ssh) can save from one and load into another:
+//   device.json  model, migration flags, size, seed, rate, current migration state
+//   state.bin    the device's internal state (what migration moves)
+//   lock         flock'ed while a process has the device open (EBUSY otherwise)
+// All file I/O goes through the libc Sys, so --allow-ffi is the only permission.
+
+import { O, type Sys } from "../../ffi/sys.ts";
+import { isErrno } from "../../ffi/errno.ts";
+import { DeviceState } from "../migration/state_machine.ts";
+import {
+  fillBulk,
+  initialMttyState,
+  MODEL_NAMES,
+  type ModelName,
+  modelInfo,
+  stateSize,
+} from "./models.ts";
+import { VfioMigError } from "../errors.ts";
+import { writeAll } from "../io.ts";
+
+export interface SimDeviceMeta {
+  format: 1;
+  model: ModelName;
+  /** Migration flags advertised; 0 = not migratable (ENOTTY). */
+  flags: number;
+  /** Bulk state size in bytes. */
+  size: number;
+  seed: number;
+  /** Bytes per second the bulk state changes while running. */
+  rate: number;
+  state: DeviceState;
+  /** Time (ms since epoch) of the last update of the running-state mutations. */
+  runningSince: number;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+export function readSmallFile(sys: Sys, path: string, limit = 1 << 20): Uint8Array {
+  const fd = sys.open(path, O.RDONLY | O.CLOEXEC);
+  try {
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    for (;;) {
+      const b = new Uint8Array(65536);
+      const n = sys.read(fd, b);
+      if (n === 0) break;
+      chunks.push(b.subarray(0, n));
+      total += n;
+      if (total > limit) throw new VfioMigError(`${path} is larger than ${limit} bytes`);
+    }
+    const out = new Uint8Array(total);
+    let off = 0;
+    for (const c of chunks) {
+      out.set(c, off);
+      off += c.length;
+    }
+    return out;
+  } finally {
+    sys.close(fd);
+  }
+}
+
+export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array): void {
+  const tmp = `${path}.tmp${sys.getpid()}`;
+  const fd = sys.open(tmp, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
+  try {
+    writeAll(sys, fd, data);
+  } finally {
+    sys.close(fd);
+  }
+  sys.rename(tmp, path);
+}
+
+export class SimStore {
+  constructor(readonly sys: Sys, readonly dir: string) {}
+
+  get metaPath(): string {
+    return `${this.dir}/device.json`;
+  }
+  get statePath(): string {
+    return `${this.dir}/state.bin`;
+  }
+  get incomingPath(): string {
+    return `${this.dir}/incoming.bin`;
+  }
+  get lockPath(): string {
+    return `${this.dir}/lock`;
+  }
+
+  exists(): boolean {
+    try {
+      this.sys.stat(this.metaPath);
+      return true;
+    } catch (e) {
+      if (isErrno(e, "ENOENT") || isErrno(e, "ENOTDIR")) return false;
+      throw e;
+    }
+  }
+
+  readMeta(): SimDeviceMeta {
+    let raw: Uint8Array;
+    try {
+      raw = readSmallFile(this.sys, this.metaPath);
+    } catch (e) {
+      if (isErrno(e, "ENOENT") || isErrno(e, "ENOTDIR")) {
+        throw new VfioMigError(
+          `no simulated device at ${this.dir} (create one with: vfio-mig sim create ${this.dir})`,
+          "device",
+        );
+      }
+      throw e;
+    }
+    const m = JSON.parse(dec.decode(raw)) as SimDeviceMeta;
+    if (m.format !== 1 || !MODEL_NAMES.includes(m.model)) {
+      throw new VfioMigError(`${this.metaPath}: not a vfio-mig simulated device`, "device");
+    }
+    return m;
+  }
+
+  writeMeta(m: SimDeviceMeta): void {
+    writeFileAtomic(this.sys, this.metaPath, enc.encode(JSON.stringify(m, null, 2) + "\n"));
+  }
+
+  /** Creates the device folder, its metadata and its initial state. */
+  create(opts: { model: ModelName; flags?: number; size?: number; seed?: number; rate?: number }): SimDeviceMeta {
+    const info = modelInfo(opts.model);
+    const meta: SimDeviceMeta = {
+      format: 1,
+      model: opts.model,
+      flags: opts.flags ?? info.defaultMigrationFlags,
+      size: opts.model === "bulk" ? (opts.size ?? 1 << 20) : stateSize(opts.model, 0),
+      seed: opts.seed ?? 1,
+      rate: opts.rate ?? 0,
+      state: DeviceState.RUNNING,
+      runningSince: Date.now(),
+    };
+    try {
+      this.sys.mkdir(this.dir, 0o755);
+    } catch (e) {
+      if (!isErrno(e, "EEXIST")) throw e;
+    }
+    const fd = this.sys.open(this.statePath, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
+    try {
+      if (opts.model === "bulk") {
+        const block = new Uint8Array(Math.min(1 << 20, Math.max(meta.size, 1)));
+        for (let off = 0; off < meta.size; off += block.length) {
+          const part = block.subarray(0, Math.min(block.length, meta.size - off));
+          fillBulk(part, meta.seed, off);
+          writeAll(this.sys, fd, part);
+        }
+      } else {
+        writeAll(this.sys, fd, initialMttyState(opts.model, opts.seed ?? 0));
+      }
+    } finally {
+      this.sys.close(fd);
+    }
+    try {
+      this.sys.unlink(this.incomingPath);
+    } catch (e) {
+      if (!isErrno(e, "ENOENT")) throw e;
+    }
+    this.writeMeta(meta);
+    return meta;
+  }
+}

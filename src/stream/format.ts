@@ -1,0 +1,131 @@
+// The vfio-mig stream format, version 1 (docs/stream-format.md). Big-endian framing.
+//
+//   header   "VFIOMIG\0" | be16 version | be16 0 | be32 n | n bytes of JSON | be32 crc32
+//   records  be64 tag [payload]:
+//     END_OF_STATE, DEV_SETUP_STATE, DEV_INIT_DATA_SENT, SWITCHOVER   no payload
+//     DEV_DATA_STATE, DEV_CONFIG_STATE     be64 size | be32 crc32(data) | data
+//     STREAM_END                           be64 data bytes | be64 chunks | be32 crc32 of
+//                                          all data | be32 crc32 of these 20 bytes
+// QEMU's VFIO tags (hw/vfio/migration.c) keep their values; vfio-mig's own tags use
+// the 0xEF11 magic so they never collide with QEMU's 0xEF10 ones.
+
+import zlib from "node:zlib";
+
+export const STREAM_MAGIC = new Uint8Array([0x56, 0x46, 0x49, 0x4f, 0x4d, 0x49, 0x47, 0x00]); // VFIOMIG\0
+export const FORMAT_VERSION = 1;
+export const HEADER_FIXED = 16; // magic + version + reserved + length
+export const MAX_HEADER_JSON = 64 * 1024;
+/** Largest data chunk a reader accepts: bounds the memory a stream can make us use. */
+export const MAX_CHUNK = 64 * 1024 * 1024;
+export const DEFAULT_CHUNK = 1024 * 1024;
+
+export const TAG = {
+  END_OF_STATE: 0xffffffffef100001n,
+  DEV_CONFIG_STATE: 0xffffffffef100002n,
+  DEV_SETUP_STATE: 0xffffffffef100003n,
+  DEV_DATA_STATE: 0xffffffffef100004n,
+  DEV_INIT_DATA_SENT: 0xffffffffef100005n,
+  /** vfio-mig: the source left RUNNING here; what follows is stop-copy data. */
+  SWITCHOVER: 0xffffffffef110001n,
+  /** vfio-mig: the trailer; nothing may follow it. */
+  STREAM_END: 0xffffffffef1100ffn,
+} as const;
+
+export type TagName = keyof typeof TAG;
+const TAG_NAMES = new Map<bigint, TagName>(Object.entries(TAG).map(([k, v]) => [v, k as TagName]));
+export function tagName(t: bigint): TagName | undefined {
+  return TAG_NAMES.get(t);
+}
+
+/** Tags followed by be64 size | be32 crc | data. */
+export const SIZED_TAGS = new Set<bigint>([TAG.DEV_DATA_STATE, TAG.DEV_CONFIG_STATE]);
+export const CHUNK_HEADER = 8 + 8 + 4;
+export const TRAILER_SIZE = 8 + 8 + 8 + 4 + 4;
+
+export interface StreamIdentity {
+  /** pci, mdev or sim. */
+  kind: string;
+  driver: string | null;
+  mdevType: string | null;
+  vendor: number | null;
+  device: number | null;
+  subsystemVendor: number | null;
+  subsystemDevice: number | null;
+  /** Simulated model, for sim devices. */
+  model?: string;
+}
+
+export interface StreamHeader {
+  format: "vfio-mig";
+  version: number;
+  tool: string;
+  protocol: "v2" | "v1";
+  created: string;
+  source: string;
+  device: StreamIdentity;
+  migrationFlags: number;
+  /** MIG_DATA_SIZE at save time, or null. */
+  sizeEstimate: number | null;
+  /** "offline" (STOP_COPY only) or "live" (pre-copy first). */
+  mode: "offline" | "live";
+}
+
+export function crc32(data: Uint8Array, prev = 0): number {
+  return zlib.crc32(data, prev) >>> 0;
+}
+
+const enc = new TextEncoder();
+
+export function encodeHeader(h: StreamHeader): Uint8Array {
+  const json = enc.encode(JSON.stringify(h));
+  if (json.length > MAX_HEADER_JSON) throw new Error("stream header too large");
+  const out = new Uint8Array(HEADER_FIXED + json.length + 4);
+  const v = new DataView(out.buffer);
+  out.set(STREAM_MAGIC, 0);
+  v.setUint16(8, FORMAT_VERSION);
+  v.setUint16(10, 0);
+  v.setUint32(12, json.length);
+  out.set(json, HEADER_FIXED);
+  v.setUint32(HEADER_FIXED + json.length, crc32(out.subarray(0, HEADER_FIXED + json.length)));
+  return out;
+}
+
+export interface Trailer {
+  dataBytes: number;
+  chunks: number;
+  dataCrc: number;
+}
+
+export function encodeTrailer(t: Trailer): Uint8Array {
+  const out = new Uint8Array(TRAILER_SIZE);
+  const v = new DataView(out.buffer);
+  v.setBigUint64(0, TAG.STREAM_END);
+  v.setBigUint64(8, BigInt(t.dataBytes));
+  v.setBigUint64(16, BigInt(t.chunks));
+  v.setUint32(24, t.dataCrc);
+  v.setUint32(28, crc32(out.subarray(8, 28)));
+  return out;
+}
+
+/** Identity fields that must match between a stream and a destination device. */
+export function identityMismatch(stream: StreamIdentity, dest: StreamIdentity): string | null {
+  const hex = (n: number | null) => (n === null ? "?" : `0x${n.toString(16).padStart(4, "0")}`);
+  if (stream.vendor !== dest.vendor || stream.device !== dest.device) {
+    return `the stream is from a ${hex(stream.vendor)}:${hex(stream.device)} device, the destination is ` +
+      `${hex(dest.vendor)}:${hex(dest.device)}`;
+  }
+  if (stream.subsystemVendor !== dest.subsystemVendor || stream.subsystemDevice !== dest.subsystemDevice) {
+    return `subsystem ids differ: stream ${hex(stream.subsystemVendor)}:${hex(stream.subsystemDevice)}, ` +
+      `destination ${hex(dest.subsystemVendor)}:${hex(dest.subsystemDevice)}`;
+  }
+  if ((stream.mdevType ?? null) !== (dest.mdevType ?? null)) {
+    return `the stream is from mdev type ${stream.mdevType ?? "none"}, the destination is ${dest.mdevType ?? "none"}`;
+  }
+  if (stream.driver !== dest.driver) {
+    return `the stream was saved by driver ${stream.driver ?? "?"}, the destination uses ${dest.driver ?? "?"}`;
+  }
+  if ((stream.model ?? null) !== (dest.model ?? null)) {
+    return `the stream is from a ${stream.model ?? "real"} device, the destination is ${dest.model ?? "real"}`;
+  }
+  return null;
+}

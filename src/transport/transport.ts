@@ -1,0 +1,121 @@
+// Where a stream goes to and comes from: a file (written under a temporary name and
+// renamed only when complete), standard output/input. All through the Sys, so
+// --allow-ffi is the only permission they need.
+
+import { isErrno } from "../../ffi/errno.ts";
+import { F, O, type Sys } from "../../ffi/sys.ts";
+import { VfioMigError } from "../errors.ts";
+import { readSome, writeAll } from "../io.ts";
+
+export interface Sink {
+  readonly label: string;
+  write(bytes: Uint8Array): void;
+  /** The stream is complete: make it visible (rename) and durable. */
+  commit(): void;
+  /** The stream failed: leave nothing that looks complete. */
+  abort(): void;
+}
+
+export interface Source {
+  readonly label: string;
+  /** Bytes read into buf; 0 at end of stream. */
+  read(buf: Uint8Array): number;
+  close(): void;
+}
+
+const PIPE_SIZE = 1 << 20;
+
+/** Enlarges a pipe to 1 MiB where it is one (fewer, larger transfers). */
+function growPipe(sys: Sys, fd: number): void {
+  try {
+    if (sys.fstat(fd).isFifo) sys.fcntl(fd, F.SETPIPE_SZ, PIPE_SIZE);
+  } catch { /* not permitted or not a pipe: the default size works */ }
+}
+
+export class FdSink implements Sink {
+  constructor(readonly sys: Sys, readonly fd: number, readonly label: string) {
+    growPipe(sys, fd);
+  }
+  write(bytes: Uint8Array): void {
+    try {
+      writeAll(this.sys, this.fd, bytes);
+    } catch (e) {
+      if (isErrno(e, "EPIPE")) {
+        throw new VfioMigError(`${this.label}: the reading end went away (broken pipe)`, "failure", { cause: e });
+      }
+      throw e;
+    }
+  }
+  commit(): void {}
+  abort(): void {}
+}
+
+export class FileSink implements Sink {
+  readonly #tmp: string;
+  #fd: number;
+  #done = false;
+
+  constructor(readonly sys: Sys, readonly path: string) {
+    const slash = path.lastIndexOf("/");
+    const dir = slash >= 0 ? path.slice(0, slash + 1) : "";
+    this.#tmp = `${dir}.${path.slice(slash + 1)}.partial-${sys.getpid()}`;
+    try {
+      this.#fd = sys.open(this.#tmp, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
+    } catch (e) {
+      throw new VfioMigError(`cannot create ${path}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
+    }
+  }
+  get label(): string {
+    return this.path;
+  }
+  write(bytes: Uint8Array): void {
+    writeAll(this.sys, this.#fd, bytes);
+  }
+  commit(): void {
+    this.sys.fsync(this.#fd);
+    this.sys.close(this.#fd);
+    this.#fd = -1;
+    this.sys.rename(this.#tmp, this.path);
+    this.#done = true;
+  }
+  abort(): void {
+    if (this.#done) return;
+    this.#done = true;
+    if (this.#fd >= 0) {
+      try {
+        this.sys.close(this.#fd);
+      } catch { /* nothing more to do */ }
+      this.#fd = -1;
+    }
+    try {
+      this.sys.unlink(this.#tmp);
+    } catch { /* already gone */ }
+  }
+}
+
+export class FdSource implements Source {
+  constructor(readonly sys: Sys, readonly fd: number, readonly label: string, readonly owned: boolean) {
+    growPipe(sys, fd);
+  }
+  read(buf: Uint8Array): number {
+    return readSome(this.sys, this.fd, buf);
+  }
+  close(): void {
+    if (this.owned) this.sys.close(this.fd);
+  }
+}
+
+export function openSink(sys: Sys, target: string): Sink {
+  if (target === "-") return new FdSink(sys, 1, "standard output");
+  return new FileSink(sys, target);
+}
+
+export function openSource(sys: Sys, from: string): Source {
+  if (from === "-") return new FdSource(sys, 0, "standard input", false);
+  try {
+    return new FdSource(sys, sys.open(from, O.RDONLY | O.CLOEXEC), from, true);
+  } catch (e) {
+    if (isErrno(e, "ENOENT")) throw new VfioMigError(`${from}: no such file`, "usage");
+    throw new VfioMigError(`cannot open ${from}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
+  }
+}
