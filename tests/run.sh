@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need on a fresh Debian
+# 12 machine, runs the Deno suite and the real-kernel suite (a QEMU guest with VFIO
+# and the mtty sample device), and ends with one line: "N passed, N failed".
+#   VFIO_MIG_KERNEL_TESTS=0   skip the real-kernel suite
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+logs=$(mktemp -d)
+passed=0 failed=0
+
+log() { printf '[tests %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+bash scripts/ensure-deno.sh >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+# gcc and the kernel's uapi headers for the struct layout test.
+if ! command -v gcc >/dev/null || [ ! -f /usr/include/linux/vfio.h ]; then
+    log "installing gcc and linux-libc-dev"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq gcc libc6-dev linux-libc-dev >/dev/null
+fi
+
+# Counts from Deno's summary line: "ok | 45 passed (3 steps) | 0 failed (2s)".
+count_deno() {
+    local line
+    line=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$1" | tail -1)
+    if [ -z "$line" ]; then
+        failed=$((failed + 1))
+        return
+    fi
+    passed=$((passed + $(sed -E 's/.*\| ([0-9]+) passed.*/\1/' <<<"$line")))
+    failed=$((failed + $(sed -E 's/.*\| ([0-9]+) failed.*/\1/' <<<"$line")))
+}
+
+log "deno test (unit, simulator and CLI tests)"
+t0=$(date +%s)
+deno task test 2>&1 | tee "$logs/deno.log"
+count_deno "$logs/deno.log"
+log "deno tests took $(( $(date +%s) - t0 )) s"
+
+if [ "${VFIO_MIG_KERNEL_TESTS:-1}" = 1 ] && [ -f tests/kernel/suite.sh ]; then
+    log "real-kernel suite (QEMU guest, Debian 6.12 kernel, mtty)"
+    t0=$(date +%s)
+    bash tests/kernel/suite.sh 2>&1 | tee "$logs/kernel.log"
+    rc=${PIPESTATUS[0]}
+    line=$(grep -E '^kernel: [0-9]+ passed, [0-9]+ failed' "$logs/kernel.log" | tail -1)
+    if [ -n "$line" ]; then
+        passed=$((passed + $(sed -E 's/kernel: ([0-9]+) passed.*/\1/' <<<"$line")))
+        failed=$((failed + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")))
+    fi
+    if [ "$rc" != 0 ] && { [ -z "$line" ] || [ "$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")" = 0 ]; }; then
+        log "kernel suite exited $rc without reporting a failure: counting it as one"
+        failed=$((failed + 1))
+    fi
+    log "kernel suite took $(( $(date +%s) - t0 )) s"
+fi
+
+rm -rf "$logs"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]
