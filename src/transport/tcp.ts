@@ -1,0 +1,364 @@
+// TCP transport: `save … tcp://HOST:PORT` connects, `load --listen [HOST:]PORT`
+// accepts exactly one authenticated peer. Secure by default: the listener binds
+// 127.0.0.1 unless told otherwise, and no byte of state is accepted before a
+// challenge-response over a shared token proved the peer knows it (both ways).
+// Optional TLS uses Deno's built-in TLS.
+//
+// Handshake (all sizes fixed, so a garbage peer cannot make us buffer):
+//   server -> client  "VFMGAUTH" u8 1 u8 0 nonce_s[32]
+//   client -> server  "VFMGAUTH" u8 1 u8 0 nonce_c[32] HMAC(token, "vfio-mig client"|nonce_s|nonce_c)
+//   server -> client  u8 status (0 ok, 1 refused) HMAC(token, "vfio-mig server"|nonce_c|nonce_s)
+// Then the stream flows client -> server; the server sends small frames back
+// (u8 type, be32 length, payload): INIT_ACK when the initial pre-copy data is loaded
+// (switchover-ack), and DONE with a JSON result when the load finished.
+
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { VfioMigError } from "../errors.ts";
+
+const MAGIC = new TextEncoder().encode("VFMGAUTH");
+const VERSION = 1;
+const NONCE = 32;
+const MAC = 32;
+const SERVER_HELLO = MAGIC.length + 2 + NONCE;
+const CLIENT_HELLO = MAGIC.length + 2 + NONCE + MAC;
+const SERVER_REPLY = 1 + MAC;
+
+export const FRAME = { INIT_ACK: 1, DONE: 2 } as const;
+const MAX_FRAME = 64 * 1024;
+
+export const DEFAULT_PORT = 7707;
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+
+export interface TcpEndpoint {
+  hostname: string;
+  port: number;
+}
+
+/** Parses "tcp://HOST:PORT" (IPv6 as [::1]). */
+export function parseTcpUrl(url: string): TcpEndpoint {
+  const m = /^tcp:\/\/(\[[^\]]+\]|[^:/]+):(\d+)\/?$/.exec(url);
+  if (!m) throw new VfioMigError(`${url}: expected tcp://HOST:PORT`, "usage");
+  return { hostname: m[1].replace(/^\[|\]$/g, ""), port: checkPort(m[2], url) };
+}
+
+/** Parses "--listen [HOST:]PORT"; the host defaults to loopback. */
+export function parseListen(spec: string): TcpEndpoint {
+  const m = /^(?:(\[[^\]]+\]|[^:]+):)?(\d+)$/.exec(spec);
+  if (!m) throw new VfioMigError(`--listen ${spec}: expected [HOST:]PORT`, "usage");
+  return { hostname: (m[1] ?? "127.0.0.1").replace(/^\[|\]$/g, ""), port: checkPort(m[2], spec) };
+}
+
+function checkPort(s: string, ctx: string): number {
+  const p = Number(s);
+  if (!Number.isInteger(p) || p < 0 || p > 65535) throw new VfioMigError(`${ctx}: bad port ${s}`, "usage");
+  return p;
+}
+
+export function newToken(): string {
+  return randomBytes(16).toString("hex");
+}
+
+function mac(token: string, label: string, a: Uint8Array, b: Uint8Array): Uint8Array {
+  return new Uint8Array(createHmac("sha256", token).update(label).update(a).update(b).digest());
+}
+
+function macEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+function timeout<T>(p: Promise<T>, ms: number, onTimeout: () => void, what: string): Promise<T> {
+  let timer: number | undefined;
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => {
+        onTimeout();
+        reject(new VfioMigError(`${what}: no answer within ${ms} ms`, "failure"));
+      }, ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+async function readExact(conn: Deno.Conn, n: number, what: string): Promise<Uint8Array> {
+  const buf = new Uint8Array(n);
+  let off = 0;
+  while (off < n) {
+    const r = await conn.read(buf.subarray(off));
+    if (r === null) throw new VfioMigError(`${what}: the peer closed the connection`, "failure");
+    off += r;
+  }
+  return buf;
+}
+
+async function writeAllConn(conn: Deno.Conn, buf: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < buf.length) off += await conn.write(buf.subarray(off));
+}
+
+function hello(nonce: Uint8Array, extra?: Uint8Array): Uint8Array {
+  const out = new Uint8Array(MAGIC.length + 2 + NONCE + (extra?.length ?? 0));
+  out.set(MAGIC, 0);
+  out[MAGIC.length] = VERSION;
+  out.set(nonce, MAGIC.length + 2);
+  if (extra) out.set(extra, MAGIC.length + 2 + NONCE);
+  return out;
+}
+
+function checkHello(b: Uint8Array, who: string): void {
+  for (let i = 0; i < MAGIC.length; i++) {
+    if (b[i] !== MAGIC[i]) throw new VfioMigError(`${who} is not a vfio-mig peer (bad greeting)`, "failure");
+  }
+  if (b[MAGIC.length] !== VERSION) {
+    throw new VfioMigError(`${who} speaks handshake version ${b[MAGIC.length]}, not ${VERSION}`, "failure");
+  }
+}
+
+export interface ConnectOptions {
+  token: string;
+  handshakeTimeoutMs?: number;
+  /** PEM of a CA to trust: connect with TLS. */
+  tlsCa?: string;
+  tls?: boolean;
+}
+
+/** The source's end: an authenticated connection to a listening load. */
+export class TcpClient {
+  #frames: Promise<void>;
+  #initAck = false;
+  #done: { ok: boolean; message: string; [k: string]: unknown } | null = null;
+  #doneWaiters: (() => void)[] = [];
+  #closed = false;
+
+  private constructor(readonly conn: Deno.Conn, readonly label: string) {
+    this.#frames = this.#readFrames();
+  }
+
+  static async connect(url: string, opts: ConnectOptions): Promise<TcpClient> {
+    const ep = parseTcpUrl(url);
+    let conn: Deno.Conn;
+    try {
+      conn = opts.tls || opts.tlsCa
+        ? await Deno.connectTls({
+          hostname: ep.hostname,
+          port: ep.port,
+          caCerts: opts.tlsCa ? [opts.tlsCa] : undefined,
+        })
+        : await Deno.connect({ hostname: ep.hostname, port: ep.port });
+    } catch (e) {
+      throw new VfioMigError(`cannot connect to ${url}: ${e instanceof Error ? e.message : e}`, "failure");
+    }
+    const ms = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    try {
+      await timeout(
+        (async () => {
+          const sh = await readExact(conn, SERVER_HELLO, url);
+          checkHello(sh, url);
+          const nonceS = sh.subarray(MAGIC.length + 2);
+          const nonceC = new Uint8Array(randomBytes(NONCE));
+          await writeAllConn(conn, hello(nonceC, mac(opts.token, "vfio-mig client", nonceS, nonceC)));
+          const reply = await readExact(conn, SERVER_REPLY, url);
+          if (reply[0] !== 0) throw new VfioMigError(`${url} refused the token (wrong --token?)`, "failure");
+          if (!macEqual(reply.subarray(1), mac(opts.token, "vfio-mig server", nonceC, nonceS))) {
+            throw new VfioMigError(`${url} did not prove it knows the token: not the expected peer`, "failure");
+          }
+        })(),
+        ms,
+        () => conn.close(),
+        `handshake with ${url}`,
+      );
+    } catch (e) {
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+      throw e;
+    }
+    return new TcpClient(conn, url);
+  }
+
+  async #readFrames(): Promise<void> {
+    try {
+      for (;;) {
+        const h = await readExact(this.conn, 5, this.label);
+        const type = h[0];
+        const len = new DataView(h.buffer).getUint32(1);
+        if (len > MAX_FRAME) throw new Error("frame too large");
+        const payload = await readExact(this.conn, len, this.label);
+        if (type === FRAME.INIT_ACK) this.#initAck = true;
+        else if (type === FRAME.DONE) {
+          this.#done = JSON.parse(new TextDecoder().decode(payload));
+          break;
+        }
+        this.#wake();
+      }
+    } catch {
+      // The peer went away; waiters see #done === null.
+    }
+    this.#wake();
+  }
+
+  #wake(): void {
+    const w = this.#doneWaiters;
+    this.#doneWaiters = [];
+    for (const f of w) f();
+  }
+
+  get initAcked(): boolean {
+    return this.#initAck;
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    try {
+      await writeAllConn(this.conn, bytes);
+    } catch (e) {
+      const why = this.#done && !this.#done.ok ? `: ${this.#done.message}` : "";
+      throw new VfioMigError(
+        `${this.label}: the destination closed the connection${why || ` (${e instanceof Error ? e.message : e})`}`,
+        "failure",
+      );
+    }
+  }
+
+  /** Waits until the destination acknowledged the initial data, up to ms. */
+  async waitInitAck(ms: number): Promise<boolean> {
+    const end = performance.now() + ms;
+    while (!this.#initAck && this.#done === null && performance.now() < end) {
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, Math.max(1, end - performance.now()));
+        this.#doneWaiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+    return this.#initAck;
+  }
+
+  /** Ends our direction and waits for the destination's result. */
+  async finish(ms = 120_000): Promise<{ ok: boolean; message: string; [k: string]: unknown }> {
+    try {
+      await this.conn.closeWrite();
+    } catch { /* TLS conns may not support half-close; the trailer already ended the stream */ }
+    await timeout(this.#frames, ms, () => this.close(), `waiting for ${this.label} to finish loading`);
+    this.close();
+    if (!this.#done) throw new VfioMigError(`${this.label}: the destination closed without a result`, "failure");
+    return this.#done;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.conn.close();
+    } catch { /* already closed */ }
+  }
+}
+
+export interface ListenOptions {
+  token: string;
+  handshakeTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  tlsCert?: string;
+  tlsKey?: string;
+  /** Called with each refused peer's reason (wrong token, garbage, slow). */
+  onRefused?: (why: string) => void;
+  /** Called once listening, with the bound address. */
+  onListening?: (addr: Deno.NetAddr) => void;
+  /** Give up waiting for a valid peer after this long. */
+  acceptTimeoutMs?: number;
+}
+
+/** The destination's end: one authenticated peer, then a byte source. */
+export class TcpServerConn {
+  #closed = false;
+  readonly #idleMs: number;
+
+  private constructor(readonly conn: Deno.Conn, readonly label: string, idleMs: number) {
+    this.#idleMs = idleMs;
+  }
+
+  /** Listens, authenticates peers until one succeeds, then stops listening. */
+  static async accept(spec: string, opts: ListenOptions): Promise<TcpServerConn> {
+    const ep = parseListen(spec);
+    let listener: Deno.Listener;
+    try {
+      listener = opts.tlsCert && opts.tlsKey
+        ? Deno.listenTls({ hostname: ep.hostname, port: ep.port, cert: opts.tlsCert, key: opts.tlsKey })
+        : Deno.listen({ hostname: ep.hostname, port: ep.port });
+    } catch (e) {
+      throw new VfioMigError(
+        `cannot listen on ${ep.hostname}:${ep.port}: ${e instanceof Error ? e.message : e}`,
+        "failure",
+      );
+    }
+    opts.onListening?.(listener.addr as Deno.NetAddr);
+    const hsMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    const deadline = opts.acceptTimeoutMs ? performance.now() + opts.acceptTimeoutMs : Infinity;
+    try {
+      for (;;) {
+        const left = deadline - performance.now();
+        if (left <= 0) {
+          throw new VfioMigError(`no authenticated peer connected within ${opts.acceptTimeoutMs} ms`, "failure");
+        }
+        const conn = Number.isFinite(left)
+          ? await timeout(listener.accept(), left, () => listener.close(), "waiting for a peer")
+          : await listener.accept();
+        const peer = conn.remoteAddr as Deno.NetAddr;
+        const who = `${peer.hostname}:${peer.port}`;
+        try {
+          await timeout(serverHandshake(conn, opts.token, who), hsMs, () => conn.close(), `handshake with ${who}`);
+          return new TcpServerConn(conn, who, opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
+        } catch (e) {
+          try {
+            conn.close();
+          } catch { /* closed by the timeout */ }
+          opts.onRefused?.(`refused ${who}: ${e instanceof Error ? e.message : e}`);
+        }
+      }
+    } finally {
+      // Exactly one peer: nobody else can connect once we have one (or gave up).
+      try {
+        listener.close();
+      } catch { /* already closed */ }
+    }
+  }
+
+  /** Reads stream bytes; 0 at end. Fails when the peer is silent for the idle timeout. */
+  async read(buf: Uint8Array): Promise<number> {
+    const r = await timeout(this.conn.read(buf), this.#idleMs, () => this.close(), `${this.label} (idle)`);
+    return r ?? 0;
+  }
+
+  async sendFrame(type: number, payload: Uint8Array = new Uint8Array(0)): Promise<void> {
+    const f = new Uint8Array(5 + payload.length);
+    f[0] = type;
+    new DataView(f.buffer).setUint32(1, payload.length);
+    f.set(payload, 5);
+    try {
+      await writeAllConn(this.conn, f);
+    } catch { /* the source went away; its own error tells the story */ }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.conn.close();
+    } catch { /* already closed */ }
+  }
+}
+
+async function serverHandshake(conn: Deno.Conn, token: string, who: string): Promise<void> {
+  const nonceS = new Uint8Array(randomBytes(NONCE));
+  await writeAllConn(conn, hello(nonceS));
+  const ch = await readExact(conn, CLIENT_HELLO, who);
+  checkHello(ch, who);
+  const nonceC = ch.subarray(MAGIC.length + 2, MAGIC.length + 2 + NONCE);
+  const macC = ch.subarray(MAGIC.length + 2 + NONCE);
+  const ok = macEqual(macC, mac(token, "vfio-mig client", nonceS, nonceC));
+  const reply = new Uint8Array(SERVER_REPLY);
+  reply[0] = ok ? 0 : 1;
+  if (ok) reply.set(mac(token, "vfio-mig server", nonceC, nonceS), 1);
+  await writeAllConn(conn, reply);
+  if (!ok) throw new VfioMigError("wrong token", "failure");
+}
