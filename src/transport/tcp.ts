@@ -68,7 +68,7 @@ function macEqual(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 function timeout<T>(p: Promise<T>, ms: number, onTimeout: () => void, what: string): Promise<T> {
-  let timer: number | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   return Promise.race([
     p,
     new Promise<T>((_, reject) => {
