@@ -33,7 +33,7 @@ function growPipe(sys: Sys, fd: number): void {
 }
 
 export class FdSink implements Sink {
-  constructor(readonly sys: Sys, readonly fd: number, readonly label: string) {
+  constructor(readonly sys: Sys, public fd: number, readonly label: string, readonly owned = false) {
     growPipe(sys, fd);
   }
   write(bytes: Uint8Array): void {
@@ -46,8 +46,20 @@ export class FdSink implements Sink {
       throw e;
     }
   }
-  commit(): void {}
-  abort(): void {}
+  commit(): void {
+    this.#release();
+  }
+  abort(): void {
+    this.#release();
+  }
+  #release(): void {
+    if (this.owned && this.fd >= 0) {
+      try {
+        this.sys.close(this.fd);
+      } catch { /* nothing more to do */ }
+      this.fd = -1;
+    }
+  }
 }
 
 export class FileSink implements Sink {
@@ -107,6 +119,23 @@ export class FdSource implements Source {
 
 export function openSink(sys: Sys, target: string): Sink {
   if (target === "-") return new FdSink(sys, 1, "standard output");
+  // A FIFO or a device (/dev/null) is written in place: renaming over it would
+  // replace it with a regular file.
+  let special = false;
+  try {
+    const st = sys.stat(target);
+    special = !st.isRegular && !st.isDirectory;
+    if (st.isDirectory) throw new VfioMigError(`${target} is a directory: give a file name`, "usage");
+  } catch (e) {
+    if (!isErrno(e, "ENOENT")) throw e;
+  }
+  if (special) {
+    try {
+      return new FdSink(sys, sys.open(target, O.WRONLY | O.CLOEXEC), target, true);
+    } catch (e) {
+      throw new VfioMigError(`cannot open ${target}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
+    }
+  }
   return new FileSink(sys, target);
 }
 
