@@ -10,7 +10,7 @@ import { identityMismatch, type StreamHeader } from "../stream/format.ts";
 import { StreamReader } from "../stream/reader.ts";
 import type { Source } from "../transport/transport.ts";
 import { probeMigration } from "./save.ts";
-import { Cancellation, failure, Progress, recoverDevice, streamIdentity, tryGetState } from "./session.ts";
+import { Cancellation, failure, pausePoint, Progress, recoverDevice, streamIdentity, tryGetState } from "./session.ts";
 
 export interface LoadOptions {
   /** Leave the device in STOP after loading (default: RUNNING). */
@@ -61,7 +61,10 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
   }
   const found = tryGetState(d);
   if (found === DeviceState.ERROR || found === null) {
-    throw new VfioMigError(`${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`, "device");
+    throw new VfioMigError(
+      `${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`,
+      "device",
+    );
   }
   const progress = new Progress(!!opts.progress, header.sizeEstimate);
   let dataFd: number | null = null;
@@ -90,6 +93,7 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
               resuming = true;
               dataFd = r.dataFd;
               if (dataFd === null) throw new VfioMigError(`${d.label}: RESUMING returned no data_fd`);
+              await pausePoint((n) => d.sys.getenv(n), "resume", cancel);
               phase = "iterate";
             } else if (phase === "iterate") {
               // end of a pre-copy iteration
@@ -109,10 +113,13 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
         continue;
       }
       if (rec.tag === "DEV_CONFIG_STATE") throw unexpected("DEV_CONFIG_STATE", rec.offset);
-      if ((phase !== "iterate" && phase !== "stop-copy") || dataFd === null) throw unexpected("device data", rec.offset);
+      if ((phase !== "iterate" && phase !== "stop-copy") || dataFd === null) {
+        throw unexpected("device data", rec.offset);
+      }
       writeAll(d.sys, dataFd, rec.bytes);
       progress.update("resume", reader.dataBytes);
     }
+    await pausePoint((n) => d.sys.getenv(n), "finish", cancel);
     // The whole stream verified: let the driver validate and load it (RESUMING ->
     // STOP), then end the session by closing the data_fd, as QEMU's cleanup does.
     d.migration.setState(DeviceState.STOP, DeviceState.RESUMING);

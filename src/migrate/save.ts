@@ -11,7 +11,7 @@ import { FORMAT_VERSION, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
 import type { Sink } from "../transport/transport.ts";
 import { VERSION } from "../version.ts";
-import { Cancellation, failure, Progress, recoverDevice, streamIdentity } from "./session.ts";
+import { Cancellation, failure, pausePoint, Progress, recoverDevice, streamIdentity } from "./session.ts";
 
 export interface SaveOptions {
   /** Leave the device RUNNING after a successful save (default: STOP). */
@@ -50,7 +50,10 @@ function notMigratable(d: VfioDevice, e: unknown): VfioMigError {
       "device",
     );
   }
-  return new VfioMigError(`${d.label}: cannot query migration support: ${e instanceof Error ? e.message : e}`, "device");
+  return new VfioMigError(
+    `${d.label}: cannot query migration support: ${e instanceof Error ? e.message : e}`,
+    "device",
+  );
 }
 
 /** Migration flags, or a clear error when the device cannot migrate. */
@@ -69,11 +72,17 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
   const sizeEstimate = d.migration.dataSize();
   const live = !!opts.live;
   if (live && !(flags & MIGRATION_FLAGS.PRE_COPY)) {
-    throw new VfioMigError(`${d.label}: --live needs PRE_COPY support; this device's migration flags are 0x${flags.toString(16)}`, "usage");
+    throw new VfioMigError(
+      `${d.label}: --live needs PRE_COPY support; this device's migration flags are 0x${flags.toString(16)}`,
+      "usage",
+    );
   }
   let found = d.migration.getState();
   if (found === DeviceState.ERROR) {
-    throw new VfioMigError(`${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`, "device");
+    throw new VfioMigError(
+      `${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`,
+      "device",
+    );
   }
   if (found === DeviceState.RESUMING) {
     throw new VfioMigError(`${d.label} is RESUMING (a load is in progress or was abandoned): reset it first`, "device");
@@ -131,12 +140,15 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     w.tag(TAG.DEV_SETUP_STATE);
     w.tag(TAG.END_OF_STATE);
     progress.update("setup", 0, true);
+    const getenv = (n: string) => d.sys.getenv(n);
+    await pausePoint(getenv, "setup", cancel);
 
     // pre-copy: read the initial data while the device runs
     if (live) {
       dataFd = d.migration.setState(DeviceState.PRE_COPY, state.cur).dataFd;
       state.cur = DeviceState.PRE_COPY;
       if (dataFd === null) throw new VfioMigError(`${d.label}: RUNNING -> PRE_COPY returned no data_fd`);
+      await pausePoint(getenv, "pre-copy", cancel);
       const deadline = performance.now() + (opts.maxPrecopyMs ?? 10_000);
       for (;;) {
         precopyBytes += await readLoop("pre-copy", dataFd);
@@ -163,6 +175,7 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
       dataFd = r.dataFd;
     }
     if (dataFd === null) throw new VfioMigError(`${d.label}: STOP_COPY returned no data_fd`);
+    await pausePoint(getenv, "stop-copy", cancel);
     await readLoop("stop-copy", dataFd);
     // STOP_COPY's end of stream is permanent: a second read must say 0 again.
     w.tag(TAG.END_OF_STATE);
@@ -170,6 +183,7 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     w.end();
 
     // cleanup: end the session, then make the output visible
+    await pausePoint(getenv, "finish", cancel);
     d.sys.close(dataFd);
     dataFd = null;
     const finalState = opts.resume ? DeviceState.RUNNING : DeviceState.STOP;

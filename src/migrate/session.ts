@@ -135,7 +135,9 @@ export function recoverDevice(d: VfioDevice, target: DeviceState, resetFirst = f
     d.migration.reset();
   } catch (e) {
     const st = tryGetState(d);
-    return `${d.label} could not be reset (${e instanceof SysError ? e.code : e}) and is ${st === null ? "in an unknown state" : stateName(st)}`;
+    return `${d.label} could not be reset (${e instanceof SysError ? e.code : e}) and is ${
+      st === null ? "in an unknown state" : stateName(st)
+    }`;
   }
   state = tryGetState(d);
   if (state !== null && state !== target && target !== DeviceState.RUNNING && state !== DeviceState.ERROR) {
@@ -152,4 +154,23 @@ export function failure(what: string, cause: unknown, where: string): VfioMigErr
   const kind = cause instanceof VfioMigError ? cause.kind : "failure";
   const msg = cause instanceof Error ? cause.message : String(cause);
   return new VfioMigError(`${what}: ${msg}; ${where}`, kind, { cause });
+}
+
+/**
+ * A testing aid: with VFIO_MIG_PAUSE_AT=PHASE the operation stops at the start of
+ * that phase (setup, pre-copy, stop-copy, resume, finish), says so on stderr, and
+ * waits (up to 60 s) so a test can deliver a signal or kill a peer there.
+ */
+export async function pausePoint(
+  getenv: (n: string) => string | undefined,
+  phase: string,
+  cancel: Cancellation,
+): Promise<void> {
+  if (getenv("VFIO_MIG_PAUSE_AT") !== phase) return;
+  console.error(`vfio-mig: paused at ${phase} (VFIO_MIG_PAUSE_AT)`);
+  const end = performance.now() + 60_000;
+  while (performance.now() < end) {
+    await new Promise((r) => setTimeout(r, 10));
+    cancel.check();
+  }
 }
