@@ -9,10 +9,23 @@ import { infoCommand, resetCommand, stateCommand } from "./src/commands/info.ts"
 import { loadCommand } from "./src/commands/load.ts";
 import { saveCommand } from "./src/commands/save.ts";
 import { simCommand } from "./src/commands/sim.ts";
+import { listCommand } from "./src/commands/list.ts";
+import { checkCommand } from "./src/commands/check.ts";
+import { inspectCommand } from "./src/commands/inspect.ts";
 import { EXIT, VfioMigError } from "./src/errors.ts";
 import { VERSION } from "./src/version.ts";
 
-const COMMANDS: Command[] = [saveCommand, loadCommand, infoCommand, stateCommand, resetCommand, simCommand];
+const COMMANDS: Command[] = [
+  saveCommand,
+  loadCommand,
+  infoCommand,
+  stateCommand,
+  resetCommand,
+  simCommand,
+  listCommand,
+  checkCommand,
+  inspectCommand,
+];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
@@ -65,7 +78,9 @@ function report(e: unknown): number {
     console.error(`vfio-mig: ${e.message}`);
     return EXIT.FAILURE;
   }
-  console.error(`vfio-mig: internal error: ${e instanceof Error ? e.message : String(e)} (set VFIO_MIG_DEBUG=1 for details)`);
+  console.error(
+    `vfio-mig: internal error: ${e instanceof Error ? e.message : String(e)} (set VFIO_MIG_DEBUG=1 for details)`,
+  );
   if (debug) console.error(e);
   return EXIT.FAILURE;
 }

@@ -15,6 +15,24 @@ export {
   supportedStates,
 } from "./src/migration/state_machine.ts";
 export { MigrationV2 } from "./src/migration/v2.ts";
+export { MigrationV1, v1StateIsError, v1StateName, v1StateValid } from "./src/migration/v1.ts";
+export { findRegionByType, getRegionInfo, type RegionInfo } from "./src/migration/regions.ts";
+export {
+  chooseProtocol,
+  type Protocol,
+  type ProtocolChoice,
+  type ResumeSession,
+  type SaveSession,
+} from "./src/migrate/protocol.ts";
+export {
+  type ConfigState,
+  decodeConfigState,
+  describeConfig,
+  encodeConfigState,
+  readConfigState,
+  restoreConfigState,
+  summarizeConfig,
+} from "./src/migrate/config_state.ts";
 export { defaultDeviceSpec, openDevice, systemFor, VfioDevice } from "./src/device/open.ts";
 export { save, type SaveOptions, type SaveResult } from "./src/migrate/save.ts";
 export { load, type LoadOptions, type LoadResult } from "./src/migrate/load.ts";
@@ -28,3 +46,8 @@ export { SimStore } from "./src/sim/store.ts";
 export { describeDevice } from "./src/commands/info.ts";
 export { EXIT, StreamError, VfioMigError } from "./src/errors.ts";
 export { VERSION } from "./src/version.ts";
+export { formatList, listDevices, type ListedDevice, type ListOptions, type ListResult } from "./src/commands/list.ts";
+export { arcMismatches, arcPairs, type ArcResult, expectedArc, exploreArcs } from "./src/check/arcs.ts";
+export { type CheckReport, type CheckResult, CHECKS, type CheckStatus, runChecks } from "./src/check/conformance.ts";
+export { CheckSession } from "./src/check/session.ts";
+export { type InspectOptions, type InspectReport, inspectStream } from "./src/inspect/inspect.ts";

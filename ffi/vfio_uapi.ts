@@ -257,3 +257,9 @@ export function featureBuffer(flags: number, payloadSize: number): Uint8Array {
 export const REGION_CAP = { SPARSE_MMAP: 1, TYPE: 2, MSIX_MAPPABLE: 3 } as const;
 export const REGION_TYPE_MIGRATION_DEPRECATED = 3;
 export const REGION_SUBTYPE_MIGRATION_DEPRECATED = 1;
+
+/**
+ * Migration protocol v1 (Linux 5.8 to 5.17, `VFIO_DEVICE_STATE_V1_*` in today's header):
+ * the bits of vfio_device_migration_info.device_state. Bits 3..31 are reserved.
+ */
+export const DEVICE_STATE_V1 = { STOP: 0, RUNNING: 1 << 0, SAVING: 1 << 1, RESUMING: 1 << 2, MASK: 0b111 } as const;

@@ -4,6 +4,10 @@ import { defaultDeviceSpec, openDevice, systemFor, type VfioDevice } from "../de
 import { VfioMigError } from "../errors.ts";
 import { parseState, stateName, supportedStates } from "../migration/state_machine.ts";
 import { recoverDevice } from "../migrate/session.ts";
+import { type ConfigSummary, describeConfig, summarizeConfig } from "../migrate/config_state.ts";
+import { parseProtocol, type ProtocolChoice, v1Of } from "../migrate/protocol.ts";
+import { mmapAreas } from "../migration/regions.ts";
+import { v1StateName } from "../migration/v1.ts";
 import { type Command, EXIT_CODES_HELP, hex, parse, printJson } from "./command.ts";
 
 export interface DeviceReport {
@@ -18,7 +22,12 @@ export interface DeviceReport {
   subsystemDevice: number | null;
   deviceFlags: number | null;
   migratable: boolean;
-  protocol: "v2" | null;
+  /** v2 when the device has uAPI v2 (preferred), else v1 when it has the v1 region. */
+  protocol: "v1" | "v2" | null;
+  /** The v1 migration region, when the device has one (even if it also speaks v2). */
+  v1: V1Report | null;
+  /** Decoded PCI config space header, read through the config region. */
+  config: ConfigSummary | null;
   migrationFlags: number | null;
   migrationFlagNames: string[];
   dataSize: number | null;
@@ -27,7 +36,16 @@ export interface DeviceReport {
   dmaLogging: boolean;
 }
 
-export function describeDevice(d: VfioDevice): DeviceReport {
+export interface V1Report {
+  regionIndex: number;
+  regionSize: number;
+  regionFlags: number;
+  /** The data section's mmap-able areas (region offsets); the rest is pread/pwrite only. */
+  mmapAreas: { offset: number; size: number }[];
+  state: string;
+}
+
+export function describeDevice(d: VfioDevice, want: ProtocolChoice = "auto"): DeviceReport {
   let flags: number | null = null;
   try {
     flags = d.migration.migrationFlags();
@@ -39,6 +57,15 @@ export function describeDevice(d: VfioDevice): DeviceReport {
     devFlags = d.deviceInfo().flags;
   } catch { /* not every device answers GET_INFO the same; not needed here */ }
   const pci = d.info.pci;
+  const m = v1Of(d);
+  const v1: V1Report | null = m && {
+    regionIndex: m.region.index,
+    regionSize: m.region.size,
+    regionFlags: m.region.flags,
+    mmapAreas: mmapAreas(m.region),
+    state: v1StateName(m.readState()),
+  };
+  const cfg = d.readConfig();
   return {
     device: d.label,
     access: d.access,
@@ -50,14 +77,24 @@ export function describeDevice(d: VfioDevice): DeviceReport {
     subsystemVendor: pci?.subsystemVendor ?? null,
     subsystemDevice: pci?.subsystemDevice ?? null,
     deviceFlags: devFlags,
-    migratable: flags !== null,
-    protocol: flags !== null ? "v2" : null,
+    migratable: flags !== null || v1 !== null,
+    protocol: want === "v1"
+      ? (v1 !== null ? "v1" : null)
+      : want === "v2"
+      ? (flags !== null ? "v2" : null)
+      : flags !== null
+      ? "v2"
+      : v1 !== null
+      ? "v1"
+      : null,
+    v1,
+    config: cfg ? summarizeConfig(cfg) : null,
     migrationFlags: flags,
     migrationFlagNames: flags === null
       ? []
       : Object.entries(MIGRATION_FLAGS).filter(([, v]) => flags! & v).map(([k]) => k),
     dataSize: flags !== null ? d.migration.dataSize() : null,
-    state: flags !== null ? stateName(d.migration.getState()) : null,
+    state: flags !== null ? stateName(d.migration.getState()) : v1 !== null ? v1.state : null,
     supportedStates: flags !== null ? supportedStates(flags).map(stateName) : [],
     dmaLogging: flags !== null && d.migration.probe(FEATURE.DMA_LOGGING_START, true),
   };
@@ -66,14 +103,18 @@ export function describeDevice(d: VfioDevice): DeviceReport {
 export const infoCommand: Command = {
   name: "info",
   summary: "show a device's identity, migration flags, data size and state",
-  help: `Usage: vfio-mig info [--device D] [--json]
+  help: `Usage: vfio-mig info [--device D] [--protocol auto|v1|v2] [--json]
 
 Opens the device and reports its identity (driver, mdev type, PCI ids), whether its
-driver supports migration (uAPI v2), the migration flags (STOP_COPY, P2P, PRE_COPY),
-MIG_DATA_SIZE, the current migration state and DMA logging support. Changes nothing.
+driver supports migration (uAPI v2, or the deprecated v1 region protocol), the
+migration flags (STOP_COPY, P2P, PRE_COPY), MIG_DATA_SIZE, the current migration state
+and DMA logging support; for v1, the migration region's size, the data section's
+mmap-able areas and device_state; and the decoded PCI config space header (command
+register, capabilities, MSI/MSI-X state). Changes nothing.
 
 Options:
   -d, --device D   as for save (default: $VFIO_MIG_DEVICE or the only candidate)
+      --protocol P describe migration through auto (v2 when present, else v1), v1 or v2
       --json       machine-readable output
   -h, --help       this help
 
@@ -81,6 +122,7 @@ ${EXIT_CODES_HELP}`,
   run(args) {
     const { values } = parse("info", args, {
       device: { type: "string", short: "d" },
+      protocol: { type: "string" },
       json: { type: "boolean" },
     });
     if (values.help) {
@@ -90,23 +132,41 @@ ${EXIT_CODES_HELP}`,
     const spec = values.device ?? defaultDeviceSpec(systemFor([]));
     const dev = openDevice(systemFor([spec]), spec);
     try {
-      const r = describeDevice(dev);
+      const r = describeDevice(dev, parseProtocol(values.protocol, "info"));
       if (values.json) printJson(r);
       else {
         console.log(`device:          ${r.device} (${r.kind}, opened via ${r.access})`);
         console.log(`driver:          ${r.driver ?? "?"}${r.mdevType ? `, mdev type ${r.mdevType}` : ""}`);
-        console.log(`PCI ids:         ${hex(r.vendor)}:${hex(r.deviceId)} subsystem ${hex(r.subsystemVendor)}:${hex(r.subsystemDevice)}`);
+        console.log(
+          `PCI ids:         ${hex(r.vendor)}:${hex(r.deviceId)} subsystem ${hex(r.subsystemVendor)}:${
+            hex(r.subsystemDevice)
+          }`,
+        );
         if (r.deviceFlags !== null) {
           const names = Object.entries(DEVICE_FLAGS).filter(([, v]) => r.deviceFlags! & v).map(([k]) => k);
           console.log(`device flags:    ${hex(r.deviceFlags, 1)} (${names.join(" ") || "none"})`);
         }
         if (!r.migratable) console.log(`migration:       not supported by this driver (ENOTTY)`);
-        else {
-          console.log(`migration:       uAPI v2, flags ${hex(r.migrationFlags, 1)} (${r.migrationFlagNames.join(" ")})`);
+        else if (r.protocol === null) console.log(`migration:       not through protocol ${values.protocol}`);
+        else if (r.protocol === "v1" && r.v1) {
+          console.log(`migration:       protocol v1 (deprecated region protocol), region ${r.v1.regionIndex}`);
+          console.log(`region size:     ${r.v1.regionSize} bytes (registers at 0, 32 bytes)`);
+          console.log(`data section:    ${describeAreas(r.v1.mmapAreas, r.v1.regionSize)}`);
+          console.log(`device_state:    ${r.v1.state}`);
+        } else {
+          console.log(
+            `migration:       uAPI v2, flags ${hex(r.migrationFlags, 1)} (${r.migrationFlagNames.join(" ")})`,
+          );
           console.log(`MIG_DATA_SIZE:   ${r.dataSize ?? "not reported"}`);
           console.log(`state:           ${r.state}`);
           console.log(`states:          ${r.supportedStates.join(" ")}`);
           console.log(`DMA logging:     ${r.dmaLogging ? "yes" : "no"}`);
+          if (r.v1) console.log(`v1 region:       also present (region ${r.v1.regionIndex}); --protocol v1 uses it`);
+        }
+        if (r.config) {
+          const [first, ...rest] = describeConfig(r.config);
+          console.log(`config space:    ${first}`);
+          for (const line of rest) console.log(`                 ${line}`);
         }
       }
       return Promise.resolve(0);
@@ -181,3 +241,10 @@ ${EXIT_CODES_HELP}`,
     }
   },
 };
+
+/** "mmap'd 4096+1048576" or "trapped (pread/pwrite only)". */
+function describeAreas(areas: { offset: number; size: number }[], regionSize: number): string {
+  if (areas.length === 0) return `trapped (pread/pwrite only), up to ${regionSize - 32} bytes`;
+  const list = [...areas].sort((a, b) => a.offset - b.offset).map((a) => `[${a.offset}, ${a.offset + a.size})`);
+  return `mmap-able ${list.join(" ")}; the rest of the region through pread/pwrite`;
+}

@@ -1,6 +1,7 @@
 import { defaultDeviceSpec, openDevice, systemFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { load } from "../migrate/load.ts";
+import { parseProtocol } from "../migrate/protocol.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { openSource } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
@@ -21,6 +22,9 @@ Options:
                      sim:PATH. Default: $VFIO_MIG_DEVICE, else the only
                      migration-capable VFIO device.
       --no-start     leave the device in STOP after loading (default: RUNNING)
+      --no-config    do not restore the stream's config section (command register,
+                     MSI/MSI-X enable state); its vendor/device ids are still checked
+      --protocol P   auto (default: the stream's), v1 or v2
       --json         print a summary as JSON
   -q, --quiet        no progress line
   -h, --help         this help
@@ -31,6 +35,8 @@ ${EXIT_CODES_HELP}`,
     const { values, positionals } = parse("load", args, {
       device: { type: "string", short: "d" },
       "no-start": { type: "boolean" },
+      "no-config": { type: "boolean" },
+      protocol: { type: "string" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -50,7 +56,13 @@ ${EXIT_CODES_HELP}`,
     try {
       const dev = openDevice(sys, spec);
       try {
-        const r = await load(dev, source, { noStart: values["no-start"], progress: !values.quiet && !values.json, cancel });
+        const r = await load(dev, source, {
+          noStart: values["no-start"],
+          noConfig: values["no-config"],
+          protocol: parseProtocol(values.protocol, "load"),
+          progress: !values.quiet && !values.json,
+          cancel,
+        });
         if (values.json) printJson({ command: "load", input: from, ...r });
         else if (!values.quiet) {
           console.error(

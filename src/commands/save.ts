@@ -1,5 +1,6 @@
 import { defaultDeviceSpec, openDevice, systemFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
+import { parseProtocol } from "../migrate/protocol.ts";
 import { save } from "../migrate/save.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { openSink } from "../transport/transport.ts";
@@ -22,6 +23,8 @@ Options:
       --resume       return the device to RUNNING after saving (default: STOP)
       --live         pre-copy while the device runs, then stop it (needs PRE_COPY)
       --max-precopy MS  longest pre-copy phase with --live (default 10000)
+      --protocol P   auto (default: uAPI v2 when the device has it, else the v1
+                     migration region), v1 or v2
       --json         print a summary as JSON (to stderr when the stream goes to stdout)
   -q, --quiet        no progress line
   -h, --help         this help
@@ -34,6 +37,7 @@ ${EXIT_CODES_HELP}`,
       resume: { type: "boolean" },
       live: { type: "boolean" },
       "max-precopy": { type: "string" },
+      protocol: { type: "string" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -42,7 +46,10 @@ ${EXIT_CODES_HELP}`,
       return 0;
     }
     if (positionals.length !== 1) {
-      throw new VfioMigError("save: give one output: a FILE, or - for standard output (see 'vfio-mig save --help')", "usage");
+      throw new VfioMigError(
+        "save: give one output: a FILE, or - for standard output (see 'vfio-mig save --help')",
+        "usage",
+      );
     }
     const target = positionals[0];
     const maxPrecopy = values["max-precopy"] === undefined ? undefined : Number(values["max-precopy"]);
@@ -53,7 +60,10 @@ ${EXIT_CODES_HELP}`,
     const spec = values.device ?? defaultDeviceSpec(probe);
     const sys = systemFor([spec]);
     if (target === "-" && sys.isatty(1)) {
-      throw new VfioMigError("save: refusing to write device state to a terminal: redirect standard output or give a FILE", "usage");
+      throw new VfioMigError(
+        "save: refusing to write device state to a terminal: redirect standard output or give a FILE",
+        "usage",
+      );
     }
     const dev = openDevice(sys, spec);
     const cancel = new Cancellation().install();
@@ -63,6 +73,7 @@ ${EXIT_CODES_HELP}`,
         resume: values.resume,
         live: values.live,
         maxPrecopyMs: maxPrecopy,
+        protocol: parseProtocol(values.protocol, "save"),
         progress: !values.quiet && !values.json,
         cancel,
       });

@@ -5,6 +5,9 @@ import { VfioMigError } from "../errors.ts";
 import { stateName } from "../migration/state_machine.ts";
 import { MODEL_NAMES, type ModelName } from "../sim/models.ts";
 import { SimStore } from "../sim/store.ts";
+import { parseQuirks, QUIRK_NAMES } from "../sim/quirks.ts";
+import { V1_SPARSE, type V1Sparse } from "../sim/v1_device.ts";
+import { v1StateName } from "../migration/v1.ts";
 import { type Command, parse, printJson } from "./command.ts";
 
 /** SHA-256 of a simulated device's state, streamed (constant memory). */
@@ -31,7 +34,9 @@ export function parseFlags(s: string): number {
   let f = 0;
   for (const part of s.split(",")) {
     const v = FLAG_NAMES[part.trim()];
-    if (v === undefined) throw new VfioMigError(`sim create: unknown flag ${part} (stop-copy, p2p, pre-copy, none)`, "usage");
+    if (v === undefined) {
+      throw new VfioMigError(`sim create: unknown flag ${part} (stop-copy, p2p, pre-copy, none)`, "usage");
+    }
     f |= v;
   }
   if (f && !(f & 1)) throw new VfioMigError("sim create: a migratable device must have stop-copy", "usage");
@@ -45,6 +50,37 @@ export function parseSize(s: string): number {
   return Number(m[1]) * mult;
 }
 
+/** --protocol, --data-size, --sparse of sim create. */
+function v1Options(protocol?: string, dataSize?: string, sparse?: string) {
+  if (protocol !== undefined && protocol !== "v1" && protocol !== "v2") {
+    throw new VfioMigError(`sim create: --protocol takes v1 or v2 (not ${protocol})`, "usage");
+  }
+  if (protocol !== "v1") {
+    if (dataSize !== undefined || sparse !== undefined) {
+      throw new VfioMigError("sim create: --data-size and --sparse need --protocol v1", "usage");
+    }
+    return {};
+  }
+  if (sparse !== undefined && !V1_SPARSE.includes(sparse as V1Sparse)) {
+    throw new VfioMigError(`sim create: --sparse takes ${V1_SPARSE.join(", ")} (not ${sparse})`, "usage");
+  }
+  return {
+    protocol: "v1" as const,
+    dataSize: dataSize === undefined ? undefined : parseSize(dataSize),
+    sparse: sparse as V1Sparse | undefined,
+  };
+}
+
+/** --quirk NAME (repeatable): deliberate non-conformance for `vfio-mig check` tests. */
+function quirksOf(names: string[] | undefined): string[] | undefined {
+  if (!names?.length) return undefined;
+  try {
+    return parseQuirks(names.flatMap((n) => n.split(",")).map((n) => n.trim()).filter((n) => n));
+  } catch (e) {
+    throw new VfioMigError(`sim create: ${(e as Error).message}`, "usage");
+  }
+}
+
 function show(sys: Sys, path: string) {
   const store = new SimStore(sys, path);
   const m = store.readMeta();
@@ -55,14 +91,17 @@ function show(sys: Sys, path: string) {
     size: sys.stat(store.statePath).size,
     seed: m.seed,
     rate: m.rate,
-    state: stateName(m.state),
+    state: m.v1 ? v1StateName(m.v1.state) : stateName(m.state),
+    ...(m.v1 ? { protocol: "v1", dataSection: m.v1.dataSize, sparse: m.v1.sparse } : {}),
+    ...(m.quirks?.length ? { quirks: m.quirks.join(",") } : {}),
     sha256: stateHash(sys, store),
   };
 }
 
 const HELP = `Usage:
   vfio-mig sim create PATH [--model mtty-1|mtty-2|bulk] [--size N] [--flags LIST]
-                           [--seed S] [--rate BYTES_PER_SEC]
+                           [--seed S] [--rate BYTES_PER_SEC] [--quirk NAME]...
+                           [--protocol v1|v2 [--data-size N] [--sparse full|partial|none]]
   vfio-mig sim show PATH [--json]
   vfio-mig sim compare A B [--json]
 
@@ -74,11 +113,21 @@ state, default 1M, that changes at --rate bytes/s while running).
 --flags: comma list of stop-copy, p2p, pre-copy, or none (not migratable: ENOTTY).
 Default stop-copy,p2p,pre-copy. 'show' prints the state and a SHA-256 of the device's
 state; 'compare' exits 0 when two devices hold equal state, 1 otherwise.
+--protocol v1: a device speaking the deprecated v1 region protocol (docs/protocol-v1.md)
+instead of uAPI v2: region 9 holds the migration registers and a --data-size data
+section (default 1M, a multiple of 4096) backed by a memfd; --sparse says what of it
+may be mmap'd: full (default), partial (two areas with holes) or none.
+Faults for v1: v1:device_state:write, v1:device_state:error (the write fails and the
+device enters the error state), v1:pending_bytes, v1:data_offset, v1:data_size,
+mmap:device.
 
 Fault injection (for tests): VFIO_MIG_SIM_FAULTS="KEY@N=ERRNO,..." makes the Nth call
 matching KEY fail, e.g. read:data_fd@2=EIO, write:host@3=ENOSPC,
 ioctl:DEVICE_FEATURE:MIG_DEVICE_STATE:SET@2=EINVAL, write:data_fd@1=short.
-VFIO_MIG_SIM_LOG=FILE appends every simulated call as a JSON line.`;
+VFIO_MIG_SIM_LOG=FILE appends every simulated call as a JSON line.
+
+Non-conformant drivers (for 'vfio-mig check' tests): --quirk NAME, repeatable, one of
+${QUIRK_NAMES.join(", ")} (src/sim/quirks.ts). Default: none.`;
 
 export const simCommand: Command = {
   name: "sim",
@@ -92,6 +141,10 @@ export const simCommand: Command = {
       flags: { type: "string" },
       seed: { type: "string" },
       rate: { type: "string" },
+      quirk: { type: "string", multiple: true },
+      protocol: { type: "string" },
+      "data-size": { type: "string" },
+      sparse: { type: "string" },
       json: { type: "boolean" },
     });
     if (values.help || sub === undefined || sub === "--help" || sub === "-h") {
@@ -113,10 +166,14 @@ export const simCommand: Command = {
           size: values.size === undefined ? undefined : parseSize(values.size),
           seed: values.seed === undefined ? undefined : Number(values.seed),
           rate: values.rate === undefined ? undefined : parseSize(values.rate),
+          quirks: quirksOf(values.quirk),
+          ...v1Options(values.protocol, values["data-size"], values.sparse),
         });
         const s = show(sys, positionals[0]);
         if (values.json) printJson(s);
-        else console.log(`created ${s.device}: ${s.model}, ${s.size} bytes of state, flags 0x${s.migrationFlags.toString(16)}`);
+        else {console.log(
+            `created ${s.device}: ${s.model}, ${s.size} bytes of state, flags 0x${s.migrationFlags.toString(16)}`,
+          );}
         return Promise.resolve(0);
       }
       case "show": {
@@ -137,7 +194,9 @@ export const simCommand: Command = {
           console.log(
             equal
               ? `equal: ${a.device} and ${b.device} hold the same ${a.model} state (sha256 ${a.sha256.slice(0, 16)}…)`
-              : `different: ${a.device} (${a.model}, ${a.sha256.slice(0, 16)}…) vs ${b.device} (${b.model}, ${b.sha256.slice(0, 16)}…)`,
+              : `different: ${a.device} (${a.model}, ${a.sha256.slice(0, 16)}…) vs ${b.device} (${b.model}, ${
+                b.sha256.slice(0, 16)
+              }…)`,
           );
         }
         return Promise.resolve(equal ? 0 : 1);

@@ -251,7 +251,11 @@ function openCdev(sys: Sys, spec: string, dev: SysfsDevice | null): VfioDevice {
     const alloc = encode(STRUCTS.iommu_ioas_alloc, { size: 12, flags: 0 });
     sys.ioctl(iommufd, IOCTL.IOMMU_IOAS_ALLOC, alloc);
     const ioas = decode(STRUCTS.iommu_ioas_alloc, alloc).out_ioas_id;
-    sys.ioctl(fd, IOCTL.DEVICE_ATTACH_IOMMUFD_PT, encode(STRUCTS.vfio_device_attach_iommufd_pt, { argsz: 16, pt_id: ioas }));
+    sys.ioctl(
+      fd,
+      IOCTL.DEVICE_ATTACH_IOMMUFD_PT,
+      encode(STRUCTS.vfio_device_attach_iommufd_pt, { argsz: 16, pt_id: ioas }),
+    );
     return withIdentity(new VfioDevice(sys, fd, spec, infoOf(dev, spec), [iommufd], "cdev"));
   } catch (e) {
     if (iommufd >= 0) sys.close(iommufd);
@@ -275,14 +279,21 @@ function openSimDevice(sys: Sys, spec: string): VfioDevice {
     throw e;
   }
   const info = modelInfo(meta.model);
-  const d = new VfioDevice(sys, fd, spec, {
-    kind: "sim",
-    name: path,
-    driver: info.driver,
-    mdevType: info.mdevType ?? null,
-    pci: null,
-    model: meta.model,
-  }, [], "sim");
+  const d = new VfioDevice(
+    sys,
+    fd,
+    spec,
+    {
+      kind: "sim",
+      name: path,
+      driver: info.driver,
+      mdevType: info.mdevType ?? null,
+      pci: null,
+      model: meta.model,
+    },
+    [],
+    "sim",
+  );
   return withIdentity(d);
 }
 

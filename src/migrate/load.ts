@@ -4,23 +4,36 @@
 
 import type { VfioDevice } from "../device/open.ts";
 import { StreamError, VfioMigError } from "../errors.ts";
-import { writeAll } from "../io.ts";
-import { DeviceState, stateName } from "../migration/state_machine.ts";
 import { identityMismatch, type StreamHeader } from "../stream/format.ts";
 import { StreamReader } from "../stream/reader.ts";
 import type { Source } from "../transport/transport.ts";
+import {
+  checkConfigIdentity,
+  type ConfigRestore,
+  type ConfigState,
+  decodeConfigState,
+  restoreConfigState,
+} from "./config_state.ts";
+import { type Protocol, type ProtocolChoice, type ResumeSession, v1Of } from "./protocol.ts";
 import { probeMigration } from "./save.ts";
-import { Cancellation, failure, pausePoint, Progress, recoverDevice, streamIdentity, tryGetState } from "./session.ts";
+import { Cancellation, failure, pausePoint, Progress, streamIdentity } from "./session.ts";
+import { V1ResumeSession } from "./v1_session.ts";
+import { V2ResumeSession } from "./v2_session.ts";
 
 export interface LoadOptions {
   /** Leave the device in STOP after loading (default: RUNNING). */
   noStart?: boolean;
   progress?: boolean;
   cancel?: Cancellation;
+  /** auto (default: the stream's), v1 or v2; must match the stream's. */
+  protocol?: ProtocolChoice;
+  /** Do not restore the DEV_CONFIG_STATE section (its ids are still checked). */
+  noConfig?: boolean;
 }
 
 export interface LoadResult {
   device: string;
+  protocol: Protocol;
   bytes: number;
   streamBytes: number;
   seconds: number;
@@ -28,58 +41,83 @@ export interface LoadResult {
   statesVisited: string[];
   finalState: string;
   source: string;
+  /** What the config section restored; null without one or with noConfig. */
+  config: ConfigRestore | null;
 }
 
 /** Reads and checks the stream header against the device, before any device call. */
 export function checkHeader(reader: StreamReader, d: VfioDevice): StreamHeader {
   const h = reader.readHeader();
-  if (h.protocol !== "v2") {
-    throw new StreamError(`the stream uses migration protocol ${h.protocol}; this load speaks v2`);
+  if (h.protocol !== "v2" && h.protocol !== "v1") {
+    throw new StreamError(`the stream uses migration protocol ${h.protocol}; this vfio-mig speaks v1 and v2`);
   }
   const why = identityMismatch(h.device, streamIdentity(d));
   if (why) throw new VfioMigError(`wrong device: ${why}`, "stream");
   return h;
 }
 
-/** The record order a stream must follow (docs/stream-format.md). */
-type Phase = "setup" | "setup-end" | "iterate" | "stop-copy" | "trailer";
+/** The resume session for a stream's protocol; throws (nothing touched) when the device cannot. */
+export function openResumeSession(d: VfioDevice, header: StreamHeader, want: ProtocolChoice): ResumeSession {
+  const protocol = header.protocol;
+  if (want !== "auto" && want !== protocol) {
+    throw new VfioMigError(
+      `the stream was saved with migration protocol ${protocol}; --protocol ${want} cannot load it`,
+      "usage",
+    );
+  }
+  if (protocol === "v1") {
+    const m = v1Of(d);
+    if (!m) {
+      throw new VfioMigError(
+        `${d.label} has no v1 migration region (CAP_TYPE 3/1): it cannot load a protocol v1 stream`,
+        "device",
+      );
+    }
+    return V1ResumeSession.open(m);
+  }
+  probeMigration(d);
+  return V2ResumeSession.open(d);
+}
+
+/**
+ * The record order a stream must follow (docs/stream-format.md). v2: setup, pre-copy
+ * iterations, SWITCHOVER, stop-copy data, END_OF_STATE. v1 (QEMU 7.2): setup, then
+ * data records each iteration closed by END_OF_STATE, the complete phase the same.
+ * Both may end with DEV_CONFIG_STATE + END_OF_STATE.
+ */
+type Phase = "setup" | "setup-end" | "iterate" | "stop-copy" | "after-data" | "config-end" | "trailer";
 
 export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}): Promise<LoadResult> {
   const t0 = performance.now();
   const cancel = opts.cancel ?? new Cancellation();
   const reader = new StreamReader(source);
   let header: StreamHeader;
+  let session: ResumeSession;
   try {
     header = checkHeader(reader, d);
+    session = openResumeSession(d, header, opts.protocol ?? "auto");
   } catch (e) {
     throw failure(`load into ${d.label} refused`, e, `${d.label} was not touched`);
   }
-  try {
-    probeMigration(d);
-  } catch (e) {
-    throw failure(`load into ${d.label} refused`, e, `${d.label} was not touched`);
-  }
-  const found = tryGetState(d);
-  if (found === DeviceState.ERROR || found === null) {
-    throw new VfioMigError(
-      `${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`,
-      "device",
-    );
-  }
+  const v1 = session.protocol === "v1";
   const progress = new Progress(!!opts.progress, header.sizeEstimate);
-  let dataFd: number | null = null;
-  let resuming = false;
   let phase: Phase = "setup";
+  let afterEnd = false; // the last record was END_OF_STATE
+  let config: ConfigState | null = null;
   const unexpected = (what: string, offset: number) =>
-    new StreamError(`unexpected ${what} (expected ${expectation(phase)})`, offset);
+    new StreamError(`unexpected ${what} (expected ${expectation(phase, v1)})`, offset);
   try {
     for (;;) {
       await cancel.checkpoint();
       const rec = reader.next();
       if (rec.kind === "end") {
-        if (phase !== "trailer") throw unexpected("end of stream", rec.offset);
+        if (phase !== "trailer" && phase !== "after-data" && !(v1 && phase === "iterate" && afterEnd)) {
+          throw unexpected("end of stream", rec.offset);
+        }
         break;
       }
+      const prevEnd = afterEnd;
+      afterEnd = rec.kind === "tag" && rec.tag === "END_OF_STATE";
       if (rec.kind === "tag") {
         switch (rec.tag) {
           case "DEV_SETUP_STATE":
@@ -88,23 +126,20 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
             break;
           case "END_OF_STATE":
             if (phase === "setup-end") {
-              // The destination enters RESUMING as the stream starts (reference §2.4 load_setup).
-              const r = d.migration.setState(DeviceState.RESUMING, found);
-              resuming = true;
-              dataFd = r.dataFd;
-              if (dataFd === null) throw new VfioMigError(`${d.label}: RESUMING returned no data_fd`);
+              session.begin();
               await pausePoint((n) => d.sys.getenv(n), "resume", cancel);
               phase = "iterate";
             } else if (phase === "iterate") {
-              // end of a pre-copy iteration
-            } else if (phase === "stop-copy") phase = "trailer";
+              // end of an iteration (v1: also of the complete phase)
+            } else if (phase === "stop-copy") phase = "after-data";
+            else if (phase === "config-end") phase = "trailer";
             else throw unexpected("END_OF_STATE", rec.offset);
             break;
           case "DEV_INIT_DATA_SENT":
-            if (phase !== "iterate") throw unexpected("DEV_INIT_DATA_SENT", rec.offset);
+            if (phase !== "iterate" || v1) throw unexpected("DEV_INIT_DATA_SENT", rec.offset);
             break;
           case "SWITCHOVER":
-            if (phase !== "iterate") throw unexpected("SWITCHOVER", rec.offset);
+            if (phase !== "iterate" || v1) throw unexpected("SWITCHOVER", rec.offset);
             phase = "stop-copy";
             break;
           default:
@@ -112,66 +147,62 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
         }
         continue;
       }
-      if (rec.tag === "DEV_CONFIG_STATE") throw unexpected("DEV_CONFIG_STATE", rec.offset);
-      if ((phase !== "iterate" && phase !== "stop-copy") || dataFd === null) {
-        throw unexpected("device data", rec.offset);
+      if (rec.tag === "DEV_CONFIG_STATE") {
+        if (!(phase === "after-data" || (v1 && phase === "iterate" && prevEnd))) {
+          throw unexpected("DEV_CONFIG_STATE", rec.offset);
+        }
+        config = decodeConfigState(rec.bytes);
+        checkConfigIdentity(config, d);
+        phase = "config-end";
+        continue;
       }
-      writeAll(d.sys, dataFd, rec.bytes);
+      if (phase !== "iterate" && phase !== "stop-copy") throw unexpected("device data", rec.offset);
+      session.data(rec.bytes);
       progress.update("resume", reader.dataBytes);
     }
+    // The whole stream is verified: let the driver take the data, restore the
+    // config space, then start the device (QEMU: load_state, load config, VM start).
     await pausePoint((n) => d.sys.getenv(n), "finish", cancel);
-    // The whole stream verified: let the driver validate and load it (RESUMING ->
-    // STOP), then end the session by closing the data_fd, as QEMU's cleanup does.
-    d.migration.setState(DeviceState.STOP, DeviceState.RESUMING);
-    resuming = false;
-    d.sys.close(dataFd!);
-    dataFd = null;
-    const finalState = opts.noStart ? DeviceState.STOP : DeviceState.RUNNING;
-    if (finalState !== DeviceState.STOP) d.migration.setState(finalState, DeviceState.STOP);
+    session.endData();
+    const restored = config && !opts.noConfig ? restoreConfigState(config, d) : null;
+    const finalState = session.finish(!!opts.noStart);
     progress.update("done", reader.dataBytes, true);
     progress.finish();
     const seconds = (performance.now() - t0) / 1000;
     return {
       device: d.label,
+      protocol: session.protocol,
       bytes: reader.dataBytes,
       streamBytes: reader.offset,
       seconds,
       throughput: seconds > 0 ? reader.dataBytes / seconds : 0,
-      statesVisited: d.migration.visited.map(stateName),
-      finalState: stateName(finalState),
+      statesVisited: session.statesVisited(),
+      finalState,
       source: header.source,
+      config: restored,
     };
   } catch (e) {
     progress.finish();
-    if (dataFd !== null) {
-      try {
-        d.sys.close(dataFd);
-      } catch { /* best effort */ }
-    }
-    let where: string;
-    const now = tryGetState(d);
-    if (resuming || now === DeviceState.RESUMING || now === DeviceState.ERROR || now === null) {
-      // The only way to abort a RESUMING session is a device reset.
-      where = recoverDevice(d, DeviceState.RUNNING, true);
-    } else if (d.migration.visited.length === 0) {
-      where = `${d.label} was not touched`;
-    } else {
-      where = recoverDevice(d, DeviceState.RUNNING, true);
-    }
-    throw failure(`load into ${d.label} failed`, e, where);
+    throw failure(`load into ${d.label} failed`, e, session.abort());
   }
 }
 
-function expectation(phase: Phase): string {
+function expectation(phase: Phase, v1: boolean): string {
   switch (phase) {
     case "setup":
       return "DEV_SETUP_STATE";
     case "setup-end":
       return "END_OF_STATE after DEV_SETUP_STATE";
     case "iterate":
-      return "device data, END_OF_STATE, DEV_INIT_DATA_SENT or SWITCHOVER";
+      return v1
+        ? "device data, END_OF_STATE, DEV_CONFIG_STATE or the stream trailer"
+        : "device data, END_OF_STATE, DEV_INIT_DATA_SENT or SWITCHOVER";
     case "stop-copy":
       return "device data or END_OF_STATE";
+    case "after-data":
+      return "DEV_CONFIG_STATE or the stream trailer";
+    case "config-end":
+      return "END_OF_STATE after DEV_CONFIG_STATE";
     case "trailer":
       return "the stream trailer";
   }

@@ -2,16 +2,17 @@
 // seed's SaveVMHandlers: setup, pre-copy (live only), stop-copy, cleanup.
 
 import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
-import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { readSome } from "../io.ts";
-import { DeviceState, isSavingState, stateName } from "../migration/state_machine.ts";
 import { FORMAT_VERSION, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
 import type { Sink } from "../transport/transport.ts";
 import { VERSION } from "../version.ts";
-import { Cancellation, failure, pausePoint, Progress, recoverDevice, streamIdentity } from "./session.ts";
+import { encodeConfigState, readConfigState } from "./config_state.ts";
+import { chooseProtocol, type Protocol, type ProtocolChoice, type SaveSession, v1Of } from "./protocol.ts";
+import { Cancellation, failure, pausePoint, Progress, streamIdentity } from "./session.ts";
+import { V1SaveSession } from "./v1_session.ts";
+import { V2SaveSession } from "./v2_session.ts";
 
 export interface SaveOptions {
   /** Leave the device RUNNING after a successful save (default: STOP). */
@@ -23,10 +24,15 @@ export interface SaveOptions {
   progress?: boolean;
   cancel?: Cancellation;
   chunkSize?: number;
+  /** Migration protocol: auto (default: v2 when the device has it, else v1), v1 or v2. */
+  protocol?: ProtocolChoice;
+  /** The header's creation time (default now; fixed for reproducible streams). */
+  created?: Date;
 }
 
 export interface SaveResult {
   device: string;
+  protocol: Protocol;
   bytes: number;
   streamBytes: number;
   precopyBytes: number;
@@ -40,6 +46,8 @@ export interface SaveResult {
   finalState: string;
   migrationFlags: number;
   sizeEstimate: number | null;
+  /** Bytes of PCI config space in the DEV_CONFIG_STATE section (0: none). */
+  configBytes: number;
 }
 
 function notMigratable(d: VfioDevice, e: unknown): VfioMigError {
@@ -68,59 +76,11 @@ export function probeMigration(d: VfioDevice): number {
 export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): Promise<SaveResult> {
   const t0 = performance.now();
   const cancel = opts.cancel ?? new Cancellation();
-  const flags = probeMigration(d);
-  const sizeEstimate = d.migration.dataSize();
   const live = !!opts.live;
-  if (live && !(flags & MIGRATION_FLAGS.PRE_COPY)) {
-    throw new VfioMigError(
-      `${d.label}: --live needs PRE_COPY support; this device's migration flags are 0x${flags.toString(16)}`,
-      "usage",
-    );
-  }
-  let found = d.migration.getState();
-  if (found === DeviceState.ERROR) {
-    throw new VfioMigError(
-      `${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`,
-      "device",
-    );
-  }
-  if (found === DeviceState.RESUMING) {
-    throw new VfioMigError(`${d.label} is RESUMING (a load is in progress or was abandoned): reset it first`, "device");
-  }
-  // A device left in a saving state by an interrupted save: end that session first,
-  // so that STOP_COPY below opens a fresh data_fd.
-  if (isSavingState(found)) {
-    d.migration.setState(DeviceState.STOP, found);
-    found = DeviceState.RUNNING;
-  }
-  if (live && found !== DeviceState.RUNNING) {
-    throw new VfioMigError(`${d.label} is ${stateName(found)}: a live save starts from RUNNING`, "usage");
-  }
-  const restoreTo = found; // the state to go back to after a failed save
-  const progress = new Progress(!!opts.progress, sizeEstimate);
+  const session = openSaveSession(d, opts.protocol ?? "auto", live);
+  const progress = new Progress(!!opts.progress, session.sizeEstimate);
   const w = new StreamWriter(sink, opts.chunkSize);
-  let dataFd: number | null = null;
   let precopyBytes = 0;
-  let leftRunning = 0;
-  const state = { cur: found };
-
-  const readLoop = async (phase: "pre-copy" | "stop-copy", fd: number): Promise<number> => {
-    let total = 0;
-    for (;;) {
-      await cancel.checkpoint();
-      let n: number;
-      try {
-        n = readSome(d.sys, fd, w.payload);
-      } catch (e) {
-        if (phase === "pre-copy" && isErrno(e, "ENOMSG")) return total; // nothing now
-        throw e;
-      }
-      if (n === 0) return total;
-      w.data(n);
-      total += n;
-      progress.update(phase, w.dataBytes);
-    }
-  };
 
   try {
     // setup
@@ -128,34 +88,30 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
       format: "vfio-mig",
       version: FORMAT_VERSION,
       tool: `vfio-mig ${VERSION}`,
-      protocol: "v2",
-      created: new Date().toISOString(),
+      protocol: session.protocol,
+      created: (opts.created ?? new Date()).toISOString(),
       source: d.label,
       device: streamIdentity(d),
-      migrationFlags: flags,
-      sizeEstimate,
+      migrationFlags: session.migrationFlags,
+      sizeEstimate: session.sizeEstimate,
       mode: live ? "live" : "offline",
+      ...session.headerExtra,
     };
     w.header(header);
-    w.tag(TAG.DEV_SETUP_STATE);
-    w.tag(TAG.END_OF_STATE);
+    session.setup(w, live);
     progress.update("setup", 0, true);
     const getenv = (n: string) => d.sys.getenv(n);
     await pausePoint(getenv, "setup", cancel);
 
-    // pre-copy: read the initial data while the device runs
+    // pre-copy: iterations while the device runs
     if (live) {
-      dataFd = d.migration.setState(DeviceState.PRE_COPY, state.cur).dataFd;
-      state.cur = DeviceState.PRE_COPY;
-      if (dataFd === null) throw new VfioMigError(`${d.label}: RUNNING -> PRE_COPY returned no data_fd`);
       await pausePoint(getenv, "pre-copy", cancel);
       const deadline = performance.now() + (opts.maxPrecopyMs ?? 10_000);
       for (;;) {
-        precopyBytes += await readLoop("pre-copy", dataFd);
-        const info = d.migration.precopyInfo(dataFd);
-        if (info.initialBytes === 0 || performance.now() > deadline) {
-          if (info.initialBytes === 0) w.tag(TAG.DEV_INIT_DATA_SENT);
-          else w.tag(TAG.END_OF_STATE);
+        const it = await session.iterate(w, cancel, progress);
+        precopyBytes += it.bytes;
+        if (it.done || performance.now() > deadline) {
+          session.endPrecopy(w, it.done);
           break;
         }
         await new Promise((r) => setTimeout(r, 1));
@@ -163,32 +119,23 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     }
 
     // stop-copy
-    w.tag(TAG.SWITCHOVER);
-    leftRunning = performance.now();
-    const r = d.migration.setState(DeviceState.STOP_COPY, state.cur);
-    state.cur = DeviceState.STOP_COPY;
-    if (r.dataFd !== null) {
-      if (dataFd !== null) {
-        d.sys.close(r.dataFd);
-        throw new VfioMigError(`${d.label}: data_fd out of sync (the device was reset asynchronously?)`);
-      }
-      dataFd = r.dataFd;
-    }
-    if (dataFd === null) throw new VfioMigError(`${d.label}: STOP_COPY returned no data_fd`);
+    const leftRunning = performance.now();
+    session.stop(w);
     await pausePoint(getenv, "stop-copy", cancel);
-    await readLoop("stop-copy", dataFd);
-    // STOP_COPY's end of stream is permanent: a second read must say 0 again.
-    w.tag(TAG.END_OF_STATE);
+    await session.drain(w, cancel, progress);
     const downtimeMs = performance.now() - leftRunning;
+
+    // config state (vfio_save_state), after the device data
+    const config = readConfigState(d);
+    if (config) {
+      w.sized(TAG.DEV_CONFIG_STATE, encodeConfigState(config));
+      w.tag(TAG.END_OF_STATE);
+    }
     w.end();
 
     // cleanup: end the session, then make the output visible
     await pausePoint(getenv, "finish", cancel);
-    d.sys.close(dataFd);
-    dataFd = null;
-    const finalState = opts.resume ? DeviceState.RUNNING : DeviceState.STOP;
-    d.migration.setState(finalState, state.cur);
-    state.cur = finalState;
+    const finalState = session.finish(!!opts.resume);
     cancel.check();
     sink.commit();
     progress.update("done", w.dataBytes, true);
@@ -196,6 +143,7 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     const seconds = (performance.now() - t0) / 1000;
     return {
       device: d.label,
+      protocol: session.protocol,
       bytes: w.dataBytes,
       streamBytes: w.written,
       precopyBytes,
@@ -203,23 +151,29 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
       seconds,
       throughput: seconds > 0 ? w.dataBytes / seconds : 0,
       downtimeMs,
-      statesVisited: d.migration.visited.map(stateName),
-      finalState: stateName(finalState),
-      migrationFlags: flags,
-      sizeEstimate,
+      statesVisited: session.statesVisited(),
+      finalState,
+      migrationFlags: session.migrationFlags,
+      sizeEstimate: session.sizeEstimate,
+      configBytes: config ? config.config.length : 0,
     };
   } catch (e) {
     progress.finish();
     sink.abort();
-    if (dataFd !== null) {
-      try {
-        d.sys.close(dataFd);
-      } catch { /* closing is best effort here */ }
-    }
-    const where = recoverDevice(d, restoreTo);
+    const where = session.abort();
     const cause = e instanceof SysError && e.errno === Errno.EPIPE
       ? new VfioMigError(`${sink.label}: the reading end went away (broken pipe)`)
       : e;
     throw failure(`save from ${d.label} failed`, cause, where);
   }
+}
+
+/** Chooses the protocol and checks the device can be saved; nothing is changed when it throws. */
+export function openSaveSession(d: VfioDevice, want: ProtocolChoice, live: boolean): SaveSession {
+  const protocol = chooseProtocol(d, want);
+  if (protocol === "v1") {
+    return V1SaveSession.open(d, v1Of(d)!, live);
+  }
+  probeMigration(d);
+  return V2SaveSession.open(d, live);
 }

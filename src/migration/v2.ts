@@ -3,15 +3,7 @@
 
 import { isErrno, SysError } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
-import {
-  decode,
-  encodeInto,
-  FEATURE,
-  FEATURE_FLAGS,
-  featureBuffer,
-  IOCTL,
-  STRUCTS,
-} from "../../ffi/vfio_uapi.ts";
+import { decode, encodeInto, FEATURE, FEATURE_FLAGS, featureBuffer, IOCTL, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { DeviceState, isHangingArc, resolvePath, stateName } from "./state_machine.ts";
 import { VfioMigError } from "../errors.ts";
 

@@ -37,17 +37,21 @@ import {
   BULK_RECORD_HEADER,
   bulkHeader,
   bulkRecordHeader,
+  CAP_MSIX_AT,
   configSpace,
+  configWritable,
+  type ModelInfo,
+  modelInfo,
   MTTY_HEADER_SIZE,
   MTTY_PORT_SIZE,
   mttyHeader,
-  type ModelInfo,
-  modelInfo,
   prng,
   validateBulkHeader,
   validateMttyHeader,
 } from "./models.ts";
-import { type SimDeviceMeta, SimStore } from "./store.ts";
+import { type SimDeviceMeta, SimStore, writeFileAtomic } from "./store.ts";
+import { hasQuirk } from "./quirks.ts";
+import { V1_REGION_INDEX, type V1Backend, V1Device } from "./v1_device.ts";
 
 const { STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = DeviceState;
 
@@ -128,6 +132,10 @@ interface OpenDevice {
   meta: SimDeviceMeta;
   info: ModelInfo;
   config: Uint8Array;
+  /** The MSI-X BAR's contents, for models with MSI-X. */
+  msixBar?: Uint8Array;
+  /** The v1 register block and data section, for protocol v1 devices. */
+  v1?: V1Device;
   saving?: SaveFile;
   resuming?: ResumeFile;
 }
@@ -181,15 +189,19 @@ export class SimKernel implements Sys {
   /** Counts the call against the faults; throws or returns "short". */
   #fault(key: string, op: string): "short" | null {
     let short: "short" | null = null;
+    let failing: Fault | null = null;
+    // Count the call against every matching fault before failing it, so each
+    // fault's N counts all the calls its key matches.
     for (const f of this.faults) {
       if (!key.startsWith(f.key)) continue;
       f.seen++;
       if (f.seen !== f.nth) continue;
       if (f.errno === "short") short = "short";
-      else {
-        this.#log({ key, fault: errnoName(f.errno) });
-        throw new SysError(op, f.errno, `injected at ${f.key}@${f.nth}`);
-      }
+      else failing ??= f;
+    }
+    if (failing) {
+      this.#log({ key, fault: errnoName(failing.errno as number) });
+      throw new SysError(op, failing.errno as number, `injected at ${failing.key}@${failing.nth}`);
     }
     return short;
   }
@@ -216,6 +228,7 @@ export class SimKernel implements Sys {
     this.#fault(`close:${this.#classOf(fd)}`, "close");
     const dev = this.#devices.get(fd);
     if (dev) {
+      dev.v1?.close();
       this.#disableFiles(dev);
       this.#devices.delete(fd);
       this.#log({ key: "close:device", fd, state: stateName(dev.meta.state) });
@@ -295,8 +308,15 @@ export class SimKernel implements Sys {
 
   mmap(fd: number, length: number, prot: number, flags: number, offset: number): Mapping {
     this.#fault(`mmap:${this.#classOf(fd)}`, "mmap");
-    // No region of the v2 models is mmap-capable (mtty's BARs are not either).
-    if (this.#devices.has(fd) || this.#files.has(fd)) throw err("mmap", "EINVAL");
+    // Only the v1 data section is mmap-capable (mtty's BARs are not either).
+    const dev = this.#devices.get(fd);
+    const v1At = offset - V1_REGION_INDEX * 2 ** 40;
+    if (dev?.v1 && v1At >= 0 && v1At < dev.v1.regionSize) {
+      const map = dev.v1.mmap(length, prot, v1At);
+      this.#log({ key: "mmap:device", offset: v1At, length });
+      return map;
+    }
+    if (dev || this.#files.has(fd)) throw err("mmap", "EINVAL");
     return this.#host.mmap(fd, length, prot, flags, offset);
   }
 
@@ -382,9 +402,81 @@ export class SimKernel implements Sys {
       throw e;
     }
     const info = modelInfo(meta.model);
-    const dev: OpenDevice = { fd, store, meta: store.readMeta(), info, config: configSpace(info) };
+    const saved = store.readOptional(store.configPath);
+    const config = saved && saved.length === info.configSize ? saved : configSpace(info);
+    const dev: OpenDevice = { fd, store, meta: store.readMeta(), info, config };
+    if (info.msix) {
+      const size = info.bars[info.msix.bar];
+      const bar = store.readOptional(store.msixPath);
+      dev.msixBar = bar && bar.length === size ? bar : new Uint8Array(size);
+    }
+    if (dev.meta.v1) {
+      const v1meta = dev.meta.v1;
+      try {
+        dev.v1 = new V1Device(this.#host, v1meta, this.#v1Backend(dev), {
+          fault: (key, op) => this.#fault(key, op),
+          persist: () => {
+            dev.meta.state = v1Mirror(v1meta.state);
+            this.#persist(dev);
+          },
+          log: (entry) => this.#log(entry),
+        });
+      } catch (e) {
+        this.#host.close(fd);
+        throw e;
+      }
+    }
     this.#devices.set(fd, dev);
     return fd;
+  }
+
+  /** The model's save and resume streams, for the v1 register block. */
+  #v1Backend(dev: OpenDevice): V1Backend {
+    const endSave = () => {
+      if (dev.saving) this.#releaseFile(dev.saving);
+      dev.saving = undefined;
+    };
+    const endResume = () => {
+      if (dev.resuming) this.#releaseFile(dev.resuming);
+      dev.resuming = undefined;
+    };
+    return {
+      startSave: (precopy) => {
+        endSave();
+        this.#newSaveFile(dev, precopy ? PRE_COPY : STOP_COPY);
+      },
+      toStopCopy: () => {
+        if (dev.saving) this.#fillStopCopy(dev, dev.saving);
+      },
+      pending: () => {
+        const f = dev.saving;
+        if (!f) return 0;
+        this.#tick(dev);
+        let p = f.filled - f.pos;
+        if (dev.meta.model === "bulk") p += f.dirty.size * (BULK_PAGE + BULK_RECORD_HEADER);
+        return p;
+      },
+      read: (buf) => {
+        if (!dev.saving) return 0;
+        try {
+          return this.#saveRead(dev, dev.saving, buf);
+        } catch (e) {
+          if (e instanceof SysError && e.errno === Errno.ENOMSG) return 0;
+          throw e;
+        }
+      },
+      endSave,
+      startResume: () => {
+        endResume();
+        this.#newResumeFile(dev);
+      },
+      write: (buf) => {
+        let off = 0;
+        while (off < buf.length) off += this.#resumeWrite(dev, dev.resuming!, buf.subarray(off));
+      },
+      load: () => this.#loadState(dev),
+      endResume,
+    };
   }
 
   #persist(dev: OpenDevice): void {
@@ -435,6 +527,7 @@ export class SimKernel implements Sys {
         return this.#getRegionInfo(dev, arg);
       case IOCTL.DEVICE_RESET:
         // mtty: a deferred reset that forces RUNNING and disables migration files.
+        dev.v1?.reset();
         this.#disableFiles(dev);
         dev.meta.state = RUNNING;
         dev.meta.runningSince = Date.now();
@@ -454,7 +547,7 @@ export class SimKernel implements Sys {
     if (argsz < 16) throw err("ioctl", "EINVAL");
     const v = new DataView(arg.buffer, arg.byteOffset, arg.byteLength);
     v.setUint32(4, dev.info.deviceFlags, true);
-    v.setUint32(8, PCI_REGION.NUM, true);
+    v.setUint32(8, dev.v1 ? V1_REGION_INDEX + 1 : PCI_REGION.NUM, true);
     v.setUint32(12, 5, true);
     if (argsz >= 24 && arg.length >= 24) v.setUint32(16, 0, true);
     return 0;
@@ -463,6 +556,10 @@ export class SimKernel implements Sys {
   #getRegionInfo(dev: OpenDevice, arg: IoctlArg): number {
     if (!(arg instanceof Uint8Array) || arg.length < 32) throw err("ioctl", "EFAULT");
     const r = decode(STRUCTS.vfio_region_info, arg);
+    if (r.argsz >= 32 && r.index === V1_REGION_INDEX && dev.v1) {
+      dev.v1.regionInfo(arg, V1_REGION_INDEX * 2 ** 40);
+      return 0;
+    }
     if (r.argsz < 32 || r.index >= PCI_REGION.NUM) throw err("ioctl", "EINVAL");
     let size = 0;
     if (r.index < 6) size = dev.info.bars[r.index];
@@ -486,11 +583,37 @@ export class SimKernel implements Sys {
     if (index === PCI_REGION.CONFIG) {
       if (off + buf.length > dev.config.length) throw err(write ? "pwrite" : "pread", "EINVAL");
       if (write) {
-        // Only the command register is writable in this model.
+        // The command register and the MSI/MSI-X control bits are writable; they persist.
+        let changed = false;
         for (let i = 0; i < buf.length; i++) {
-          if (off + i === 4 || off + i === 5) dev.config[off + i] = buf[i];
+          const at = off + i;
+          if (!configWritable(dev.info, at)) continue;
+          // MSI-X control's high byte: enable and function mask; the table size stays.
+          const b = at === CAP_MSIX_AT + 3 ? (dev.config[at] & 0x3f) | (buf[i] & 0xc0) : buf[i];
+          if (dev.config[at] !== b) changed = true;
+          dev.config[at] = b;
         }
+        if (changed) writeFileAtomic(this.#host, dev.store.configPath, dev.config);
       } else buf.set(dev.config.subarray(off, off + buf.length));
+      return buf.length;
+    }
+    if (index === V1_REGION_INDEX && dev.v1) {
+      if (off + buf.length > dev.v1.regionSize) throw err(write ? "pwrite" : "pread", "EINVAL");
+      return dev.v1.access(buf, off, write);
+    }
+    const msix = dev.info.msix;
+    if (msix && dev.msixBar && index === msix.bar) {
+      if (off + buf.length > dev.msixBar.length) throw err(write ? "pwrite" : "pread", "EINVAL");
+      if (!write) {
+        buf.set(dev.msixBar.subarray(off, off + buf.length));
+        return buf.length;
+      }
+      // The table is writable; the PBA is read-only.
+      const tableEnd = msix.tableOffset + msix.entries * 16;
+      for (let i = 0; i < buf.length; i++) {
+        if (off + i >= msix.tableOffset && off + i < tableEnd) dev.msixBar[off + i] = buf[i];
+      }
+      writeFileAtomic(this.#host, dev.store.msixPath, dev.msixBar);
       return buf.length;
     }
     if (index < 6 && dev.info.bars[index] > 0 && off + buf.length <= dev.info.bars[index]) {
@@ -594,6 +717,7 @@ export class SimKernel implements Sys {
     const from = dev.meta.state;
     const path: string[] = [];
     let file: MigFile | null = null;
+    let prev = from; // where the last arc started (for quirks)
     try {
       while (dev.meta.state !== target) {
         const cur = dev.meta.state;
@@ -605,6 +729,9 @@ export class SimKernel implements Sys {
         }
         const step = nextStep(dev.meta.flags, cur, target as DeviceState);
         if (!step.ok) throw err("ioctl", "EINVAL");
+        // Quirk wrong-arc (quirks.ts): the last arc into RUNNING "succeeds" without happening.
+        if (step.next === target && target === RUNNING && hasQuirk(dev.meta, "wrong-arc")) break;
+        prev = cur;
         file = this.#step(dev, cur, step.next);
         dev.meta.state = step.next;
         path.push(stateName(step.next));
@@ -617,10 +744,26 @@ export class SimKernel implements Sys {
       }
     } catch (e) {
       this.#persist(dev);
-      this.#log({ key, from: stateName(from), to: stateName(target), path, err: e instanceof SysError ? e.code : String(e), state: stateName(dev.meta.state) });
+      this.#log({
+        key,
+        from: stateName(from),
+        to: stateName(target),
+        path,
+        err: e instanceof SysError ? e.code : String(e),
+        state: stateName(dev.meta.state),
+      });
       throw e;
     }
     this.#persist(dev);
+    // Quirk fd-on-stop (quirks.ts): a data_fd on an arc that opens no session.
+    if (
+      !file && path.length > 0 && dev.meta.state === STOP && (prev === RUNNING || prev === RUNNING_P2P) &&
+      hasQuirk(dev.meta, "fd-on-stop")
+    ) {
+      const fd = this.#host.open(dev.store.statePath, O.RDONLY | O.CLOEXEC);
+      this.#log({ key, from: stateName(from), to: stateName(target), path, data_fd: fd, quirk: "fd-on-stop" });
+      return fd;
+    }
     this.#log({ key, from: stateName(from), to: stateName(target), path, data_fd: file ? file.fd : -1 });
     return file ? file.fd : -1;
   }
@@ -712,7 +855,10 @@ export class SimKernel implements Sys {
   #saveRead(dev: OpenDevice, f: SaveFile, buf: Uint8Array): number {
     if (f.disabled) throw err("read", "ENODEV");
     this.#tick(dev);
-    if (f.segments.length === 0 && dev.meta.model === "bulk" && (dev.meta.state === PRE_COPY || dev.meta.state === PRE_COPY_P2P)) {
+    if (
+      f.segments.length === 0 && dev.meta.model === "bulk" &&
+      (dev.meta.state === PRE_COPY || dev.meta.state === PRE_COPY_P2P)
+    ) {
       if (f.dirty.size > 0) this.#queueDirty(dev, f);
       // uAPI: no data for now in PRE_COPY is ENOMSG (mtty returns 0 instead).
       else throw err("read", "ENOMSG");
@@ -750,14 +896,21 @@ export class SimKernel implements Sys {
     this.#tick(dev);
     if (dev.meta.state !== PRE_COPY && dev.meta.state !== PRE_COPY_P2P) throw err("ioctl", "EINVAL");
     if (f.disabled) throw err("ioctl", "ENODEV");
-    const initial = Math.max(0, f.initialEnd - f.pos);
+    let initial = Math.max(0, f.initialEnd - f.pos);
+    // Quirk initial-grows (quirks.ts): initial_bytes grows while it is being read.
+    if (initial > 0 && hasQuirk(dev.meta, "initial-grows")) initial += 2 * f.pos;
     let dirty = 0;
     if (dev.meta.model === "bulk") {
       const queuedBeyondInitial = Math.max(0, f.filled - Math.max(f.pos, f.initialEnd));
       dirty = queuedBeyondInitial + f.dirty.size * (BULK_PAGE + BULK_RECORD_HEADER);
     }
     // The driver copies back only up to dirty_bytes; flags stay as given (pre-7.1).
-    encodeInto(STRUCTS.vfio_precopy_info, { argsz: info.argsz, flags: info.flags, initial_bytes: initial, dirty_bytes: dirty }, arg);
+    encodeInto(STRUCTS.vfio_precopy_info, {
+      argsz: info.argsz,
+      flags: info.flags,
+      initial_bytes: initial,
+      dirty_bytes: dirty,
+    }, arg);
     return 0;
   }
 
@@ -865,5 +1018,23 @@ export class SimKernel implements Sys {
       throw err("ioctl", "EINVAL");
     }
     this.#host.rename(dev.store.incomingPath, dev.store.statePath);
+  }
+}
+
+/** The v2 state a v1 device_state corresponds to (for the running-state model and `sim show`). */
+function v1Mirror(s: number): DeviceState {
+  switch (s & 7) {
+    case 0:
+      return STOP;
+    case 1:
+      return RUNNING;
+    case 2:
+      return STOP_COPY;
+    case 3:
+      return PRE_COPY;
+    case 4:
+      return RESUMING;
+    default:
+      return DeviceState.ERROR;
   }
 }

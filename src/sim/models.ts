@@ -48,6 +48,10 @@ export interface ModelInfo {
   defaultMigrationFlags: number;
   /** Whether DMA logging ops exist (mtty installs no-op ones). */
   dmaLogging: boolean;
+  /** An MSI capability (64-bit) in config space. */
+  msi?: boolean;
+  /** An MSI-X capability whose table and PBA live in BAR `bar`. */
+  msix?: { bar: number; entries: number; tableOffset: number; pbaOffset: number };
 }
 
 const PCI = 1 << 1;
@@ -88,10 +92,12 @@ export function modelInfo(name: ModelName): ModelInfo {
           revision: 1,
         },
         deviceFlags: PCI | RESET,
-        bars: [0, 0, 0, 0, 0, 0],
+        bars: [0, 0, 0x1000, 0, 0, 0], // BAR2: the MSI-X table and PBA
         configSize: 256,
         defaultMigrationFlags: 0x7,
         dmaLogging: false,
+        msi: true,
+        msix: { bar: 2, entries: 4, tableOffset: 0, pbaOffset: 0x800 },
       };
   }
 }
@@ -185,7 +191,37 @@ export function configSpace(info: ModelInfo): Uint8Array {
   v.setUint8(0x0e, 0); // header type 0
   v.setUint16(0x2c, id.subsystemVendor, true);
   v.setUint16(0x2e, id.subsystemDevice, true);
+  // Capabilities: MSI (64-bit) at 0x50, MSI-X at 0x70.
+  const caps: [number, number][] = [];
+  if (info.msi) caps.push([CAP_MSI_AT, 0x05]);
+  if (info.msix) caps.push([CAP_MSIX_AT, 0x11]);
+  if (caps.length) {
+    v.setUint16(0x06, 0x0210, true); // status: capability list
+    v.setUint8(0x34, caps[0][0]);
+    caps.forEach(([at, id], i) => {
+      v.setUint8(at, id);
+      v.setUint8(at + 1, caps[i + 1]?.[0] ?? 0);
+    });
+  }
+  if (info.msi) v.setUint16(CAP_MSI_AT + 2, 0x0080, true); // 64-bit, disabled
+  if (info.msix) {
+    const m = info.msix;
+    v.setUint16(CAP_MSIX_AT + 2, m.entries - 1, true); // table size, disabled
+    v.setUint32(CAP_MSIX_AT + 4, m.tableOffset | m.bar, true);
+    v.setUint32(CAP_MSIX_AT + 8, m.pbaOffset | m.bar, true);
+  }
   return b;
+}
+
+export const CAP_MSI_AT = 0x50;
+export const CAP_MSIX_AT = 0x70;
+
+/** Whether a config space byte is writable in the simulated models. */
+export function configWritable(info: ModelInfo, at: number): boolean {
+  if (at === 0x04 || at === 0x05) return true; // command
+  if (info.msi && at >= CAP_MSI_AT + 2 && at < CAP_MSI_AT + 14) return true; // control, address, data
+  if (info.msix && at === CAP_MSIX_AT + 3) return true; // enable, function mask (bits 15, 14)
+  return false;
 }
 
 /** xorshift32: small, fast, seeded; enough to make states distinct and reproducible. */

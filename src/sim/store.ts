@@ -8,15 +8,9 @@
 import { O, type Sys } from "../../ffi/sys.ts";
 import { isErrno } from "../../ffi/errno.ts";
 import { DeviceState } from "../migration/state_machine.ts";
-import {
-  fillBulk,
-  initialMttyState,
-  MODEL_NAMES,
-  type ModelName,
-  modelInfo,
-  stateSize,
-} from "./models.ts";
+import { fillBulk, initialMttyState, MODEL_NAMES, modelInfo, type ModelName, stateSize } from "./models.ts";
 import { VfioMigError } from "../errors.ts";
+import { V1_DEFAULT_DATA_SIZE, type V1Meta, type V1Sparse } from "./v1_device.ts";
 import { writeAll } from "../io.ts";
 
 export interface SimDeviceMeta {
@@ -32,6 +26,10 @@ export interface SimDeviceMeta {
   state: DeviceState;
   /** Time (ms since epoch) of the last update of the running-state mutations. */
   runningSince: number;
+  /** Deliberate non-conformant behaviours (quirks.ts); absent = none. */
+  quirks?: string[];
+  /** A migration protocol v1 device (v1_device.ts); absent = uAPI v2. */
+  v1?: V1Meta;
 }
 
 const enc = new TextEncoder();
@@ -88,6 +86,24 @@ export class SimStore {
   get lockPath(): string {
     return `${this.dir}/lock`;
   }
+  /** PCI config space as last written (absent: the model's initial one). */
+  get configPath(): string {
+    return `${this.dir}/config.bin`;
+  }
+  /** The MSI-X table BAR's contents (absent: zeros). */
+  get msixPath(): string {
+    return `${this.dir}/msix.bin`;
+  }
+
+  /** A small persisted file, or null when it does not exist. */
+  readOptional(path: string): Uint8Array | null {
+    try {
+      return readSmallFile(this.sys, path);
+    } catch (e) {
+      if (isErrno(e, "ENOENT")) return null;
+      throw e;
+    }
+  }
 
   exists(): boolean {
     try {
@@ -124,7 +140,20 @@ export class SimStore {
   }
 
   /** Creates the device folder, its metadata and its initial state. */
-  create(opts: { model: ModelName; flags?: number; size?: number; seed?: number; rate?: number }): SimDeviceMeta {
+  create(
+    opts: {
+      model: ModelName;
+      flags?: number;
+      size?: number;
+      seed?: number;
+      rate?: number;
+      quirks?: string[];
+      /** "v1": the deprecated region protocol, with this data section. */
+      protocol?: "v1" | "v2";
+      dataSize?: number;
+      sparse?: V1Sparse;
+    },
+  ): SimDeviceMeta {
     const info = modelInfo(opts.model);
     const meta: SimDeviceMeta = {
       format: 1,
@@ -135,7 +164,16 @@ export class SimStore {
       rate: opts.rate ?? 0,
       state: DeviceState.RUNNING,
       runningSince: Date.now(),
+      ...(opts.quirks?.length ? { quirks: opts.quirks } : {}),
     };
+    if (opts.protocol === "v1") {
+      // A v1 driver has no v2 migration feature: VFIO_DEVICE_FEATURE MIGRATION is ENOTTY.
+      meta.flags = 0;
+      meta.v1 = { state: 1, dataSize: opts.dataSize ?? V1_DEFAULT_DATA_SIZE, sparse: opts.sparse ?? "full" };
+      if (meta.v1.dataSize <= 0 || meta.v1.dataSize % 4096 !== 0) {
+        throw new VfioMigError(`data section size ${meta.v1.dataSize} is not a positive multiple of 4096`, "usage");
+      }
+    }
     try {
       this.sys.mkdir(this.dir, 0o755);
     } catch (e) {
@@ -156,10 +194,12 @@ export class SimStore {
     } finally {
       this.sys.close(fd);
     }
-    try {
-      this.sys.unlink(this.incomingPath);
-    } catch (e) {
-      if (!isErrno(e, "ENOENT")) throw e;
+    for (const stale of [this.incomingPath, this.configPath, this.msixPath]) {
+      try {
+        this.sys.unlink(stale);
+      } catch (e) {
+        if (!isErrno(e, "ENOENT")) throw e;
+      }
     }
     this.writeMeta(meta);
     return meta;

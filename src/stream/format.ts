@@ -68,6 +68,8 @@ export interface StreamHeader {
   sizeEstimate: number | null;
   /** "offline" (STOP_COPY only) or "live" (pre-copy first). */
   mode: "offline" | "live";
+  /** Protocol v1 streams: the source's migration region (informative; loads do not need it). */
+  v1?: { regionIndex: number; regionSize: number; mmapAreas: { offset: number; size: number }[] | null };
 }
 
 export function crc32(data: Uint8Array, prev = 0): number {

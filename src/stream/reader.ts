@@ -15,8 +15,8 @@ import {
   STREAM_MAGIC,
   type StreamHeader,
   TAG,
-  tagName,
   type TagName,
+  tagName,
   type Trailer,
   TRAILER_SIZE,
 } from "./format.ts";
@@ -101,7 +101,10 @@ export class StreamReader {
     const v = new DataView(fixed.buffer, fixed.byteOffset, HEADER_FIXED);
     const version = v.getUint16(8);
     if (version !== FORMAT_VERSION) {
-      throw new StreamError(`stream format version ${version} is not supported (this vfio-mig reads ${FORMAT_VERSION})`, 8);
+      throw new StreamError(
+        `stream format version ${version} is not supported (this vfio-mig reads ${FORMAT_VERSION})`,
+        8,
+      );
     }
     const len = v.getUint32(12);
     if (len > MAX_HEADER_JSON) throw new StreamError(`stream header length ${len} exceeds ${MAX_HEADER_JSON}`, 12);
@@ -117,7 +120,10 @@ export class StreamReader {
     } catch {
       throw new StreamError("stream header is not valid JSON", HEADER_FIXED);
     }
-    if (typeof h !== "object" || h === null || h.format !== "vfio-mig" || typeof h.device !== "object" || h.device === null) {
+    if (
+      typeof h !== "object" || h === null || h.format !== "vfio-mig" || typeof h.device !== "object" ||
+      h.device === null
+    ) {
       throw new StreamError("stream header lacks the vfio-mig fields", HEADER_FIXED);
     }
     return h;

@@ -3,15 +3,7 @@
 // leaves in one write with no copy.
 
 import type { Sink } from "../transport/transport.ts";
-import {
-  CHUNK_HEADER,
-  crc32,
-  DEFAULT_CHUNK,
-  encodeHeader,
-  encodeTrailer,
-  type StreamHeader,
-  TAG,
-} from "./format.ts";
+import { CHUNK_HEADER, crc32, DEFAULT_CHUNK, encodeHeader, encodeTrailer, type StreamHeader, TAG } from "./format.ts";
 
 export class StreamWriter {
   readonly #sink: Sink;
@@ -60,6 +52,28 @@ export class StreamWriter {
     this.#chunks++;
   }
 
+  /**
+   * A DEV_DATA_STATE chunk whose payload is `parts` in order, written straight from
+   * them (views of an mmap'd region leave through the syscall without a copy).
+   * Nothing may unmap a part before this returns.
+   */
+  dataParts(parts: readonly Uint8Array[]): void {
+    let n = 0;
+    let c = 0;
+    for (const p of parts) {
+      n += p.length;
+      c = crc32(p, c);
+    }
+    this.#view.setBigUint64(0, TAG.DEV_DATA_STATE);
+    this.#view.setBigUint64(8, BigInt(n));
+    this.#view.setUint32(16, c);
+    this.#out(this.#buf.subarray(0, CHUNK_HEADER));
+    for (const p of parts) if (p.length) this.#out(p);
+    this.#dataCrc = crc32Parts(parts, this.#dataCrc);
+    this.#dataBytes += n;
+    this.#chunks++;
+  }
+
   /** A sized record (data or config) whose bytes are given. */
   sized(tag: bigint, bytes: Uint8Array): void {
     this.payload.set(bytes);
@@ -79,4 +93,10 @@ export class StreamWriter {
   end(): void {
     this.#out(encodeTrailer({ dataBytes: this.#dataBytes, chunks: this.#chunks, dataCrc: this.#dataCrc }));
   }
+}
+
+function crc32Parts(parts: readonly Uint8Array[], prev: number): number {
+  let c = prev;
+  for (const p of parts) c = crc32(p, c);
+  return c;
 }

@@ -174,7 +174,11 @@ await check("save to a file, load into another device: registers and FIFO move",
 
 await check("save - | load - through a pipe", async () => {
   program(A, 0, 0x33, [0x01, 0x02, 0x03]);
-  const r = await sh(`deno run --allow-ffi ${CLI} save --resume --device ${spec(A)} - | deno run --allow-ffi ${CLI} load --device ${spec(B)} -`);
+  const r = await sh(
+    `deno run --allow-ffi ${CLI} save --resume --device ${spec(A)} - | deno run --allow-ffi ${CLI} load --device ${
+      spec(B)
+    } -`,
+  );
   assert(r.code === 0, `pipeline exited ${r.code}: ${r.stderr.trim()}`);
   eq(await stateOf(A), "RUNNING", "source after save --resume");
   eq(readBack(B, 0), { scratch: 0x33, fifo: [1, 2, 3] }, "B after the pipe");
@@ -293,7 +297,9 @@ await check("simulator conformance: every arc agrees with the real mtty", async 
   const diffs: string[] = [];
   for (const r of realTable) {
     const s = simByKey.get(key(r));
-    if (JSON.stringify(s) !== JSON.stringify(r)) diffs.push(`${key(r)}: real ${JSON.stringify(r)} sim ${JSON.stringify(s)}`);
+    if (JSON.stringify(s) !== JSON.stringify(r)) {
+      diffs.push(`${key(r)}: real ${JSON.stringify(r)} sim ${JSON.stringify(s)}`);
+    }
   }
   extraReport.push(`conformance table: ${realTable.length} arcs compared, ${diffs.length} differences`);
   assert(realTable.length === simTable.length, `table sizes differ: real ${realTable.length}, sim ${simTable.length}`);

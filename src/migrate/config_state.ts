@@ -1,0 +1,340 @@
+// The DEV_CONFIG_STATE section (QEMU's vfio_save_config / vfio_pci_load_config): the
+// kernel's device blob holds neither PCI config space nor the command register nor
+// the MSI/MSI-X programming (reference §2.4), so a save carries them beside it.
+//
+// Payload (big-endian header, then the device's own little-endian bytes):
+//   0  "PCFG"   4  be16 version 1   6  be16 flags (bit0 MSI-X table, bit1 PBA)
+//   8  be32 config bytes   12 be16 MSI-X entries   14 be16 0
+//   16 be32 table bytes    20 be32 PBA bytes
+//   24 config space as read through the VFIO config region (256 or 4096 bytes;
+//      mtty's region is 255), then the MSI-X table (16 bytes an entry) and the PBA
+//      ((entries + 7) / 8 bytes, as hw/pci/msix.c msix_save) read through their BARs.
+
+import { Errno, SysError } from "../../ffi/errno.ts";
+import { PCI_REGION } from "../../ffi/vfio_uapi.ts";
+import type { VfioDevice } from "../device/open.ts";
+import { StreamError, VfioMigError } from "../errors.ts";
+import { getRegionInfo } from "../migration/regions.ts";
+
+export const CONFIG_MAGIC = "PCFG";
+export const CONFIG_VERSION = 1;
+export const CONFIG_HEADER = 24;
+const FLAG_TABLE = 1;
+const FLAG_PBA = 2;
+
+const PCI_COMMAND = 0x04;
+const PCI_STATUS = 0x06;
+const PCI_STATUS_CAP_LIST = 0x10;
+const PCI_CAPABILITY_LIST = 0x34;
+const PCI_BASE_ADDRESS_0 = 0x10;
+const CMD_IO = 0x1;
+const CMD_MEMORY = 0x2;
+export const CAP_ID = { PM: 0x01, MSI: 0x05, VNDR: 0x09, PCIE: 0x10, MSIX: 0x11 } as const;
+const CAP_NAMES: Record<number, string> = { 1: "PM", 5: "MSI", 9: "vendor", 0x10: "PCIe", 0x11: "MSI-X" };
+
+export interface ConfigState {
+  config: Uint8Array;
+  msixTable: Uint8Array | null;
+  pba: Uint8Array | null;
+}
+
+export interface MsiInfo {
+  offset: number;
+  control: number;
+  enabled: boolean;
+  is64bit: boolean;
+  maskable: boolean;
+}
+
+export interface MsixInfo {
+  offset: number;
+  control: number;
+  entries: number;
+  enabled: boolean;
+  functionMask: boolean;
+  table: { bar: number; offset: number };
+  pba: { bar: number; offset: number };
+}
+
+/** The decoded header fields of a config space (for info, inspect and messages). */
+export interface ConfigSummary {
+  size: number;
+  vendor: number;
+  device: number;
+  command: number;
+  status: number;
+  revision: number;
+  classCode: number;
+  headerType: number;
+  subsystemVendor: number | null;
+  subsystemDevice: number | null;
+  capabilities: { id: number; name: string; offset: number }[];
+  msi: MsiInfo | null;
+  msix: MsixInfo | null;
+  pcie: boolean;
+}
+
+function u16(b: Uint8Array, at: number): number {
+  return at + 2 <= b.length ? b[at] | (b[at + 1] << 8) : 0;
+}
+function u32(b: Uint8Array, at: number): number {
+  return at + 4 <= b.length ? (u16(b, at) | (u16(b, at + 2) << 16)) >>> 0 : 0;
+}
+
+/** Walks the standard capability list (bounded: a loop ends it). */
+export function capabilities(cfg: Uint8Array): { id: number; name: string; offset: number }[] {
+  const out: { id: number; name: string; offset: number }[] = [];
+  if (cfg.length < 0x40 || !(u16(cfg, PCI_STATUS) & PCI_STATUS_CAP_LIST)) return out;
+  let at = cfg[PCI_CAPABILITY_LIST] & 0xfc;
+  const seen = new Set<number>();
+  while (at >= 0x40 && at + 2 <= cfg.length && !seen.has(at) && out.length < 48) {
+    seen.add(at);
+    const id = cfg[at];
+    out.push({ id, name: CAP_NAMES[id] ?? `0x${id.toString(16)}`, offset: at });
+    at = cfg[at + 1] & 0xfc;
+  }
+  return out;
+}
+
+export function summarizeConfig(cfg: Uint8Array): ConfigSummary {
+  const caps = capabilities(cfg);
+  const msiCap = caps.find((c) => c.id === CAP_ID.MSI);
+  const msixCap = caps.find((c) => c.id === CAP_ID.MSIX);
+  let msi: MsiInfo | null = null;
+  if (msiCap) {
+    const control = u16(cfg, msiCap.offset + 2);
+    msi = {
+      offset: msiCap.offset,
+      control,
+      enabled: !!(control & 0x1),
+      is64bit: !!(control & 0x80),
+      maskable: !!(control & 0x100),
+    };
+  }
+  let msix: MsixInfo | null = null;
+  if (msixCap) {
+    const control = u16(cfg, msixCap.offset + 2);
+    const t = u32(cfg, msixCap.offset + 4);
+    const p = u32(cfg, msixCap.offset + 8);
+    msix = {
+      offset: msixCap.offset,
+      control,
+      entries: (control & 0x7ff) + 1,
+      enabled: !!(control & 0x8000),
+      functionMask: !!(control & 0x4000),
+      table: { bar: t & 7, offset: t & ~7 },
+      pba: { bar: p & 7, offset: p & ~7 },
+    };
+  }
+  return {
+    size: cfg.length,
+    vendor: u16(cfg, 0),
+    device: u16(cfg, 2),
+    command: u16(cfg, PCI_COMMAND),
+    status: u16(cfg, PCI_STATUS),
+    revision: cfg[8] ?? 0,
+    classCode: (cfg[9] ?? 0) | (u16(cfg, 10) << 8),
+    headerType: (cfg[0x0e] ?? 0) & 0x7f,
+    subsystemVendor: cfg.length >= 0x30 ? u16(cfg, 0x2c) : null,
+    subsystemDevice: cfg.length >= 0x30 ? u16(cfg, 0x2e) : null,
+    capabilities: caps,
+    msi,
+    msix,
+    pcie: caps.some((c) => c.id === CAP_ID.PCIE),
+  };
+}
+
+/** Reads `len` bytes at `offset` of BAR `bar`, or null when the BAR cannot be read. */
+function readBar(d: VfioDevice, bar: number, offset: number, len: number): Uint8Array | null {
+  try {
+    const r = getRegionInfo(d.sys, d.fd, bar);
+    if (offset + len > r.size) return null;
+    const b = new Uint8Array(len);
+    let got = 0;
+    while (got < len) {
+      const n = d.sys.pread(d.fd, b.subarray(got), r.offset + offset + got);
+      if (n === 0) return null;
+      got += n;
+    }
+    return b;
+  } catch (e) {
+    if (e instanceof SysError) return null;
+    throw e;
+  }
+}
+
+/** vfio_save_config: config space, and the MSI-X table and PBA where the device has them. Null without a config region. */
+export function readConfigState(d: VfioDevice): ConfigState | null {
+  const config = d.readConfig();
+  if (!config) return null;
+  const s = summarizeConfig(config);
+  let msixTable: Uint8Array | null = null;
+  let pba: Uint8Array | null = null;
+  if (s.msix) {
+    msixTable = readBar(d, s.msix.table.bar, s.msix.table.offset, s.msix.entries * 16);
+    pba = readBar(d, s.msix.pba.bar, s.msix.pba.offset, Math.ceil(s.msix.entries / 8));
+  }
+  return { config: config.slice(), msixTable, pba };
+}
+
+export function encodeConfigState(c: ConfigState): Uint8Array {
+  const tLen = c.msixTable?.length ?? 0;
+  const pLen = c.pba?.length ?? 0;
+  const out = new Uint8Array(CONFIG_HEADER + c.config.length + tLen + pLen);
+  const v = new DataView(out.buffer);
+  out.set(new TextEncoder().encode(CONFIG_MAGIC), 0);
+  v.setUint16(4, CONFIG_VERSION);
+  v.setUint16(6, (c.msixTable ? FLAG_TABLE : 0) | (c.pba ? FLAG_PBA : 0));
+  v.setUint32(8, c.config.length);
+  v.setUint16(12, c.msixTable ? tLen / 16 : 0);
+  v.setUint32(16, tLen);
+  v.setUint32(20, pLen);
+  out.set(c.config, CONFIG_HEADER);
+  if (c.msixTable) out.set(c.msixTable, CONFIG_HEADER + c.config.length);
+  if (c.pba) out.set(c.pba, CONFIG_HEADER + c.config.length + tLen);
+  return out;
+}
+
+export function decodeConfigState(b: Uint8Array): ConfigState {
+  const bad = (why: string) => new StreamError(`bad DEV_CONFIG_STATE section: ${why}`);
+  if (b.length < CONFIG_HEADER) throw bad(`${b.length} bytes is shorter than its header`);
+  if (new TextDecoder().decode(b.subarray(0, 4)) !== CONFIG_MAGIC) throw bad("no PCFG magic");
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const version = v.getUint16(4);
+  if (version !== CONFIG_VERSION) throw bad(`version ${version} (this vfio-mig reads ${CONFIG_VERSION})`);
+  const flags = v.getUint16(6);
+  const cLen = v.getUint32(8);
+  const entries = v.getUint16(12);
+  const tLen = v.getUint32(16);
+  const pLen = v.getUint32(20);
+  if (cLen < 0x40 || cLen > 4096) throw bad(`config space of ${cLen} bytes`);
+  if (tLen !== (flags & FLAG_TABLE ? entries * 16 : 0)) throw bad("MSI-X table length does not match its entries");
+  if (!(flags & FLAG_PBA) && pLen !== 0) throw bad("PBA length without a PBA");
+  if (CONFIG_HEADER + cLen + tLen + pLen !== b.length) throw bad("lengths do not add up to the section size");
+  const at = CONFIG_HEADER;
+  return {
+    config: b.slice(at, at + cLen),
+    msixTable: flags & FLAG_TABLE ? b.slice(at + cLen, at + cLen + tLen) : null,
+    pba: flags & FLAG_PBA ? b.slice(at + cLen + tLen, at + cLen + tLen + pLen) : null,
+  };
+}
+
+/** Refuses a config section from another kind of device. */
+export function checkConfigIdentity(saved: ConfigState, d: VfioDevice): void {
+  const dest = d.readConfig();
+  if (!dest) {
+    throw new VfioMigError(`${d.label} has no config region, but the stream carries config space`, "stream");
+  }
+  const a = summarizeConfig(saved.config);
+  const b = summarizeConfig(dest);
+  if (a.vendor !== b.vendor || a.device !== b.device) {
+    const hex = (n: number) => `0x${n.toString(16).padStart(4, "0")}`;
+    throw new VfioMigError(
+      `wrong device: the stream's config space is from a ${hex(a.vendor)}:${hex(a.device)} device, ` +
+        `${d.label} is ${hex(b.vendor)}:${hex(b.device)}`,
+      "stream",
+    );
+  }
+}
+
+/** What restoreConfigState wrote, for reports and tests. */
+export interface ConfigRestore {
+  command: number;
+  msiEnabled: boolean | null;
+  msixEnabled: boolean | null;
+  msixTable: boolean;
+}
+
+/**
+ * vfio_pci_load_config, standalone: the command register with I/O and memory off,
+ * the BARs, MSI (address, data, control) and MSI-X (table, control), then the saved
+ * command register. What vfio-pci virtualizes (enable bits) is restored in its view
+ * of config space; arming interrupts (SET_IRQS with eventfds) is the consumer's.
+ */
+export function restoreConfigState(saved: ConfigState, d: VfioDevice): ConfigRestore {
+  const ri = getRegionInfo(d.sys, d.fd, PCI_REGION.CONFIG);
+  const cfg = saved.config;
+  const limit = Math.min(cfg.length, ri.size);
+  const put = (at: number, len: number, what: string) => {
+    if (at + len > limit) return;
+    try {
+      const n = d.sys.pwrite(d.fd, cfg.subarray(at, at + len), ri.offset + at);
+      if (n !== len) throw new SysError("pwrite", Errno.EIO, `${n} of ${len} bytes`);
+    } catch (e) {
+      throw new VfioMigError(
+        `${d.label}: restoring ${what} in config space failed: ${(e as Error).message}`,
+        "failure",
+        {
+          cause: e,
+        },
+      );
+    }
+  };
+  const s = summarizeConfig(cfg);
+  const cmdOff = new Uint8Array([cfg[PCI_COMMAND] & ~(CMD_IO | CMD_MEMORY), cfg[PCI_COMMAND + 1]]);
+  try {
+    d.sys.pwrite(d.fd, cmdOff, ri.offset + PCI_COMMAND);
+  } catch (e) {
+    throw new VfioMigError(`${d.label}: writing the command register failed: ${(e as Error).message}`, "failure", {
+      cause: e,
+    });
+  }
+  if (s.headerType === 0) {
+    for (let i = 0; i < 6; i++) put(PCI_BASE_ADDRESS_0 + 4 * i, 4, `BAR${i}`);
+  }
+  if (s.msi) {
+    const m = s.msi;
+    put(m.offset + 4, 4, "the MSI address");
+    if (m.is64bit) put(m.offset + 8, 4, "the MSI upper address");
+    put(m.offset + (m.is64bit ? 12 : 8), 2, "the MSI data");
+    put(m.offset + 2, 2, "the MSI control");
+  }
+  let tableRestored = false;
+  if (s.msix) {
+    if (saved.msixTable) {
+      try {
+        const r = getRegionInfo(d.sys, d.fd, s.msix.table.bar);
+        d.sys.pwrite(d.fd, saved.msixTable, r.offset + s.msix.table.offset);
+        tableRestored = true;
+      } catch (e) {
+        if (!(e instanceof SysError)) throw e;
+      }
+    }
+    put(s.msix.offset + 2, 2, "the MSI-X control");
+  }
+  put(PCI_COMMAND, 2, "the command register");
+  return {
+    command: s.command,
+    msiEnabled: s.msi ? s.msi.enabled : null,
+    msixEnabled: s.msix ? s.msix.enabled : null,
+    msixTable: tableRestored,
+  };
+}
+
+/** One line per decoded field, for `info` and `inspect`. */
+export function describeConfig(s: ConfigSummary): string[] {
+  const hex = (n: number | null, w = 4) => (n === null ? "?" : `0x${n.toString(16).padStart(w, "0")}`);
+  const lines = [
+    `ids ${hex(s.vendor)}:${hex(s.device)} subsystem ${hex(s.subsystemVendor)}:${hex(s.subsystemDevice)} ` +
+    `rev ${hex(s.revision, 2)} class ${hex(s.classCode, 6)}`,
+    `command ${hex(s.command)} (${commandBits(s.command)}) status ${hex(s.status)}, ${s.size} bytes` +
+    (s.pcie ? ", PCIe" : ""),
+  ];
+  if (s.capabilities.length) {
+    lines.push(`capabilities ${s.capabilities.map((c) => `${c.name}@${hex(c.offset, 2)}`).join(" ")}`);
+  }
+  if (s.msi) lines.push(`MSI ${s.msi.enabled ? "enabled" : "disabled"}${s.msi.is64bit ? ", 64-bit" : ""}`);
+  if (s.msix) {
+    lines.push(
+      `MSI-X ${s.msix.enabled ? "enabled" : "disabled"}${s.msix.functionMask ? " (masked)" : ""}, ` +
+        `${s.msix.entries} entries, table BAR${s.msix.table.bar}+${hex(s.msix.table.offset, 1)}, ` +
+        `PBA BAR${s.msix.pba.bar}+${hex(s.msix.pba.offset, 1)}`,
+    );
+  }
+  return lines;
+}
+
+function commandBits(c: number): string {
+  const names: [number, string][] = [[1, "io"], [2, "mem"], [4, "master"], [0x400, "intx-off"]];
+  return names.filter(([b]) => c & b).map(([, n]) => n).join(" ") || "none";
+}

@@ -1,0 +1,132 @@
+// One interface for a migration protocol's save and resume sessions, with uAPI v2
+// (v2_session.ts) and the deprecated v1 region protocol (v1_session.ts) behind it,
+// so save.ts and load.ts run the same phases for both, as the seed's SaveVMHandlers:
+// save_setup, save_live_iterate, save_live_complete_precopy, cleanup; load_setup,
+// load_state, and the migration notifier on failure.
+
+import { isErrno } from "../../ffi/errno.ts";
+import type { VfioDevice } from "../device/open.ts";
+import { VfioMigError } from "../errors.ts";
+import { MigrationV1 } from "../migration/v1.ts";
+import type { StreamWriter } from "../stream/writer.ts";
+import type { Cancellation, Progress } from "./session.ts";
+
+export type Protocol = "v1" | "v2";
+export type ProtocolChoice = Protocol | "auto";
+
+export function parseProtocol(s: string | undefined, cmd: string): ProtocolChoice {
+  if (s === undefined) return "auto";
+  if (s === "auto" || s === "v1" || s === "v2") return s;
+  throw new VfioMigError(`${cmd}: --protocol takes auto, v1 or v2 (not ${s})`, "usage");
+}
+
+/** What one pre-copy iteration did and what the device says is left. */
+export interface IterationResult {
+  bytes: number;
+  /** The device has nothing pending (v2: initial_bytes is 0; v1: pending_bytes is 0). */
+  done: boolean;
+  /** The device's estimate of what is left (v1 reports only pending_bytes: dirtyBytes). */
+  initialBytes: number;
+  dirtyBytes: number;
+}
+
+export interface SaveSession {
+  readonly protocol: Protocol;
+  /** v2 migration flags (0 for v1). */
+  readonly migrationFlags: number;
+  /** MIG_DATA_SIZE (v2) or pending_bytes at setup (v1, live only), or null. */
+  readonly sizeEstimate: number | null;
+  /** Extra header fields describing the protocol (v1: the region layout). */
+  readonly headerExtra: Record<string, unknown>;
+  /** save_setup: DEV_SETUP_STATE, enter the saving state (still running when live), END_OF_STATE. */
+  setup(w: StreamWriter, live: boolean): void;
+  /** save_live_iterate: one pre-copy iteration. */
+  iterate(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<IterationResult>;
+  /** The stop-copy size as the device reports it now, or null (for a pre-copy policy). */
+  exactSize(): number | null;
+  /** Pre-copy ends: `converged` when the last iteration reported nothing pending. */
+  endPrecopy(w: StreamWriter, converged: boolean): void;
+  /** save_live_complete_precopy, first half: leave RUNNING for the stop-and-copy state. */
+  stop(w: StreamWriter): void;
+  /** save_live_complete_precopy, second half: drain the device; returns its bytes. Ends with END_OF_STATE. */
+  drain(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<number>;
+  /** save_cleanup after a complete stream: the final state (RUNNING when `resume`), its name. */
+  finish(resume: boolean): string;
+  /** Failure or cancel (the seed's migration notifier): release and put the device back. */
+  abort(): string;
+  statesVisited(): string[];
+}
+
+export interface ResumeSession {
+  readonly protocol: Protocol;
+  /** load_setup: enter RESUMING (after the stream's setup section). */
+  begin(): void;
+  /** One DEV_DATA_STATE record, written to the device as one transaction (v1) or in order (v2). */
+  data(bytes: Uint8Array): void;
+  /** All data written: let the driver take it (v2: RESUMING -> STOP; v1: nothing yet). */
+  endData(): void;
+  /** The device's final state: RUNNING, or stopped with `noStart`. Returns its name. */
+  finish(noStart: boolean): string;
+  /** After a failure: abort the session (reset where needed). Returns where the device is. */
+  abort(): string;
+  /** True once the device was asked to change anything. */
+  readonly touched: boolean;
+  statesVisited(): string[];
+}
+
+/** The v1 migration region of a device, looked up once. */
+export function v1Of(d: VfioDevice): MigrationV1 | null {
+  const cached = v1Cache.get(d);
+  if (cached !== undefined) return cached;
+  let found: MigrationV1 | null = null;
+  try {
+    found = MigrationV1.find(d.sys, d.fd, d.label, d.deviceInfo().numRegions);
+  } catch {
+    found = null;
+  }
+  v1Cache.set(d, found);
+  return found;
+}
+const v1Cache = new WeakMap<VfioDevice, MigrationV1 | null>();
+
+/**
+ * The protocol to use on a device: v2 when asked or when `auto` finds it (auto
+ * prefers v2), else v1 when the device has the v1 migration region.
+ */
+export function chooseProtocol(d: VfioDevice, want: ProtocolChoice): Protocol {
+  let v2Error: unknown = null;
+  if (want !== "v1") {
+    try {
+      d.migration.migrationFlags();
+      return "v2";
+    } catch (e) {
+      v2Error = e;
+    }
+    if (want === "v2") throw notMigratable(d, v2Error, "v2");
+  }
+  if (v1Of(d)) return "v1";
+  throw notMigratable(d, v2Error, want);
+}
+
+function notMigratable(d: VfioDevice, v2Error: unknown, want: ProtocolChoice): VfioMigError {
+  const driver = d.info.driver ?? "unknown";
+  if (want === "v1") {
+    return new VfioMigError(
+      `${d.label}: no v1 migration region (no region has CAP_TYPE type 3 / subtype 1); ` +
+        `the driver (${driver}) does not speak migration protocol v1`,
+      "device",
+    );
+  }
+  if (v2Error === null || isErrno(v2Error, "ENOTTY")) {
+    return new VfioMigError(
+      `${d.label}: this device's driver (${driver}) does not support migration ` +
+        `(VFIO_DEVICE_FEATURE MIGRATION: ENOTTY${want === "auto" ? "; and no v1 migration region" : ""}); ` +
+        `a vendor variant driver (e.g. mlx5_vfio_pci) is needed`,
+      "device",
+    );
+  }
+  return new VfioMigError(
+    `${d.label}: cannot query migration support: ${v2Error instanceof Error ? v2Error.message : v2Error}`,
+    "device",
+  );
+}
