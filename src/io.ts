@@ -1,7 +1,8 @@
 // Loops over short reads and writes, and EINTR/EAGAIN retries, in one place.
 
 import { Errno, SysError } from "../ffi/errno.ts";
-import type { Sys } from "../ffi/sys.ts";
+import { O, type Sys } from "../ffi/sys.ts";
+import { VfioMigError } from "./errors.ts";
 
 const MAX_RETRIES = 100;
 
@@ -60,4 +61,30 @@ export function readFull(sys: Sys, fd: number, buf: Uint8Array): number {
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 function waitBriefly(): void {
   Atomics.wait(sleeper, 0, 0, 1);
+}
+
+/** Reads a small file whole (configs, keys, metadata), refusing one over `limit`. */
+export function readSmallFile(sys: Sys, path: string, limit = 1 << 20): Uint8Array {
+  const fd = sys.open(path, O.RDONLY | O.CLOEXEC);
+  try {
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    for (;;) {
+      const b = new Uint8Array(65536);
+      const n = sys.read(fd, b);
+      if (n === 0) break;
+      chunks.push(b.subarray(0, n));
+      total += n;
+      if (total > limit) throw new VfioMigError(`${path} is larger than ${limit} bytes`);
+    }
+    const out = new Uint8Array(total);
+    let off = 0;
+    for (const c of chunks) {
+      out.set(c, off);
+      off += c.length;
+    }
+    return out;
+  } finally {
+    sys.close(fd);
+  }
 }

@@ -162,14 +162,16 @@ class BytesSource implements Source {
 }
 
 /** Offsets of a stream's parts: header end, each record, the trailer. */
-function streamLayout(bytes: Uint8Array): { headerEnd: number; data: number[]; tags: number[]; trailer: number } {
+async function streamLayout(
+  bytes: Uint8Array,
+): Promise<{ headerEnd: number; data: number[]; tags: number[]; trailer: number }> {
   const r = new StreamReader(new BytesSource(bytes));
-  r.readHeader();
+  await r.readHeader();
   const headerEnd = r.offset;
   const data: number[] = [];
   const tags: number[] = [];
   for (;;) {
-    const rec = r.next();
+    const rec = await r.next();
     if (rec.kind === "end") return { headerEnd, data, tags, trailer: rec.offset };
     (rec.kind === "data" ? data : tags).push(rec.offset);
   }
@@ -251,7 +253,7 @@ Deno.test("mtty-2 -> mtty-2 live save (--live): 24 bytes of pre-copy, then the p
     assertEquals([summary.bytes, summary.precopyBytes, summary.stopCopyBytes], [96, 24, 72], "24 + 72 bytes");
     assertEquals(summary.finalState, "STOP");
     const bytes = await Deno.readFile(file);
-    const header = new StreamReader(new BytesSource(bytes)).readHeader();
+    const header = await new StreamReader(new BytesSource(bytes)).readHeader();
     assertEquals(header.mode, "live");
     assertEquals(header.device.mdevType, "mtty-2");
     // The kernel was asked RUNNING -> PRE_COPY (new fd), then PRE_COPY -> STOP_COPY (no new fd), never a forbidden arc.
@@ -301,7 +303,7 @@ Deno.test("truncated and corrupted streams are refused (exit 4, one line); the d
     await simCreate(b, "bulk", "--size", String(3 * MiB + 7), "--seed", "32");
     await ok(["save", "--device", `sim:${a}`, file]);
     const good = await Deno.readFile(file);
-    const L = streamLayout(good);
+    const L = await streamLayout(good);
     assert(L.data.length >= 4, `a multi-chunk stream (${L.data.length} data records)`);
     const firstData = L.data[0];
     const cuts = [

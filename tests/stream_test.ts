@@ -2,7 +2,7 @@
 // round trips over memory, and the reader's refusals (checksums, truncation at every
 // offset, unknown tags, oversized lengths, bytes after the trailer).
 
-import { assert, assertEquals, assertMatch, assertThrows } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import { StreamError } from "../src/errors.ts";
 import {
   CHUNK_HEADER,
@@ -166,15 +166,15 @@ function buildStream(chunks: Uint8Array[], chunkSize = 4096): Layout {
 }
 
 /** Reads a whole stream; returns the header and every record. */
-function readAll(
+async function readAll(
   src: Source,
   maxChunk?: number,
-): { header: StreamHeader; records: StreamRecord[]; reader: StreamReader } {
+): Promise<{ header: StreamHeader; records: StreamRecord[]; reader: StreamReader }> {
   const reader = new StreamReader(src, maxChunk);
-  const header = reader.readHeader();
+  const header = await reader.readHeader();
   const records: StreamRecord[] = [];
   for (;;) {
-    const r = reader.next();
+    const r = await reader.next();
     records.push(r);
     if (r.kind === "end") break;
   }
@@ -190,7 +190,7 @@ Deno.test("crc32 is the standard CRC-32 (IEEE)", () => {
   assertEquals(crc32(a.subarray(300), crc32(a.subarray(0, 300))), crc32(a), "incremental");
 });
 
-Deno.test("header: layout (magic, be16 version, be16 0, be32 length, JSON, be32 crc) and decode", () => {
+Deno.test("header: layout (magic, be16 version, be16 0, be32 length, JSON, be32 crc) and decode", async () => {
   const b = encodeHeader(HEADER);
   const v = new DataView(b.buffer);
   assertEquals(b.subarray(0, 8), STREAM_MAGIC);
@@ -202,7 +202,7 @@ Deno.test("header: layout (magic, be16 version, be16 0, be32 length, JSON, be32 
   assertEquals(JSON.parse(new TextDecoder().decode(b.subarray(HEADER_FIXED, HEADER_FIXED + len))), HEADER);
   assertEquals(v.getUint32(HEADER_FIXED + len), crc32(b.subarray(0, HEADER_FIXED + len)));
   const reader = new StreamReader(new MemorySource(b));
-  assertEquals(reader.readHeader(), HEADER);
+  assertEquals(await reader.readHeader(), HEADER);
   assertEquals(reader.offset, b.length);
 });
 
@@ -227,11 +227,11 @@ Deno.test("tags keep QEMU's values; vfio-mig's own use the 0xEF11 space", () => 
   assertEquals(TAG.STREAM_END >> 16n, 0xffffffffef11n);
 });
 
-Deno.test("StreamWriter -> StreamReader round trip, at any read granularity", () => {
+Deno.test("StreamWriter -> StreamReader round trip, at any read granularity", async () => {
   const s = buildStream(CHUNKS);
   for (const step of [Infinity, 1, 7, 4096, 4099]) {
     const src = new MemorySource(s.bytes, step);
-    const { header, records, reader } = readAll(src);
+    const { header, records, reader } = await readAll(src);
     assertEquals(header, HEADER, `header, step ${step}`);
     const kinds = records.map((r) => (r.kind === "tag" ? r.tag : r.kind === "data" ? `data:${r.bytes.length}` : "end"));
     assertEquals(kinds, [
@@ -269,7 +269,7 @@ Deno.test("chunk framing: be64 tag | be64 size | be32 crc32(data) | data", () =>
   assertEquals(s.bytes.subarray(at + CHUNK_HEADER, at + CHUNK_HEADER + 100), pattern(100, 5));
 });
 
-Deno.test("DEV_CONFIG_STATE records round-trip and do not count as device data", () => {
+Deno.test("DEV_CONFIG_STATE records round-trip and do not count as device data", async () => {
   const sink = new MemorySink();
   const w = new StreamWriter(sink, 256);
   w.header(HEADER);
@@ -277,7 +277,7 @@ Deno.test("DEV_CONFIG_STATE records round-trip and do not count as device data",
   w.payload.set(pattern(10, 9));
   w.data(10);
   w.end();
-  const { records } = readAll(new MemorySource(sink.bytes()));
+  const { records } = await readAll(new MemorySource(sink.bytes()));
   assertEquals(records.length, 3);
   const [cfg, data, end] = records;
   assert(cfg.kind === "data" && cfg.tag === "DEV_CONFIG_STATE");
@@ -287,8 +287,13 @@ Deno.test("DEV_CONFIG_STATE records round-trip and do not count as device data",
   assertEquals(end.trailer, { dataBytes: 10, chunks: 1, dataCrc: crc32(pattern(10, 9)) });
 });
 
-function expectStreamError(bytes: Uint8Array, includes: string, what: string, maxChunk?: number): StreamError {
-  return assertThrows(() => readAll(new MemorySource(bytes), maxChunk), StreamError, includes, what);
+function expectStreamError(
+  bytes: Uint8Array,
+  includes: string,
+  what: string,
+  maxChunk?: number,
+): Promise<StreamError> {
+  return assertRejects(() => readAll(new MemorySource(bytes), maxChunk), StreamError, includes, what);
 }
 
 function flipped(bytes: Uint8Array, at: number): Uint8Array {
@@ -297,7 +302,7 @@ function flipped(bytes: Uint8Array, at: number): Uint8Array {
   return b;
 }
 
-Deno.test("checksum mismatch: a flipped bit anywhere in a chunk (header, crc or data) is refused", () => {
+Deno.test("checksum mismatch: a flipped bit anywhere in a chunk (header, crc or data) is refused", async () => {
   const s = buildStream(CHUNKS);
   const at = s.recordAt[2]; // the 777-byte record
   // Size (low byte: 776 bytes then no longer checksum), crc, and data bytes.
@@ -312,21 +317,21 @@ Deno.test("checksum mismatch: a flipped bit anywhere in a chunk (header, crc or 
       at + CHUNK_HEADER + 776,
     ]
   ) {
-    const e = expectStreamError(flipped(s.bytes, off), "checksum mismatch", `flip at ${off}`);
+    const e = await expectStreamError(flipped(s.bytes, off), "checksum mismatch", `flip at ${off}`);
     assertEquals(e.offset, at, "the error names the record's offset");
   }
 });
 
-Deno.test("checksum mismatch: the bad record is never handed out", () => {
+Deno.test("checksum mismatch: the bad record is never handed out", async () => {
   const s = buildStream(CHUNKS);
   const bad = flipped(s.bytes, s.recordAt[1] + CHUNK_HEADER + 5);
   const reader = new StreamReader(new MemorySource(bad));
-  reader.readHeader();
+  await reader.readHeader();
   const seen: number[] = [];
-  assertThrows(
-    () => {
+  await assertRejects(
+    async () => {
       for (;;) {
-        const r = reader.next();
+        const r = await reader.next();
         if (r.kind === "data") seen.push(r.bytes.length);
       }
     },
@@ -336,18 +341,18 @@ Deno.test("checksum mismatch: the bad record is never handed out", () => {
   assertEquals(seen, [1], "only the record before the bad one came out");
 });
 
-Deno.test("checksum mismatch: header JSON and header crc", () => {
+Deno.test("checksum mismatch: header JSON and header crc", async () => {
   const s = buildStream(CHUNKS);
-  expectStreamError(flipped(s.bytes, HEADER_FIXED + 3), "header checksum mismatch", "JSON byte");
-  expectStreamError(flipped(s.bytes, s.headerEnd - 1), "header checksum mismatch", "crc byte");
+  await expectStreamError(flipped(s.bytes, HEADER_FIXED + 3), "header checksum mismatch", "JSON byte");
+  await expectStreamError(flipped(s.bytes, s.headerEnd - 1), "header checksum mismatch", "crc byte");
   // The length field: a shorter/longer header no longer checksums.
-  expectStreamError(flipped(s.bytes, 15), "header checksum mismatch", "length byte");
+  await expectStreamError(flipped(s.bytes, 15), "header checksum mismatch", "length byte");
 });
 
-Deno.test("trailer: a flipped bit is refused; so is a consistent trailer that disagrees with the data", () => {
+Deno.test("trailer: a flipped bit is refused; so is a consistent trailer that disagrees with the data", async () => {
   const s = buildStream(CHUNKS);
   for (const off of [8, 15, 16, 24, 28, 31]) {
-    expectStreamError(flipped(s.bytes, s.trailerAt + off), "trailer checksum mismatch", `trailer byte ${off}`);
+    await expectStreamError(flipped(s.bytes, s.trailerAt + off), "trailer checksum mismatch", `trailer byte ${off}`);
   }
   // Re-encode the trailer with wrong counts but a valid checksum.
   const total = 1 + 4096 + 777 + 2048;
@@ -359,15 +364,15 @@ Deno.test("trailer: a flipped bit is refused; so is a consistent trailer that di
     ]
   ) {
     const b = concat([s.bytes.subarray(0, s.trailerAt), encodeTrailer(t)]);
-    expectStreamError(b, "does not match the data read", JSON.stringify(t));
+    await expectStreamError(b, "does not match the data read", JSON.stringify(t));
   }
 });
 
-Deno.test("truncation at every offset is refused with a StreamError naming where", () => {
+Deno.test("truncation at every offset is refused with a StreamError naming where", async () => {
   const s = buildStream([pattern(50, 1), pattern(30, 2)]);
   const total = s.bytes.length;
   for (let cut = 0; cut < total; cut++) {
-    const e = expectStreamError(s.bytes.subarray(0, cut), "truncated stream", `cut at ${cut} of ${total}`);
+    const e = await expectStreamError(s.bytes.subarray(0, cut), "truncated stream", `cut at ${cut} of ${total}`);
     let where: string;
     if (cut < s.headerEnd) where = "header";
     else if (cut >= s.trailerAt + 8) where = "trailer";
@@ -379,42 +384,42 @@ Deno.test("truncation at every offset is refused with a StreamError naming where
   }
 });
 
-Deno.test("truncation: cut exactly between records is refused (no trailer)", () => {
+Deno.test("truncation: cut exactly between records is refused (no trailer)", async () => {
   const s = buildStream(CHUNKS);
   for (const cut of [s.headerEnd, ...s.recordAt, s.trailerAt]) {
-    expectStreamError(s.bytes.subarray(0, cut), "ends inside a record tag", `cut at ${cut}`);
+    await expectStreamError(s.bytes.subarray(0, cut), "ends inside a record tag", `cut at ${cut}`);
   }
 });
 
-Deno.test("an unknown record tag is refused", () => {
+Deno.test("an unknown record tag is refused", async () => {
   const s = buildStream(CHUNKS);
   for (const tag of [0xffffffffef1000ffn, 0n, 0xffffffffef110002n, TAG.DEV_DATA_STATE + 0x100n]) {
     const b = s.bytes.slice();
     b.set(be64(tag), s.recordAt[1]);
-    const e = expectStreamError(b, `unknown record tag 0x${tag.toString(16)}`, `tag ${tag}`);
+    const e = await expectStreamError(b, `unknown record tag 0x${tag.toString(16)}`, `tag ${tag}`);
     assertEquals(e.offset, s.recordAt[1]);
   }
 });
 
-Deno.test("an oversized chunk length is refused before any allocation or read of it", () => {
+Deno.test("an oversized chunk length is refused before any allocation or read of it", async () => {
   const head = concat([encodeHeader(HEADER), be64(TAG.DEV_DATA_STATE)]);
   for (const size of [2n ** 62n, 2n ** 64n - 1n, BigInt(MAX_CHUNK) + 1n]) {
     // An endless source: a reader that tried to read `size` bytes would never stop.
     const src = new EndlessSource(concat([head, be64(size), be32(0)]));
-    const e = assertThrows(() => readAll(src), StreamError, "exceeds", `size ${size}`);
+    const e = await assertRejects(() => readAll(src), StreamError, "exceeds", `size ${size}`);
     assertMatch(e.message, new RegExp(`record of ${size} bytes exceeds the ${MAX_CHUNK}-byte limit`));
     assert(src.delivered <= 8 << 20, `only the read-ahead buffer was filled (${src.delivered} bytes)`);
   }
   // The limit is the reader's, not a constant: exactly maxChunk passes, one more fails.
   const small = buildStream([pattern(1024, 3)], 1024);
-  assertEquals(readAll(new MemorySource(small.bytes), 1024).reader.dataBytes, 1024);
-  expectStreamError(small.bytes, "exceeds the 1023-byte limit", "maxChunk 1023", 1023);
+  assertEquals((await readAll(new MemorySource(small.bytes), 1024)).reader.dataBytes, 1024);
+  await expectStreamError(small.bytes, "exceeds the 1023-byte limit", "maxChunk 1023", 1023);
 });
 
-Deno.test("bytes after the trailer are refused", () => {
+Deno.test("bytes after the trailer are refused", async () => {
   const s = buildStream(CHUNKS);
   for (const extra of [new Uint8Array([0]), pattern(100, 1), encodeTrailer({ dataBytes: 0, chunks: 0, dataCrc: 0 })]) {
-    const e = expectStreamError(
+    const e = await expectStreamError(
       concat([s.bytes, extra]),
       "unexpected bytes after the end of the stream",
       `+${extra.length}`,
@@ -423,23 +428,23 @@ Deno.test("bytes after the trailer are refused", () => {
   }
   // And reading on after the end is an error, not a second trailer.
   const reader = new StreamReader(new MemorySource(s.bytes));
-  reader.readHeader();
-  while (reader.next().kind !== "end");
-  assertThrows(() => reader.next(), StreamError, "read past the end");
+  await reader.readHeader();
+  while ((await reader.next()).kind !== "end");
+  await assertRejects(async () => await reader.next(), StreamError, "read past the end");
 });
 
-Deno.test("header refusals: magic, version, length limit, JSON, missing fields", () => {
+Deno.test("header refusals: magic, version, length limit, JSON, missing fields", async () => {
   const good = encodeHeader(HEADER);
-  expectStreamError(flipped(good, 0), "bad magic", "magic");
-  expectStreamError(new TextEncoder().encode("#!/bin/sh\necho not a stream\n"), "bad magic", "text");
+  await expectStreamError(flipped(good, 0), "bad magic", "magic");
+  await expectStreamError(new TextEncoder().encode("#!/bin/sh\necho not a stream\n"), "bad magic", "text");
   const v2 = good.slice();
   new DataView(v2.buffer).setUint16(8, 2);
-  expectStreamError(v2, "stream format version 2 is not supported", "version");
+  await expectStreamError(v2, "stream format version 2 is not supported", "version");
   // A huge length is refused from the fixed part alone.
   const big = good.slice(0, HEADER_FIXED);
   new DataView(big.buffer).setUint32(12, MAX_HEADER_JSON + 1);
   const src = new EndlessSource(big);
-  assertThrows(() => new StreamReader(src).readHeader(), StreamError, `exceeds ${MAX_HEADER_JSON}`);
+  await assertRejects(async () => await new StreamReader(src).readHeader(), StreamError, `exceeds ${MAX_HEADER_JSON}`);
   const withJson = (text: string) => {
     const json = new TextEncoder().encode(text);
     const b = new Uint8Array(HEADER_FIXED + json.length + 4);
@@ -451,11 +456,11 @@ Deno.test("header refusals: magic, version, length limit, JSON, missing fields",
     v.setUint32(HEADER_FIXED + json.length, crc32(b.subarray(0, HEADER_FIXED + json.length)));
     return b;
   };
-  expectStreamError(withJson("{not json"), "not valid JSON", "bad JSON");
-  expectStreamError(withJson("{}"), "lacks the vfio-mig fields", "empty object");
-  expectStreamError(withJson('{"format":"qemu","device":{}}'), "lacks the vfio-mig fields", "other format");
-  expectStreamError(withJson('{"format":"vfio-mig","device":null}'), "lacks the vfio-mig fields", "null device");
-  expectStreamError(withJson("null"), "lacks the vfio-mig fields", "null");
+  await expectStreamError(withJson("{not json"), "not valid JSON", "bad JSON");
+  await expectStreamError(withJson("{}"), "lacks the vfio-mig fields", "empty object");
+  await expectStreamError(withJson('{"format":"qemu","device":{}}'), "lacks the vfio-mig fields", "other format");
+  await expectStreamError(withJson('{"format":"vfio-mig","device":null}'), "lacks the vfio-mig fields", "null device");
+  await expectStreamError(withJson("null"), "lacks the vfio-mig fields", "null");
 });
 
 Deno.test("identityMismatch: equal identities pass, each differing field is named", () => {

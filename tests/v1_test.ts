@@ -224,8 +224,11 @@ Deno.test("v1 live save: pre-copy iterations while running, then stop-and-copy; 
   await withDirs(async (t) => {
     createDevice(`${t}/a`, { size: 1 << 20, seed: 8, dataSize: 64 * 1024 });
     createDevice(`${t}/b`, { size: 1 << 20, seed: 9, dataSize: 64 * 1024 });
-    const s = await saveTo(`${t}/a`, `${t}/s.bin`, { live: true, resume: true });
+    // A tiny downtime limit keeps pre-copy going until pending_bytes is 0 (with the
+    // default 300 ms, 1 MiB fits at once and the policy switches after one iteration).
+    const s = await saveTo(`${t}/a`, `${t}/s.bin`, { live: true, resume: true, downtimeLimitMs: 0.001 });
     assert(s.precopyBytes >= 1 << 20, `pre-copy moved the initial data (${s.precopyBytes})`);
+    assert(s.iterations > 1, `several pre-copy iterations (${s.iterations})`);
     assertEquals(s.statesVisited.slice(0, 2), ["pre-copy (011b)", "stop-and-copy (010b)"]);
     assertEquals(s.finalState, "running (001b)");
     await loadFrom(`${t}/b`, `${t}/s.bin`);

@@ -3,13 +3,22 @@ import { VfioMigError } from "../errors.ts";
 import { load } from "../migrate/load.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
-import { openSource } from "../transport/transport.ts";
+import {
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_IDLE_TIMEOUT_MS,
+  newToken,
+  TcpServerConn,
+  TcpSource,
+} from "../transport/tcp.ts";
+import { openSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
+import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
 
 export const loadCommand: Command = {
   name: "load",
-  summary: "load migration state from a file or standard input into a device",
+  summary: "load migration state from a file, standard input or one TCP peer into a device",
   help: `Usage: vfio-mig load [--device D] [options] [FILE|-]
+       vfio-mig load [--device D] [options] --listen [HOST:]PORT
 
 Checks the stream's header and device identity (vendor/device/subsystem ids, mdev
 type, driver) before touching the device, then moves it to RESUMING, writes each
@@ -25,11 +34,21 @@ Options:
       --no-config    do not restore the stream's config section (command register,
                      MSI/MSI-X enable state); its vendor/device ids are still checked
       --protocol P   auto (default: the stream's), v1 or v2
+      --listen [HOST:]PORT  accept exactly one 'vfio-mig save … tcp://' peer; HOST
+                     defaults to 127.0.0.1 (say 0.0.0.0 to accept from other hosts).
+                     The peer must prove it knows the token before any state is
+                     read; without --token or $VFIO_MIG_TOKEN a random token is
+                     printed. Peers that fail are refused and the wait goes on.
+${NETWORK_HELP}
+      --idle-timeout MS  fail when the peer sends nothing for MS (default ${DEFAULT_IDLE_TIMEOUT_MS})
+      --accept-timeout MS  give up when no peer authenticated within MS (default: wait)
+      --tls-cert FILE, --tls-key FILE  accept TLS connections (PEM)
       --json         print a summary as JSON
   -q, --quiet        no progress line
   -h, --help         this help
 
-FILE defaults to '-' (standard input). Permissions: deno run --allow-ffi.
+FILE defaults to '-' (standard input). Permissions: deno run --allow-ffi; --listen
+also needs --allow-net.
 ${EXIT_CODES_HELP}`,
   async run(args) {
     const { values, positionals } = parse("load", args, {
@@ -37,6 +56,12 @@ ${EXIT_CODES_HELP}`,
       "no-start": { type: "boolean" },
       "no-config": { type: "boolean" },
       protocol: { type: "string" },
+      listen: { type: "string" },
+      "idle-timeout": { type: "string" },
+      "accept-timeout": { type: "string" },
+      "tls-cert": { type: "string" },
+      "tls-key": { type: "string" },
+      ...NETWORK_OPTIONS,
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -45,18 +70,52 @@ ${EXIT_CODES_HELP}`,
       return 0;
     }
     if (positionals.length > 1) throw new VfioMigError("load: give at most one input FILE (or -)", "usage");
-    const from = positionals[0] ?? "-";
+    if (values.listen !== undefined && positionals.length > 0) {
+      throw new VfioMigError("load: give either an input FILE or --listen, not both", "usage");
+    }
+    const from = values.listen !== undefined ? `tcp listener ${values.listen}` : positionals[0] ?? "-";
     const spec = values.device ?? defaultDeviceSpec(systemFor([]));
     const sys = systemFor([spec]);
-    if (from === "-" && sys.isatty(0)) {
+    if (from === "-" && values.listen === undefined && sys.isatty(0)) {
       throw new VfioMigError("load: standard input is a terminal: pipe a stream in or give a FILE", "usage");
     }
-    const source = openSource(sys, from);
+    if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
+      throw new VfioMigError("load: --tls-cert and --tls-key go together", "usage");
+    }
+    let source: StreamSource | null = values.listen === undefined ? openSource(sys, from) : null;
     const cancel = new Cancellation().install();
     try {
       const dev = openDevice(sys, spec);
       try {
-        const r = await load(dev, source, {
+        if (values.listen !== undefined) {
+          // The device is open (so nobody takes it meanwhile) but untouched until a
+          // peer has authenticated and its stream header matched.
+          let token = tokenFrom(sys, values.token);
+          const generated = token === undefined;
+          token ??= newToken();
+          const conn = await TcpServerConn.accept(values.listen, {
+            token,
+            handshakeTimeoutMs: msOption(
+              values["handshake-timeout"],
+              "handshake-timeout",
+              DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            ),
+            idleTimeoutMs: msOption(values["idle-timeout"], "idle-timeout", DEFAULT_IDLE_TIMEOUT_MS),
+            acceptTimeoutMs: values["accept-timeout"] === undefined
+              ? undefined
+              : msOption(values["accept-timeout"], "accept-timeout", 1),
+            tlsCert: readPem(sys, values["tls-cert"], "TLS certificate"),
+            tlsKey: readPem(sys, values["tls-key"], "TLS key"),
+            onListening: (a) =>
+              console.error(
+                `vfio-mig: listening on ${a.hostname}:${a.port}` +
+                  (generated ? `; token ${token} (give it to save with --token or VFIO_MIG_TOKEN)` : ""),
+              ),
+            onRefused: (why) => console.error(`vfio-mig: ${why}`),
+          });
+          source = new TcpSource(conn);
+        }
+        const r = await load(dev, source!, {
           noStart: values["no-start"],
           noConfig: values["no-config"],
           protocol: parseProtocol(values.protocol, "load"),
@@ -76,7 +135,7 @@ ${EXIT_CODES_HELP}`,
       }
     } finally {
       cancel.uninstall();
-      source.close();
+      source?.close();
     }
   },
 };

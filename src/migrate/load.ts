@@ -6,7 +6,7 @@ import type { VfioDevice } from "../device/open.ts";
 import { StreamError, VfioMigError } from "../errors.ts";
 import { identityMismatch, type StreamHeader } from "../stream/format.ts";
 import { StreamReader } from "../stream/reader.ts";
-import type { Source } from "../transport/transport.ts";
+import type { StreamSource } from "../transport/transport.ts";
 import {
   checkConfigIdentity,
   type ConfigRestore,
@@ -46,8 +46,8 @@ export interface LoadResult {
 }
 
 /** Reads and checks the stream header against the device, before any device call. */
-export function checkHeader(reader: StreamReader, d: VfioDevice): StreamHeader {
-  const h = reader.readHeader();
+export async function checkHeader(reader: StreamReader, d: VfioDevice): Promise<StreamHeader> {
+  const h = await reader.readHeader();
   if (h.protocol !== "v2" && h.protocol !== "v1") {
     throw new StreamError(`the stream uses migration protocol ${h.protocol}; this vfio-mig speaks v1 and v2`);
   }
@@ -87,17 +87,19 @@ export function openResumeSession(d: VfioDevice, header: StreamHeader, want: Pro
  */
 type Phase = "setup" | "setup-end" | "iterate" | "stop-copy" | "after-data" | "config-end" | "trailer";
 
-export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}): Promise<LoadResult> {
+export async function load(d: VfioDevice, source: StreamSource, opts: LoadOptions = {}): Promise<LoadResult> {
   const t0 = performance.now();
   const cancel = opts.cancel ?? new Cancellation();
   const reader = new StreamReader(source);
   let header: StreamHeader;
   let session: ResumeSession;
   try {
-    header = checkHeader(reader, d);
+    header = await checkHeader(reader, d);
     session = openResumeSession(d, header, opts.protocol ?? "auto");
   } catch (e) {
-    throw failure(`load into ${d.label} refused`, e, `${d.label} was not touched`);
+    const err = failure(`load into ${d.label} refused`, e, `${d.label} was not touched`);
+    await source.notify?.({ event: "done", ok: false, message: err.message });
+    throw err;
   }
   const v1 = session.protocol === "v1";
   const progress = new Progress(!!opts.progress, header.sizeEstimate);
@@ -109,7 +111,7 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
   try {
     for (;;) {
       await cancel.checkpoint();
-      const rec = reader.next();
+      const rec = await reader.next();
       if (rec.kind === "end") {
         if (phase !== "trailer" && phase !== "after-data" && !(v1 && phase === "iterate" && afterEnd)) {
           throw unexpected("end of stream", rec.offset);
@@ -137,6 +139,8 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
             break;
           case "DEV_INIT_DATA_SENT":
             if (phase !== "iterate" || v1) throw unexpected("DEV_INIT_DATA_SENT", rec.offset);
+            // Everything before it reached the device: approve the switchover.
+            await source.notify?.({ event: "init-loaded" });
             break;
           case "SWITCHOVER":
             if (phase !== "iterate" || v1) throw unexpected("SWITCHOVER", rec.offset);
@@ -168,6 +172,7 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
     const finalState = session.finish(!!opts.noStart);
     progress.update("done", reader.dataBytes, true);
     progress.finish();
+    await source.notify?.({ event: "done", ok: true, message: `${d.label} is ${finalState}`, finalState });
     const seconds = (performance.now() - t0) / 1000;
     return {
       device: d.label,
@@ -183,7 +188,9 @@ export async function load(d: VfioDevice, source: Source, opts: LoadOptions = {}
     };
   } catch (e) {
     progress.finish();
-    throw failure(`load into ${d.label} failed`, e, session.abort());
+    const err = failure(`load into ${d.label} failed`, e, session.abort());
+    await source.notify?.({ event: "done", ok: false, message: err.message });
+    throw err;
   }
 }
 

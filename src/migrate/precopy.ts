@@ -20,26 +20,27 @@ export interface PrecopyDecisionInput {
   exact: () => number | null;
   /** True when the destination acknowledged the initial data (or no ack is possible). */
   initAcked: boolean;
+  /** The device reported nothing pending in this iteration. */
+  done?: boolean;
 }
 
-/** Measures bandwidth over a sliding window of transfers. */
+/** Measures transfer bandwidth from the last few iterations that moved data. */
 export class BandwidthMeter {
-  #samples: { t: number; bytes: number }[] = [];
-  constructor(readonly windowMs = 1000) {}
+  #samples: { bytes: number; ms: number }[] = [];
+  constructor(readonly keep = 8) {}
 
-  add(bytes: number, now = performance.now()): void {
-    this.#samples.push({ t: now, bytes });
-    while (this.#samples.length > 2 && now - this.#samples[0].t > this.windowMs) this.#samples.shift();
+  /** `bytes` moved in `ms` of work (waiting for the device to dirty data excluded). */
+  add(bytes: number, ms: number): void {
+    this.#samples.push({ bytes, ms: Math.max(ms, 0.001) });
+    if (this.#samples.length > this.keep) this.#samples.shift();
   }
 
-  /** Bytes per ms, or null before two samples. */
+  /** Bytes per ms, or null before any sample. */
   rate(): number | null {
-    const s = this.#samples;
-    if (s.length < 2) return null;
-    const dt = s[s.length - 1].t - s[0].t;
-    if (dt <= 0) return null;
-    const bytes = s.slice(1).reduce((a, x) => a + x.bytes, 0);
-    return bytes / dt;
+    if (this.#samples.length === 0) return null;
+    const bytes = this.#samples.reduce((a, x) => a + x.bytes, 0);
+    const ms = this.#samples.reduce((a, x) => a + x.ms, 0);
+    return bytes / ms;
   }
 }
 
@@ -62,11 +63,10 @@ export class PrecopyPolicy {
     if (now - this.start >= this.maxPrecopyMs) return "max-precopy";
     // Never before the initial bytes are sent and, where the transport can say so, loaded.
     if (input.initialBytes > 0 || !input.initAcked) return null;
+    // Before anything moved there is no bandwidth to judge by: only a device with
+    // nothing left may switch.
     const rate = this.meter.rate();
-    if (rate === null) {
-      // Nothing moving: no more data to estimate from; decide on size alone.
-      if (input.dirtyBytes > 0) return null;
-    }
+    if (rate === null && input.dirtyBytes > 0) return null;
     const threshold = (rate ?? Infinity) * this.downtimeLimitMs;
     this.lastThreshold = threshold;
     if (input.initialBytes + input.dirtyBytes > threshold) return null;

@@ -44,6 +44,12 @@ export interface SaveSession {
   iterate(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<IterationResult>;
   /** The stop-copy size as the device reports it now, or null (for a pre-copy policy). */
   exactSize(): number | null;
+  /**
+   * The initial pre-copy data has all been sent (v2: DEV_INIT_DATA_SENT, which a
+   * destination acknowledges over a two-way transport: QEMU's switchover-ack).
+   * Returns false where the protocol has no such marker (v1).
+   */
+  initDataSent(w: StreamWriter): boolean;
   /** Pre-copy ends: `converged` when the last iteration reported nothing pending. */
   endPrecopy(w: StreamWriter, converged: boolean): void;
   /** save_live_complete_precopy, first half: leave RUNNING for the stop-and-copy state. */

@@ -9,6 +9,7 @@ import { StreamWriter } from "../stream/writer.ts";
 import type { Sink } from "../transport/transport.ts";
 import { VERSION } from "../version.ts";
 import { encodeConfigState, readConfigState } from "./config_state.ts";
+import { PrecopyPolicy, type SwitchReason } from "./precopy.ts";
 import { chooseProtocol, type Protocol, type ProtocolChoice, type SaveSession, v1Of } from "./protocol.ts";
 import { Cancellation, failure, pausePoint, Progress, streamIdentity } from "./session.ts";
 import { V1SaveSession } from "./v1_session.ts";
@@ -19,8 +20,10 @@ export interface SaveOptions {
   resume?: boolean;
   /** Pre-copy while the device runs before stopping it (needs PRE_COPY). */
   live?: boolean;
-  /** Upper bound of the pre-copy phase, in ms. */
+  /** Upper bound of the pre-copy phase, in ms (default 60 s). */
   maxPrecopyMs?: number;
+  /** The downtime to aim for when leaving pre-copy, in ms (default 300, as QEMU). */
+  downtimeLimitMs?: number;
   progress?: boolean;
   cancel?: Cancellation;
   chunkSize?: number;
@@ -40,8 +43,18 @@ export interface SaveResult {
   seconds: number;
   /** Bytes per second of device data. */
   throughput: number;
-  /** Time from leaving RUNNING to the last byte written, ms (live saves). */
+  /** Time from leaving RUNNING to the last byte written, ms. */
   downtimeMs: number;
+  /** Time from leaving RUNNING until the destination reported RUNNING (two-way transports), ms. */
+  downtimeToRunningMs: number | null;
+  /** Pre-copy iterations (live saves). */
+  iterations: number;
+  /** Why pre-copy ended: converged, max-precopy, requested (SIGUSR1); null for offline saves. */
+  switchReason: SwitchReason | null;
+  /** Measured pre-copy bandwidth, bytes/s, or null. */
+  bandwidth: number | null;
+  /** The downtime limit aimed for, ms (live saves). */
+  downtimeLimitMs: number | null;
   statesVisited: string[];
   finalState: string;
   migrationFlags: number;
@@ -81,6 +94,8 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
   const progress = new Progress(!!opts.progress, session.sizeEstimate);
   const w = new StreamWriter(sink, opts.chunkSize);
   let precopyBytes = 0;
+  let policy: PrecopyPolicy | null = null;
+  let switchReason: SwitchReason | null = null;
 
   try {
     // setup
@@ -103,18 +118,42 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     const getenv = (n: string) => d.sys.getenv(n);
     await pausePoint(getenv, "setup", cancel);
 
-    // pre-copy: iterations while the device runs
+    // pre-copy: iterations while the device runs, until the rest fits the downtime limit
     if (live) {
       await pausePoint(getenv, "pre-copy", cancel);
-      const deadline = performance.now() + (opts.maxPrecopyMs ?? 10_000);
-      for (;;) {
-        const it = await session.iterate(w, cancel, progress);
-        precopyBytes += it.bytes;
-        if (it.done || performance.now() > deadline) {
-          session.endPrecopy(w, it.done);
-          break;
+      policy = new PrecopyPolicy(opts.downtimeLimitMs, opts.maxPrecopyMs);
+      const p = policy;
+      const onUsr1 = () => p.requested = true;
+      try {
+        Deno.addSignalListener("SIGUSR1", onUsr1);
+      } catch { /* no SIGUSR1 here */ }
+      try {
+        let initSent = false;
+        for (;;) {
+          const t = performance.now();
+          const it = await session.iterate(w, cancel, progress);
+          precopyBytes += it.bytes;
+          if (it.bytes > 0) p.meter.add(it.bytes, performance.now() - t);
+          if (!initSent && it.initialBytes === 0) initSent = session.initDataSent(w) || true;
+          switchReason = p.decide({
+            initialBytes: it.initialBytes,
+            dirtyBytes: it.dirtyBytes,
+            done: it.done,
+            exact: () => session.exactSize(),
+            initAcked: sink.initAcked ?? true,
+          });
+          if (switchReason) {
+            session.endPrecopy(w, it.done);
+            break;
+          }
+          progress.update("pre-copy", w.dataBytes, false, `iteration ${p.iterations}`);
+          // Nothing new this round: give the device time to dirty more (or the peer to ack).
+          if (it.bytes === 0) await new Promise((r) => setTimeout(r, 5));
         }
-        await new Promise((r) => setTimeout(r, 1));
+      } finally {
+        try {
+          Deno.removeSignalListener("SIGUSR1", onUsr1);
+        } catch { /* was not added */ }
       }
     }
 
@@ -123,7 +162,6 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     session.stop(w);
     await pausePoint(getenv, "stop-copy", cancel);
     await session.drain(w, cancel, progress);
-    const downtimeMs = performance.now() - leftRunning;
 
     // config state (vfio_save_state), after the device data
     const config = readConfigState(d);
@@ -132,12 +170,15 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
       w.tag(TAG.END_OF_STATE);
     }
     w.end();
+    await w.flowControl();
 
-    // cleanup: end the session, then make the output visible
+    // cleanup: end the session, then make the output visible (over TCP: wait for
+    // the destination's result)
     await pausePoint(getenv, "finish", cancel);
     const finalState = session.finish(!!opts.resume);
     cancel.check();
-    sink.commit();
+    await sink.commit();
+    const downtimeMs = (sink.lastByteAt ?? performance.now()) - leftRunning;
     progress.update("done", w.dataBytes, true);
     progress.finish();
     const seconds = (performance.now() - t0) / 1000;
@@ -151,6 +192,11 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
       seconds,
       throughput: seconds > 0 ? w.dataBytes / seconds : 0,
       downtimeMs,
+      downtimeToRunningMs: sink.peerDoneAt ? sink.peerDoneAt - leftRunning : null,
+      iterations: policy?.iterations ?? 0,
+      switchReason,
+      bandwidth: policy?.meter.rate() ? policy.meter.rate()! * 1000 : null,
+      downtimeLimitMs: policy ? policy.downtimeLimitMs : null,
       statesVisited: session.statesVisited(),
       finalState,
       migrationFlags: session.migrationFlags,

@@ -63,14 +63,14 @@ export class Progress {
     this.#total = total;
   }
 
-  update(phase: ProgressPhase, bytes: number, force = false): void {
+  update(phase: ProgressPhase, bytes: number, force = false, detail = ""): void {
     if (!this.#enabled) return;
     const now = performance.now();
     if (!force && now - this.#last < 200) return;
     this.#last = now;
     const secs = (now - this.#start) / 1000;
     const rate = secs > 0 ? bytes / secs : 0;
-    let line = `${phase}: ${formatBytes(bytes)}`;
+    let line = `${phase}${detail ? ` (${detail})` : ""}: ${formatBytes(bytes)}`;
     if (this.#total) line += ` of ~${formatBytes(this.#total)}`;
     line += `  ${formatBytes(rate)}/s  ${secs.toFixed(1)}s`;
     if (this.#total && rate > 0 && bytes < this.#total) line += `  ETA ${((this.#total - bytes) / rate).toFixed(1)}s`;

@@ -154,6 +154,7 @@ export class V1SaveSession implements SaveSession {
     if (this.#pending === 0) return { bytes: 0, done: true, initialBytes: 0, dirtyBytes: 0 };
     const n = this.#saveBuffer(w);
     w.tag(TAG.END_OF_STATE);
+    await w.flowControl();
     progress.update("pre-copy", w.dataBytes);
     // (f) of the documented loop: read pending_bytes again.
     this.#pending = this.m.pendingBytes();
@@ -162,6 +163,10 @@ export class V1SaveSession implements SaveSession {
 
   exactSize(): number | null {
     return this.#pending;
+  }
+
+  initDataSent(): boolean {
+    return false; // QEMU 7.2's v1 stream has no switchover-ack marker
   }
 
   endPrecopy(): void {}
@@ -180,6 +185,7 @@ export class V1SaveSession implements SaveSession {
       await cancel.checkpoint();
       const n = this.#saveBuffer(w);
       total += n;
+      await w.flowControl();
       progress.update("stop-copy", w.dataBytes);
       if (n === 0) break;
       pending = this.m.pendingBytes();

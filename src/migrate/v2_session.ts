@@ -13,6 +13,9 @@ import type { StreamWriter } from "../stream/writer.ts";
 import type { IterationResult, ResumeSession, SaveSession } from "./protocol.ts";
 import { type Cancellation, type Progress, recoverDevice, tryGetState } from "./session.ts";
 
+/** Longest single pre-copy iteration before the policy is asked again. */
+const ITERATION_MS = 100;
+
 export class V2SaveSession implements SaveSession {
   readonly protocol = "v2" as const;
   readonly headerExtra: Record<string, unknown> = {};
@@ -75,9 +78,15 @@ export class V2SaveSession implements SaveSession {
     w.tag(TAG.END_OF_STATE);
   }
 
+  /**
+   * Reads the data_fd into chunks. In stop-copy, until read() returns 0. In pre-copy,
+   * until there is nothing now (ENOMSG or 0) or ITERATION_MS passed: a device that
+   * dirties data as fast as it is read must still come back to the pre-copy policy.
+   */
   async #readLoop(w: StreamWriter, phase: "pre-copy" | "stop-copy", cancel: Cancellation, progress: Progress) {
     let total = 0;
-    for (;;) {
+    const until = phase === "pre-copy" ? performance.now() + ITERATION_MS : Infinity;
+    while (performance.now() < until) {
       await cancel.checkpoint();
       let n: number;
       try {
@@ -88,9 +97,11 @@ export class V2SaveSession implements SaveSession {
       }
       if (n === 0) return total;
       w.data(n);
+      await w.flowControl();
       total += n;
       progress.update(phase, w.dataBytes);
     }
+    return total;
   }
 
   async iterate(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<IterationResult> {
@@ -103,8 +114,13 @@ export class V2SaveSession implements SaveSession {
     return this.d.migration.dataSize();
   }
 
-  endPrecopy(w: StreamWriter, converged: boolean): void {
-    w.tag(converged ? TAG.DEV_INIT_DATA_SENT : TAG.END_OF_STATE);
+  initDataSent(w: StreamWriter): boolean {
+    w.tag(TAG.DEV_INIT_DATA_SENT);
+    return true;
+  }
+
+  endPrecopy(w: StreamWriter, _converged: boolean): void {
+    w.tag(TAG.END_OF_STATE);
   }
 
   stop(w: StreamWriter): void {

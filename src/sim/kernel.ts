@@ -500,7 +500,9 @@ export class SimKernel implements Sys {
       m.runningSince = now;
       return;
     }
-    const words = Math.min(Math.floor(((now - m.runningSince) / 1000) * m.rate / 8), 1 << 16);
+    // rate is bytes of state dirtied per second, in whole 4 KiB pages (how device
+    // dirty tracking counts): each dirtied page gets one random 8-byte write.
+    const words = Math.min(Math.floor(((now - m.runningSince) / 1000) * m.rate / BULK_PAGE), 1 << 16);
     if (words <= 0) return;
     const rnd = prng(m.seed ^ now);
     const w = new Uint8Array(8);
@@ -708,6 +710,13 @@ export class SimKernel implements Sys {
   }
 
   #stopCopyLength(dev: OpenDevice): number {
+    const f = dev.saving;
+    if (dev.meta.model === "bulk" && f && (dev.meta.state === PRE_COPY || dev.meta.state === PRE_COPY_P2P)) {
+      // During pre-copy: what STOP_COPY would still have to send (queued, unread
+      // data and the pages dirtied since), as drivers estimate for a VMM's downtime.
+      this.#tick(dev);
+      return Math.max(0, f.filled - f.pos) + f.dirty.size * (BULK_PAGE + BULK_RECORD_HEADER);
+    }
     if (dev.meta.model === "bulk") return BULK_HEADER_SIZE + BULK_RECORD_HEADER + dev.meta.size;
     return MTTY_HEADER_SIZE + sizeOfState(dev);
   }

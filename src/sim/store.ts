@@ -11,7 +11,7 @@ import { DeviceState } from "../migration/state_machine.ts";
 import { fillBulk, initialMttyState, MODEL_NAMES, modelInfo, type ModelName, stateSize } from "./models.ts";
 import { VfioMigError } from "../errors.ts";
 import { V1_DEFAULT_DATA_SIZE, type V1Meta, type V1Sparse } from "./v1_device.ts";
-import { writeAll } from "../io.ts";
+import { readSmallFile, writeAll } from "../io.ts";
 
 export interface SimDeviceMeta {
   format: 1;
@@ -34,31 +34,6 @@ export interface SimDeviceMeta {
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-export function readSmallFile(sys: Sys, path: string, limit = 1 << 20): Uint8Array {
-  const fd = sys.open(path, O.RDONLY | O.CLOEXEC);
-  try {
-    const chunks: Uint8Array[] = [];
-    let total = 0;
-    for (;;) {
-      const b = new Uint8Array(65536);
-      const n = sys.read(fd, b);
-      if (n === 0) break;
-      chunks.push(b.subarray(0, n));
-      total += n;
-      if (total > limit) throw new VfioMigError(`${path} is larger than ${limit} bytes`);
-    }
-    const out = new Uint8Array(total);
-    let off = 0;
-    for (const c of chunks) {
-      out.set(c, off);
-      off += c.length;
-    }
-    return out;
-  } finally {
-    sys.close(fd);
-  }
-}
 
 export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array): void {
   const tmp = `${path}.tmp${sys.getpid()}`;

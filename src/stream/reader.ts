@@ -3,7 +3,7 @@
 // record is returned only after its checksum matched.
 
 import { StreamError } from "../errors.ts";
-import type { Source } from "../transport/transport.ts";
+import type { StreamSource } from "../transport/transport.ts";
 import {
   CHUNK_HEADER,
   crc32,
@@ -20,6 +20,7 @@ import {
   type Trailer,
   TRAILER_SIZE,
 } from "./format.ts";
+import { crc32Combine } from "./writer.ts";
 
 export type StreamRecord =
   | { kind: "tag"; tag: TagName; offset: number }
@@ -27,9 +28,11 @@ export type StreamRecord =
   | { kind: "end"; trailer: Trailer; offset: number };
 
 const INITIAL_BUFFER = 4 << 20;
+/** How far a read may go past the bytes the current record needs. */
+const READ_AHEAD = 64 << 10;
 
 export class StreamReader {
-  readonly #src: Source;
+  readonly #src: StreamSource;
   readonly #maxChunk: number;
   #buf: Uint8Array;
   #start = 0;
@@ -42,7 +45,7 @@ export class StreamReader {
   #dataCrc = 0;
   #ended = false;
 
-  constructor(src: Source, maxChunk = MAX_CHUNK) {
+  constructor(src: StreamSource, maxChunk = MAX_CHUNK) {
     this.#src = src;
     this.#maxChunk = maxChunk;
     this.#buf = new Uint8Array(Math.min(INITIAL_BUFFER, maxChunk + CHUNK_HEADER));
@@ -58,7 +61,7 @@ export class StreamReader {
   }
 
   /** Ensures `need` bytes are buffered; false when the stream ends first. */
-  #fill(need: number): boolean {
+  async #fill(need: number): Promise<boolean> {
     while (this.#end - this.#start < need) {
       if (this.#eof) return false;
       if (this.#buf.length - this.#start < need) {
@@ -73,15 +76,20 @@ export class StreamReader {
         this.#start = 0;
         this.#end = have;
       }
-      const n = this.#src.read(this.#buf.subarray(this.#end));
+      // Read what the record needs plus a little more, not up to the end of the buffer:
+      // bytes read past a record are moved to the front (copyWithin above) whenever the
+      // next record does not fit behind them (a third of all bytes with 1 MiB chunks).
+      const n = await this.#src.read(
+        this.#buf.subarray(this.#end, Math.min(this.#buf.length, this.#start + need + READ_AHEAD)),
+      );
       if (n === 0) this.#eof = true;
       this.#end += n;
     }
     return true;
   }
 
-  #take(n: number, what: string): Uint8Array {
-    if (!this.#fill(n)) {
+  async #take(n: number, what: string): Promise<Uint8Array> {
+    if (!(await this.#fill(n))) {
       throw new StreamError(
         `truncated stream: it ends inside ${what} (${this.#end - this.#start} of ${n} bytes present)`,
         this.#offset,
@@ -93,8 +101,8 @@ export class StreamReader {
     return out;
   }
 
-  readHeader(): StreamHeader {
-    const fixed = this.#take(HEADER_FIXED, "the stream header");
+  async readHeader(): Promise<StreamHeader> {
+    const fixed = await this.#take(HEADER_FIXED, "the stream header");
     for (let i = 0; i < STREAM_MAGIC.length; i++) {
       if (fixed[i] !== STREAM_MAGIC[i]) throw new StreamError("not a vfio-mig stream (bad magic)", 0);
     }
@@ -109,8 +117,8 @@ export class StreamReader {
     const len = v.getUint32(12);
     if (len > MAX_HEADER_JSON) throw new StreamError(`stream header length ${len} exceeds ${MAX_HEADER_JSON}`, 12);
     const head = fixed.slice();
-    const json = this.#take(len, "the stream header").slice();
-    const crcBytes = this.#take(4, "the stream header checksum");
+    const json = (await this.#take(len, "the stream header")).slice();
+    const crcBytes = await this.#take(4, "the stream header checksum");
     const want = new DataView(crcBytes.buffer, crcBytes.byteOffset, 4).getUint32(0);
     const got = crc32(json, crc32(head));
     if (want !== got) throw new StreamError("stream header checksum mismatch (corrupted stream)", HEADER_FIXED);
@@ -129,36 +137,37 @@ export class StreamReader {
     return h;
   }
 
-  next(): StreamRecord {
+  async next(): Promise<StreamRecord> {
     if (this.#ended) throw new StreamError("read past the end of the stream", this.#offset);
     const offset = this.#offset;
-    const tb = this.#take(8, "a record tag");
+    const tb = await this.#take(8, "a record tag");
     const tag = new DataView(tb.buffer, tb.byteOffset, 8).getBigUint64(0);
     const name = tagName(tag);
     if (!name) throw new StreamError(`unknown record tag 0x${tag.toString(16)}`, offset);
-    if (tag === TAG.STREAM_END) return this.#trailer(offset);
+    if (tag === TAG.STREAM_END) return await this.#trailer(offset);
     if (!SIZED_TAGS.has(tag)) return { kind: "tag", tag: name, offset };
-    const hb = this.#take(12, `the header of a ${name} record`);
+    const hb = await this.#take(12, `the header of a ${name} record`);
     const hv = new DataView(hb.buffer, hb.byteOffset, 12);
     const size = hv.getBigUint64(0);
     const crc = hv.getUint32(8);
     if (size > BigInt(this.#maxChunk)) {
       throw new StreamError(`${name} record of ${size} bytes exceeds the ${this.#maxChunk}-byte limit`, offset + 8);
     }
-    const bytes = this.#take(Number(size), `a ${name} record of ${size} bytes`);
-    if (crc32(bytes) !== crc) {
+    const bytes = await this.#take(Number(size), `a ${name} record of ${size} bytes`);
+    const got = crc32(bytes);
+    if (got !== crc) {
       throw new StreamError(`checksum mismatch in ${name} record #${this.#chunks + 1} (corrupted stream)`, offset);
     }
     if (tag === TAG.DEV_DATA_STATE) {
       this.#dataBytes += bytes.length;
       this.#chunks++;
-      this.#dataCrc = crc32(bytes, this.#dataCrc);
+      this.#dataCrc = crc32Combine(this.#dataCrc, got, bytes.length); // no second pass over bytes
     }
     return { kind: "data", tag: name as "DEV_DATA_STATE" | "DEV_CONFIG_STATE", bytes, offset };
   }
 
-  #trailer(offset: number): StreamRecord {
-    const b = this.#take(TRAILER_SIZE - 8, "the stream trailer");
+  async #trailer(offset: number): Promise<StreamRecord> {
+    const b = await this.#take(TRAILER_SIZE - 8, "the stream trailer");
     const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
     if (crc32(b.subarray(0, 20)) !== v.getUint32(20)) {
       throw new StreamError("stream trailer checksum mismatch (corrupted stream)", offset);
@@ -176,7 +185,7 @@ export class StreamReader {
       );
     }
     this.#ended = true;
-    if (this.#fill(1)) throw new StreamError("unexpected bytes after the end of the stream", this.#offset);
+    if (await this.#fill(1)) throw new StreamError("unexpected bytes after the end of the stream", this.#offset);
     return { kind: "end", trailer, offset };
   }
 }

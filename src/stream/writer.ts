@@ -31,6 +31,11 @@ export class StreamWriter {
     return this.#buf.subarray(CHUNK_HEADER);
   }
 
+  /** Waits while a network sink has too much queued (a no-op for files and pipes). */
+  flowControl(): Promise<void> | void {
+    return this.#sink.flowControl?.();
+  }
+
   #out(b: Uint8Array): void {
     this.#sink.write(b);
     this.written += b.length;
@@ -69,7 +74,7 @@ export class StreamWriter {
     this.#view.setUint32(16, c);
     this.#out(this.#buf.subarray(0, CHUNK_HEADER));
     for (const p of parts) if (p.length) this.#out(p);
-    this.#dataCrc = crc32Parts(parts, this.#dataCrc);
+    this.#dataCrc = crc32Combine(this.#dataCrc, c, n); // c covers all parts: no second pass
     this.#dataBytes += n;
     this.#chunks++;
   }
@@ -86,7 +91,7 @@ export class StreamWriter {
     this.#view.setBigUint64(0, tag);
     this.#view.setBigUint64(8, BigInt(n));
     this.#view.setUint32(16, c);
-    if (tag === TAG.DEV_DATA_STATE) this.#dataCrc = crc32(payload, this.#dataCrc);
+    if (tag === TAG.DEV_DATA_STATE) this.#dataCrc = crc32Combine(this.#dataCrc, c, n); // no second pass
     this.#out(this.#buf.subarray(0, CHUNK_HEADER + n));
   }
 
@@ -95,8 +100,53 @@ export class StreamWriter {
   }
 }
 
-function crc32Parts(parts: readonly Uint8Array[], prev: number): number {
-  let c = prev;
-  for (const p of parts) c = crc32(p, c);
-  return c;
+// crc32(A || B) from crc32(A), crc32(B) and B's length (zlib's crc32_combine, in the
+// x^(2^k) mod p form of zlib 1.2.12+), so each chunk is checksummed in one pass: the
+// chunk's own CRC is folded into the running CRC of all data in ~32 steps.
+const CRC_POLY = 0xedb88320;
+
+/** a(x) * b(x) mod p(x), in the reflected bit order of zlib's CRC-32. */
+function multmodp(a: number, b: number): number {
+  let p = 0;
+  for (let m = 0x80000000; m !== 0; m >>>= 1) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) === 0) break;
+    }
+    b = b & 1 ? (b >>> 1) ^ CRC_POLY : b >>> 1;
+  }
+  return p >>> 0;
+}
+
+/** x^(2^k) mod p(x), k = 0..31. */
+const X2N: number[] = (() => {
+  const t: number[] = [];
+  let p = 0x40000000; // x^1
+  for (let k = 0; k < 32; k++) {
+    t.push(p);
+    p = multmodp(p, p);
+  }
+  return t;
+})();
+
+/** x^(8 * len) mod p(x): the operator that shifts a CRC over len zero bytes. */
+function shiftOperator(len: number): number {
+  let p = 0x80000000; // x^0
+  let k = 3;
+  for (let n = len; n > 0; n = Math.floor(n / 2), k++) {
+    if (n % 2) p = multmodp(X2N[k & 31], p);
+  }
+  return p;
+}
+
+const shiftCache = new Map<number, number>();
+
+/** crc32 of A followed by B, given crc32(A), crc32(B) and B's length. */
+export function crc32Combine(crcA: number, crcB: number, lenB: number): number {
+  let op = shiftCache.get(lenB);
+  if (op === undefined) {
+    op = shiftOperator(lenB);
+    if (shiftCache.size < 64) shiftCache.set(lenB, op);
+  }
+  return (multmodp(op, crcA) ^ crcB) >>> 0;
 }

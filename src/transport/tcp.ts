@@ -49,6 +49,17 @@ export function parseListen(spec: string): TcpEndpoint {
   return { hostname: (m[1] ?? "127.0.0.1").replace(/^\[|\]$/g, ""), port: checkPort(m[2], spec) };
 }
 
+/** Deno's network permission is separate from --allow-ffi: say so plainly. */
+function netError(e: unknown, what: string): VfioMigError {
+  if (e instanceof Error && (e.name === "NotCapable" || e.name === "PermissionDenied")) {
+    return new VfioMigError(
+      "network transfers need deno's --allow-net permission (deno run --allow-ffi --allow-net cli.ts …)",
+      "usage",
+    );
+  }
+  return new VfioMigError(`${what}: ${e instanceof Error ? e.message : e}`, "failure");
+}
+
 function checkPort(s: string, ctx: string): number {
   const p = Number(s);
   if (!Number.isInteger(p) || p < 0 || p > 65535) throw new VfioMigError(`${ctx}: bad port ${s}`, "usage");
@@ -146,7 +157,7 @@ export class TcpClient {
         })
         : await Deno.connect({ hostname: ep.hostname, port: ep.port });
     } catch (e) {
-      throw new VfioMigError(`cannot connect to ${url}: ${e instanceof Error ? e.message : e}`, "failure");
+      throw netError(e, `cannot connect to ${url}`);
     }
     const ms = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     try {
@@ -286,10 +297,7 @@ export class TcpServerConn {
         ? Deno.listenTls({ hostname: ep.hostname, port: ep.port, cert: opts.tlsCert, key: opts.tlsKey })
         : Deno.listen({ hostname: ep.hostname, port: ep.port });
     } catch (e) {
-      throw new VfioMigError(
-        `cannot listen on ${ep.hostname}:${ep.port}: ${e instanceof Error ? e.message : e}`,
-        "failure",
-      );
+      throw netError(e, `cannot listen on ${ep.hostname}:${ep.port}`);
     }
     opts.onListening?.(listener.addr as Deno.NetAddr);
     const hsMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
@@ -361,4 +369,106 @@ async function serverHandshake(conn: Deno.Conn, token: string, who: string): Pro
   if (ok) reply.set(mac(token, "vfio-mig server", nonceC, nonceS), 1);
   await writeAllConn(conn, reply);
   if (!ok) throw new VfioMigError("wrong token", "failure");
+}
+
+// ---------------------------------------------------------------------------
+// Sink and source over the authenticated connections
+
+const HIGH_WATER = 8 << 20;
+const LOW_WATER = 2 << 20;
+
+/** The source side: queues copies of the stream's bytes and sends them in order. */
+export class TcpSink {
+  readonly label: string;
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #pumping: Promise<void> | null = null;
+  #error: unknown = null;
+  #waiters: (() => void)[] = [];
+  peerDoneAt: number | null = null;
+  lastByteAt: number | null = null;
+  result: { ok: boolean; message: string; [k: string]: unknown } | null = null;
+
+  constructor(readonly client: TcpClient) {
+    this.label = client.label;
+  }
+
+  get initAcked(): boolean {
+    return this.client.initAcked;
+  }
+
+  write(bytes: Uint8Array): void {
+    if (this.#error) throw this.#error;
+    this.#queue.push(bytes.slice());
+    this.#queued += bytes.length;
+    this.#pumping ??= this.#pump();
+  }
+
+  async #pump(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const b = this.#queue.shift()!;
+        await this.client.write(b);
+        this.#queued -= b.length;
+        if (this.#queued <= LOW_WATER) this.#wake();
+      }
+    } catch (e) {
+      this.#error = e;
+      this.#queue = [];
+      this.#queued = 0;
+    } finally {
+      this.#pumping = null;
+      this.#wake();
+    }
+  }
+
+  #wake(): void {
+    const w = this.#waiters;
+    this.#waiters = [];
+    for (const f of w) f();
+  }
+
+  async flowControl(): Promise<void> {
+    while (this.#queued > HIGH_WATER && !this.#error) {
+      await new Promise<void>((r) => this.#waiters.push(r));
+    }
+    if (this.#error) throw this.#error;
+  }
+
+  /** Sends what is queued, ends the stream and waits for the destination's result. */
+  async commit(): Promise<void> {
+    while (this.#pumping) await this.#pumping;
+    if (this.#error) throw this.#error;
+    this.lastByteAt = performance.now();
+    const r = await this.client.finish();
+    this.peerDoneAt = performance.now();
+    this.result = r;
+    if (!r.ok) throw new VfioMigError(`the destination failed: ${r.message}`, "failure");
+  }
+
+  abort(): void {
+    this.#queue = [];
+    this.client.close();
+  }
+}
+
+/** The destination side: stream bytes from the one authenticated peer. */
+export class TcpSource {
+  readonly label: string;
+  constructor(readonly server: TcpServerConn) {
+    this.label = `tcp peer ${server.label}`;
+  }
+  read(buf: Uint8Array): Promise<number> {
+    return this.server.read(buf);
+  }
+  async notify(e: { event: "init-loaded" } | { event: "done"; [k: string]: unknown }): Promise<void> {
+    if (e.event === "init-loaded") await this.server.sendFrame(FRAME.INIT_ACK);
+    else {
+      const { event: _, ...rest } = e;
+      await this.server.sendFrame(FRAME.DONE, new TextEncoder().encode(JSON.stringify(rest)));
+    }
+  }
+  close(): void {
+    this.server.close();
+  }
 }

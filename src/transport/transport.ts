@@ -9,18 +9,41 @@ import { readSome, writeAll } from "../io.ts";
 
 export interface Sink {
   readonly label: string;
+  /** Takes the bytes (a network sink queues a copy; `flowControl` applies backpressure). */
   write(bytes: Uint8Array): void;
-  /** The stream is complete: make it visible (rename) and durable. */
-  commit(): void;
+  /** The stream is complete: make it visible (rename) and durable; for a peer, its result. */
+  commit(): void | Promise<void>;
   /** The stream failed: leave nothing that looks complete. */
   abort(): void;
+  /** Resolves when queued output is small enough to take more (network sinks). */
+  flowControl?(): Promise<void> | void;
+  /** Over a two-way transport: true once the destination loaded the initial pre-copy data. */
+  readonly initAcked?: boolean;
+  /** Over a two-way transport: when the destination reported RUNNING, in performance.now() ms. */
+  readonly peerDoneAt?: number | null;
+  /** When the last byte left (network sinks, which queue), in performance.now() ms. */
+  readonly lastByteAt?: number | null;
 }
 
+/** A synchronous byte source: files, pipes, standard input. */
 export interface Source {
   readonly label: string;
   /** Bytes read into buf; 0 at end of stream. */
   read(buf: Uint8Array): number;
   close(): void;
+}
+
+/** What a destination can tell its source over a two-way transport. */
+export type PeerEvent =
+  | { event: "init-loaded" }
+  | { event: "done"; ok: boolean; message: string; finalState?: string };
+
+/** A source that may be asynchronous (network), and may talk back to the sender. */
+export interface StreamSource {
+  readonly label: string;
+  read(buf: Uint8Array): number | Promise<number>;
+  close(): void;
+  notify?(e: PeerEvent): Promise<void>;
 }
 
 const PIPE_SIZE = 1 << 20;

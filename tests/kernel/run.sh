@@ -37,146 +37,152 @@ HARNESS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HARNESS/lib/common.sh"
 . "$HARNESS/lib/steps.sh"
 
+# The whole run is one function, read before anything runs: editing this file
+# during a (long) run cannot derail it.
 usage() { sed -n '2,/^$/s/^# \{0,1\}//p' "$HARNESS/run.sh"; }
 
-FLAVOUR=debian
-[ "${VFIO_MIG_CUSTOM_KERNEL:-0}" = 1 ] && FLAVOUR=custom
-TIMEOUT=${VFIO_MIG_KERNEL_TIMEOUT:-600}
-MEM=${VFIO_MIG_KERNEL_MEM:-512}
-VERBOSE=${VFIO_MIG_KERNEL_VERBOSE:-0}
-LOGFILE="" PREPARE_ONLY=0 SHELL_MODE=0
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --custom-kernel) FLAVOUR=custom; shift ;;
-        --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
-        --mem) MEM=${2:?--mem needs a value}; shift 2 ;;
-        --log) LOGFILE=${2:?--log needs a file}; shift 2 ;;
-        --verbose) VERBOSE=1; shift ;;
-        --prepare) PREPARE_ONLY=1; shift ;;
-        --shell) SHELL_MODE=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        --) shift; break ;;
-        -*) usage >&2; die "unknown option $1" ;;
-        *) break ;;
-    esac
-done
-COMMAND="$*"
-if [ "$PREPARE_ONLY" = 0 ] && [ "$SHELL_MODE" = 0 ] && [ -z "$COMMAND" ]; then
-    usage >&2; die "no guest command given"
-fi
-[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
-[ "$(uname -m)" = x86_64 ] || die "this harness needs an x86_64 host"
-
-# The project checkout: the git top folder holding tests/kernel.
-PROJECT=$(git -C "$HARNESS" rev-parse --show-toplevel 2>/dev/null) || PROJECT=$(cd "$HARNESS/../.." && pwd)
-
-# ---------------------------------------------------------------------------
-# Prepare, under an exclusive lock on the cache (another run may be building).
-mkdir -p "$CACHE/runs"
-exec {LOCK_FD}>"$CACHE/.lock"
-if ! flock -n "$LOCK_FD"; then
-    log "waiting for the cache lock $CACHE/.lock"
-    flock "$LOCK_FD"
-fi
-T_START=$(now_us)
-step "host packages" host_packages
-if [ "$FLAVOUR" = debian ]; then
-    step "kernel packages" kernel_debs "$DEB_IMAGE" "$DEB_HEADERS" "$DEB_HEADERS_COMMON" "$DEB_KBUILD" "$DEB_SOURCE"
-    step "unpack kernel" unpack_kernel
-    step "mtty.ko" build_mtty
-    KERNEL=$VMLINUZ
-else
-    step "kernel source package" kernel_debs "$DEB_SOURCE"
-    step "custom kernel" build_custom_kernel
-    KERNEL=$CUSTOM/bzImage
-fi
-step "deno" deno_binary
-step "initramfs" build_initramfs
-INITRD=$KCACHE/initramfs-$FLAVOUR/initramfs.cpio.gz
-log "$(printf '%-22s %6s s' "prepared ($FLAVOUR)" "$(secs "$T_START")")"
-[ "$PREPARE_ONLY" = 1 ] && exit 0
-# Booting only reads the cache: let other runs boot too, but not rebuild.
-flock -s "$LOCK_FD"
-
-# ---------------------------------------------------------------------------
-# Boot. A per-run control folder (9p tag "ctl") carries the settings and the
-# command in, and the exit status out.
-find "$CACHE/runs" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
-RUN=$(mktemp -d "$CACHE/runs/run.XXXXXX")
-cleanup() {
-    local pid
-    if [ -s "$RUN/qemu.pid" ] && pid=$(cat "$RUN/qemu.pid") && kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
+main() {
+    FLAVOUR=debian
+    [ "${VFIO_MIG_CUSTOM_KERNEL:-0}" = 1 ] && FLAVOUR=custom
+    TIMEOUT=${VFIO_MIG_KERNEL_TIMEOUT:-600}
+    MEM=${VFIO_MIG_KERNEL_MEM:-512}
+    VERBOSE=${VFIO_MIG_KERNEL_VERBOSE:-0}
+    LOGFILE="" PREPARE_ONLY=0 SHELL_MODE=0
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --custom-kernel) FLAVOUR=custom; shift ;;
+            --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
+            --mem) MEM=${2:?--mem needs a value}; shift 2 ;;
+            --log) LOGFILE=${2:?--log needs a file}; shift 2 ;;
+            --verbose) VERBOSE=1; shift ;;
+            --prepare) PREPARE_ONLY=1; shift ;;
+            --shell) SHELL_MODE=1; shift ;;
+            -h|--help) usage; exit 0 ;;
+            --) shift; break ;;
+            -*) usage >&2; die "unknown option $1" ;;
+            *) break ;;
+        esac
+    done
+    COMMAND="$*"
+    if [ "$PREPARE_ONLY" = 0 ] && [ "$SHELL_MODE" = 0 ] && [ -z "$COMMAND" ]; then
+        usage >&2; die "no guest command given"
     fi
-    rm -rf "$RUN"
+    [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
+    [ "$(uname -m)" = x86_64 ] || die "this harness needs an x86_64 host"
+
+    # The project checkout: the git top folder holding tests/kernel.
+    PROJECT=$(git -C "$HARNESS" rev-parse --show-toplevel 2>/dev/null) || PROJECT=$(cd "$HARNESS/../.." && pwd)
+
+    # ---------------------------------------------------------------------------
+    # Prepare, under an exclusive lock on the cache (another run may be building).
+    mkdir -p "$CACHE/runs"
+    exec {LOCK_FD}>"$CACHE/.lock"
+    if ! flock -n "$LOCK_FD"; then
+        log "waiting for the cache lock $CACHE/.lock"
+        flock "$LOCK_FD"
+    fi
+    T_START=$(now_us)
+    step "host packages" host_packages
+    if [ "$FLAVOUR" = debian ]; then
+        step "kernel packages" kernel_debs "$DEB_IMAGE" "$DEB_HEADERS" "$DEB_HEADERS_COMMON" "$DEB_KBUILD" "$DEB_SOURCE"
+        step "unpack kernel" unpack_kernel
+        step "mtty.ko" build_mtty
+        KERNEL=$VMLINUZ
+    else
+        step "kernel source package" kernel_debs "$DEB_SOURCE"
+        step "custom kernel" build_custom_kernel
+        KERNEL=$CUSTOM/bzImage
+    fi
+    step "deno" deno_binary
+    step "initramfs" build_initramfs
+    INITRD=$KCACHE/initramfs-$FLAVOUR/initramfs.cpio.gz
+    log "$(printf '%-22s %6s s' "prepared ($FLAVOUR)" "$(secs "$T_START")")"
+    [ "$PREPARE_ONLY" = 1 ] && exit 0
+    # Booting only reads the cache: let other runs boot too, but not rebuild.
+    flock -s "$LOCK_FD"
+
+    # ---------------------------------------------------------------------------
+    # Boot. A per-run control folder (9p tag "ctl") carries the settings and the
+    # command in, and the exit status out.
+    find "$CACHE/runs" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
+    RUN=$(mktemp -d "$CACHE/runs/run.XXXXXX")
+    cleanup() {
+        local pid
+        if [ -s "$RUN/qemu.pid" ] && pid=$(cat "$RUN/qemu.pid") && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+        fi
+        rm -rf "$RUN"
+    }
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    printf '%s\n' "$COMMAND" >"$RUN/cmd.sh"
+    {
+        echo "VM_PROJECT=$(shq "$PROJECT")"
+        echo "VM_DENO=$(shq "${DENO_BIN##*/}")"
+        echo "VM_FLAVOUR=$FLAVOUR"
+        echo "VM_VERBOSE=$VERBOSE"
+        echo "VM_SHELL=$SHELL_MODE"
+    } >"$RUN/env"
+
+    # security_model=none: files keep the host user's ownership; multidevs=remap
+    # avoids inode clashes when the checkout spans several file systems.
+    # (A comma in a QEMU option value is written twice.)
+    fsdev() { echo "local,path=${1//,/,,},mount_tag=$2,security_model=none,multidevs=remap,id=$2${3:+,$3}"; }
+    kcmd="console=ttyS0 panic=-1 quiet loglevel=3"
+    [ "$VERBOSE" = 1 ] && kcmd="console=ttyS0 panic=-1 loglevel=7"
+    QEMU=(qemu-system-x86_64 -M q35 -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM"
+          -nodefaults -no-user-config -display none -no-reboot -pidfile "$RUN/qemu.pid"
+          -kernel "$KERNEL" -initrd "$INITRD"
+          -append "$kcmd ${VFIO_MIG_KERNEL_APPEND:-}"
+          -virtfs "$(fsdev "$RUN" ctl)"
+          -virtfs "$(fsdev "$PROJECT" project)"
+          -virtfs "$(fsdev "$(dirname "$DENO_BIN")" deno readonly=on)")
+    [ "$VERBOSE" = 1 ] && log "qemu: ${QEMU[*]}"
+
+    T_BOOT=$(now_us)
+    set +e
+    if [ "$SHELL_MODE" = 1 ]; then
+        "${QEMU[@]}" -serial mon:stdio 2>"$RUN/qemu.err"
+        QRC=$?
+        : >"$RUN/console.log"
+    else
+        # Console (kernel errors + the command's stdout and stderr) to our
+        # stdout, without carriage returns, the exit marker and the power-off
+        # message.
+        timeout --foreground -k 5 "$TIMEOUT" "${QEMU[@]}" -serial stdio </dev/null 2>"$RUN/qemu.err" |
+            tee "$RUN/console.log" |
+            sed -u -e 's/\r$//' -e '/^VFIO_MIG_EXIT=[0-9]*$/d' -e 's/VFIO_MIG_EXIT=[0-9]*$//' \
+                -e '/^\(\[ *[0-9.]*\] \)\{0,1\}reboot: Power down$/d'
+        QRC=${PIPESTATUS[0]}
+    fi
+    set -e
+    ELAPSED=$(secs "$T_BOOT")
+    mkdir -p "$LOGS"
+    cp "$RUN/console.log" "$LOGS/console-$FLAVOUR.log"
+    [ -n "$LOGFILE" ] && cp "$RUN/console.log" "$LOGFILE"
+
+    RC=""
+    if [ -f "$RUN/rc" ]; then
+        RC=$(cat "$RUN/rc")
+    else
+        RC=$(sed -n 's/.*VFIO_MIG_EXIT=\([0-9]*\).*/\1/p' "$RUN/console.log" | tail -n1)
+    fi
+    if [ -z "$RC" ]; then
+        if [ "$QRC" = 124 ] || { [ "$QRC" = 137 ] && [ "${ELAPSED%.*}" -ge "$TIMEOUT" ]; }; then
+            log "$(printf '%-22s %6s s' "boot + command" "$ELAPSED") (timeout)"
+            log "error: the guest command did not finish within $TIMEOUT s; console log: $LOGS/console-$FLAVOUR.log"
+            exit 124
+        fi
+        log "$(printf '%-22s %6s s' "boot + command" "$ELAPSED")"
+        log "error: the guest stopped without reporting an exit status (qemu exit $QRC)"
+        [ -s "$RUN/qemu.err" ] && sed 's/^/    qemu: /' "$RUN/qemu.err" >&2
+        log "console log: $LOGS/console-$FLAVOUR.log"
+        exit 125
+    fi
+    log "$(printf '%-22s %6s s' "boot + command" "$ELAPSED") (exit $RC)"
+    exit "$RC"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-printf '%s\n' "$COMMAND" >"$RUN/cmd.sh"
-{
-    echo "VM_PROJECT=$(shq "$PROJECT")"
-    echo "VM_DENO=$(shq "${DENO_BIN##*/}")"
-    echo "VM_FLAVOUR=$FLAVOUR"
-    echo "VM_VERBOSE=$VERBOSE"
-    echo "VM_SHELL=$SHELL_MODE"
-} >"$RUN/env"
-
-# security_model=none: files keep the host user's ownership; multidevs=remap
-# avoids inode clashes when the checkout spans several file systems.
-# (A comma in a QEMU option value is written twice.)
-fsdev() { echo "local,path=${1//,/,,},mount_tag=$2,security_model=none,multidevs=remap,id=$2${3:+,$3}"; }
-kcmd="console=ttyS0 panic=-1 quiet loglevel=3"
-[ "$VERBOSE" = 1 ] && kcmd="console=ttyS0 panic=-1 loglevel=7"
-QEMU=(qemu-system-x86_64 -M q35 -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM"
-      -nodefaults -no-user-config -display none -no-reboot -pidfile "$RUN/qemu.pid"
-      -kernel "$KERNEL" -initrd "$INITRD"
-      -append "$kcmd ${VFIO_MIG_KERNEL_APPEND:-}"
-      -virtfs "$(fsdev "$RUN" ctl)"
-      -virtfs "$(fsdev "$PROJECT" project)"
-      -virtfs "$(fsdev "$(dirname "$DENO_BIN")" deno readonly=on)")
-[ "$VERBOSE" = 1 ] && log "qemu: ${QEMU[*]}"
-
-T_BOOT=$(now_us)
-set +e
-if [ "$SHELL_MODE" = 1 ]; then
-    "${QEMU[@]}" -serial mon:stdio 2>"$RUN/qemu.err"
-    QRC=$?
-    : >"$RUN/console.log"
-else
-    # Console (kernel errors + the command's stdout and stderr) to our
-    # stdout, without carriage returns, the exit marker and the power-off
-    # message.
-    timeout --foreground -k 5 "$TIMEOUT" "${QEMU[@]}" -serial stdio </dev/null 2>"$RUN/qemu.err" |
-        tee "$RUN/console.log" |
-        sed -u -e 's/\r$//' -e '/^VFIO_MIG_EXIT=[0-9]*$/d' -e 's/VFIO_MIG_EXIT=[0-9]*$//' \
-            -e '/^\[ *[0-9.]*\] reboot: Power down$/d'
-    QRC=${PIPESTATUS[0]}
-fi
-set -e
-ELAPSED=$(secs "$T_BOOT")
-mkdir -p "$LOGS"
-cp "$RUN/console.log" "$LOGS/console-$FLAVOUR.log"
-[ -n "$LOGFILE" ] && cp "$RUN/console.log" "$LOGFILE"
-
-RC=""
-if [ -f "$RUN/rc" ]; then
-    RC=$(cat "$RUN/rc")
-else
-    RC=$(sed -n 's/.*VFIO_MIG_EXIT=\([0-9]*\).*/\1/p' "$RUN/console.log" | tail -n1)
-fi
-if [ -z "$RC" ]; then
-    if [ "$QRC" = 124 ] || { [ "$QRC" = 137 ] && [ "${ELAPSED%.*}" -ge "$TIMEOUT" ]; }; then
-        log "$(printf '%-22s %6s s' "boot + command" "$ELAPSED") (timeout)"
-        log "error: the guest command did not finish within $TIMEOUT s; console log: $LOGS/console-$FLAVOUR.log"
-        exit 124
-    fi
-    log "$(printf '%-22s %6s s' "boot + command" "$ELAPSED")"
-    log "error: the guest stopped without reporting an exit status (qemu exit $QRC)"
-    [ -s "$RUN/qemu.err" ] && sed 's/^/    qemu: /' "$RUN/qemu.err" >&2
-    log "console log: $LOGS/console-$FLAVOUR.log"
-    exit 125
-fi
-log "$(printf '%-22s %6s s' "boot + command" "$ELAPSED") (exit $RC)"
-exit "$RC"
+main "$@"
