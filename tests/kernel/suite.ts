@@ -270,6 +270,33 @@ await check("a save interrupted by SIGINT in STOP_COPY leaves the source RUNNING
   assert(!exists, "an output file was left behind");
 });
 
+await check("the config section carries mtty's 255-byte config space and is restored", async () => {
+  const file = `${tmp}/cfg.bin`;
+  const s = JSON.parse((await ok(["save", "--json", "--resume", "--device", spec(A), file])).stdout);
+  eq(s.configBytes, 255, "config bytes saved");
+  const r = JSON.parse((await ok(["load", "--json", "--device", spec(B), file])).stdout);
+  assert(r.config !== null && typeof r.config.command === "number", `config restore: ${JSON.stringify(r.config)}`);
+});
+
+await check("list shows the three mtty devices with their groups and migration flags", async () => {
+  const l = JSON.parse((await ok(["list", "--json"])).stdout);
+  for (const [uuid, type] of [[A, "mtty-2"], [B, "mtty-2"], [C, "mtty-1"]]) {
+    const d = l.devices.find((x: { device: string }) => x.device.includes(uuid));
+    assert(d, `${uuid} missing from list`);
+    eq([d.driver, d.mdevType, d.migration?.flags, d.migration?.state], ["mtty", type, 7, "RUNNING"], uuid);
+    assert(d.iommuGroup !== null, `${uuid} has no IOMMU group`);
+    if (CDEV_MODE) assert(d.cdev, `${uuid} has no cdev node`);
+  }
+});
+
+await check("check: the real mtty driver passes the conformance report", async () => {
+  const r = await cli(["check", "--json", "--device", spec(B)]);
+  const rep = JSON.parse(r.stdout);
+  const failedRows = (rep.checks ?? rep.results ?? []).filter((c: { status: string }) => c.status === "FAIL");
+  eq(r.code, 0, `exit code (failed rows: ${JSON.stringify(failedRows)})`);
+  eq(await stateOf(B), "RUNNING", "B after check");
+});
+
 // Conformance of the simulator: every (from, to) arc on the real mtty and on the
 // simulated mtty model must give the same result.
 await check("simulator conformance: every arc agrees with the real mtty", async () => {
