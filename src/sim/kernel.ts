@@ -172,6 +172,13 @@ export class SimKernel implements Sys {
     }
   }
 
+  /** Closes the call log (a long-lived process that makes many kernels, e.g. a test). */
+  closeLog(): void {
+    if (this.#logFd < 0) return;
+    this.#host.close(this.#logFd);
+    this.#logFd = -1;
+  }
+
   /** Builds a SimKernel from VFIO_MIG_SIM_FAULTS and VFIO_MIG_SIM_LOG. */
   static fromEnv(host: Sys): SimKernel {
     return new SimKernel(host, {
@@ -188,6 +195,8 @@ export class SimKernel implements Sys {
 
   /** Counts the call against the faults; throws or returns "short". */
   #fault(key: string, op: string): "short" | null {
+    // Every faultable call, in order: the sequence a fault matrix enumerates.
+    this.#log({ call: key });
     let short: "short" | null = null;
     let failing: Fault | null = null;
     // Count the call against every matching fault before failing it, so each

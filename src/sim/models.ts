@@ -10,6 +10,7 @@
 // u64 length, bytes}. Pre-copy offers the whole state as initial data and pages
 // dirtied while running as further records, so a live save stays correct.
 
+import type { PciIdentity } from "../device/open.ts";
 import { Errno, SysError } from "../../ffi/errno.ts";
 
 export type ModelName = "mtty-1" | "mtty-2" | "bulk";
@@ -25,21 +26,12 @@ export const BULK_HEADER_SIZE = 32;
 export const BULK_RECORD_HEADER = 16;
 export const BULK_PAGE = 4096;
 
-export interface DeviceIdentity {
-  vendor: number;
-  device: number;
-  subsystemVendor: number;
-  subsystemDevice: number;
-  classCode: number;
-  revision: number;
-}
-
 export interface ModelInfo {
   name: ModelName;
   driver: string;
   /** mdev type name, for mdev-like models. */
   mdevType?: string;
-  identity: DeviceIdentity;
+  identity: PciIdentity;
   /** VFIO_DEVICE_INFO flags. */
   deviceFlags: number;
   /** Size of each BAR region (index 0..5); 0 = absent. */
