@@ -2,7 +2,7 @@
 // an exit code. Each command lives in src/commands/<name>.ts.
 
 import { SysError } from "./ffi/errno.ts";
-import { libc } from "./ffi/libc.ts";
+import { libc, LibcLoadError } from "./ffi/libc.ts";
 import type { Command } from "./src/commands/command.ts";
 import { EXIT_CODES_HELP } from "./src/commands/command.ts";
 import { infoCommand, resetCommand, stateCommand } from "./src/commands/info.ts";
@@ -73,6 +73,10 @@ function report(e: unknown): number {
     console.error(`vfio-mig: ${e.message}`);
     if (debug && e.cause) console.error(e.cause);
     return e.exitCode;
+  }
+  if (e instanceof LibcLoadError) {
+    console.error(`vfio-mig: ${e.message}`);
+    return EXIT.USAGE;
   }
   if (e instanceof SysError) {
     console.error(`vfio-mig: ${e.message}`);

@@ -60,6 +60,14 @@ function readCString(p: Deno.PointerObject): string {
   return new Deno.UnsafePointerView(p).getCString();
 }
 
+/** libc could not be loaded (no --allow-ffi, or a bad VFIO_MIG_LIBC). */
+export class LibcLoadError extends Error {
+  constructor(message: string, cause: unknown) {
+    super(message, { cause });
+    this.name = "LibcLoadError";
+  }
+}
+
 function loadLibc(): Libc {
   let path = DEFAULT_LIBC;
   try {
@@ -69,10 +77,13 @@ function loadLibc(): Libc {
     probe.close();
     return Deno.dlopen(path, symbols).symbols;
   } catch (cause) {
-    throw new Error(
-      `cannot load the C library ${path} with Deno.dlopen (run deno with --allow-ffi; ` +
-        `set VFIO_MIG_LIBC to another path if needed): ${cause instanceof Error ? cause.message : cause}`,
-      { cause },
+    if (cause instanceof Error && (cause.name === "NotCapable" || cause.name === "PermissionDenied")) {
+      throw new LibcLoadError("vfio-mig talks to the kernel through libc: run deno with --allow-ffi", cause);
+    }
+    throw new LibcLoadError(
+      `cannot load the C library ${path} with Deno.dlopen (set VFIO_MIG_LIBC to another path if needed): ` +
+        `${cause instanceof Error ? cause.message : cause}`,
+      cause,
     );
   }
 }

@@ -97,7 +97,14 @@ export class FileSink implements Sink {
     try {
       this.#fd = sys.open(this.#tmp, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
     } catch (e) {
-      throw new VfioMigError(`cannot create ${path}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
+      const why = isErrno(e, "ENOENT")
+        ? "its folder does not exist"
+        : isErrno(e, "EACCES") || isErrno(e, "EPERM")
+        ? "permission denied"
+        : e instanceof Error
+        ? e.message
+        : String(e);
+      throw new VfioMigError(`cannot create ${path}: ${why}`, "failure", { cause: e });
     }
   }
   get label(): string {
