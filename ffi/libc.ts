@@ -29,6 +29,7 @@ const symbols = {
   fstat: { parameters: ["i32", "buffer"], result: "i32" }, // int fstat(int fd, struct stat *st)
   stat: { parameters: ["buffer", "buffer"], result: "i32" }, // int stat(const char *path, struct stat *st)
   rename: { parameters: ["buffer", "buffer"], result: "i32" }, // int rename(const char *from, const char *to)
+  renameat2: { parameters: ["i32", "buffer", "i32", "buffer", "u32"], result: "i32" }, // int renameat2(int olddirfd, const char *old, int newdirfd, const char *new, unsigned flags)
   unlink: { parameters: ["buffer"], result: "i32" }, // int unlink(const char *path)
   mkdir: { parameters: ["buffer", "u32"], result: "i32" }, // int mkdir(const char *path, mode_t mode)
   rmdir: { parameters: ["buffer"], result: "i32" }, // int rmdir(const char *path)
@@ -206,6 +207,10 @@ export class LibcSys implements Sys {
   }
   rename(from: string, to: string): void {
     this.#check("rename", this.#c.rename(cstr(from), cstr(to)), `${from} -> ${to}`);
+  }
+  exchange(a: string, b: string): void {
+    const AT_FDCWD = -100, RENAME_EXCHANGE = 2;
+    this.#check("renameat2", this.#c.renameat2(AT_FDCWD, cstr(a), AT_FDCWD, cstr(b), RENAME_EXCHANGE), `${a} <-> ${b}`);
   }
   unlink(path: string): void {
     this.#check("unlink", this.#c.unlink(cstr(path)), path);

@@ -72,6 +72,8 @@ export interface Sys {
   fstat(fd: number): FileStat;
   stat(path: string): FileStat;
   rename(from: string, to: string): void;
+  /** Atomically swaps two paths (renameat2 RENAME_EXCHANGE). */
+  exchange(a: string, b: string): void;
   unlink(path: string): void;
   mkdir(path: string, mode?: number): void;
   rmdir(path: string): void;

@@ -12,7 +12,7 @@
 // A call log (JSON lines) records every call for tests.
 
 import { Errno, errnoName, SysError } from "../../ffi/errno.ts";
-import { type FileStat, type IoctlArg, type Mapping, O, type Sys } from "../../ffi/sys.ts";
+import { F, type FileStat, type IoctlArg, type Mapping, O, type Sys } from "../../ffi/sys.ts";
 import {
   decode,
   encodeInto,
@@ -54,6 +54,10 @@ import { hasQuirk } from "./quirks.ts";
 import { V1_REGION_INDEX, type V1Backend, V1Device } from "./v1_device.ts";
 
 const { STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = DeviceState;
+
+/** --yield-rate: a non-blocking read waits for at least this much (EAGAIN before). */
+const YIELD_QUANTUM = 64 * 1024;
+const YIELD_SLEEPER = new Int32Array(new SharedArrayBuffer(4));
 
 // ---------------------------------------------------------------------------
 // Faults and the call log
@@ -163,6 +167,7 @@ export class SimKernel implements Sys {
   #seq = 0;
   /** Arcs requested that the kernel must never be asked for (tests assert none). */
   readonly forbiddenArcs: string[] = [];
+  readonly #yieldBuckets = new WeakMap<SaveFile, { due: number; at: number }>();
 
   constructor(host: Sys, opts: SimKernelOptions = {}) {
     this.#host = host;
@@ -234,7 +239,19 @@ export class SimKernel implements Sys {
   }
 
   close(fd: number): void {
-    this.#fault(`close:${this.#classOf(fd)}`, "close");
+    let injected: unknown = null;
+    try {
+      this.#fault(`close:${this.#classOf(fd)}`, "close");
+    } catch (e) {
+      injected = e;
+    }
+    // Linux releases the descriptor even when close() reports an error (EINTR, EIO):
+    // an injected failure does too, so a caller that closes again is caught (EBADF).
+    this.#close(fd);
+    if (injected) throw injected;
+  }
+
+  #close(fd: number): void {
     const dev = this.#devices.get(fd);
     if (dev) {
       dev.v1?.close();
@@ -275,8 +292,44 @@ export class SimKernel implements Sys {
       return this.#host.read(fd, b);
     }
     if (f.file.kind !== "save") throw err("read", "EBADF");
-    const n = this.#saveRead(f.dev, f.file, b);
+    const n = f.dev.meta.yieldRate ? this.#yieldRead(fd, f.dev, f.file, b) : this.#saveRead(f.dev, f.file, b);
     this.#log({ key: "read:data_fd", fd, len: b.length, ret: n });
+    return n;
+  }
+
+  /**
+   * A data_fd read of a device with a yield rate (sim create --yield-rate): bytes come
+   * due at that rate (at most 20 ms' worth build up while nobody reads). A read blocks
+   * until the buffer's worth is due, or with O_NONBLOCK takes what is due and fails with
+   * EAGAIN while less than YIELD_QUANTUM is. The data itself is still read by pread.
+   */
+  #yieldRead(fd: number, dev: OpenDevice, f: SaveFile, buf: Uint8Array): number {
+    const rate = dev.meta.yieldRate!;
+    if (f.disabled || (f.segments.length === 0 && f.dirty.size === 0)) return this.#saveRead(dev, f, buf);
+    let b = this.#yieldBuckets.get(f);
+    if (!b) this.#yieldBuckets.set(f, b = { due: 0, at: performance.now() });
+    const bucket = b;
+    const cap = Math.max(YIELD_QUANTUM, rate / 50);
+    const refill = () => {
+      const now = performance.now();
+      bucket.due = Math.min(cap, bucket.due + ((now - bucket.at) / 1000) * rate);
+      bucket.at = now;
+    };
+    refill();
+    const queued = Math.max(1, f.filled - f.pos);
+    const want = Math.min(buf.length, cap, queued);
+    if (bucket.due < want) {
+      if (this.#host.fcntl(fd, F.GETFL) & O.NONBLOCK) {
+        if (bucket.due < Math.min(want, YIELD_QUANTUM)) throw err("read", "EAGAIN");
+      } else {
+        while (bucket.due < want) {
+          Atomics.wait(YIELD_SLEEPER, 0, 0, Math.max(1, ((want - bucket.due) / rate) * 1000));
+          refill();
+        }
+      }
+    }
+    const n = this.#saveRead(dev, f, buf.subarray(0, Math.min(buf.length, Math.floor(bucket.due))));
+    bucket.due -= n;
     return n;
   }
 
@@ -364,6 +417,9 @@ export class SimKernel implements Sys {
   rename(from: string, to: string): void {
     this.#fault("rename", "rename");
     this.#host.rename(from, to);
+  }
+  exchange(a: string, b: string): void {
+    this.#host.exchange(a, b);
   }
   unlink(path: string): void {
     this.#host.unlink(path);
@@ -543,7 +599,7 @@ export class SimKernel implements Sys {
         dev.meta.state = RUNNING;
         dev.meta.runningSince = Date.now();
         this.#persist(dev);
-        this.#log({ key: "ioctl:DEVICE_RESET", state: "RUNNING" });
+        this.#log({ key: "ioctl:DEVICE_RESET", state: "RUNNING", dev: dev.store.dir });
         return 0;
       case IOCTL.DEVICE_FEATURE:
         return this.#feature(dev, arg, key);
@@ -769,6 +825,7 @@ export class SimKernel implements Sys {
         path,
         err: e instanceof SysError ? e.code : String(e),
         state: stateName(dev.meta.state),
+        dev: dev.store.dir,
       });
       throw e;
     }
@@ -782,7 +839,14 @@ export class SimKernel implements Sys {
       this.#log({ key, from: stateName(from), to: stateName(target), path, data_fd: fd, quirk: "fd-on-stop" });
       return fd;
     }
-    this.#log({ key, from: stateName(from), to: stateName(target), path, data_fd: file ? file.fd : -1 });
+    this.#log({
+      key,
+      from: stateName(from),
+      to: stateName(target),
+      path,
+      data_fd: file ? file.fd : -1,
+      dev: dev.store.dir,
+    });
     return file ? file.fd : -1;
   }
 
@@ -933,8 +997,10 @@ export class SimKernel implements Sys {
   }
 
   #newResumeFile(dev: OpenDevice): ResumeFile {
-    const fd = this.#host.open(dev.store.incomingPath, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
-    if (dev.meta.model === "bulk") this.#host.ftruncate(fd, dev.meta.size);
+    // The incoming state goes into the spare file (the state before the last load),
+    // overwriting its pages in place, like device memory that is reused, not allocated.
+    const fd = this.#host.open(dev.store.incomingPath, O.WRONLY | O.CREAT | O.CLOEXEC, 0o644);
+    this.#host.ftruncate(fd, dev.meta.model === "bulk" ? dev.meta.size : sizeOfState(dev));
     const f: ResumeFile = {
       kind: "resume",
       fd,
@@ -1035,7 +1101,12 @@ export class SimKernel implements Sys {
     } else if (f.pos < MTTY_HEADER_SIZE + sizeOfState(dev)) {
       throw err("ioctl", "EINVAL");
     }
-    this.#host.rename(dev.store.incomingPath, dev.store.statePath);
+    // Swap rather than rename, so the old state's pages become the next spare.
+    try {
+      this.#host.exchange(dev.store.incomingPath, dev.store.statePath);
+    } catch {
+      this.#host.rename(dev.store.incomingPath, dev.store.statePath); // no RENAME_EXCHANGE here
+    }
   }
 }
 
