@@ -36,6 +36,15 @@ export {
 export { defaultDeviceSpec, openDevice, systemFor, VfioDevice } from "./src/device/open.ts";
 export { save, type SaveOptions, type SaveResult } from "./src/migrate/save.ts";
 export { load, type LoadOptions, type LoadResult } from "./src/migrate/load.ts";
+export {
+  loadMulti,
+  type MultiLoadOptions,
+  type MultiLoadResult,
+  type MultiLoadTarget,
+  type MultiSaveOptions,
+  type MultiSaveResult,
+  saveMulti,
+} from "./src/migrate/multi.ts";
 export { Cancellation } from "./src/migrate/session.ts";
 export { openSink, openSource, type Sink, type Source } from "./src/transport/transport.ts";
 export { StreamReader } from "./src/stream/reader.ts";

@@ -24,10 +24,19 @@ const EXIT_OF: Record<ErrorKind, number> = {
   interrupted: EXIT.INTERRUPTED,
 };
 
+/**
+ * One printable line: control characters (from a damaged or hostile stream's header
+ * text, say: a newline, a terminal escape) are shown escaped, never emitted.
+ */
+export function printable(s: string): string {
+  // deno-lint-ignore no-control-regex
+  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+}
+
 export class VfioMigError extends Error {
   readonly kind: ErrorKind;
   constructor(message: string, kind: ErrorKind = "failure", options?: ErrorOptions) {
-    super(message, options);
+    super(printable(message), options);
     this.name = "VfioMigError";
     this.kind = kind;
   }

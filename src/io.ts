@@ -71,7 +71,7 @@ export function readSmallFile(sys: Sys, path: string, limit = 1 << 20): Uint8Arr
     let total = 0;
     for (;;) {
       const b = new Uint8Array(65536);
-      const n = sys.read(fd, b);
+      const n = readSome(sys, fd, b);
       if (n === 0) break;
       chunks.push(b.subarray(0, n));
       total += n;

@@ -12,11 +12,14 @@ passed=0 failed=0
 log() { printf '[tests %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 bash scripts/ensure-deno.sh >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
-# gcc and the kernel's uapi headers for the struct layout test.
-if ! command -v gcc >/dev/null || [ ! -f /usr/include/linux/vfio.h ]; then
-    log "installing gcc and linux-libc-dev"
+# gcc and the kernel's uapi headers for the struct layout test; openssl (a TLS
+# certificate) and openssh-server/-client (a real sshd on loopback) for the network tests.
+if ! command -v gcc >/dev/null || [ ! -f /usr/include/linux/vfio.h ] || ! command -v openssl >/dev/null ||
+    [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then
+    log "installing gcc, linux-libc-dev, openssl and openssh"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null && apt-get install -y -qq gcc libc6-dev linux-libc-dev >/dev/null
+    apt-get update -qq >/dev/null && apt-get install -y -qq gcc libc6-dev linux-libc-dev openssl \
+        openssh-server openssh-client >/dev/null
 fi
 
 # Counts from Deno's summary line: "ok | 45 passed (3 steps) | 0 failed (2s)".

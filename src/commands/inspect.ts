@@ -1,8 +1,8 @@
 import { libc } from "../../ffi/libc.ts";
 import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
-import { type InspectReport, inspectStream, type RecordInfo } from "../inspect/inspect.ts";
-import { CHUNK_HEADER } from "../stream/format.ts";
+import { type InspectReport, inspectStream, type RecordInfo, type SectionInfo } from "../inspect/inspect.ts";
+import { CHUNK_HEADER, type StreamDeviceEntry, type StreamIdentity } from "../stream/format.ts";
 import { openSource } from "../transport/transport.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
@@ -22,11 +22,52 @@ export function hexdump(bytes: Uint8Array, indent = ""): string[] {
   return lines;
 }
 
-function recordLine(r: RecordInfo): string {
+function recordLine(r: RecordInfo, multi = false): string {
   const size = r.size === undefined ? "" : String(r.size);
   const crc = r.crc ?? "";
-  return `  ${String(r.index).padStart(5)}  ${String(r.offset).padStart(10)}  ${r.section.padEnd(9)}  ` +
+  const dev = multi ? `${(r.device === undefined ? "-" : String(r.device)).padStart(3)}  ` : "";
+  return `  ${String(r.index).padStart(5)}  ${String(r.offset).padStart(10)}  ${dev}${r.section.padEnd(9)}  ` +
     `${r.tag.padEnd(18)}  ${size.padStart(10)}  ${crc}${r.resynced ? "  (after resync)" : ""}`.trimEnd();
+}
+
+/** One line of identity: kind, driver, mdev type, PCI ids, simulated model. */
+function identityLine(d: StreamIdentity): string {
+  const ids = d.vendor === null || d.vendor === undefined
+    ? "no PCI ids"
+    : `PCI ${hex(d.vendor)}:${hex(d.device)} subsystem ${hex(d.subsystemVendor)}:${hex(d.subsystemDevice)}`;
+  return `${d.kind ?? "?"}, driver ${d.driver ?? "?"}${d.mdevType ? `, mdev type ${d.mdevType}` : ""}, ` +
+    `${ids}${d.model ? `, simulated model ${d.model}` : ""}`;
+}
+
+function flagNames(flags: number | null): string {
+  const names = flags === null ? [] : Object.entries(MIGRATION_FLAGS).filter(([, v]) => flags & v).map(([k]) => k);
+  return names.length ? ` (${names.join(" ")})` : "";
+}
+
+/** A multi-device stream's header: one line per device. */
+function devicesLines(list: StreamDeviceEntry[]): string[] {
+  const out = [`  devices   ${list.length}, each selected by a DEVICE tag before its records`];
+  list.forEach((e, i) => {
+    if (typeof e !== "object" || e === null) {
+      out.push(`    ${i}  (not an object)`);
+      return;
+    }
+    const flags = typeof e.migrationFlags === "number" ? e.migrationFlags : null;
+    out.push(
+      `    ${i}  from ${e.source ?? "?"}: ${e.device && typeof e.device === "object" ? identityLine(e.device) : "?"}`,
+    );
+    out.push(
+      `       protocol ${e.protocol ?? "?"}, flags ${hex(flags, 1)}${flagNames(flags)}, MIG_DATA_SIZE at save ${
+        e.sizeEstimate ?? "not reported"
+      }`,
+    );
+  });
+  return out;
+}
+
+/** Whether a report is of a multi-device stream. */
+function isMulti(r: InspectReport): boolean {
+  return Array.isArray(r.header?.fields?.devices);
 }
 
 function headerLines(r: InspectReport): string[] {
@@ -35,6 +76,10 @@ function headerLines(r: InspectReport): string[] {
   const out = [`header      format ${h.version}, ${h.jsonBytes} bytes of JSON, checksum ${h.checksum}`];
   const f = h.fields;
   if (!f) return out;
+  if (Array.isArray(f.devices)) {
+    out.push(`  written   by ${f.tool ?? "?"} at ${f.created ?? "?"}; ${f.mode ?? "?"} save`);
+    return [...out, ...devicesLines(f.devices)];
+  }
   out.push(`  written   by ${f.tool ?? "?"} at ${f.created ?? "?"} from ${f.source ?? "?"}`);
   const d = f.device;
   if (d && typeof d === "object") {
@@ -57,9 +102,48 @@ function headerLines(r: InspectReport): string[] {
   return out;
 }
 
+/** Lines of a multi-device stream: each device's sections, totals and payload. */
+function deviceSummary(r: InspectReport): string[] {
+  const out: string[] = [];
+  for (const d of r.devices ?? []) {
+    out.push(`device ${d.index}    from ${d.source ?? "?"}`);
+    for (const s of r.sections.filter((x) => x.device === d.index)) out.push(`  ${sectionLine(s)}`);
+    const split = d.precopyBytes === null
+      ? "no SWITCHOVER marker (protocol v1)"
+      : `pre-copy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}`;
+    out.push(
+      `  totals    ${d.dataBytes} bytes in ${d.chunks} chunk${d.chunks === 1 ? "" : "s"} (${split}); ` +
+        `config ${d.configBytes} bytes; ${d.records} records`,
+    );
+    if (d.payload) {
+      const [first, ...more] = d.payload.lines;
+      out.push(`  payload   ${first ?? d.payload.format}`);
+      for (const l of more) out.push(`          ${l}`);
+      for (const p of d.payload.problems) out.push(`  note      ${p}`);
+    }
+  }
+  return out;
+}
+
+function sectionLine(s: SectionInfo): string {
+  const data = s.chunks
+    ? `, ${s.chunks} chunk${s.chunks === 1 ? "" : "s"}, ${s.bytes} bytes`
+    : s.bytes
+    ? `, ${s.bytes} bytes`
+    : "";
+  return `  ${s.name.padEnd(9)}  at ${s.offset}: ${s.records} record${s.records === 1 ? "" : "s"}${data}`;
+}
+
 export function formatSummary(r: InspectReport): string[] {
   const out: string[] = [];
-  if (r.sections.length) {
+  if (r.devices) {
+    out.push(...deviceSummary(r));
+    const rest = r.sections.filter((s) => s.device === undefined);
+    if (rest.length) {
+      out.push("stream");
+      for (const s of rest) out.push(`  ${sectionLine(s)}`);
+    }
+  } else if (r.sections.length) {
     out.push("sections");
     for (const s of r.sections) {
       const data = s.chunks
@@ -117,7 +201,9 @@ samples/vfio-mdev/mtty.c layout; the simulator's bulk model). A damaged stream i
 read as far as possible: bad checksums are listed and reading goes on, unknown tags
 are skipped to the next recognisable one, and the first problem is given with its
 byte offset and what was expected there. Memory stays bounded whatever the stream's
-length fields say.
+length fields say. A stream of several devices ('save --device A --device B ...') is
+shown per device: the header's device list, a DEV column in the records, and each
+device's sections, totals and decoded data.
 
 Options:
       --json       machine-readable report
@@ -156,9 +242,11 @@ order, or not a vfio-mig stream), 2 usage error, 1 the input cannot be read.`,
         headerShown = true;
         for (const l of headerLines(r)) console.log(l);
       };
+      let multi = false;
       const r = inspectStream(source, {
         dumpBytes,
         onHeader: (rep) => {
+          multi = isMulti(rep);
           if (!json) showHeader(rep);
         },
         onRecord: (rec, head) => {
@@ -170,12 +258,12 @@ order, or not a vfio-mig stream), 2 usage error, 1 the input cannot be read.`,
             titled = true;
             console.log("records");
             console.log(
-              `  ${"#".padStart(5)}  ${"OFFSET".padStart(10)}  ${"SECTION".padEnd(9)}  ${"TAG".padEnd(18)}  ${
-                "SIZE".padStart(10)
-              }  CRC`,
+              `  ${"#".padStart(5)}  ${"OFFSET".padStart(10)}  ${multi ? "DEV  " : ""}${"SECTION".padEnd(9)}  ${
+                "TAG".padEnd(18)
+              }  ${"SIZE".padStart(10)}  CRC`,
             );
           }
-          console.log(recordLine(rec));
+          console.log(recordLine(rec, multi));
           if (head && head.length) {
             const total = rec.size ?? head.length;
             console.log(

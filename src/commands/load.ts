@@ -1,4 +1,4 @@
-import { defaultDeviceSpec, openDevice, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, systemFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { load } from "../migrate/load.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
@@ -12,6 +12,7 @@ import {
 } from "../transport/tcp.ts";
 import { openSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
+import { closeDevices, loadSeveral, MULTI_LOAD_HELP, openDevices, parseMaps } from "./multi.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
 
 export const loadCommand: Command = {
@@ -19,6 +20,7 @@ export const loadCommand: Command = {
   summary: "load migration state from a file, standard input or one TCP peer into a device",
   help: `Usage: vfio-mig load [--device D] [options] [FILE|-]
        vfio-mig load [--device D] [options] --listen [HOST:]PORT
+       vfio-mig load --device B1 --device B2 ... | --map SRC=DST ... [options] [FILE|-]
 
 Checks the stream's header and device identity (vendor/device/subsystem ids, mdev
 type, driver) before touching the device, then moves it to RESUMING, writes each
@@ -46,13 +48,16 @@ ${NETWORK_HELP}
       --json         print a summary as JSON
   -q, --quiet        no progress line
   -h, --help         this help
+${MULTI_LOAD_HELP}
 
 FILE defaults to '-' (standard input). Permissions: deno run --allow-ffi; --listen
 also needs --allow-net.
 ${EXIT_CODES_HELP}`,
   async run(args) {
     const { values, positionals } = parse("load", args, {
-      device: { type: "string", short: "d" },
+      device: { type: "string", short: "d", multiple: true },
+      map: { type: "string", multiple: true },
+      "no-p2p": { type: "boolean" },
       "no-start": { type: "boolean" },
       "no-config": { type: "boolean" },
       protocol: { type: "string" },
@@ -74,8 +79,16 @@ ${EXIT_CODES_HELP}`,
       throw new VfioMigError("load: give either an input FILE or --listen, not both", "usage");
     }
     const from = values.listen !== undefined ? `tcp listener ${values.listen}` : positionals[0] ?? "-";
-    const spec = values.device ?? defaultDeviceSpec(systemFor([]));
-    const sys = systemFor([spec]);
+    const maps = parseMaps(values.map ?? []);
+    if (maps.length && values.device?.length) {
+      throw new VfioMigError("load: give the destinations with --device (in order) or with --map, not both", "usage");
+    }
+    const specs = maps.length
+      ? maps.map((m) => m.spec)
+      : values.device?.length
+      ? values.device
+      : [defaultDeviceSpec(systemFor([]))];
+    const sys = systemFor(specs);
     if (from === "-" && values.listen === undefined && sys.isatty(0)) {
       throw new VfioMigError("load: standard input is a terminal: pipe a stream in or give a FILE", "usage");
     }
@@ -85,7 +98,8 @@ ${EXIT_CODES_HELP}`,
     let source: StreamSource | null = values.listen === undefined ? openSource(sys, from) : null;
     const cancel = new Cancellation().install();
     try {
-      const dev = openDevice(sys, spec);
+      const devs = openDevices(sys, specs);
+      const dev = devs[0];
       try {
         if (values.listen !== undefined) {
           // The device is open (so nobody takes it meanwhile) but untouched until a
@@ -112,8 +126,22 @@ ${EXIT_CODES_HELP}`,
                   (generated ? `; token ${token} (give it to save with --token or VFIO_MIG_TOKEN)` : ""),
               ),
             onRefused: (why) => console.error(`vfio-mig: ${why}`),
+            signal: cancel.abortSignal,
           });
           source = new TcpSource(conn);
+          // A signal ends a read that waits on a silent peer (the load then resets the device).
+          const s = source;
+          cancel.abortSignal.addEventListener("abort", () => s.close(), { once: true });
+        }
+        if (devs.length > 1 || maps.length) {
+          return await loadSeveral(devs.map((d, i) => ({ device: d, source: maps[i]?.source })), source!, from, {
+            noStart: values["no-start"],
+            noConfig: values["no-config"],
+            protocol: parseProtocol(values.protocol, "load"),
+            progress: !values.quiet && !values.json,
+            cancel,
+            noP2p: values["no-p2p"],
+          }, { json: values.json, quiet: values.quiet });
         }
         const r = await load(dev, source!, {
           noStart: values["no-start"],
@@ -131,7 +159,7 @@ ${EXIT_CODES_HELP}`,
         }
         return 0;
       } finally {
-        dev.close();
+        closeDevices(devs);
       }
     } finally {
       cancel.uninstall();

@@ -16,7 +16,7 @@ export const NETWORK_HELP = `      --token T      the shared secret of tcp:// tr
                      (default ${DEFAULT_HANDSHAKE_TIMEOUT_MS})`;
 
 export function tokenFrom(sys: Sys, given: string | undefined): string | undefined {
-  const t = given ?? sys.getenv("VFIO_MIG_TOKEN");
+  const t = given ?? (sys.getenv("VFIO_MIG_TOKEN") || undefined); // set but empty: not given
   if (t !== undefined && t.length < 8) {
     throw new VfioMigError("--token must be at least 8 characters", "usage");
   }

@@ -1,18 +1,50 @@
-import { defaultDeviceSpec, openDevice, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, systemFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
-import { save } from "../migrate/save.ts";
+import { save, type SaveResult } from "../migrate/save.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/precopy.ts";
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
 import { openSink, type Sink } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
+import { closeDevices, MULTI_SAVE_HELP, openDevices, saveSeveral } from "./multi.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
+
+function ms(n: number): string {
+  return `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`;
+}
+
+/** The second line of a live save's text summary: pre-copy, why it ended, the downtime. */
+export function liveSummary(r: SaveResult): string {
+  const why = r.switchReason === "converged"
+    ? `converged under the ${r.downtimeLimitMs} ms limit`
+    : r.switchReason === "requested"
+    ? "switched on request (SIGUSR1)"
+    : "stopped by --max-precopy";
+  const bw = r.bandwidth ? ` at ${formatBytes(r.bandwidth)}/s` : "";
+  const toRunning = r.downtimeToRunningMs !== null ? ` (${ms(r.downtimeToRunningMs)} until the destination ran)` : "";
+  const reinit = r.reinits > 0 ? `, ${r.reinits} REINIT` : "";
+  return `pre-copy: ${r.iterations} iterations, ${formatBytes(r.precopyBytes)}${bw}${reinit}, ${why}; ` +
+    `stop-copy ${formatBytes(r.stopCopyBytes)}; downtime ${ms(r.downtimeMs)}` +
+    `${r.downtimeLimitMs !== null && r.downtimeMs > r.downtimeLimitMs ? " (above the limit)" : ""}${toRunning}`;
+}
+
+/** What to say when pre-copy had to give up: the limit could not be met. */
+export function maxPrecopyNote(r: SaveResult): string {
+  const left = r.estimateAtSwitch ?? r.stopCopyBytes;
+  const bw = r.bandwidth;
+  const would = bw ? `, ~${ms((left / bw) * 1000)} at ${formatBytes(bw)}/s` : "";
+  return `vfio-mig: note: pre-copy did not converge: after ${r.iterations} iterations ` +
+    `${formatBytes(left)} still had to be sent${would}, more than the ${r.downtimeLimitMs} ms downtime limit ` +
+    `(the device dirties its state about as fast as it can be sent); --max-precopy forced the switch, ` +
+    `downtime was ${ms(r.downtimeMs)}. Raise --downtime-limit, or give more bandwidth.`;
+}
 
 export const saveCommand: Command = {
   name: "save",
   summary: "save a device's migration state to a file, standard output or a listening load",
   help: `Usage: vfio-mig save [--device D] [options] FILE|-|tcp://HOST:PORT
+       vfio-mig save --device A --device B ... [options] FILE|-|tcp://HOST:PORT
 
 Stops the device (STOP_COPY), streams its migration state into FILE ('-' for
 standard output, tcp://HOST:PORT for a 'vfio-mig load --listen'), and leaves it in
@@ -28,7 +60,9 @@ Options:
       --resume       return the device to RUNNING after saving (default: STOP)
       --live         pre-copy while the device runs, then stop it when the rest fits
                      the downtime limit at the measured bandwidth (needs PRE_COPY);
-                     SIGUSR1 switches to stop-copy at once
+                     never before the initial data was sent (over tcp://: loaded by
+                     the destination; again after a Linux 7.1 REINIT); SIGUSR1
+                     switches to stop-copy at once
       --downtime-limit MS  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS})
       --max-precopy MS  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS})
 ${NETWORK_HELP}
@@ -38,13 +72,15 @@ ${NETWORK_HELP}
       --json         print a summary as JSON (to stderr when the stream goes to stdout)
   -q, --quiet        no progress line
   -h, --help         this help
+${MULTI_SAVE_HELP}
 
 Permissions: deno run --allow-ffi (everything goes through libc); tcp:// also
 needs --allow-net.
 ${EXIT_CODES_HELP}`,
   async run(args) {
     const { values, positionals } = parse("save", args, {
-      device: { type: "string", short: "d" },
+      device: { type: "string", short: "d", multiple: true },
+      "no-p2p": { type: "boolean" },
       resume: { type: "boolean" },
       live: { type: "boolean" },
       "max-precopy": { type: "string" },
@@ -69,9 +105,8 @@ ${EXIT_CODES_HELP}`,
     const target = positionals[0];
     const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS);
     const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS);
-    const probe = systemFor([values.device ?? ""]);
-    const spec = values.device ?? defaultDeviceSpec(probe);
-    const sys = systemFor([spec]);
+    const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
+    const sys = systemFor(specs);
     if (target === "-" && sys.isatty(1)) {
       throw new VfioMigError(
         "save: refusing to write device state to a terminal: redirect standard output or give a FILE",
@@ -94,10 +129,28 @@ ${EXIT_CODES_HELP}`,
         }),
       );
     }
-    const dev = openDevice(sys, spec);
+    const devs = openDevices(sys, specs);
+    const dev = devs[0];
     const cancel = new Cancellation().install();
+    if (sink instanceof TcpSink) {
+      // A signal ends a wait on a destination that stopped reading (the save then recovers the device).
+      const s = sink;
+      cancel.abortSignal.addEventListener("abort", () => s.abort(), { once: true });
+    }
     try {
       sink ??= openSink(sys, target);
+      if (devs.length > 1) {
+        return await saveSeveral(devs, sink, target, {
+          resume: values.resume,
+          live: values.live,
+          maxPrecopyMs: maxPrecopy,
+          downtimeLimitMs: downtimeLimit,
+          protocol: parseProtocol(values.protocol, "save"),
+          progress: !values.quiet && !values.json,
+          cancel,
+          noP2p: values["no-p2p"],
+        }, { json: values.json, quiet: values.quiet });
+      }
       const r = await save(dev, sink, {
         resume: values.resume,
         live: values.live,
@@ -113,12 +166,17 @@ ${EXIT_CODES_HELP}`,
           `saved ${formatBytes(r.bytes)} from ${r.device} to ${target === "-" ? "standard output" : target} in ` +
             `${r.seconds.toFixed(2)}s (${formatBytes(r.throughput)}/s); device is ${r.finalState}`,
         );
+        if (r.switchReason) console.error(liveSummary(r));
+      }
+      // Not converging is worth a word even with --json (unless the JSON itself goes to stderr).
+      if (r.switchReason === "max-precopy" && !values.quiet && !(values.json && target === "-")) {
+        console.error(maxPrecopyNote(r));
       }
       return 0;
     } finally {
       cancel.uninstall();
       if (sink instanceof TcpSink) sink.abort(); // closes the connection (a no-op once finished)
-      dev.close();
+      closeDevices(devs);
     }
   },
 };

@@ -91,16 +91,20 @@ function show(sys: Sys, path: string) {
     size: sys.stat(store.statePath).size,
     seed: m.seed,
     rate: m.rate,
+    ...(m.yieldRate ? { yieldRate: m.yieldRate } : {}),
     state: m.v1 ? v1StateName(m.v1.state) : stateName(m.state),
     ...(m.v1 ? { protocol: "v1", dataSection: m.v1.dataSize, sparse: m.v1.sparse } : {}),
     ...(m.quirks?.length ? { quirks: m.quirks.join(",") } : {}),
+    ...(m.precopyV2 ? { precopyInfoV2: true } : {}),
+    ...(m.reinitAfter !== undefined ? { reinitAfter: m.reinitAfter } : {}),
     sha256: stateHash(sys, store),
   };
 }
 
 const HELP = `Usage:
   vfio-mig sim create PATH [--model mtty-1|mtty-2|bulk] [--size N] [--flags LIST]
-                           [--seed S] [--rate BYTES_PER_SEC] [--quirk NAME]...
+                           [--seed S] [--rate BYTES_PER_SEC] [--yield-rate BYTES_PER_SEC]
+                           [--quirk NAME]... [--precopy-v2] [--reinit-after BYTES]
                            [--protocol v1|v2 [--data-size N] [--sparse full|partial|none]]
   vfio-mig sim show PATH [--json]
   vfio-mig sim compare A B [--json]
@@ -110,6 +114,9 @@ that any process can open as --device sim:PATH; its migration state persists lik
 real device's. Models: mtty-1 / mtty-2 (the kernel's mtty sample: 60 / 96 bytes of
 state, 0-byte read at the end of pre-copy data) and bulk (--size bytes of seeded
 state, default 1M, that changes at --rate bytes/s while running).
+--yield-rate: the device yields its migration data at most this fast (e.g. 256M):
+data_fd reads block until data is due, or fail with EAGAIN when the reader set
+O_NONBLOCK (as mlx5's do). Default: as fast as it is read.
 --flags: comma list of stop-copy, p2p, pre-copy, or none (not migratable: ENOTTY).
 Default stop-copy,p2p,pre-copy. 'show' prints the state and a SHA-256 of the device's
 state; 'compare' exits 0 when two devices hold equal state, 1 otherwise.
@@ -126,6 +133,16 @@ matching KEY fail, e.g. read:data_fd@2=EIO, write:host@3=ENOSPC,
 ioctl:DEVICE_FEATURE:MIG_DEVICE_STATE:SET@2=EINVAL, write:data_fd@1=short.
 VFIO_MIG_SIM_LOG=FILE appends every simulated call as a JSON line.
 
+Linux 7.1 precopy-info v2: --precopy-v2 makes the driver accept the opt-in (SET of
+feature 12, MIG_PRECOPY_INFOv2; without it: EINVAL, and PRECOPY_INFO echoes the flags
+it is given, as pre-7.1 drivers do). After the opt-in PRECOPY_INFO zeroes flags on
+entry. --reinit-after BYTES (bulk): once a pre-copy session has read BYTES, the device
+re-queues the first half of its state as new initial data, right after the
+PRECOPY_INFO that finds so (that one still reports the old numbers); the next reports
+VFIO_PRECOPY_INFO_REINIT once (initial_bytes grows, dirty_bytes drops to 0). Without
+the opt-in those bytes show as dirty_bytes instead. With BYTES = the initial data's
+size (--size + 48) the reader first sees initial_bytes 0, then REINIT.
+
 Non-conformant drivers (for 'vfio-mig check' tests): --quirk NAME, repeatable, one of
 ${QUIRK_NAMES.join(", ")} (src/sim/quirks.ts). Default: none.`;
 
@@ -141,10 +158,13 @@ export const simCommand: Command = {
       flags: { type: "string" },
       seed: { type: "string" },
       rate: { type: "string" },
+      "yield-rate": { type: "string" },
       quirk: { type: "string", multiple: true },
       protocol: { type: "string" },
       "data-size": { type: "string" },
       sparse: { type: "string" },
+      "precopy-v2": { type: "boolean" },
+      "reinit-after": { type: "string" },
       json: { type: "boolean" },
     });
     if (values.help || sub === undefined || sub === "--help" || sub === "-h") {
@@ -166,7 +186,10 @@ export const simCommand: Command = {
           size: values.size === undefined ? undefined : parseSize(values.size),
           seed: values.seed === undefined ? undefined : Number(values.seed),
           rate: values.rate === undefined ? undefined : parseSize(values.rate),
+          yieldRate: values["yield-rate"] === undefined ? undefined : parseSize(values["yield-rate"]),
           quirks: quirksOf(values.quirk),
+          precopyV2: values["precopy-v2"],
+          reinitAfter: values["reinit-after"] === undefined ? undefined : parseSize(values["reinit-after"]),
           ...v1Options(values.protocol, values["data-size"], values.sparse),
         });
         const s = show(sys, positionals[0]);

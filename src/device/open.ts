@@ -70,7 +70,9 @@ export class VfioDevice {
     try {
       this.sys.ioctl(this.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
     } catch (e) {
-      if (e instanceof SysError) return null;
+      // No config region (EINVAL: no such index; ENOTTY). Any other error is a failure,
+      // not an absence: a save must not silently drop the identity or config space.
+      if (isErrno(e, "EINVAL") || isErrno(e, "ENOTTY")) return null;
       throw e;
     }
     const r = decode(STRUCTS.vfio_region_info, ri);
@@ -90,15 +92,13 @@ export class VfioDevice {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    const errors: unknown[] = [];
+    // Best effort: Linux releases an fd even when close() fails, there is nothing to
+    // retry, and an error here must not turn a completed save or load into a failure.
     for (const fd of [this.fd, ...this.#fds]) {
       try {
         this.sys.close(fd);
-      } catch (e) {
-        errors.push(e);
-      }
+      } catch { /* released anyway */ }
     }
-    if (errors.length) throw errors[0];
   }
 }
 
@@ -225,6 +225,7 @@ function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): Vfio
       if (isErrno(e, "EBUSY")) throw deviceError(spec, "is busy: another process (a VM?) has it open");
       throw e;
     }
+    fds.push(fd); // closed with the others if reading the identity fails
     const d = new VfioDevice(sys, fd, spec, infoOf(dev, spec), [group, container], "group");
     return withIdentity(d);
   } catch (e) {
@@ -294,7 +295,14 @@ function openSimDevice(sys: Sys, spec: string): VfioDevice {
     [],
     "sim",
   );
-  return withIdentity(d);
+  try {
+    return withIdentity(d);
+  } catch (e) {
+    try {
+      sys.close(fd);
+    } catch { /* already failing */ }
+    throw e;
+  }
 }
 
 /** The device to use when none is given: $VFIO_MIG_DEVICE, else the only migratable one. */

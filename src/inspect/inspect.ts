@@ -9,6 +9,7 @@
 import {
   CHUNK_HEADER,
   crc32,
+  deviceIndex,
   FORMAT_VERSION,
   HEADER_FIXED,
   MAX_CHUNK,
@@ -16,6 +17,7 @@ import {
   SIZED_TAGS,
   STREAM_MAGIC,
   type StreamHeader,
+  type StreamIdentity,
   TAG,
   tagName,
   TRAILER_SIZE,
@@ -30,8 +32,11 @@ export interface Problem {
   message: string;
 }
 
-/** "data": device data of a protocol v1 stream, which has no SWITCHOVER marker. */
-export type SectionName = "setup" | "pre-copy" | "stop-copy" | "data" | "config" | "trailer";
+/**
+ * "data": device data of a protocol v1 stream, which has no SWITCHOVER marker.
+ * "device": a DEVICE tag of a multi-device stream (in records only, never a section).
+ */
+export type SectionName = "setup" | "pre-copy" | "stop-copy" | "data" | "config" | "trailer" | "device";
 
 export interface RecordInfo {
   index: number;
@@ -44,6 +49,8 @@ export interface RecordInfo {
   crc?: "ok" | "bad" | "truncated";
   /** Found after skipping unframeable bytes: take its position with care. */
   resynced?: boolean;
+  /** Multi-device streams: the device the record belongs to (a DEVICE tag: the one it selects). */
+  device?: number;
 }
 
 export interface SectionInfo {
@@ -52,6 +59,28 @@ export interface SectionInfo {
   records: number;
   chunks: number;
   bytes: number;
+  /**
+   * Multi-device streams: the device whose section it is. A device's records are
+   * interleaved with the others': its section runs from `offset` over its own records.
+   */
+  device?: number;
+}
+
+/** One device of a multi-device stream. */
+export interface DeviceReport {
+  index: number;
+  /** As the header lists it (null where the header's entry lacks it). */
+  source: string | null;
+  identity: StreamIdentity | null;
+  protocol: string | null;
+  /** Records of this device, its DEVICE tags included. */
+  records: number;
+  chunks: number;
+  dataBytes: number;
+  precopyBytes: number | null;
+  stopCopyBytes: number | null;
+  configBytes: number;
+  payload: PayloadSummary | null;
 }
 
 export interface InspectReport {
@@ -85,7 +114,10 @@ export interface InspectReport {
     /** The trailer's counts and CRC agree with the data read. */
     matches: boolean;
   } | null;
+  /** A single-device stream's decoded device data (multi-device streams: per device, in `devices`). */
   payload: PayloadSummary | null;
+  /** Multi-device streams: each device's totals and payload; null for a single-device stream. */
+  devices: DeviceReport[] | null;
   problems: Problem[];
   /** problems[0]: the first thing wrong, with its offset. */
   firstProblem: Problem | null;
@@ -149,6 +181,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     },
     trailer: null,
     payload: null,
+    devices: null,
     problems: [],
     firstProblem: null,
   };
@@ -157,13 +190,19 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     if (report.problems.length < maxProblems) report.problems.push({ offset, message });
     else omitted++;
   };
-  const payload = new PayloadInspector();
-  let sawData = false;
+  let tracks: Track[] = [];
+  let multi = false;
 
   const finish = (): InspectReport => {
     report.streamBytes = sc.offset;
     if (omitted) report.problems.push({ offset: sc.offset, message: `${omitted} more problems not listed` });
-    if (sawData) report.payload = payload.finish();
+    for (const tr of tracks) {
+      if (!tr.sawData) continue;
+      if (!multi) report.payload = tr.payload.finish();
+      else if (tr.device !== null && report.devices?.[tr.device]) {
+        report.devices[tr.device].payload = tr.payload.finish();
+      }
+    }
     report.firstProblem = report.problems[0] ?? null;
     report.ok = report.problems.length === 0;
     return report;
@@ -201,6 +240,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
   }
   const jsonLen = hv.getUint32(12);
   let v1 = false;
+  let headerFields: StreamHeader | null = null;
   if (jsonLen > MAX_HEADER_JSON) {
     problem(12, `header length ${jsonLen} exceeds the ${MAX_HEADER_JSON}-byte limit (corrupted length field?)`);
     if (!resync(sc)) return finish();
@@ -242,30 +282,62 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       problem(HEADER_FIXED, "header is not valid UTF-8 JSON");
     }
     v1 = fields?.protocol === "v1";
+    headerFields = fields;
     report.header = { version, jsonBytes: jsonLen, checksum: want === got ? "ok" : "bad", fields };
   }
 
   opts.onHeader?.(report);
 
   // -- records --------------------------------------------------------------
-  let phase: Phase = "setup";
-  let afterEnd = false;
-  let switchover = false;
+  // One track per device (a single one without a header `devices` list): the record
+  // order its records follow, its sections and its decoded payload.
+  // (An empty list is no list: there would be no track to read the records with.)
+  const listed = Array.isArray(headerFields?.devices) && headerFields!.devices!.length > 0
+    ? headerFields!.devices!
+    : null;
+  multi = listed !== null;
+  tracks = listed
+    ? listed.map((e, i) => newTrack(i, typeof e === "object" && e !== null && e.protocol === "v1"))
+    : [newTrack(null, v1)];
+  if (listed) {
+    report.devices = listed.map((e, i) => {
+      const ok = typeof e === "object" && e !== null;
+      return {
+        index: i,
+        source: ok && typeof e.source === "string" ? e.source : null,
+        identity: ok && typeof e.device === "object" ? e.device : null,
+        protocol: ok && typeof e.protocol === "string" ? e.protocol : null,
+        records: 0,
+        chunks: 0,
+        dataBytes: 0,
+        precopyBytes: 0,
+        stopCopyBytes: 0,
+        configBytes: 0,
+        payload: null,
+      };
+    });
+  }
+  let t: Track = tracks[0];
+  let selected = !multi; // a multi-device stream's records start with a DEVICE tag
   let resynced = false;
   let dataCrc = 0;
-  const sections = { current: null as SectionInfo | null, fresh: false };
+  const devReport = () => (t.device === null ? null : report.devices?.[t.device] ?? null);
   const enter = (name: SectionName, offset: number): SectionInfo => {
-    const cur = sections.current;
-    if (cur && cur.name === name && !sections.fresh) return cur;
+    const cur = t.current;
+    if (cur && cur.name === name && !t.fresh) return cur;
     const next: SectionInfo = { name, offset, records: 0, chunks: 0, bytes: 0 };
+    if (t.device !== null) next.device = t.device;
     report.sections.push(next);
-    sections.current = next;
-    sections.fresh = false;
+    t.current = next;
+    t.fresh = false;
     return next;
   };
   const push = (r: RecordInfo, head: Uint8Array | null) => {
+    if (r.device === undefined && t.device !== null) r.device = t.device;
     report.records.push(r);
     report.totals.records++;
+    const dr = r.device === undefined ? null : report.devices?.[r.device];
+    if (dr) dr.records++;
     opts.onRecord?.(r, head);
   };
 
@@ -275,7 +347,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       problem(
         offset,
         `truncated: the stream ends after ${report.totals.records} records without the STREAM_END trailer ` +
-          `(expected ${expectation(phase, v1)})`,
+          `(expected ${expectation(t.phase, t.v1)}${multi && t.device !== null ? ` for device ${t.device}` : ""})`,
       );
       break;
     }
@@ -291,7 +363,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     if (!name) {
       problem(
         offset,
-        `unknown record tag 0x${tag.toString(16).padStart(16, "0")} (expected ${expectation(phase, v1)})`,
+        `unknown record tag 0x${tag.toString(16).padStart(16, "0")} (expected ${expectation(t.phase, t.v1)})`,
       );
       if (!resync(sc)) break;
       resynced = true;
@@ -300,21 +372,53 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     const index = report.totals.records;
     const mark = resynced ? { resynced: true } : {};
 
+    if (name === "DEVICE") {
+      const i = deviceIndex(tag)!;
+      if (!multi) {
+        problem(offset, `a DEVICE tag (device ${i}) in a single-device stream (its header lists no devices)`);
+      } else if (i >= tracks.length) {
+        problem(offset, `DEVICE ${i} selects a device the header does not list (it lists ${tracks.length})`);
+      } else {
+        t = tracks[i];
+        selected = true;
+      }
+      push({ index, offset, tag: name, section: "device", device: i, ...mark }, null);
+      continue;
+    }
+    if (!selected && tag !== TAG.STREAM_END) {
+      problem(offset, `${name} before any DEVICE tag (each device's records follow a DEVICE tag in this stream)`);
+      selected = true; // counted as device 0's from here
+    }
+
     if (tag === TAG.STREAM_END) {
-      const t = sc.take(TRAILER_SIZE - 8)?.slice();
-      if (!t) {
+      const t0 = sc.take(TRAILER_SIZE - 8)?.slice();
+      if (!t0) {
         const have = sc.available(TRAILER_SIZE - 8);
         sc.skip(have);
         problem(offset, `truncated: the stream ends inside the trailer (${have + 8} of ${TRAILER_SIZE} bytes present)`);
         break;
       }
-      if (!(phase === "trailer" || phase === "after-data" || (v1 && phase === "iterate" && afterEnd))) {
-        problem(offset, `unexpected STREAM_END (expected ${expectation(phase, v1)})`);
+      for (const tr of tracks) {
+        if (
+          !(tr.phase === "trailer" || tr.phase === "after-data" || (tr.v1 && tr.phase === "iterate" && tr.afterEnd))
+        ) {
+          problem(
+            offset,
+            `unexpected STREAM_END (expected ${expectation(tr.phase, tr.v1)}${
+              tr.device === null ? "" : ` for device ${tr.device}`
+            })`,
+          );
+        }
       }
+      if (multi) t = newTrack(null, false); // the trailer is the stream's, not a device's
       enter("trailer", offset).records++;
-      const v = new DataView(t.buffer);
-      const crcOk = crc32(t.subarray(0, 20)) === v.getUint32(20);
-      const tr = { dataBytes: Number(v.getBigUint64(0)), chunks: Number(v.getBigUint64(8)), dataCrc: v.getUint32(16) };
+      const v = new DataView(t0.buffer);
+      const crcOk = crc32(t0.subarray(0, 20)) === v.getUint32(20);
+      const tr = {
+        dataBytes: Number(v.getBigUint64(0)),
+        chunks: Number(v.getBigUint64(8)),
+        dataCrc: v.getUint32(16),
+      };
       const matches = tr.dataBytes === report.totals.dataBytes && tr.chunks === report.totals.chunks &&
         tr.dataCrc === dataCrc;
       report.trailer = {
@@ -342,44 +446,51 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
 
     if (!SIZED_TAGS.has(tag)) {
       // A bare tag: move through the phases as load does.
-      const dataSection: SectionName = v1 ? "data" : "pre-copy";
+      const dataSection: SectionName = t.v1 ? "data" : "pre-copy";
       let sec: SectionName = "setup";
       let bad = false;
       switch (name) {
         case "DEV_SETUP_STATE":
-          if (phase !== "setup") bad = true;
-          phase = "setup-end";
+          if (t.phase !== "setup") bad = true;
+          t.phase = "setup-end";
           break;
         case "END_OF_STATE":
-          if (phase === "setup-end") phase = "iterate";
-          else if (phase === "iterate") sec = dataSection;
-          else if (phase === "stop-copy") {
+          if (t.phase === "setup-end") t.phase = "iterate";
+          else if (t.phase === "iterate") sec = dataSection;
+          else if (t.phase === "stop-copy") {
             sec = "stop-copy";
-            phase = "after-data";
-          } else if (phase === "config-end") {
+            t.phase = "after-data";
+          } else if (t.phase === "config-end") {
             sec = "config";
-            phase = "trailer";
+            t.phase = "trailer";
           } else bad = true;
           break;
         case "DEV_INIT_DATA_SENT":
-          if (phase !== "iterate" || v1) bad = true;
+          if (t.phase !== "iterate" || t.v1) bad = true;
           sec = "pre-copy";
           break;
         case "SWITCHOVER":
-          if (phase !== "iterate" || v1) bad = true;
-          phase = "stop-copy";
-          switchover = true;
+          if (t.phase !== "iterate" || t.v1) bad = true;
+          t.phase = "stop-copy";
+          t.switchover = true;
           sec = "stop-copy";
           break;
         default:
           bad = true;
       }
-      if (bad) problem(offset, `unexpected ${name} (expected ${expectation(phase, v1)})`);
+      if (bad) {
+        problem(
+          offset,
+          `unexpected ${name} (expected ${expectation(t.phase, t.v1)}${
+            multi && t.device !== null ? ` for device ${t.device}` : ""
+          })`,
+        );
+      }
       enter(sec, offset).records++;
       push({ index, offset, tag: name, section: sec, ...mark }, null);
-      afterEnd = name === "END_OF_STATE";
+      t.afterEnd = name === "END_OF_STATE";
       // END_OF_STATE closes a pre-copy iteration: the next record starts another.
-      if (afterEnd && sec === dataSection) sections.fresh = true;
+      if (t.afterEnd && sec === dataSection) t.fresh = true;
       continue;
     }
 
@@ -409,17 +520,18 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       continue;
     }
     const isData = name === "DEV_DATA_STATE";
+    const forDevice = multi && t.device !== null ? ` for device ${t.device}` : "";
     let sec: SectionName;
     if (isData) {
-      if (phase !== "iterate" && phase !== "stop-copy") {
-        problem(offset, `unexpected device data (expected ${expectation(phase, v1)})`);
+      if (t.phase !== "iterate" && t.phase !== "stop-copy") {
+        problem(offset, `unexpected device data (expected ${expectation(t.phase, t.v1)}${forDevice})`);
       }
-      sec = switchover ? "stop-copy" : v1 ? "data" : "pre-copy";
+      sec = t.switchover ? "stop-copy" : t.v1 ? "data" : "pre-copy";
     } else {
-      if (!(phase === "after-data" || (v1 && phase === "iterate" && afterEnd))) {
-        problem(offset, `unexpected DEV_CONFIG_STATE (expected ${expectation(phase, v1)})`);
+      if (!(t.phase === "after-data" || (t.v1 && t.phase === "iterate" && t.afterEnd))) {
+        problem(offset, `unexpected DEV_CONFIG_STATE (expected ${expectation(t.phase, t.v1)}${forDevice})`);
       }
-      phase = "config-end";
+      t.phase = "config-end";
       sec = "config";
     }
     const n = Number(size);
@@ -427,11 +539,12 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     let headLen = 0;
     let crc = 0;
     let runCrc = dataCrc;
+    const track = t;
     const got = sc.stream(n, (piece) => {
       crc = crc32(piece, crc);
       if (isData) {
         runCrc = crc32(piece, runCrc);
-        payload.feed(piece);
+        track.payload.feed(piece);
       }
       if (head && headLen < head.length) {
         const take = Math.min(piece.length, head.length - headLen);
@@ -440,7 +553,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       }
     });
     if (isData) {
-      sawData = true;
+      t.sawData = true;
       dataCrc = runCrc;
     }
     const s = enter(sec, offset);
@@ -462,25 +575,68 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
           `stored ${hex32(stored)}, computed ${hex32(crc)}`,
       );
     }
+    const dr = devReport();
     if (isData) {
       report.totals.chunks++;
       report.totals.dataBytes += n;
-      if (switchover) report.totals.stopCopyBytes! += n;
+      if (t.switchover) report.totals.stopCopyBytes! += n;
       else report.totals.precopyBytes! += n;
       s.chunks++;
       s.bytes += n;
+      if (dr) {
+        dr.chunks++;
+        dr.dataBytes += n;
+        if (t.switchover) dr.stopCopyBytes! += n;
+        else dr.precopyBytes! += n;
+      }
     } else {
       report.totals.configBytes += n;
       s.bytes += n;
+      if (dr) dr.configBytes += n;
     }
     push({ index, offset, tag: name, section: sec, size: n, crc: ok ? "ok" : "bad", ...mark }, head);
-    afterEnd = false;
+    t.afterEnd = false;
   }
-  if (!switchover && v1) {
+  // Protocol v1 has no SWITCHOVER marker: no pre-copy / stop-copy split.
+  tracks.forEach((tr) => {
+    if (tr.switchover || !tr.v1) return;
+    const dr = tr.device === null ? null : report.devices?.[tr.device];
+    if (dr) dr.precopyBytes = dr.stopCopyBytes = null;
+  });
+  if (tracks.every((tr) => tr.v1 && !tr.switchover)) {
     report.totals.precopyBytes = null;
     report.totals.stopCopyBytes = null;
   }
   return finish();
+}
+
+/** One device's progress through its records (inspectStream). */
+interface Track {
+  /** Index in the header's `devices`; null for a single-device stream (and the trailer). */
+  device: number | null;
+  v1: boolean;
+  phase: Phase;
+  afterEnd: boolean;
+  switchover: boolean;
+  current: SectionInfo | null;
+  /** The next record starts a new section (a pre-copy iteration ended). */
+  fresh: boolean;
+  payload: PayloadInspector;
+  sawData: boolean;
+}
+
+function newTrack(device: number | null, v1: boolean): Track {
+  return {
+    device,
+    v1,
+    phase: "setup",
+    afterEnd: false,
+    switchover: false,
+    current: null,
+    fresh: false,
+    payload: new PayloadInspector(),
+    sawData: false,
+  };
 }
 
 /**

@@ -158,7 +158,8 @@ function readBar(d: VfioDevice, bar: number, offset: number, len: number): Uint8
     }
     return b;
   } catch (e) {
-    if (e instanceof SysError) return null;
+    // No such region or not readable (EINVAL, ENOTTY): left out. An I/O error is a failure.
+    if (e instanceof SysError && (e.errno === Errno.EINVAL || e.errno === Errno.ENOTTY)) return null;
     throw e;
   }
 }
@@ -297,7 +298,11 @@ export function restoreConfigState(saved: ConfigState, d: VfioDevice): ConfigRes
         d.sys.pwrite(d.fd, saved.msixTable, r.offset + s.msix.table.offset);
         tableRestored = true;
       } catch (e) {
+        // No such BAR region, or not writable (EINVAL, ENOTTY): skipped. An I/O error fails.
         if (!(e instanceof SysError)) throw e;
+        if (e.errno !== Errno.EINVAL && e.errno !== Errno.ENOTTY) {
+          throw new VfioMigError(`${d.label}: restoring the MSI-X table failed: ${e.message}`, "failure", { cause: e });
+        }
       }
     }
     put(s.msix.offset + 2, 2, "the MSI-X control");

@@ -3,7 +3,7 @@
 // checksum matched; any failure after RESUMING resets the device.
 
 import type { VfioDevice } from "../device/open.ts";
-import { StreamError, VfioMigError } from "../errors.ts";
+import { InterruptedError, StreamError, VfioMigError } from "../errors.ts";
 import { identityMismatch, type StreamHeader } from "../stream/format.ts";
 import { StreamReader } from "../stream/reader.ts";
 import type { StreamSource } from "../transport/transport.ts";
@@ -43,6 +43,8 @@ export interface LoadResult {
   source: string;
   /** What the config section restored; null without one or with noConfig. */
   config: ConfigRestore | null;
+  /** DEV_INIT_DATA_SENT markers loaded (each acknowledged over a two-way transport). */
+  initDataLoaded: number;
 }
 
 /** Reads and checks the stream header against the device, before any device call. */
@@ -50,6 +52,13 @@ export async function checkHeader(reader: StreamReader, d: VfioDevice): Promise<
   const h = await reader.readHeader();
   if (h.protocol !== "v2" && h.protocol !== "v1") {
     throw new StreamError(`the stream uses migration protocol ${h.protocol}; this vfio-mig speaks v1 and v2`);
+  }
+  if (Array.isArray(h.devices)) {
+    throw new VfioMigError(
+      `the stream holds ${h.devices.length} devices (${h.devices.map((e) => e?.source).join(", ")}): ` +
+        `give a --device for each, in order, or --map SRC=DST`,
+      "usage",
+    );
   }
   const why = identityMismatch(h.device, streamIdentity(d));
   if (why) throw new VfioMigError(`wrong device: ${why}`, "stream");
@@ -97,7 +106,8 @@ export async function load(d: VfioDevice, source: StreamSource, opts: LoadOption
     header = await checkHeader(reader, d);
     session = openResumeSession(d, header, opts.protocol ?? "auto");
   } catch (e) {
-    const err = failure(`load into ${d.label} refused`, e, `${d.label} was not touched`);
+    const cause = cancel.signal && !(e instanceof InterruptedError) ? new InterruptedError(cancel.signal) : e;
+    const err = failure(`load into ${d.label} refused`, cause, `${d.label} was not touched`);
     await source.notify?.({ event: "done", ok: false, message: err.message });
     throw err;
   }
@@ -106,6 +116,7 @@ export async function load(d: VfioDevice, source: StreamSource, opts: LoadOption
   let phase: Phase = "setup";
   let afterEnd = false; // the last record was END_OF_STATE
   let config: ConfigState | null = null;
+  let initDataLoaded = 0;
   const unexpected = (what: string, offset: number) =>
     new StreamError(`unexpected ${what} (expected ${expectation(phase, v1)})`, offset);
   try {
@@ -139,7 +150,9 @@ export async function load(d: VfioDevice, source: StreamSource, opts: LoadOption
             break;
           case "DEV_INIT_DATA_SENT":
             if (phase !== "iterate" || v1) throw unexpected("DEV_INIT_DATA_SENT", rec.offset);
-            // Everything before it reached the device: approve the switchover.
+            // Everything before it reached the device: approve the switchover (again
+            // after a REINIT: each marker is acknowledged).
+            initDataLoaded++;
             await source.notify?.({ event: "init-loaded" });
             break;
           case "SWITCHOVER":
@@ -185,10 +198,13 @@ export async function load(d: VfioDevice, source: StreamSource, opts: LoadOption
       finalState,
       source: header.source,
       config: restored,
+      initDataLoaded,
     };
   } catch (e) {
     progress.finish();
-    const err = failure(`load into ${d.label} failed`, e, session.abort());
+    // A signal closes a network source under a pending read: report the signal (exit 130).
+    const cause = cancel.signal && !(e instanceof InterruptedError) ? new InterruptedError(cancel.signal) : e;
+    const err = failure(`load into ${d.label} failed`, cause, session.abort());
     await source.notify?.({ event: "done", ok: false, message: err.message });
     throw err;
   }

@@ -2,8 +2,10 @@
 //   threshold = bandwidth x downtime limit
 //   estimate  = initial_bytes + dirty_bytes   (PRECOPY_INFO)
 //   exact     = MIG_DATA_SIZE, or 100 GiB when the device cannot say
+// both plus what the transport still holds unsent (it leaves during the downtime too).
 // Switch when estimate and exact both fit the threshold and the initial data has been
-// sent (and, over a two-way transport, loaded by the destination: switchover-ack);
+// sent (and, over a two-way transport, loaded by the destination: switchover-ack; after
+// a REINIT the new initial data must be sent and acknowledged again);
 // or when the user asks (SIGUSR1), or after --max-precopy.
 
 export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
@@ -22,24 +24,36 @@ export interface PrecopyDecisionInput {
   initAcked: boolean;
   /** The device reported nothing pending in this iteration. */
   done?: boolean;
+  /**
+   * Bytes already taken by the transport but not yet sent (a network sink's queue):
+   * they leave during the downtime too, so they count against the threshold.
+   */
+  backlogBytes?: number;
 }
 
-/** Measures transfer bandwidth from the last few iterations that moved data. */
+/**
+ * Measures transfer bandwidth from the iterations of the last `windowMs` that moved
+ * data (at least the last one, at most `keep`). Recent only, as QEMU's: the initial
+ * data (large sequential reads) often moves faster than dirty pages do, and what is
+ * left at the switchover is dirty pages.
+ */
 export class BandwidthMeter {
-  #samples: { bytes: number; ms: number }[] = [];
-  constructor(readonly keep = 8) {}
+  #samples: { bytes: number; ms: number; at: number }[] = [];
+  constructor(readonly keep = 8, readonly windowMs = 500) {}
 
   /** `bytes` moved in `ms` of work (waiting for the device to dirty data excluded). */
-  add(bytes: number, ms: number): void {
-    this.#samples.push({ bytes, ms: Math.max(ms, 0.001) });
+  add(bytes: number, ms: number, now = performance.now()): void {
+    this.#samples.push({ bytes, ms: Math.max(ms, 0.001), at: now });
     if (this.#samples.length > this.keep) this.#samples.shift();
   }
 
   /** Bytes per ms, or null before any sample. */
-  rate(): number | null {
+  rate(now = performance.now()): number | null {
     if (this.#samples.length === 0) return null;
-    const bytes = this.#samples.reduce((a, x) => a + x.bytes, 0);
-    const ms = this.#samples.reduce((a, x) => a + x.ms, 0);
+    let recent = this.#samples.filter((x) => now - x.at <= this.windowMs);
+    if (recent.length === 0) recent = this.#samples.slice(-1);
+    const bytes = recent.reduce((a, x) => a + x.bytes, 0);
+    const ms = recent.reduce((a, x) => a + x.ms, 0);
     return bytes / ms;
   }
 }
@@ -49,6 +63,10 @@ export class PrecopyPolicy {
   requested = false;
   iterations = 0;
   lastThreshold = 0;
+  /** The last estimate of what stop-copy would send (backlog + initial + dirty, or exact), bytes. */
+  lastEstimate = 0;
+  /** The bandwidth the last decision used, bytes per ms (null before any data moved). */
+  lastRate: number | null = null;
 
   constructor(
     readonly downtimeLimitMs = DEFAULT_DOWNTIME_LIMIT_MS,
@@ -59,18 +77,22 @@ export class PrecopyPolicy {
   /** null: keep iterating. */
   decide(input: PrecopyDecisionInput, now = performance.now()): SwitchReason | null {
     this.iterations++;
+    const backlog = input.backlogBytes ?? 0;
+    this.lastEstimate = backlog + input.initialBytes + input.dirtyBytes;
+    const rate = this.meter.rate(now);
+    this.lastRate = rate;
     if (this.requested) return "requested";
     if (now - this.start >= this.maxPrecopyMs) return "max-precopy";
     // Never before the initial bytes are sent and, where the transport can say so, loaded.
     if (input.initialBytes > 0 || !input.initAcked) return null;
     // Before anything moved there is no bandwidth to judge by: only a device with
     // nothing left may switch.
-    const rate = this.meter.rate();
     if (rate === null && input.dirtyBytes > 0) return null;
     const threshold = (rate ?? Infinity) * this.downtimeLimitMs;
     this.lastThreshold = threshold;
-    if (input.initialBytes + input.dirtyBytes > threshold) return null;
-    const exact = input.exact() ?? UNKNOWN_STOP_COPY_SIZE;
+    if (this.lastEstimate > threshold) return null;
+    const exact = backlog + (input.exact() ?? UNKNOWN_STOP_COPY_SIZE);
+    this.lastEstimate = exact;
     return exact <= threshold ? "converged" : null;
   }
 }

@@ -28,6 +28,12 @@ export interface IterationResult {
   /** The device's estimate of what is left (v1 reports only pending_bytes: dirtyBytes). */
   initialBytes: number;
   dirtyBytes: number;
+  /**
+   * The device reported VFIO_PRECOPY_INFO_REINIT (Linux 7.1, after the precopy-info v2
+   * opt-in): new initial data appeared, so the initial data must be sent (and, over a
+   * two-way transport, acknowledged) again before the switchover.
+   */
+  reinit?: boolean;
 }
 
 export interface SaveSession {
@@ -38,6 +44,8 @@ export interface SaveSession {
   readonly sizeEstimate: number | null;
   /** Extra header fields describing the protocol (v1: the region layout). */
   readonly headerExtra: Record<string, unknown>;
+  /** True when a live save opted in to precopy-info v2 (Linux 7.1) and the device took it. */
+  readonly precopyInfoV2?: boolean;
   /** save_setup: DEV_SETUP_STATE, enter the saving state (still running when live), END_OF_STATE. */
   setup(w: StreamWriter, live: boolean): void;
   /** save_live_iterate: one pre-copy iteration. */
@@ -61,6 +69,16 @@ export interface SaveSession {
   /** Failure or cancel (the seed's migration notifier): release and put the device back. */
   abort(): string;
   statesVisited(): string[];
+  /**
+   * Several devices in one stream (multi.ts) interleave their data one chunk at a time:
+   * one read of the data_fd, made non-blocking, emitted as a chunk. Returns its bytes;
+   * 0 when the device has nothing now (pre-copy) or nothing more (stop-copy; the caller
+   * writes END_OF_STATE); null when the read would block. Without it (v1), a device's
+   * iteration or stop-copy data goes whole, in its turn.
+   */
+  readChunk?(w: StreamWriter, phase: "pre-copy" | "stop-copy"): number | null;
+  /** With readChunk: a pre-copy iteration's result once its reads are done (`bytes` read). */
+  precopyStatus?(bytes: number): IterationResult;
 }
 
 export interface ResumeSession {

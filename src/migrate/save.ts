@@ -3,7 +3,7 @@
 
 import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
-import { VfioMigError } from "../errors.ts";
+import { InterruptedError, VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
 import type { Sink } from "../transport/transport.ts";
@@ -55,6 +55,18 @@ export interface SaveResult {
   bandwidth: number | null;
   /** The downtime limit aimed for, ms (live saves). */
   downtimeLimitMs: number | null;
+  /** Live v2 saves: whether the device took the precopy-info v2 opt-in (Linux 7.1); null otherwise. */
+  precopyInfoV2: boolean | null;
+  /** How many times the device reported VFIO_PRECOPY_INFO_REINIT (new initial data). */
+  reinits: number;
+  /** DEV_INIT_DATA_SENT markers written (one per time the initial data was all sent). */
+  initDataSent: number;
+  /** Over a two-way transport: how many of them the destination acknowledged; else null. */
+  initAcks: number | null;
+  /** What stop-copy was expected to send when pre-copy ended (bytes, transport backlog included), live saves. */
+  estimateAtSwitch: number | null;
+  /** Bytes the transport still held unsent when the device left RUNNING. */
+  backlogAtSwitch: number;
   statesVisited: string[];
   finalState: string;
   migrationFlags: number;
@@ -90,12 +102,21 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
   const t0 = performance.now();
   const cancel = opts.cancel ?? new Cancellation();
   const live = !!opts.live;
-  const session = openSaveSession(d, opts.protocol ?? "auto", live);
+  let session: SaveSession;
+  try {
+    session = openSaveSession(d, opts.protocol ?? "auto", live);
+  } catch (e) {
+    sink.abort(); // nothing was changed on the device; leave no partial output either
+    throw e;
+  }
   const progress = new Progress(!!opts.progress, session.sizeEstimate);
   const w = new StreamWriter(sink, opts.chunkSize);
   let precopyBytes = 0;
   let policy: PrecopyPolicy | null = null;
   let switchReason: SwitchReason | null = null;
+  let reinits = 0;
+  let initMarkers = 0;
+  let backlogAtSwitch = 0;
 
   try {
     // setup
@@ -134,13 +155,23 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
           const it = await session.iterate(w, cancel, progress);
           precopyBytes += it.bytes;
           if (it.bytes > 0) p.meter.add(it.bytes, performance.now() - t);
-          if (!initSent && it.initialBytes === 0) initSent = session.initDataSent(w) || true;
+          if (it.reinit) {
+            // New initial data (Linux 7.1 REINIT): send it all, mark it again and, over
+            // a two-way transport, wait for the destination to acknowledge that marker.
+            reinits++;
+            initSent = false;
+          }
+          if (!initSent && it.initialBytes === 0) {
+            if (session.initDataSent(w)) initMarkers++;
+            initSent = true;
+          }
           switchReason = p.decide({
             initialBytes: it.initialBytes,
             dirtyBytes: it.dirtyBytes,
             done: it.done,
             exact: () => session.exactSize(),
-            initAcked: sink.initAcked ?? true,
+            initAcked: initAcked(sink, initMarkers),
+            backlogBytes: sink.queuedBytes ?? 0,
           });
           if (switchReason) {
             session.endPrecopy(w, it.done);
@@ -158,6 +189,7 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     }
 
     // stop-copy
+    backlogAtSwitch = sink.queuedBytes ?? 0;
     const leftRunning = performance.now();
     session.stop(w);
     await pausePoint(getenv, "stop-copy", cancel);
@@ -171,6 +203,8 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     }
     w.end();
     await w.flowControl();
+    // The last byte is written (a file's fsync and rename in commit() come after the downtime).
+    const wroteAt = performance.now();
 
     // cleanup: end the session, then make the output visible (over TCP: wait for
     // the destination's result)
@@ -178,7 +212,7 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     const finalState = session.finish(!!opts.resume);
     cancel.check();
     await sink.commit();
-    const downtimeMs = (sink.lastByteAt ?? performance.now()) - leftRunning;
+    const downtimeMs = (sink.lastByteAt ?? wroteAt) - leftRunning;
     progress.update("done", w.dataBytes, true);
     progress.finish();
     const seconds = (performance.now() - t0) / 1000;
@@ -195,8 +229,14 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
       downtimeToRunningMs: sink.peerDoneAt ? sink.peerDoneAt - leftRunning : null,
       iterations: policy?.iterations ?? 0,
       switchReason,
-      bandwidth: policy?.meter.rate() ? policy.meter.rate()! * 1000 : null,
+      bandwidth: policy?.lastRate ? policy.lastRate * 1000 : null, // what the switchover was judged by
       downtimeLimitMs: policy ? policy.downtimeLimitMs : null,
+      precopyInfoV2: live ? session.precopyInfoV2 ?? null : null,
+      reinits,
+      initDataSent: initMarkers,
+      initAcks: sink.initAcks ?? null,
+      estimateAtSwitch: policy ? policy.lastEstimate : null,
+      backlogAtSwitch,
       statesVisited: session.statesVisited(),
       finalState,
       migrationFlags: session.migrationFlags,
@@ -207,11 +247,24 @@ export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): P
     progress.finish();
     sink.abort();
     const where = session.abort();
-    const cause = e instanceof SysError && e.errno === Errno.EPIPE
+    const cause = cancel.signal && !(e instanceof InterruptedError)
+      ? new InterruptedError(cancel.signal) // the signal closed the connection: say so, exit 130
+      : e instanceof SysError && e.errno === Errno.EPIPE
       ? new VfioMigError(`${sink.label}: the reading end went away (broken pipe)`)
       : e;
     throw failure(`save from ${d.label} failed`, cause, where);
   }
+}
+
+/**
+ * Switchover-ack: true when every DEV_INIT_DATA_SENT marker written so far was
+ * acknowledged. One-way sinks (files, pipes) cannot acknowledge: true. A protocol
+ * without the marker (v1) needs no acknowledgement.
+ */
+function initAcked(sink: Sink, markers: number): boolean {
+  if (markers === 0) return true; // nothing to acknowledge (the policy still waits for initial_bytes 0)
+  if (sink.initAcks !== undefined) return sink.initAcks >= markers;
+  return sink.initAcked ?? true;
 }
 
 /** Chooses the protocol and checks the device can be saved; nothing is changed when it throws. */

@@ -12,12 +12,19 @@ export class Cancellation {
   signal: string | null = null;
   #last = 0;
   #listeners: [Deno.Signal, () => void][] = [];
+  readonly #abort = new AbortController();
+
+  /** Aborted (reason: an InterruptedError) when a signal comes: for waits that are not between chunks (network). */
+  get abortSignal(): AbortSignal {
+    return this.#abort.signal;
+  }
 
   /** Catches SIGINT/SIGTERM for the life of an operation. */
   install(): this {
     for (const sig of ["SIGINT", "SIGTERM"] as Deno.Signal[]) {
       const fn = () => {
         this.signal = sig;
+        if (!this.#abort.signal.aborted) this.#abort.abort(new InterruptedError(sig));
       };
       try {
         Deno.addSignalListener(sig, fn);

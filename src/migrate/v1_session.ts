@@ -232,17 +232,18 @@ function pwriteAll(m: MigrationV1, buf: Uint8Array, at: number): void {
 export class V1ResumeSession implements ResumeSession {
   readonly protocol = "v1" as const;
   #touched = false;
+  #resuming = false;
   /** Device transactions written (pieces of split chunks count one each). */
   transactions = 0;
 
-  private constructor(readonly m: MigrationV1) {}
+  private constructor(readonly m: MigrationV1, readonly found: number) {}
 
   static open(m: MigrationV1): V1ResumeSession {
     const st = checkStart(m, "load");
     if (st & SAVING) {
       throw new VfioMigError(`${m.name} is ${v1StateName(st)} (a save is in progress): not loading into it`, "device");
     }
-    return new V1ResumeSession(m);
+    return new V1ResumeSession(m, st);
   }
 
   get touched(): boolean {
@@ -253,6 +254,7 @@ export class V1ResumeSession implements ResumeSession {
     this.m.map(true);
     this.#touched = true;
     this.m.setState(~MASK, RESUMING, "set RESUMING");
+    this.#resuming = true;
   }
 
   /** vfio_load_buffer(): one chunk, in pieces no larger than the destination's data section. */
@@ -292,6 +294,12 @@ export class V1ResumeSession implements ResumeSession {
   abort(): string {
     this.m.unmap();
     if (!this.#touched) return `${this.m.name} was not touched`;
+    if (!this.#resuming) {
+      // Setting RESUMING failed: a device still as it was found was not changed (no reset).
+      try {
+        if (this.m.readState() === this.found) return `${this.m.name} was not touched`;
+      } catch { /* unreadable: reset */ }
+    }
     // A half-loaded device holds a partial state: reset it rather than run it.
     return recoverV1(this.m, "", true);
   }

@@ -3,7 +3,8 @@
 // END_OF_STATE, SWITCHOVER, stop-copy data, END_OF_STATE.
 
 import { isErrno } from "../../ffi/errno.ts";
-import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
+import { MIGRATION_FLAGS, PRECOPY_INFO_REINIT } from "../../ffi/vfio_uapi.ts";
+import { F, O } from "../../ffi/sys.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { readSome, writeAll } from "../io.ts";
@@ -19,6 +20,8 @@ const ITERATION_MS = 100;
 export class V2SaveSession implements SaveSession {
   readonly protocol = "v2" as const;
   readonly headerExtra: Record<string, unknown> = {};
+  /** Opted in to precopy-info v2 (set by a live setup). */
+  precopyInfoV2 = false;
   #dataFd: number | null = null;
   #cur: DeviceState;
   readonly #restoreTo: DeviceState;
@@ -71,6 +74,9 @@ export class V2SaveSession implements SaveSession {
   setup(w: StreamWriter, live: boolean): void {
     w.tag(TAG.DEV_SETUP_STATE);
     if (live) {
+      // Linux 7.1: opt in to precopy-info v2 so the driver may report REINIT (initial
+      // data that reappears); older kernels answer EINVAL or ENOTTY, which is fine.
+      this.precopyInfoV2 = this.d.migration.enablePrecopyInfoV2();
       this.#dataFd = this.d.migration.setState(DeviceState.PRE_COPY, this.#cur).dataFd;
       this.#cur = DeviceState.PRE_COPY;
       if (this.#dataFd === null) throw new VfioMigError(`${this.d.label}: RUNNING -> PRE_COPY returned no data_fd`);
@@ -82,32 +88,52 @@ export class V2SaveSession implements SaveSession {
    * Reads the data_fd into chunks. In stop-copy, until read() returns 0. In pre-copy,
    * until there is nothing now (ENOMSG or 0) or ITERATION_MS passed: a device that
    * dirties data as fast as it is read must still come back to the pre-copy policy.
+   * Short reads (a driver that hands out a dirty page at a time) are gathered into one
+   * chunk until the chunk is full or the device has nothing more now: one chunk header,
+   * CRC call and write per chunk, not per page.
    */
   async #readLoop(w: StreamWriter, phase: "pre-copy" | "stop-copy", cancel: Cancellation, progress: Progress) {
     let total = 0;
+    let fill = 0;
+    const payload = w.payload;
+    const flush = async () => {
+      if (fill === 0) return;
+      w.data(fill);
+      total += fill;
+      fill = 0;
+      await w.flowControl();
+      progress.update(phase, w.dataBytes);
+    };
     const until = phase === "pre-copy" ? performance.now() + ITERATION_MS : Infinity;
     while (performance.now() < until) {
       await cancel.checkpoint();
       let n: number;
       try {
-        n = readSome(this.d.sys, this.#dataFd!, w.payload);
+        n = readSome(this.d.sys, this.#dataFd!, payload.subarray(fill));
       } catch (e) {
-        if (phase === "pre-copy" && isErrno(e, "ENOMSG")) return total; // nothing now
+        if (phase === "pre-copy" && isErrno(e, "ENOMSG")) break; // nothing now
         throw e;
       }
-      if (n === 0) return total;
-      w.data(n);
-      await w.flowControl();
-      total += n;
-      progress.update(phase, w.dataBytes);
+      if (n === 0) break;
+      fill += n;
+      if (fill === payload.length) await flush();
     }
+    await flush();
     return total;
   }
 
   async iterate(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<IterationResult> {
     const bytes = await this.#readLoop(w, "pre-copy", cancel, progress);
     const info = this.d.migration.precopyInfo(this.#dataFd!);
-    return { bytes, done: info.initialBytes === 0, initialBytes: info.initialBytes, dirtyBytes: info.dirtyBytes };
+    // Without the opt-in, flags are reserved (old drivers echo what they were given: 0).
+    const reinit = this.precopyInfoV2 && (info.flags & PRECOPY_INFO_REINIT) !== 0;
+    return {
+      bytes,
+      done: info.initialBytes === 0,
+      initialBytes: info.initialBytes,
+      dirtyBytes: info.dirtyBytes,
+      reinit,
+    };
   }
 
   exactSize(): number | null {
@@ -144,8 +170,9 @@ export class V2SaveSession implements SaveSession {
   }
 
   finish(resume: boolean): string {
-    this.d.sys.close(this.#dataFd!);
-    this.#dataFd = null;
+    const fd = this.#dataFd!;
+    this.#dataFd = null; // a failed close still releases the fd: never close it twice
+    this.d.sys.close(fd);
     const finalState = resume ? DeviceState.RUNNING : DeviceState.STOP;
     this.d.migration.setState(finalState, this.#cur);
     this.#cur = finalState;
@@ -165,6 +192,44 @@ export class V2SaveSession implements SaveSession {
   statesVisited(): string[] {
     return this.d.migration.visited.map(stateName);
   }
+
+  #nonBlockingFd = -1;
+
+  /**
+   * Several devices in one stream (multi.ts): one read of the data_fd, made non-blocking
+   * on first use so a device that yields slowly holds no other up (EAGAIN: null), emitted
+   * as one chunk. 0: nothing now (pre-copy: ENOMSG or 0) or the end (stop-copy).
+   */
+  readChunk(w: StreamWriter, phase: "pre-copy" | "stop-copy"): number | null {
+    const fd = this.#dataFd!;
+    if (this.#nonBlockingFd !== fd) {
+      this.d.sys.fcntl(fd, F.SETFL, this.d.sys.fcntl(fd, F.GETFL) | O.NONBLOCK);
+      this.#nonBlockingFd = fd;
+    }
+    let n: number;
+    try {
+      n = this.d.sys.read(fd, w.payload);
+    } catch (e) {
+      if (isErrno(e, "EAGAIN") || isErrno(e, "EINTR")) return null;
+      if (phase === "pre-copy" && isErrno(e, "ENOMSG")) return 0;
+      throw e;
+    }
+    if (n > 0) w.data(n);
+    return n;
+  }
+
+  /** With readChunk: the result of a pre-copy iteration whose reads are done (as iterate()'s). */
+  precopyStatus(bytes: number): IterationResult {
+    const info = this.d.migration.precopyInfo(this.#dataFd!);
+    const reinit = this.precopyInfoV2 && (info.flags & PRECOPY_INFO_REINIT) !== 0;
+    return {
+      bytes,
+      done: info.initialBytes === 0,
+      initialBytes: info.initialBytes,
+      dirtyBytes: info.dirtyBytes,
+      reinit,
+    };
+  }
 }
 
 export class V2ResumeSession implements ResumeSession {
@@ -172,14 +237,26 @@ export class V2ResumeSession implements ResumeSession {
   #dataFd: number | null = null;
   #resuming = false;
 
-  private constructor(readonly d: VfioDevice, readonly found: DeviceState) {}
+  readonly #visitedBefore: number;
+
+  private constructor(readonly d: VfioDevice, readonly found: DeviceState) {
+    this.#visitedBefore = d.migration.visited.length;
+  }
 
   static open(d: VfioDevice): V2ResumeSession {
     d.migration.migrationFlags();
-    const found = tryGetState(d);
-    if (found === DeviceState.ERROR || found === null) {
+    const found = d.migration.getState(); // a GET that fails is reported as it failed
+    if (found === DeviceState.ERROR) {
       throw new VfioMigError(
         `${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`,
+        "device",
+      );
+    }
+    if (found === DeviceState.RESUMING) {
+      // A load that was killed: SET RESUMING again would open no new data_fd.
+      throw new VfioMigError(
+        `${d.label} is RESUMING (a load is in progress or was abandoned): reset it first ` +
+          `('vfio-mig reset --device ${d.label}')`,
         "device",
       );
     }
@@ -187,7 +264,8 @@ export class V2ResumeSession implements ResumeSession {
   }
 
   get touched(): boolean {
-    return this.d.migration.visited.length > 0;
+    // Counted from this session's start: a VfioDevice may serve several loads.
+    return this.d.migration.visited.length > this.#visitedBefore;
   }
 
   begin(): void {
@@ -207,8 +285,9 @@ export class V2ResumeSession implements ResumeSession {
     // session by closing the data_fd, as QEMU's cleanup does.
     this.d.migration.setState(DeviceState.STOP, DeviceState.RESUMING);
     this.#resuming = false;
-    this.d.sys.close(this.#dataFd!);
-    this.#dataFd = null;
+    const fd = this.#dataFd!;
+    this.#dataFd = null; // a failed close still releases the fd: never close it twice
+    this.d.sys.close(fd);
   }
 
   finish(noStart: boolean): string {

@@ -44,6 +44,22 @@ export class MigrationV2 {
     return decode(STRUCTS.vfio_device_feature_mig_data_size, buf, 8).stop_copy_length;
   }
 
+  /**
+   * Opts in to precopy-info v2 (Linux 7.1: SET of MIG_PRECOPY_INFOv2, no payload):
+   * PRECOPY_INFO then zeroes `flags` on entry and may report VFIO_PRECOPY_INFO_REINIT.
+   * False on kernels and drivers without it (EINVAL, ENOTTY); other errors throw.
+   */
+  enablePrecopyInfoV2(): boolean {
+    const buf = featureBuffer(FEATURE_FLAGS.SET | FEATURE.MIG_PRECOPY_INFOv2, 0);
+    try {
+      this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
+      return true;
+    } catch (e) {
+      if (isErrno(e, "EINVAL") || isErrno(e, "ENOTTY")) return false;
+      throw e;
+    }
+  }
+
   /** PROBE of a feature: true when the device supports it. */
   probe(feature: number, set: boolean): boolean {
     const buf = featureBuffer(FEATURE_FLAGS.PROBE | (set ? FEATURE_FLAGS.SET : FEATURE_FLAGS.GET) | feature, 0);

@@ -20,6 +20,7 @@ import {
   FEATURE_FLAGS,
   IOCTL,
   PCI_REGION,
+  PRECOPY_INFO_REINIT,
   REGION_FLAGS,
   STRUCTS,
 } from "../../ffi/vfio_uapi.ts";
@@ -102,14 +103,17 @@ type Segment = { mem: Uint8Array } | { fileOffset: number; length: number };
 interface SaveFile {
   kind: "save";
   fd: number; // a real fd on state.bin: reads of file segments are real preads on it
-  segments: Segment[];
-  segOffset: number; // bytes consumed of segments[0]
+  segments: Segment[]; // segments[segHead] is the current one
+  segHead?: number; // consumed segments (Array.shift is O(n): a fully dirty 1 GiB state queues 512k)
+  segOffset: number; // bytes consumed of the current segment
   pos: number; // bytes handed out
   filled: number; // bytes queued so far
   initialEnd: number; // end of the initial pre-copy data
   dirty: Set<number>; // bulk pages dirtied since queued
   disabled: boolean;
   closed: boolean;
+  reinitDone?: boolean; // the --reinit-after event happened in this session
+  reinitFlag?: boolean; // REINIT is due on the next PRECOPY_INFO (precopy-info v2 users)
 }
 
 interface ResumeFile {
@@ -142,6 +146,8 @@ interface OpenDevice {
   v1?: V1Device;
   saving?: SaveFile;
   resuming?: ResumeFile;
+  /** This open device opted in to precopy-info v2 (SET of MIG_PRECOPY_INFOv2). */
+  precopyV2On?: boolean;
 }
 
 function sizeOfState(d: OpenDevice): number {
@@ -567,7 +573,10 @@ export class SimKernel implements Sys {
     }
     // rate is bytes of state dirtied per second, in whole 4 KiB pages (how device
     // dirty tracking counts): each dirtied page gets one random 8-byte write.
-    const words = Math.min(Math.floor(((now - m.runningSince) / 1000) * m.rate / BULK_PAGE), 1 << 16);
+    // At most one write per page of the state per look (more only rewrites dirty pages
+    // and costs time that a device dirtying memory would not take from the reader).
+    const pages = Math.ceil(m.size / BULK_PAGE);
+    const words = Math.min(Math.floor(((now - m.runningSince) / 1000) * m.rate / BULK_PAGE), 1 << 16, pages);
     if (words <= 0) return;
     const rnd = prng(m.seed ^ now);
     const w = new Uint8Array(8);
@@ -755,6 +764,13 @@ export class SimKernel implements Sys {
         if (!migratable) throw err("ioctl", "ENOTTY");
         if (!check(GET, 8)) return 0;
         encodeInto(STRUCTS.vfio_device_feature_mig_data_size, { stop_copy_length: this.#stopCopyLength(dev) }, payload);
+        return 0;
+      case FEATURE.MIG_PRECOPY_INFOv2:
+        // Linux 7.1; drivers before it have no such feature (EINVAL, as below).
+        if (!migratable || !dev.meta.precopyV2) throw err("ioctl", "EINVAL");
+        if (!check(SET, 0)) return 0;
+        dev.precopyV2On = true; // any payload is ignored
+        this.#log({ key, precopyInfoV2: true });
         return 0;
       case FEATURE.DMA_LOGGING_START:
         if (!migratable || !dev.info.dmaLogging) throw err("ioctl", "ENOTTY");
@@ -947,7 +963,7 @@ export class SimKernel implements Sys {
     }
     let n = 0;
     while (n < buf.length && f.segments.length > 0) {
-      const s = f.segments[0];
+      const s = f.segments[f.segHead ?? 0];
       const segLen = "mem" in s ? s.mem.length : s.length;
       const take = Math.min(buf.length - n, segLen - f.segOffset);
       let got: number;
@@ -961,13 +977,41 @@ export class SimKernel implements Sys {
       n += got;
       f.segOffset += got;
       if (f.segOffset === segLen) {
-        f.segments.shift();
+        // Drop the consumed segment; empty means nothing queued (length 0), as before.
+        const head = (f.segHead ?? 0) + 1;
+        if (head === f.segments.length) [f.segments, f.segHead] = [[], 0];
+        else if (head >= 4096 && head * 2 >= f.segments.length) [f.segments, f.segHead] = [f.segments.slice(head), 0];
+        else f.segHead = head;
         f.segOffset = 0;
       }
-      if ("fileOffset" in s) break; // one real read per call, like a driver's copy_to_user
+      // One real pread per file segment; a read goes on through the queued segments
+      // (dirty pages) until the buffer is full, as a driver copies all it has queued.
+      if ("fileOffset" in s && got < take) break;
     }
     f.pos += n;
     return n;
+  }
+
+  /**
+   * --reinit-after: new initial data appears (Linux 7.1 REINIT). What was dirty is
+   * queued, then the first half of the state again; for a user that opted in to
+   * precopy-info v2 all of it is initial data (dirty_bytes drops to 0) and the next
+   * PRECOPY_INFO says REINIT; for others it is only more dirty data. It happens right
+   * after the PRECOPY_INFO that finds --reinit-after bytes read, so that one still
+   * reports the old numbers (with --reinit-after at the initial data's size, the user
+   * first sees initial_bytes 0, then REINIT).
+   */
+  #reinit(dev: OpenDevice, f: SaveFile): void {
+    f.reinitDone = true;
+    this.#queueDirty(dev, f);
+    const len = Math.max(1, Math.ceil(dev.meta.size / 2));
+    f.segments.push({ mem: bulkRecordHeader(0, len) }, { fileOffset: 0, length: len });
+    f.filled += BULK_RECORD_HEADER + len;
+    if (dev.precopyV2On) {
+      f.initialEnd = f.filled;
+      f.reinitFlag = true;
+    }
+    this.#log({ key: "reinit", at: f.pos, bytes: BULK_RECORD_HEADER + len, reported: !!dev.precopyV2On });
   }
 
   #dataIoctl(dev: OpenDevice, f: MigFile, request: number, arg: IoctlArg): number {
@@ -986,13 +1030,20 @@ export class SimKernel implements Sys {
       const queuedBeyondInitial = Math.max(0, f.filled - Math.max(f.pos, f.initialEnd));
       dirty = queuedBeyondInitial + f.dirty.size * (BULK_PAGE + BULK_RECORD_HEADER);
     }
-    // The driver copies back only up to dirty_bytes; flags stay as given (pre-7.1).
+    // Before the precopy-info v2 opt-in, flags stay as given (pre-7.1 drivers copy back
+    // only up to dirty_bytes); after it they are zeroed on entry and REINIT reported once.
+    let flags = info.flags;
+    if (dev.precopyV2On) {
+      flags = f.reinitFlag ? PRECOPY_INFO_REINIT : 0;
+      f.reinitFlag = false;
+    }
     encodeInto(STRUCTS.vfio_precopy_info, {
       argsz: info.argsz,
-      flags: info.flags,
+      flags,
       initial_bytes: initial,
       dirty_bytes: dirty,
     }, arg);
+    if (dev.meta.reinitAfter !== undefined && !f.reinitDone && f.pos >= dev.meta.reinitAfter) this.#reinit(dev, f);
     return 0;
   }
 

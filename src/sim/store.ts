@@ -30,6 +30,23 @@ export interface SimDeviceMeta {
   quirks?: string[];
   /** A migration protocol v1 device (v1_device.ts); absent = uAPI v2. */
   v1?: V1Meta;
+  /**
+   * Bytes per second the device yields on its data_fd (a device that produces its
+   * state slower than a link carries it); absent = as fast as it is read.
+   */
+  yieldRate?: number;
+  /**
+   * Linux 7.1 precopy-info v2: the driver accepts the SET of MIG_PRECOPY_INFOv2
+   * (feature 12); after it, PRECOPY_INFO zeroes flags on entry and may report REINIT.
+   */
+  precopyV2?: boolean;
+  /**
+   * Bulk model: once this many bytes of a pre-copy session were read, the device
+   * re-queues the first half of its state as new initial data, right after the
+   * PRECOPY_INFO that finds so (REINIT, reported once by the next PRECOPY_INFO to a user
+   * that opted in; without the opt-in the bytes show as dirty_bytes).
+   */
+  reinitAfter?: number;
 }
 
 const enc = new TextEncoder();
@@ -122,6 +139,9 @@ export class SimStore {
       size?: number;
       seed?: number;
       rate?: number;
+      yieldRate?: number;
+      precopyV2?: boolean;
+      reinitAfter?: number;
       quirks?: string[];
       /** "v1": the deprecated region protocol, with this data section. */
       protocol?: "v1" | "v2";
@@ -140,7 +160,13 @@ export class SimStore {
       state: DeviceState.RUNNING,
       runningSince: Date.now(),
       ...(opts.quirks?.length ? { quirks: opts.quirks } : {}),
+      ...(opts.yieldRate ? { yieldRate: opts.yieldRate } : {}),
+      ...(opts.precopyV2 ? { precopyV2: true } : {}),
+      ...(opts.reinitAfter !== undefined ? { reinitAfter: opts.reinitAfter } : {}),
     };
+    if (opts.reinitAfter !== undefined && (opts.model !== "bulk" || opts.protocol === "v1")) {
+      throw new VfioMigError("--reinit-after needs the bulk model with uAPI v2", "usage");
+    }
     if (opts.protocol === "v1") {
       // A v1 driver has no v2 migration feature: VFIO_DEVICE_FEATURE MIGRATION is ENOTTY.
       meta.flags = 0;

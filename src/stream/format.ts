@@ -6,6 +6,8 @@
 //     DEV_DATA_STATE, DEV_CONFIG_STATE     be64 size | be32 crc32(data) | data
 //     STREAM_END                           be64 data bytes | be64 chunks | be32 crc32 of
 //                                          all data | be32 crc32 of these 20 bytes
+//     DEVICE + i                           no payload; multi-device streams only: the
+//                                          following records are device i's
 // QEMU's VFIO tags (hw/vfio/migration.c) keep their values; vfio-mig's own tags use
 // the 0xEF11 magic so they never collide with QEMU's 0xEF10 ones.
 
@@ -29,12 +31,33 @@ export const TAG = {
   SWITCHOVER: 0xffffffffef110001n,
   /** vfio-mig: the trailer; nothing may follow it. */
   STREAM_END: 0xffffffffef1100ffn,
+  /**
+   * vfio-mig, multi-device streams only: the following records belong to device i
+   * (header `devices[i]`). The tag is DEVICE + i, for i below MAX_DEVICES
+   * (0xFFFFFFFFEF111000 to 0xFFFFFFFFEF1110FF); no payload.
+   */
+  DEVICE: 0xffffffffef111000n,
 } as const;
+
+/** Most devices one stream can carry (the DEVICE tag's range). */
+export const MAX_DEVICES = 256;
 
 export type TagName = keyof typeof TAG;
 const TAG_NAMES = new Map<bigint, TagName>(Object.entries(TAG).map(([k, v]) => [v, k as TagName]));
 export function tagName(t: bigint): TagName | undefined {
-  return TAG_NAMES.get(t);
+  return TAG_NAMES.get(t) ?? (deviceIndex(t) === null ? undefined : "DEVICE");
+}
+
+/** The device a DEVICE tag selects, or null when `t` is not one. */
+export function deviceIndex(t: bigint): number | null {
+  const i = t - TAG.DEVICE;
+  return i >= 0n && i < BigInt(MAX_DEVICES) ? Number(i) : null;
+}
+
+/** The DEVICE tag that selects device i. */
+export function deviceTag(i: number): bigint {
+  if (!Number.isInteger(i) || i < 0 || i >= MAX_DEVICES) throw new Error(`device index ${i} out of range`);
+  return TAG.DEVICE + BigInt(i);
 }
 
 /** Tags followed by be64 size | be32 crc | data. */
@@ -70,6 +93,23 @@ export interface StreamHeader {
   mode: "offline" | "live";
   /** Protocol v1 streams: the source's migration region (informative; loads do not need it). */
   v1?: { regionIndex: number; regionSize: number; mmapAreas: { offset: number; size: number }[] | null };
+  /**
+   * Multi-device streams only (absent with one device): every device, in DEVICE tag
+   * order. The fields above then repeat devices[0]'s.
+   */
+  devices?: StreamDeviceEntry[];
+}
+
+/** One device of a multi-device stream (header `devices`). */
+export interface StreamDeviceEntry {
+  /** The --device the state came from. */
+  source: string;
+  device: StreamIdentity;
+  protocol: "v2" | "v1";
+  migrationFlags: number;
+  sizeEstimate: number | null;
+  /** Protocol v1 devices: as the header's `v1`. */
+  v1?: StreamHeader["v1"];
 }
 
 export function crc32(data: Uint8Array, prev = 0): number {
@@ -111,7 +151,9 @@ export function encodeTrailer(t: Trailer): Uint8Array {
 
 /** Identity fields that must match between a stream and a destination device. */
 export function identityMismatch(stream: StreamIdentity, dest: StreamIdentity): string | null {
-  const hex = (n: number | null) => (n === null ? "?" : `0x${n.toString(16).padStart(4, "0")}`);
+  // A damaged header may hold anything here (a missing field, a string): say what it is.
+  const hex = (n: unknown) =>
+    typeof n === "number" ? `0x${n.toString(16).padStart(4, "0")}` : n === null ? "?" : JSON.stringify(n) ?? "none";
   if (stream.vendor !== dest.vendor || stream.device !== dest.device) {
     return `the stream is from a ${hex(stream.vendor)}:${hex(stream.device)} device, the destination is ` +
       `${hex(dest.vendor)}:${hex(dest.device)}`;

@@ -7,6 +7,7 @@ import type { StreamSource } from "../transport/transport.ts";
 import {
   CHUNK_HEADER,
   crc32,
+  deviceIndex,
   FORMAT_VERSION,
   HEADER_FIXED,
   MAX_CHUNK,
@@ -23,7 +24,8 @@ import {
 import { crc32Combine } from "./writer.ts";
 
 export type StreamRecord =
-  | { kind: "tag"; tag: TagName; offset: number }
+  /** `device`: the index a DEVICE tag selects (multi-device streams). */
+  | { kind: "tag"; tag: TagName; offset: number; device?: number }
   | { kind: "data"; tag: "DEV_DATA_STATE" | "DEV_CONFIG_STATE"; bytes: Uint8Array; offset: number }
   | { kind: "end"; trailer: Trailer; offset: number };
 
@@ -66,12 +68,15 @@ export class StreamReader {
       if (this.#eof) return false;
       if (this.#buf.length - this.#start < need) {
         const have = this.#end - this.#start;
-        if (need > this.#buf.length) {
-          const bigger = new Uint8Array(Math.max(need, Math.min(this.#buf.length * 2, this.#maxChunk + CHUNK_HEADER)));
-          bigger.set(this.#buf.subarray(this.#start, this.#end));
-          this.#buf = bigger;
-        } else {
+        if (this.#start > 0) {
           this.#buf.copyWithin(0, this.#start, this.#end);
+        } else if (this.#end === this.#buf.length) {
+          // Full, and the record needs more: only now, with a buffer's worth of its bytes
+          // actually here, is the record's size (at most maxChunk) allocated. A length
+          // field alone allocates nothing.
+          const bigger = new Uint8Array(need);
+          bigger.set(this.#buf.subarray(0, this.#end));
+          this.#buf = bigger;
         }
         this.#start = 0;
         this.#end = have;
@@ -145,6 +150,7 @@ export class StreamReader {
     const name = tagName(tag);
     if (!name) throw new StreamError(`unknown record tag 0x${tag.toString(16)}`, offset);
     if (tag === TAG.STREAM_END) return await this.#trailer(offset);
+    if (name === "DEVICE") return { kind: "tag", tag: name, offset, device: deviceIndex(tag)! };
     if (!SIZED_TAGS.has(tag)) return { kind: "tag", tag: name, offset };
     const hb = await this.#take(12, `the header of a ${name} record`);
     const hv = new DataView(hb.buffer, hb.byteOffset, 12);

@@ -3,7 +3,16 @@
 // leaves in one write with no copy.
 
 import type { Sink } from "../transport/transport.ts";
-import { CHUNK_HEADER, crc32, DEFAULT_CHUNK, encodeHeader, encodeTrailer, type StreamHeader, TAG } from "./format.ts";
+import {
+  CHUNK_HEADER,
+  crc32,
+  DEFAULT_CHUNK,
+  deviceTag,
+  encodeHeader,
+  encodeTrailer,
+  type StreamHeader,
+  TAG,
+} from "./format.ts";
 
 export class StreamWriter {
   readonly #sink: Sink;
@@ -26,6 +35,11 @@ export class StreamWriter {
     return this.#dataBytes;
   }
 
+  /** DEV_DATA_STATE chunks written so far. */
+  get chunks(): number {
+    return this.#chunks;
+  }
+
   /** Where the next chunk's bytes go (read into it, then call data(n)). */
   get payload(): Uint8Array {
     return this.#buf.subarray(CHUNK_HEADER);
@@ -45,7 +59,27 @@ export class StreamWriter {
     this.#out(encodeHeader(h));
   }
 
+  #device = -1;
+  #deviceWritten = -1;
+
+  /**
+   * Multi-device streams: the device the following records belong to. A DEVICE tag is
+   * written before the next record whenever it differs from the last one written.
+   * Never called for a single-device stream, which therefore has no DEVICE tag.
+   */
+  selectDevice(i: number): void {
+    this.#device = i;
+  }
+
+  #select(): void {
+    if (this.#device === this.#deviceWritten) return;
+    this.#deviceWritten = this.#device;
+    new DataView(this.#tag.buffer).setBigUint64(0, deviceTag(this.#device));
+    this.#out(this.#tag);
+  }
+
   tag(t: bigint): void {
+    this.#select();
     new DataView(this.#tag.buffer).setBigUint64(0, t);
     this.#out(this.#tag);
   }
@@ -69,6 +103,7 @@ export class StreamWriter {
       n += p.length;
       c = crc32(p, c);
     }
+    this.#select();
     this.#view.setBigUint64(0, TAG.DEV_DATA_STATE);
     this.#view.setBigUint64(8, BigInt(n));
     this.#view.setUint32(16, c);
@@ -86,6 +121,7 @@ export class StreamWriter {
   }
 
   #chunk(tag: bigint, n: number): void {
+    this.#select();
     const payload = this.#buf.subarray(CHUNK_HEADER, CHUNK_HEADER + n);
     const c = crc32(payload);
     this.#view.setBigUint64(0, tag);

@@ -60,6 +60,23 @@ function netError(e: unknown, what: string): VfioMigError {
   return new VfioMigError(`${what}: ${e instanceof Error ? e.message : e}`, "failure");
 }
 
+/** A TLS (rustls) error message, with what to do about the common ones. */
+export function explainTls(e: unknown): string {
+  const msg = e instanceof Error ? e.message : String(e);
+  if (/CaUsedAsEndEntity/.test(msg)) {
+    return `${msg}: the listener's certificate is a CA certificate; a self-signed server certificate must ` +
+      `say CA:FALSE (openssl req -x509 … -addext basicConstraints=critical,CA:FALSE)`;
+  }
+  if (/UnknownIssuer/.test(msg)) return `${msg}: trust the listener's certificate (or its CA) with --tls-ca FILE`;
+  if (/NotValidForName/.test(msg)) {
+    return `${msg}: the certificate does not name the host in the tcp:// address (see its subjectAltName)`;
+  }
+  if (/InvalidContentType|corrupt message/i.test(msg)) {
+    return `${msg}: the peer does not speak TLS (the listener needs --tls-cert and --tls-key)`;
+  }
+  return msg;
+}
+
 function checkPort(s: string, ctx: string): number {
   const p = Number(s);
   if (!Number.isInteger(p) || p < 0 || p > 65535) throw new VfioMigError(`${ctx}: bad port ${s}`, "usage");
@@ -137,6 +154,7 @@ export interface ConnectOptions {
 export class TcpClient {
   #frames: Promise<void>;
   #initAck = false;
+  #initAcks = 0;
   #done: { ok: boolean; message: string; [k: string]: unknown } | null = null;
   #doneWaiters: (() => void)[] = [];
   #closed = false;
@@ -182,7 +200,9 @@ export class TcpClient {
       try {
         conn.close();
       } catch { /* already closed */ }
-      throw e;
+      if (e instanceof VfioMigError) throw e;
+      // TLS errors surface on the first read: say what they mean.
+      throw new VfioMigError(`handshake with ${url} failed: ${explainTls(e)}`, "failure");
     }
     return new TcpClient(conn, url);
   }
@@ -195,8 +215,10 @@ export class TcpClient {
         const len = new DataView(h.buffer).getUint32(1);
         if (len > MAX_FRAME) throw new Error("frame too large");
         const payload = await readExact(this.conn, len, this.label);
-        if (type === FRAME.INIT_ACK) this.#initAck = true;
-        else if (type === FRAME.DONE) {
+        if (type === FRAME.INIT_ACK) {
+          this.#initAck = true;
+          this.#initAcks++;
+        } else if (type === FRAME.DONE) {
           this.#done = JSON.parse(new TextDecoder().decode(payload));
           break;
         }
@@ -218,10 +240,22 @@ export class TcpClient {
     return this.#initAck;
   }
 
+  /** INIT_ACK frames received: one per DEV_INIT_DATA_SENT the destination loaded. */
+  get initAcks(): number {
+    return this.#initAcks;
+  }
+
   async write(bytes: Uint8Array): Promise<void> {
     try {
       await writeAllConn(this.conn, bytes);
     } catch (e) {
+      // A destination that failed says why in its DONE frame just before it closes:
+      // give that frame a moment to arrive, so the error names the cause.
+      if (!this.#closed && this.#done === null) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([this.#frames, new Promise((r) => timer = setTimeout(r, 1000))]);
+        clearTimeout(timer);
+      }
       const why = this.#done && !this.#done.ok ? `: ${this.#done.message}` : "";
       throw new VfioMigError(
         `${this.label}: the destination closed the connection${why || ` (${e instanceof Error ? e.message : e})`}`,
@@ -277,6 +311,8 @@ export interface ListenOptions {
   onListening?: (addr: Deno.NetAddr) => void;
   /** Give up waiting for a valid peer after this long. */
   acceptTimeoutMs?: number;
+  /** Aborting stops listening at once (SIGINT/SIGTERM); accept rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** The destination's end: one authenticated peer, then a byte source. */
@@ -302,8 +338,18 @@ export class TcpServerConn {
     opts.onListening?.(listener.addr as Deno.NetAddr);
     const hsMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     const deadline = opts.acceptTimeoutMs ? performance.now() + opts.acceptTimeoutMs : Infinity;
+    let current: Deno.Conn | null = null; // the peer in its handshake
+    const onAbort = () => {
+      for (const c of [listener, current]) {
+        try {
+          c?.close();
+        } catch { /* already closed */ }
+      }
+    };
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
     try {
       for (;;) {
+        if (opts.signal?.aborted) throw opts.signal.reason;
         const left = deadline - performance.now();
         if (left <= 0) {
           throw new VfioMigError(`no authenticated peer connected within ${opts.acceptTimeoutMs} ms`, "failure");
@@ -313,17 +359,26 @@ export class TcpServerConn {
           : await listener.accept();
         const peer = conn.remoteAddr as Deno.NetAddr;
         const who = `${peer.hostname}:${peer.port}`;
+        current = conn;
         try {
           await timeout(serverHandshake(conn, opts.token, who), hsMs, () => conn.close(), `handshake with ${who}`);
+          current = null;
+          if (opts.signal?.aborted) throw opts.signal.reason;
           return new TcpServerConn(conn, who, opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
         } catch (e) {
+          current = null;
           try {
             conn.close();
           } catch { /* closed by the timeout */ }
-          opts.onRefused?.(`refused ${who}: ${e instanceof Error ? e.message : e}`);
+          if (opts.signal?.aborted) throw opts.signal.reason;
+          opts.onRefused?.(`refused ${who}: ${e instanceof VfioMigError ? e.message : explainTls(e)}`);
         }
       }
+    } catch (e) {
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      throw e;
     } finally {
+      opts.signal?.removeEventListener("abort", onAbort);
       // Exactly one peer: nobody else can connect once we have one (or gave up).
       try {
         listener.close();
@@ -376,12 +431,28 @@ async function serverHandshake(conn: Deno.Conn, token: string, who: string): Pro
 
 const HIGH_WATER = 8 << 20;
 const LOW_WATER = 2 << 20;
+/** Send buffers: a 1 MiB data chunk with its header fits one; small records share one. */
+const SEND_BUFFER = (1 << 20) + 4096;
+const POOL_MAX = 12;
 
-/** The source side: queues copies of the stream's bytes and sends them in order. */
+interface Outgoing {
+  buf: Uint8Array;
+  len: number;
+  pooled: boolean;
+}
+
+/**
+ * The source side: copies the stream's bytes into send buffers (pooled, so a GiB
+ * stream allocates a dozen, not a thousand) and sends them in order. Small records
+ * written while a send is in progress share the next buffer: one write for them all.
+ */
 export class TcpSink {
   readonly label: string;
-  #queue: Uint8Array[] = [];
+  #queue: Outgoing[] = [];
   #queued = 0;
+  #cur: Uint8Array | null = null;
+  #curLen = 0;
+  #pool: Uint8Array[] = [];
   #pumping: Promise<void> | null = null;
   #error: unknown = null;
   #waiters: (() => void)[] = [];
@@ -397,29 +468,65 @@ export class TcpSink {
     return this.client.initAcked;
   }
 
+  get initAcks(): number {
+    return this.client.initAcks;
+  }
+
+  get queuedBytes(): number {
+    return this.#queued;
+  }
+
   write(bytes: Uint8Array): void {
     if (this.#error) throw this.#error;
-    this.#queue.push(bytes.slice());
+    if (bytes.length > SEND_BUFFER) {
+      this.#seal();
+      this.#queue.push({ buf: bytes.slice(), len: bytes.length, pooled: false });
+    } else {
+      if (this.#cur && this.#curLen + bytes.length > SEND_BUFFER) this.#seal();
+      if (!this.#cur) {
+        this.#cur = this.#pool.pop() ?? new Uint8Array(SEND_BUFFER);
+        this.#curLen = 0;
+      }
+      this.#cur.set(bytes, this.#curLen);
+      this.#curLen += bytes.length;
+    }
     this.#queued += bytes.length;
     this.#pumping ??= this.#pump();
   }
 
+  /** The buffer being filled joins the queue (the next write takes another). */
+  #seal(): void {
+    if (this.#cur && this.#curLen > 0) this.#queue.push({ buf: this.#cur, len: this.#curLen, pooled: true });
+    else if (this.#cur) this.#pool.push(this.#cur);
+    this.#cur = null;
+    this.#curLen = 0;
+  }
+
   async #pump(): Promise<void> {
     try {
-      while (this.#queue.length > 0) {
-        const b = this.#queue.shift()!;
-        await this.client.write(b);
-        this.#queued -= b.length;
+      for (;;) {
+        if (this.#queue.length === 0) this.#seal();
+        const o = this.#queue.shift();
+        if (!o) break;
+        await this.client.write(o.buf.subarray(0, o.len));
+        this.#queued -= o.len;
+        if (o.pooled && this.#pool.length < POOL_MAX) this.#pool.push(o.buf);
         if (this.#queued <= LOW_WATER) this.#wake();
       }
     } catch (e) {
       this.#error = e;
-      this.#queue = [];
-      this.#queued = 0;
+      this.#drop();
     } finally {
       this.#pumping = null;
       this.#wake();
     }
+  }
+
+  #drop(): void {
+    this.#queue = [];
+    this.#cur = null;
+    this.#curLen = 0;
+    this.#queued = 0;
   }
 
   #wake(): void {
@@ -447,7 +554,7 @@ export class TcpSink {
   }
 
   abort(): void {
-    this.#queue = [];
+    this.#drop();
     this.client.close();
   }
 }

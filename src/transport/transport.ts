@@ -19,6 +19,13 @@ export interface Sink {
   flowControl?(): Promise<void> | void;
   /** Over a two-way transport: true once the destination loaded the initial pre-copy data. */
   readonly initAcked?: boolean;
+  /**
+   * Over a two-way transport: how many DEV_INIT_DATA_SENT markers the destination
+   * acknowledged (one per marker: a device that reports REINIT needs a new one).
+   */
+  readonly initAcks?: number;
+  /** Bytes taken by write() but not yet sent (network sinks, which queue). */
+  readonly queuedBytes?: number;
   /** Over a two-way transport: when the destination reported RUNNING, in performance.now() ms. */
   readonly peerDoneAt?: number | null;
   /** When the last byte left (network sinks, which queue), in performance.now() ms. */
@@ -115,8 +122,9 @@ export class FileSink implements Sink {
   }
   commit(): void {
     this.sys.fsync(this.#fd);
-    this.sys.close(this.#fd);
-    this.#fd = -1;
+    const fd = this.#fd;
+    this.#fd = -1; // a failed close still releases the fd: abort() must not close it again
+    this.sys.close(fd);
     this.sys.rename(this.#tmp, this.path);
     this.#done = true;
   }
@@ -143,7 +151,10 @@ export class FdSource implements Source {
     return readSome(this.sys, this.fd, buf);
   }
   close(): void {
-    if (this.owned) this.sys.close(this.fd);
+    if (!this.owned) return;
+    try {
+      this.sys.close(this.fd);
+    } catch { /* released anyway (Linux); a read-only fd has nothing left to report */ }
   }
 }
 
