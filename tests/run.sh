@@ -25,7 +25,7 @@ fi
 # Counts from Deno's summary line: "ok | 45 passed (3 steps) | 0 failed (2s)".
 count_deno() {
     local line
-    line=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$1" | tail -1)
+    line=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -E '^(ok|FAILED) \| [0-9]+ passed' | tail -1)
     if [ -z "$line" ]; then
         failed=$((failed + 1))
         return
@@ -52,7 +52,7 @@ fi
 
 log "deno test (unit, simulator and CLI tests)"
 t0=$(date +%s)
-deno task test 2>&1 | tee "$logs/deno.log"
+NO_COLOR=1 deno task test 2>&1 | tee "$logs/deno.log"
 count_deno "$logs/deno.log"
 log "deno tests took $(( $(date +%s) - t0 )) s"
 
