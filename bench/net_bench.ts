@@ -32,7 +32,7 @@ const { values: opt } = parseArgs({
     rounds: { type: "string", default: "5" },
     warmup: { type: "string", default: "1" },
     cases: { type: "string", default: "tcp,live" },
-    rates: { type: "string", default: "10,50" },
+    rates: { type: "string", default: "0,10,50" },
     dir: { type: "string", default: "/dev/shm/vfio-mig-net-bench" },
     out: { type: "string" },
     "no-verify": { type: "boolean", default: false },
@@ -49,7 +49,8 @@ if (opt.help) {
   --rounds 5             measured rounds (sides alternate within a round)
   --warmup 1             unmeasured rounds first
   --cases tcp,live       which cases
-  --rates 10,50          live case: dirty rates, % of the measured TCP bandwidth
+  --rates 0,10,50        live case: dirty rates, % of the measured TCP bandwidth (0: the
+                         downtime's fixed part: state changes, config, trailer, round trip)
   --dir DIR              where the simulated devices live (tmpfs)
   --out FILE             JSON results (default bench/results/net.json)
   --no-verify            skip comparing the destination with the source`);
@@ -83,7 +84,7 @@ const WARMUP = int(opt.warmup!, "--warmup");
 if (ROUNDS < 1) die("--rounds must be at least 1");
 const CASES = opt.cases!.split(",").map((s) => s.trim()).filter(Boolean);
 for (const c of CASES) if (c !== "tcp" && c !== "live") die(`unknown case ${c} (tcp, live)`);
-const RATES = opt.rates!.split(",").map((s) => Number(s.trim())).filter((n) => n > 0);
+const RATES = opt.rates!.split(",").map((s) => Number(s.trim())).filter((n) => n >= 0);
 const DIR = opt.dir!.replace(/\/$/, "");
 const OUT = opt.out ?? `${repo}/bench/results/net.json`;
 const VERIFY = !opt["no-verify"];
@@ -144,9 +145,12 @@ const W = await Deno.makeTempDir({ prefix: "vfio-mig-net-bench-" });
 
 /** vfio-mig load --listen, then save to it; `saveArgs` go to save (e.g. --live). */
 function toolScript(a: string, b: string, saveArgs: string): string {
+  // Empty load.err first: the shell truncates it in the background child, maybe after the
+  // loop below has read the previous run's "listening on" line.
   return `
+: >${W}/load.err
 ${TIME} -o ${W}/load.time -f '%M %U %S' ${TOOL} load -q --json --device sim:${b} --listen 127.0.0.1:0 \\
-  --token ${TOKEN} >${W}/load.json 2>${W}/load.err &
+  --token ${TOKEN} --accept-timeout 60000 >${W}/load.json 2>${W}/load.err &  # never waits for ever
 L=$!
 for i in $(seq 1000); do grep -q 'listening on' ${W}/load.err && break; sleep 0.005; done
 PORT=$(sed -n 's/.*listening on 127\\.0\\.0\\.1:\\([0-9]*\\).*/\\1/p' ${W}/load.err)
@@ -163,7 +167,7 @@ function socatScript(a: string, b: string, mv: boolean): string {
   const hex = port.toString(16).toUpperCase().padStart(4, "0");
   const into = mv ? `${b}/copy.tmp` : `${b}/copy.bin`;
   return `
-( ${TIME} -o ${W}/recv.time -f '%M %U %S' socat -b1048576 -u TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr \\
+( ${TIME} -o ${W}/recv.time -f '%M %U %S' timeout 120 socat -b1048576 -u TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr \\
   CREATE:${into}${mv ? ` && mv ${b}/copy.tmp ${b}/copy.bin` : ""} ) &
 L=$!
 for i in $(seq 1000); do grep -qi ':${hex} 00000000:0000 0A' /proc/net/tcp && break; sleep 0.005; done
@@ -331,41 +335,60 @@ async function main() {
           }
         }
         const med = (k: string) => median(rows.map((x) => x[k] as number));
-        const summary = {
+        live.push({
           pct,
           rate,
           rows,
           medianSeconds: med("seconds"),
           medianIterations: med("iterations"),
+          medianStopCopyBytes: med("stopCopyBytes"),
           medianDowntimeMs: med("downtimeMs"),
           medianToRunningMs: med("downtimeToRunningMs"),
           medianFloorMs: med("floorMs"),
           medianRatio: median(rows.map((x) => (x.downtimeMs as number) / (x.floorMs as number))),
           medianRatioTcp: median(rows.map((x) => (x.downtimeMs as number) / (x.floorTcpMs as number))),
           converged: rows.filter((x) => x.switchReason === "converged").length,
-        };
-        live.push(summary);
+        });
+      }
+      // The part of the downtime that does not depend on what is left: a device that
+      // dirties nothing (0%) still changes state, sends its config and the trailer, and
+      // waits for the destination.
+      const zero = live.find((l) => l.pct === 0);
+      const fixedMs = zero ? zero.medianDowntimeMs as number : 0;
+      for (const l of live) {
+        const rows = l.rows as Record<string, number>[];
+        l.fixedMs = fixedMs;
+        l.medianRatioBeyondFixed = median(rows.map((x) => (x.downtimeMs - fixedMs) / x.floorMs));
       }
       results.live = live;
       console.log(
         `\nLive, ${opt.size} dirtying at % of ${f(bandwidth / MiB, 0)} MiB/s, 300 ms limit (${ROUNDS} rounds, medians)`,
       );
       console.log(
-        "rate   MiB/s  total s  iter  stop-copy MiB  downtime ms  to RUNNING ms  floor ms  ratio  ratio(tcp bw)  converged",
+        "rate  MiB/s  total s  iter  stop-copy MiB  downtime ms  to RUNNING ms  floor ms  ratio  " +
+          "ratio beyond fixed  ratio (tcp bw)  converged",
       );
       for (const l of live as Record<string, number>[]) {
-        const stop = median((l.rows as unknown as Record<string, number>[]).map((x) => x.stopCopyBytes)) / MiB;
-        console.log(
-          `${String(l.pct).padStart(3)}%  ${f(l.rate / MiB, 0).padStart(6)}  ${f(l.medianSeconds).padStart(7)}  ` +
-            `${String(l.medianIterations).padStart(4)}  ${f(stop, 1).padStart(13)}  ${
-              f(l.medianDowntimeMs, 1).padStart(11)
-            }  ` +
-            `${f(l.medianToRunningMs, 1).padStart(13)}  ${f(l.medianFloorMs, 1).padStart(8)}  ${
-              f(l.medianRatio).padStart(5)
-            }  ` +
-            `${f(l.medianRatioTcp).padStart(13)}  ${l.converged}/${ROUNDS}`,
-        );
+        const cells = [
+          `${l.pct}%`.padStart(4),
+          f(l.rate / MiB, 0).padStart(5),
+          f(l.medianSeconds).padStart(7),
+          String(l.medianIterations).padStart(4),
+          f(l.medianStopCopyBytes / MiB, 1).padStart(13),
+          f(l.medianDowntimeMs, 1).padStart(11),
+          f(l.medianToRunningMs, 1).padStart(13),
+          f(l.medianFloorMs, 1).padStart(8),
+          (l.pct === 0 ? "-" : f(l.medianRatio)).padStart(5),
+          (l.pct === 0 ? "-" : f(l.medianRatioBeyondFixed)).padStart(18),
+          (l.pct === 0 ? "-" : f(l.medianRatioTcp)).padStart(14),
+          `${l.converged}/${ROUNDS}`.padStart(9),
+        ];
+        console.log(cells.join("  "));
       }
+      console.log(
+        `floor = (stop-copy + TCP queue at the switch + config) / the bandwidth the switch was judged by; ` +
+          `fixed = the 0% downtime (${f(fixedMs, 1)} ms)`,
+      );
     }
   } finally {
     if (dma) {

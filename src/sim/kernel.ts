@@ -12,7 +12,7 @@
 // A call log (JSON lines) records every call for tests.
 
 import { Errno, errnoName, SysError } from "../../ffi/errno.ts";
-import { F, type FileStat, type IoctlArg, type Mapping, O, type Sys } from "../../ffi/sys.ts";
+import { F, type FileStat, type IoctlArg, MAP, type Mapping, O, PROT, type Sys } from "../../ffi/sys.ts";
 import {
   decode,
   encodeInto,
@@ -148,6 +148,8 @@ interface OpenDevice {
   resuming?: ResumeFile;
   /** This open device opted in to precopy-info v2 (SET of MIG_PRECOPY_INFOv2). */
   precopyV2On?: boolean;
+  /** state.bin mapped for the running bulk model's writes (made on first use). */
+  stateMap?: { map: Mapping; view: DataView };
 }
 
 function sizeOfState(d: OpenDevice): number {
@@ -261,6 +263,7 @@ export class SimKernel implements Sys {
     const dev = this.#devices.get(fd);
     if (dev) {
       dev.v1?.close();
+      this.#dropStateMap(dev);
       this.#disableFiles(dev);
       this.#devices.delete(fd);
       this.#log({ key: "close:device", fd, state: stateName(dev.meta.state) });
@@ -579,20 +582,36 @@ export class SimKernel implements Sys {
     const words = Math.min(Math.floor(((now - m.runningSince) / 1000) * m.rate / BULK_PAGE), 1 << 16, pages);
     if (words <= 0) return;
     const rnd = prng(m.seed ^ now);
-    const w = new Uint8Array(8);
-    const stateFd = this.#host.open(dev.store.statePath, O.WRONLY | O.CLOEXEC);
-    try {
-      for (let i = 0; i < words; i++) {
-        const off = (rnd() % Math.floor(m.size / 8)) * 8;
-        new DataView(w.buffer).setUint32(0, rnd(), true);
-        new DataView(w.buffer).setUint32(4, rnd(), true);
-        this.#host.pwrite(stateFd, w, off);
-        dev.saving?.dirty.add(Math.floor(off / BULK_PAGE));
-      }
-    } finally {
-      this.#host.close(stateFd);
+    // Stores into a shared mapping of state.bin, not a pwrite each: a device dirties its
+    // memory without costing the process that migrates it a system call per page.
+    const view = this.#stateView(dev);
+    for (let i = 0; i < words; i++) {
+      const off = (rnd() % Math.floor(m.size / 8)) * 8;
+      view.setUint32(off, rnd(), true);
+      view.setUint32(off + 4, rnd(), true);
+      dev.saving?.dirty.add(Math.floor(off / BULK_PAGE));
     }
     m.runningSince = now;
+  }
+
+  #stateView(dev: OpenDevice): DataView {
+    if (!dev.stateMap) {
+      const fd = this.#host.open(dev.store.statePath, O.RDWR | O.CLOEXEC);
+      try {
+        const map = this.#host.mmap(fd, dev.meta.size, PROT.READ | PROT.WRITE, MAP.SHARED, 0);
+        dev.stateMap = { map, view: new DataView(map.bytes.buffer, map.bytes.byteOffset, map.length) };
+      } finally {
+        this.#host.close(fd);
+      }
+    }
+    return dev.stateMap.view;
+  }
+
+  #dropStateMap(dev: OpenDevice): void {
+    if (!dev.stateMap) return;
+    const { map } = dev.stateMap;
+    dev.stateMap = undefined;
+    this.#host.munmap(map);
   }
 
   #deviceIoctl(dev: OpenDevice, request: number, arg: IoctlArg, key: string): number {
@@ -941,10 +960,18 @@ export class SimKernel implements Sys {
   }
 
   #queueDirty(dev: OpenDevice, f: SaveFile): void {
-    for (const page of [...f.dirty].sort((a, b) => a - b)) {
-      const off = page * BULK_PAGE;
+    // In page order; the record headers share one buffer (a fully dirty 1 GiB state is
+    // 256k pages: this runs while the device is stopped, so it must be quick).
+    const pages = Uint32Array.from(f.dirty).sort();
+    const headers = new Uint8Array(pages.length * BULK_RECORD_HEADER);
+    const v = new DataView(headers.buffer);
+    for (let i = 0; i < pages.length; i++) {
+      const off = pages[i] * BULK_PAGE;
       const len = Math.min(BULK_PAGE, dev.meta.size - off);
-      f.segments.push({ mem: bulkRecordHeader(off, len) }, { fileOffset: off, length: len });
+      const at = i * BULK_RECORD_HEADER;
+      v.setBigUint64(at, BigInt(off), true);
+      v.setBigUint64(at + 8, BigInt(len), true);
+      f.segments.push({ mem: headers.subarray(at, at + BULK_RECORD_HEADER) }, { fileOffset: off, length: len });
       f.filled += BULK_RECORD_HEADER + len;
     }
     f.dirty.clear();
@@ -971,7 +998,12 @@ export class SimKernel implements Sys {
         buf.set(s.mem.subarray(f.segOffset, f.segOffset + take), n);
         got = take;
       } else {
-        got = this.#host.pread(f.fd, buf.subarray(n, n + take), s.fileOffset + f.segOffset);
+        const at = s.fileOffset + f.segOffset;
+        if (dev.stateMap && take <= BULK_PAGE) {
+          // A dirty page of a device that has its state mapped: a copy, not a syscall each.
+          buf.set(dev.stateMap.map.bytes.subarray(at, at + take), n);
+          got = take;
+        } else got = this.#host.pread(f.fd, buf.subarray(n, n + take), at);
         if (got === 0) throw err("read", "EIO", "state file shorter than expected");
       }
       n += got;
@@ -1153,6 +1185,7 @@ export class SimKernel implements Sys {
       throw err("ioctl", "EINVAL");
     }
     // Swap rather than rename, so the old state's pages become the next spare.
+    this.#dropStateMap(dev); // it maps the file that becomes the spare
     try {
       this.#host.exchange(dev.store.incomingPath, dev.store.statePath);
     } catch {
