@@ -379,7 +379,7 @@ export async function saveMulti(devs: VfioDevice[], sink: Sink, opts: MultiSaveO
       stopCopyMs,
       iterations: policy?.iterations ?? 0,
       switchReason,
-      bandwidth: policy?.meter.rate() ? policy.meter.rate()! * 1000 : null,
+      bandwidth: policy?.lastRate ? policy.lastRate * 1000 : null, // what the switchover was judged by
       downtimeLimitMs: policy ? policy.downtimeLimitMs : null,
     };
   } catch (e) {
