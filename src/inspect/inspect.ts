@@ -25,6 +25,7 @@ import {
 import type { Source } from "../transport/transport.ts";
 import { PayloadInspector, type PayloadSummary } from "./payload.ts";
 import { ByteScanner } from "./scanner.ts";
+import { expectedRecords, type RecordPhase } from "../stream/order.ts";
 
 export interface Problem {
   /** Byte offset in the stream where the problem is. */
@@ -132,30 +133,6 @@ export interface InspectOptions {
   onRecord?: (r: RecordInfo, head: Uint8Array | null) => void;
   /** Problems kept in the report (the first is always kept). Default 50. */
   maxProblems?: number;
-}
-
-/** The record order of load.ts: v2 and protocol v1 (QEMU 7.2-style) streams. */
-type Phase = "setup" | "setup-end" | "iterate" | "stop-copy" | "after-data" | "config-end" | "trailer";
-
-function expectation(phase: Phase, v1: boolean): string {
-  switch (phase) {
-    case "setup":
-      return "DEV_SETUP_STATE";
-    case "setup-end":
-      return "END_OF_STATE after DEV_SETUP_STATE";
-    case "iterate":
-      return v1
-        ? "device data, END_OF_STATE, DEV_CONFIG_STATE or the stream trailer"
-        : "device data, END_OF_STATE, DEV_INIT_DATA_SENT or SWITCHOVER";
-    case "stop-copy":
-      return "device data or END_OF_STATE";
-    case "after-data":
-      return "DEV_CONFIG_STATE or the stream trailer";
-    case "config-end":
-      return "END_OF_STATE after DEV_CONFIG_STATE";
-    case "trailer":
-      return "the stream trailer";
-  }
 }
 
 const hex32 = (n: number) => `0x${(n >>> 0).toString(16).padStart(8, "0")}`;
@@ -347,7 +324,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       problem(
         offset,
         `truncated: the stream ends after ${report.totals.records} records without the STREAM_END trailer ` +
-          `(expected ${expectation(t.phase, t.v1)}${multi && t.device !== null ? ` for device ${t.device}` : ""})`,
+          `(expected ${expectedRecords(t.phase, t.v1)}${multi && t.device !== null ? ` for device ${t.device}` : ""})`,
       );
       break;
     }
@@ -363,7 +340,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     if (!name) {
       problem(
         offset,
-        `unknown record tag 0x${tag.toString(16).padStart(16, "0")} (expected ${expectation(t.phase, t.v1)})`,
+        `unknown record tag 0x${tag.toString(16).padStart(16, "0")} (expected ${expectedRecords(t.phase, t.v1)})`,
       );
       if (!resync(sc)) break;
       resynced = true;
@@ -404,7 +381,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
         ) {
           problem(
             offset,
-            `unexpected STREAM_END (expected ${expectation(tr.phase, tr.v1)}${
+            `unexpected STREAM_END (expected ${expectedRecords(tr.phase, tr.v1)}${
               tr.device === null ? "" : ` for device ${tr.device}`
             })`,
           );
@@ -481,7 +458,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       if (bad) {
         problem(
           offset,
-          `unexpected ${name} (expected ${expectation(t.phase, t.v1)}${
+          `unexpected ${name} (expected ${expectedRecords(t.phase, t.v1)}${
             multi && t.device !== null ? ` for device ${t.device}` : ""
           })`,
         );
@@ -524,12 +501,12 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     let sec: SectionName;
     if (isData) {
       if (t.phase !== "iterate" && t.phase !== "stop-copy") {
-        problem(offset, `unexpected device data (expected ${expectation(t.phase, t.v1)}${forDevice})`);
+        problem(offset, `unexpected device data (expected ${expectedRecords(t.phase, t.v1)}${forDevice})`);
       }
       sec = t.switchover ? "stop-copy" : t.v1 ? "data" : "pre-copy";
     } else {
       if (!(t.phase === "after-data" || (t.v1 && t.phase === "iterate" && t.afterEnd))) {
-        problem(offset, `unexpected DEV_CONFIG_STATE (expected ${expectation(t.phase, t.v1)}${forDevice})`);
+        problem(offset, `unexpected DEV_CONFIG_STATE (expected ${expectedRecords(t.phase, t.v1)}${forDevice})`);
       }
       t.phase = "config-end";
       sec = "config";
@@ -615,7 +592,7 @@ interface Track {
   /** Index in the header's `devices`; null for a single-device stream (and the trailer). */
   device: number | null;
   v1: boolean;
-  phase: Phase;
+  phase: RecordPhase;
   afterEnd: boolean;
   switchover: boolean;
   current: SectionInfo | null;

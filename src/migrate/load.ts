@@ -19,6 +19,7 @@ import { probeMigration } from "./save.ts";
 import { Cancellation, failure, pausePoint, Progress, streamIdentity } from "./session.ts";
 import { V1ResumeSession } from "./v1_session.ts";
 import { V2ResumeSession } from "./v2_session.ts";
+import { expectedRecords, type RecordPhase } from "../stream/order.ts";
 
 export interface LoadOptions {
   /** Leave the device in STOP after loading (default: RUNNING). */
@@ -88,14 +89,7 @@ export function openResumeSession(d: VfioDevice, header: StreamHeader, want: Pro
   return V2ResumeSession.open(d);
 }
 
-/**
- * The record order a stream must follow (docs/stream-format.md). v2: setup, pre-copy
- * iterations, SWITCHOVER, stop-copy data, END_OF_STATE. v1 (QEMU 7.2): setup, then
- * data records each iteration closed by END_OF_STATE, the complete phase the same.
- * Both may end with DEV_CONFIG_STATE + END_OF_STATE.
- */
-type Phase = "setup" | "setup-end" | "iterate" | "stop-copy" | "after-data" | "config-end" | "trailer";
-
+/** Loads a stream, enforcing the record order of src/stream/order.ts. */
 export async function load(d: VfioDevice, source: StreamSource, opts: LoadOptions = {}): Promise<LoadResult> {
   const t0 = performance.now();
   const cancel = opts.cancel ?? new Cancellation();
@@ -113,12 +107,12 @@ export async function load(d: VfioDevice, source: StreamSource, opts: LoadOption
   }
   const v1 = session.protocol === "v1";
   const progress = new Progress(!!opts.progress, header.sizeEstimate);
-  let phase: Phase = "setup";
+  let phase: RecordPhase = "setup";
   let afterEnd = false; // the last record was END_OF_STATE
   let config: ConfigState | null = null;
   let initDataLoaded = 0;
   const unexpected = (what: string, offset: number) =>
-    new StreamError(`unexpected ${what} (expected ${expectation(phase, v1)})`, offset);
+    new StreamError(`unexpected ${what} (expected ${expectedRecords(phase, v1)})`, offset);
   try {
     for (;;) {
       await cancel.checkpoint();
@@ -207,26 +201,5 @@ export async function load(d: VfioDevice, source: StreamSource, opts: LoadOption
     const err = failure(`load into ${d.label} failed`, cause, session.abort());
     await source.notify?.({ event: "done", ok: false, message: err.message });
     throw err;
-  }
-}
-
-function expectation(phase: Phase, v1: boolean): string {
-  switch (phase) {
-    case "setup":
-      return "DEV_SETUP_STATE";
-    case "setup-end":
-      return "END_OF_STATE after DEV_SETUP_STATE";
-    case "iterate":
-      return v1
-        ? "device data, END_OF_STATE, DEV_CONFIG_STATE or the stream trailer"
-        : "device data, END_OF_STATE, DEV_INIT_DATA_SENT or SWITCHOVER";
-    case "stop-copy":
-      return "device data or END_OF_STATE";
-    case "after-data":
-      return "DEV_CONFIG_STATE or the stream trailer";
-    case "config-end":
-      return "END_OF_STATE after DEV_CONFIG_STATE";
-    case "trailer":
-      return "the stream trailer";
   }
 }

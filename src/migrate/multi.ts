@@ -54,6 +54,7 @@ import {
 } from "./protocol.ts";
 import { openSaveSession, probeMigration, type SaveOptions } from "./save.ts";
 import { Cancellation, failure, pausePoint, Progress, streamIdentity, tryGetState } from "./session.ts";
+import { expectedRecords, type RecordPhase } from "../stream/order.ts";
 
 const { STOP, RUNNING, STOP_COPY, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = DeviceState;
 
@@ -598,8 +599,6 @@ export interface MultiLoadResult {
   throughput: number;
 }
 
-type Phase = "setup" | "setup-end" | "iterate" | "stop-copy" | "after-data" | "config-end" | "trailer";
-
 interface LoadUnit {
   i: number;
   entry: StreamDeviceEntry;
@@ -607,7 +606,7 @@ interface LoadUnit {
   s: ResumeSession;
   p2p: boolean;
   v1: boolean;
-  phase: Phase;
+  phase: RecordPhase;
   afterEnd: boolean;
   config: ConfigState | null;
   restored: ConfigRestore | null;
@@ -682,27 +681,6 @@ export function mapTargets(entries: StreamDeviceEntry[], targets: MultiLoadTarge
   return out as VfioDevice[];
 }
 
-function expectation(phase: Phase, v1: boolean): string {
-  switch (phase) {
-    case "setup":
-      return "DEV_SETUP_STATE";
-    case "setup-end":
-      return "END_OF_STATE after DEV_SETUP_STATE";
-    case "iterate":
-      return v1
-        ? "device data, END_OF_STATE, DEV_CONFIG_STATE or the stream trailer"
-        : "device data, END_OF_STATE, DEV_INIT_DATA_SENT or SWITCHOVER";
-    case "stop-copy":
-      return "device data or END_OF_STATE";
-    case "after-data":
-      return "DEV_CONFIG_STATE or the stream trailer";
-    case "config-end":
-      return "END_OF_STATE after DEV_CONFIG_STATE";
-    case "trailer":
-      return "the stream trailer";
-  }
-}
-
 /**
  * Loads a multi-device stream. Every stream device needs a destination (in order, or
  * by `source`); all identities are checked before any device is touched.
@@ -741,7 +719,7 @@ export async function loadMulti(
       s: openResumeSession(devs[i], { ...header, protocol: entry.protocol }, opts.protocol ?? "auto"),
       p2p: hasP2p(probed[i].flags),
       v1: entry.protocol === "v1",
-      phase: "setup" as Phase,
+      phase: "setup" as RecordPhase,
       afterEnd: false,
       config: null,
       restored: null,
@@ -774,7 +752,9 @@ export async function loadMulti(
         for (const u of units) {
           if (u.phase !== "trailer" && u.phase !== "after-data" && !(u.v1 && u.phase === "iterate" && u.afterEnd)) {
             throw new StreamError(
-              `unexpected end of stream for device ${u.i} (${u.entry.source}): expected ${expectation(u.phase, u.v1)}`,
+              `unexpected end of stream for device ${u.i} (${u.entry.source}): expected ${
+                expectedRecords(u.phase, u.v1)
+              }`,
               rec.offset,
             );
           }
@@ -793,7 +773,7 @@ export async function loadMulti(
       const u: LoadUnit = cur;
       const unexpected = (what: string) =>
         new StreamError(
-          `device ${u.i} (${u.entry.source}): unexpected ${what} (expected ${expectation(u.phase, u.v1)})`,
+          `device ${u.i} (${u.entry.source}): unexpected ${what} (expected ${expectedRecords(u.phase, u.v1)})`,
           rec.offset,
         );
       const prevEnd = u.afterEnd;
