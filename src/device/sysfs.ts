@@ -4,7 +4,8 @@
 import { isErrno } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
 
-export const PCI_ADDR = /^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$/;
+// Domains are 4 hex digits, or 5+ behind a VMD controller (10000:00:01.0).
+export const PCI_ADDR = /^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$/;
 export const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 export const CDEV = /^\/dev\/vfio\/devices\/(vfio\d+)$/;
 
