@@ -190,6 +190,11 @@ export class MigrationV1 {
     } catch (e) {
       this.unmap();
       this.mmapError = e instanceof Error ? e.message : String(e);
+      // As the seed's vfio_region_mmap failure: say so, then carry on with pread/pwrite.
+      console.error(
+        `vfio-mig: warning: ${this.name}: mmap of the migration data section failed ` +
+          `(${this.mmapError}): falling back to slow path (pread/pwrite)`,
+      );
     }
   }
 
