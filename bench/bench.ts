@@ -20,9 +20,24 @@
 // truncated. The ratio against "cat+mv" isolates the tool from that effect.
 
 import { parseArgs } from "node:util";
+import {
+  dec,
+  die,
+  GiB,
+  int,
+  loadAvg,
+  median,
+  MiB,
+  parseSize,
+  type ProcStats,
+  readTime,
+  setBenchName,
+  sh,
+  shq,
+} from "./common.ts";
 
-const GiB = 1024 ** 3;
-const MiB = 1024 ** 2;
+setBenchName("bench");
+
 const TIME = "/usr/bin/time";
 const TINY = 4096;
 
@@ -65,27 +80,6 @@ if (opt.help) {
 
 type CaseName = "null" | "file" | "pipe";
 
-function die(msg: string): never {
-  console.error(`bench: ${msg}`);
-  Deno.exit(2);
-}
-
-function int(s: string, what: string): number {
-  const n = Number(s);
-  if (!Number.isInteger(n) || n < 0) die(`${what} takes a whole number`);
-  return n;
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+)([KMG]?)$/i.exec(s);
-  if (!m) die(`bad size ${s} (e.g. 256M, 2G)`);
-  return Number(m[1]) * { "": 1, K: 1024, M: MiB, G: GiB }[m[2].toUpperCase() as "" | "K" | "M" | "G"];
-}
-
-function shq(s: string): string {
-  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
-}
-
 const ROUNDS = int(opt.rounds!, "--rounds");
 const WARMUP = int(opt.warmup!, "--warmup");
 if (ROUNDS < 1) die("--rounds must be at least 1");
@@ -123,16 +117,6 @@ const VARIANTS: Variant[] = (opt.variant?.length ? opt.variant : [`tool=${repo}`
 // ---------------------------------------------------------------------------
 // running things
 
-const dec = new TextDecoder();
-
-async function sh(script: string, check = true): Promise<{ code: number; stdout: string; stderr: string }> {
-  const r = await new Deno.Command("bash", { args: ["-c", script], stdin: "null", stdout: "piped", stderr: "piped" })
-    .output();
-  const out = { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
-  if (check && r.code !== 0) throw new Error(`command failed (exit ${r.code}): ${script}\n${out.stderr}${out.stdout}`);
-  return out;
-}
-
 /** Busy and total jiffies of all CPUs (/proc/stat; Deno would need --allow-all to read /proc). */
 async function cpuJiffies(): Promise<{ busy: number; total: number }> {
   const line = (await sh("head -1 /proc/stat")).stdout.trim().split(/\s+/).slice(1).map(Number);
@@ -156,19 +140,6 @@ async function timed(script: string): Promise<{ wall: number; busyCpu: number }>
   const after = await cpuJiffies();
   if (r.code !== 0) throw new Error(`failed (exit ${r.code}): ${script}\n${dec.decode(r.stderr)}`);
   return { wall, busyCpu: (after.busy - before.busy) / 100 }; // USER_HZ is 100 on Linux
-}
-
-interface ProcStats {
-  rssKiB: number;
-  user: number;
-  sys: number;
-}
-
-/** /usr/bin/time -f "%M %U %S" output (its last line). */
-function readTime(path: string): ProcStats {
-  const lines = Deno.readTextFileSync(path).trim().split("\n");
-  const [m, u, s] = lines[lines.length - 1].trim().split(/\s+/).map(Number);
-  return { rssKiB: m, user: u, sys: s };
 }
 
 function timeWrap(out: string): string {
@@ -224,10 +195,6 @@ async function releaseDmaLatency(child: Deno.ChildProcess | null): Promise<void>
     child.kill("SIGTERM");
   } catch { /* already gone */ }
   await child.status;
-}
-
-async function loadAvg(): Promise<number[]> {
-  return (await sh("cat /proc/loadavg")).stdout.trim().split(/\s+/).slice(0, 3).map(Number);
 }
 
 const DEV_NULL_OK = "character special file 1:3";
@@ -395,12 +362,6 @@ async function runBaseline(b: BaselineName, c: CaseName, x: Ctx): Promise<Run> {
 
 // ---------------------------------------------------------------------------
 // statistics
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 interface SideStats {
   bestGiBs: number;

@@ -17,9 +17,9 @@
 //                         [--clean] [--no-verify]
 
 import { parseArgs } from "node:util";
+import { dec, die, GiB, parseSize, setBenchName, shq } from "./common.ts";
 
-const MiB = 1024 ** 2;
-const GiB = 1024 ** 3;
+setBenchName("bench:multi");
 
 const { values: opt } = parseArgs({
   args: Deno.args,
@@ -56,21 +56,6 @@ if (opt.help) {
   Deno.exit(0);
 }
 
-function die(msg: string): never {
-  console.error(`bench:multi: ${msg}`);
-  Deno.exit(2);
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+)([KMG]?)$/i.exec(s);
-  if (!m) die(`bad size ${s} (e.g. 512M, 1G)`);
-  return Number(m[1]) * { "": 1, K: 1024, M: MiB, G: GiB }[m[2].toUpperCase() as "" | "K" | "M" | "G"];
-}
-
-function shq(s: string): string {
-  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
-}
-
 const SIZE = parseSize(opt.size!);
 const RATE = parseSize(opt.rate!);
 const N = Number(opt.devices);
@@ -84,8 +69,6 @@ const OUT = opt.out ?? `${repo}/bench/results/multi.json`;
 const TOOL = `${shq(Deno.execPath())} run --allow-ffi ${shq(repo + "/cli.ts")}`;
 const SRC = Array.from({ length: N }, (_, i) => `${DIR}/src${i}`);
 const DST = Array.from({ length: N }, (_, i) => `${DIR}/dst${i}`);
-
-const dec = new TextDecoder();
 
 async function sh(script: string): Promise<string> {
   const r = await new Deno.Command("bash", {

@@ -19,9 +19,10 @@
 //       and with the offline tcp bandwidth. Goal: downtime <= 1.1 x floor.
 
 import { parseArgs } from "node:util";
+import { dec, die, GiB, int, MiB, parseSize, type ProcStats, readTime, setBenchName, sh, shq } from "./common.ts";
 
-const GiB = 1024 ** 3;
-const MiB = 1024 ** 2;
+setBenchName("bench:net");
+
 const TIME = "/usr/bin/time";
 const TOKEN = "bench-token-0123456789";
 
@@ -57,27 +58,6 @@ if (opt.help) {
   Deno.exit(0);
 }
 
-function die(msg: string): never {
-  console.error(`bench:net: ${msg}`);
-  Deno.exit(2);
-}
-
-function int(s: string, what: string): number {
-  const n = Number(s);
-  if (!Number.isInteger(n) || n < 0) die(`${what} takes a whole number`);
-  return n;
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+)([KMG]?)$/i.exec(s);
-  if (!m) die(`bad size ${s} (e.g. 256M, 1G)`);
-  return Number(m[1]) * { "": 1, K: 1024, M: MiB, G: GiB }[m[2].toUpperCase() as "" | "K" | "M" | "G"];
-}
-
-function shq(s: string): string {
-  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
-}
-
 const SIZE = parseSize(opt.size!);
 const ROUNDS = int(opt.rounds!, "--rounds");
 const WARMUP = int(opt.warmup!, "--warmup");
@@ -90,31 +70,9 @@ const OUT = opt.out ?? `${repo}/bench/results/net.json`;
 const VERIFY = !opt["no-verify"];
 const TOOL = `${shq(Deno.execPath())} run --allow-ffi --allow-net ${shq(repo + "/cli.ts")}`;
 
-const dec = new TextDecoder();
-
-async function sh(script: string, check = true): Promise<{ code: number; stdout: string; stderr: string }> {
-  const r = await new Deno.Command("bash", { args: ["-c", script], stdin: "null", stdout: "piped", stderr: "piped" })
-    .output();
-  const out = { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
-  if (check && r.code !== 0) throw new Error(`command failed (exit ${r.code}): ${script}\n${out.stderr}${out.stdout}`);
-  return out;
-}
-
 async function cpuJiffies(): Promise<number> {
   const line = (await sh("head -1 /proc/stat")).stdout.trim().split(/\s+/).slice(1).map(Number);
   return line.reduce((a, b) => a + b, 0) - (line[3] + (line[4] ?? 0));
-}
-
-interface ProcStats {
-  rssKiB: number;
-  user: number;
-  sys: number;
-}
-
-function readTime(path: string): ProcStats {
-  const lines = Deno.readTextFileSync(path).trim().split("\n");
-  const [m, u, s] = lines[lines.length - 1].trim().split(/\s+/).map(Number);
-  return { rssKiB: m, user: u, sys: s };
 }
 
 function json(path: string): Record<string, unknown> {

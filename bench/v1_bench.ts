@@ -13,9 +13,10 @@
 //   cat    cat A/state.bin > /dev/null
 
 import { parseArgs } from "node:util";
+import { dec, die, GiB, int, loadAvg, median, MiB, parseSize, setBenchName, sh, shq } from "./common.ts";
 
-const GiB = 1024 ** 3;
-const MiB = 1024 ** 2;
+setBenchName("bench:v1");
+
 const TIME = "/usr/bin/time";
 const TINY = 4096;
 const FAULT = "mmap:device@1=ENOMEM";
@@ -55,27 +56,6 @@ if (opt.help) {
 type Side = "mmap" | "pread" | "fault";
 const SPARSE: Record<Side, "full" | "none"> = { mmap: "full", pread: "none", fault: "full" };
 
-function die(msg: string): never {
-  console.error(`bench:v1: ${msg}`);
-  Deno.exit(2);
-}
-
-function int(s: string, what: string): number {
-  const n = Number(s);
-  if (!Number.isInteger(n) || n < 0) die(`${what} takes a whole number`);
-  return n;
-}
-
-function parseSize(s: string): number {
-  const m = /^(\d+)([KMG]?)$/i.exec(s);
-  if (!m) die(`bad size ${s} (e.g. 256M, 1G)`);
-  return Number(m[1]) * { "": 1, K: 1024, M: MiB, G: GiB }[m[2].toUpperCase() as "" | "K" | "M" | "G"];
-}
-
-function shq(s: string): string {
-  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
-}
-
 const list = (s: string) => s.split(",").map((x) => x.trim()).filter(Boolean);
 const ROUNDS = int(opt.rounds!, "--rounds");
 const WARMUP = int(opt.warmup!, "--warmup");
@@ -92,25 +72,11 @@ const TOOL = `${shq(Deno.execPath())} run --allow-ffi ${shq(repo + "/cli.ts")}`;
 // ---------------------------------------------------------------------------
 // running things
 
-const dec = new TextDecoder();
-
-async function sh(script: string, check = true): Promise<{ code: number; stdout: string; stderr: string }> {
-  const r = await new Deno.Command("bash", { args: ["-c", script], stdin: "null", stdout: "piped", stderr: "piped" })
-    .output();
-  const out = { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
-  if (check && r.code !== 0) throw new Error(`command failed (exit ${r.code}): ${script}\n${out.stderr}${out.stdout}`);
-  return out;
-}
-
 /** Busy and total jiffies of all CPUs (/proc/stat). */
 async function cpuJiffies(): Promise<{ busy: number; total: number }> {
   const line = (await sh("head -1 /proc/stat")).stdout.trim().split(/\s+/).slice(1).map(Number);
   const total = line.reduce((a, b) => a + b, 0);
   return { busy: total - line[3] - (line[4] ?? 0), total };
-}
-
-async function loadAvg(): Promise<number[]> {
-  return (await sh("cat /proc/loadavg")).stdout.trim().split(/\s+/).slice(0, 3).map(Number);
 }
 
 /** Holds /dev/cpu_dma_latency at 0 in a helper process (as bench.ts). */
@@ -243,12 +209,6 @@ async function checkPaths(base: string, ds: string, tmp: string): Promise<Record
 
 // ---------------------------------------------------------------------------
 // statistics
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 interface SideResult {
   bestGiBs: number;
