@@ -9,21 +9,7 @@ import { libc, load, openDevice, openSink, openSource, save, SimKernel, SimStore
 import { parseFaults } from "../src/sim/kernel.ts";
 import { StreamReader } from "../src/stream/reader.ts";
 import type { Source } from "../src/transport/transport.ts";
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const ROOT = new URL("..", import.meta.url).pathname;
-const DENO = Deno.execPath();
-const MiB = 1 << 20;
-
-/** The environment every run starts from: nothing inherited that changes the tool's behaviour. */
-const BASE_ENV: Record<string, string> = {
-  NO_COLOR: "1",
-  DENO_NO_PROMPT: "1",
-  VFIO_MIG_SIM_FAULTS: "",
-  VFIO_MIG_SIM_LOG: "",
-  VFIO_MIG_DEVICE: "",
-  VFIO_MIG_DEBUG: "",
-};
+import { BASE_ENV, CLI, DENO, MiB, ROOT } from "./proc_helpers.ts";
 
 interface Run {
   code: number;

@@ -23,20 +23,7 @@ import {
 } from "../mod.ts";
 import { DeviceState } from "../src/migration/state_machine.ts";
 import { F, O } from "../ffi/sys.ts";
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const ROOT = new URL("..", import.meta.url).pathname;
-const DENO = Deno.execPath();
-const MiB = 1 << 20;
-
-const BASE_ENV: Record<string, string> = {
-  NO_COLOR: "1",
-  DENO_NO_PROMPT: "1",
-  VFIO_MIG_SIM_FAULTS: "",
-  VFIO_MIG_SIM_LOG: "",
-  VFIO_MIG_DEVICE: "",
-  VFIO_MIG_DEBUG: "",
-};
+import { BASE_ENV, CLI, DENO, MiB, ROOT } from "./proc_helpers.ts";
 
 interface Run {
   code: number;
