@@ -6,7 +6,7 @@
 // default libc, so no --allow-env is needed).
 
 import { SysError } from "./errno.ts";
-import type { FileStat, IoctlArg, Mapping, Sys } from "./sys.ts";
+import type { FileStat, IoctlArg, Mapping, PollFd, Sys } from "./sys.ts";
 
 const symbols = {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" }, // int open(const char *path, int flags, mode_t mode)
@@ -40,6 +40,8 @@ const symbols = {
   getenv: { parameters: ["buffer"], result: "pointer" }, // char *getenv(const char *name)
   getpid: { parameters: [], result: "i32" }, // pid_t getpid(void)
   isatty: { parameters: ["i32"], result: "i32" }, // int isatty(int fd)
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" }, // int poll(struct pollfd *fds, nfds_t n, int timeout)
+  syscall3: { name: "syscall", parameters: ["i64", "i64", "i64", "i64"], result: "i64" }, // long syscall(long nr, ...): three integer arguments
   __errno_location: { parameters: [], result: "pointer" }, // int *__errno_location(void)
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -94,6 +96,11 @@ const STAT_SIZE = 144;
 const STAT_MODE_OFF = Deno.build.arch === "aarch64" ? 16 : 24;
 const STAT_SIZE_OFF = 48;
 const DIRENT_NAME_OFF = 19; // struct dirent { ino 8, off 8, reclen 2, type 1, name[] }
+// struct pollfd { int fd; short events; short revents; }
+const POLLFD_SIZE = 8;
+// Syscall numbers (the generic table: x86_64 and aarch64 share these two).
+const SYS_PIDFD_OPEN = 434n;
+const SYS_PIDFD_GETFD = 438n;
 
 function decodeStat(b: Uint8Array): FileStat {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
@@ -251,6 +258,26 @@ export class LibcSys implements Sys {
   }
   isatty(fd: number): boolean {
     return this.#c.isatty(fd) === 1;
+  }
+  poll(fds: readonly PollFd[], timeoutMs: number): number[] {
+    const b = new Uint8Array(Math.max(1, fds.length) * POLLFD_SIZE);
+    const v = new DataView(b.buffer);
+    fds.forEach((p, i) => {
+      v.setInt32(i * POLLFD_SIZE, p.fd, true);
+      v.setInt16(i * POLLFD_SIZE + 4, p.events, true);
+    });
+    this.#check("poll", this.#c.poll(b, BigInt(fds.length), Math.max(-1, Math.floor(timeoutMs))));
+    return fds.map((_, i) => v.getUint16(i * POLLFD_SIZE + 6, true));
+  }
+  pidfdOpen(pid: number): number {
+    return this.#check("pidfd_open", Number(this.#c.syscall3(SYS_PIDFD_OPEN, BigInt(pid), 0n, 0n)), `pid ${pid}`);
+  }
+  pidfdGetfd(pidfd: number, targetFd: number): number {
+    return this.#check(
+      "pidfd_getfd",
+      Number(this.#c.syscall3(SYS_PIDFD_GETFD, BigInt(pidfd), BigInt(targetFd), 0n)),
+      `fd ${targetFd}`,
+    );
   }
 }
 

@@ -28,6 +28,15 @@ export const F = {
 } as const;
 export const SEEK = { SET: 0, CUR: 1, END: 2 } as const;
 export const LOCK = { SH: 1, EX: 2, NB: 4, UN: 8 } as const;
+/** poll(2) event bits (asm-generic/poll.h). */
+export const POLL = { IN: 0x1, PRI: 0x2, OUT: 0x4, ERR: 0x8, HUP: 0x10, NVAL: 0x20, RDHUP: 0x2000 } as const;
+
+/** One entry of a poll(2) set. */
+export interface PollFd {
+  fd: number;
+  /** POLL.* bits to wait for. */
+  events: number;
+}
 
 /** A mapping of a file or device region into our address space. */
 export interface Mapping {
@@ -82,4 +91,17 @@ export interface Sys {
   getenv(name: string): string | undefined;
   getpid(): number;
   isatty(fd: number): boolean;
+  /**
+   * poll(2): waits up to `timeoutMs` (0: do not wait) for the events; returns each
+   * entry's revents (0: nothing), in order. EINTR is thrown like any error.
+   */
+  poll(fds: readonly PollFd[], timeoutMs: number): number[];
+  /** pidfd_open(2) (Linux >= 5.3): a pidfd for `pid`, O_CLOEXEC. */
+  pidfdOpen(pid: number): number;
+  /**
+   * pidfd_getfd(2) (Linux >= 5.6): a new fd (O_CLOEXEC) in this process referring to the
+   * same open file as `targetFd` in the process of `pidfd`. Needs ptrace rights over it
+   * (EPERM otherwise).
+   */
+  pidfdGetfd(pidfd: number, targetFd: number): number;
 }

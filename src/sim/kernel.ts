@@ -12,7 +12,7 @@
 // A call log (JSON lines) records every call for tests.
 
 import { Errno, errnoName, SysError } from "../../ffi/errno.ts";
-import { F, type FileStat, type IoctlArg, MAP, type Mapping, O, PROT, type Sys } from "../../ffi/sys.ts";
+import { F, type FileStat, type IoctlArg, MAP, type Mapping, O, type PollFd, PROT, type Sys } from "../../ffi/sys.ts";
 import {
   decode,
   encodeInto,
@@ -450,6 +450,15 @@ export class SimKernel implements Sys {
   }
   getpid(): number {
     return this.#host.getpid();
+  }
+  poll(fds: readonly PollFd[], timeoutMs: number): number[] {
+    return this.#host.poll(fds, timeoutMs);
+  }
+  pidfdOpen(pid: number): number {
+    return this.#host.pidfdOpen(pid);
+  }
+  pidfdGetfd(pidfd: number, targetFd: number): number {
+    return this.#host.pidfdGetfd(pidfd, targetFd);
   }
   isatty(fd: number): boolean {
     return this.#host.isatty(fd);

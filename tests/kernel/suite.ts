@@ -5,138 +5,31 @@
 //   deno run -A tests/kernel/suite.ts [--cdev]
 // --cdev (custom kernel with IOMMUFD): also every save/load through
 // /dev/vfio/devices/vfioN.
+//
+// The harness (check, cli, mtty devices) is tests/kernel/lib/guest.ts; more groups of
+// checks live in tests/kernel/groups/*.ts, each a module that runs its checks when
+// imported, after the ones here, in file-name order.
 
 import { libc } from "../../ffi/libc.ts";
-import { decode, encode, IOCTL, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { openDevice } from "../../src/device/open.ts";
-
-const ROOT = new URL("../../", import.meta.url).pathname;
-const CLI = `${ROOT}cli.ts`;
-const TYPES = "/sys/class/mdev_bus/mtty/mdev_supported_types";
-const CDEV_MODE = Deno.args.includes("--cdev");
-const tmp = Deno.makeTempDirSync({ dir: "/tmp", prefix: "vfio-mig-kernel-" });
-
-let passed = 0;
-let failed = 0;
-const extraReport: string[] = [];
-
-async function check(name: string, fn: () => Promise<void> | void): Promise<void> {
-  const t0 = performance.now();
-  try {
-    await fn();
-    passed++;
-    console.log(`PASS ${name} (${((performance.now() - t0) / 1000).toFixed(1)}s)`);
-  } catch (e) {
-    failed++;
-    console.log(`FAIL ${name}: ${e instanceof Error ? e.message : e}`);
-  }
-}
-
-function assert(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(msg);
-}
-
-function eq<T>(got: T, want: T, what: string): void {
-  const g = JSON.stringify(got), w = JSON.stringify(want);
-  if (g !== w) throw new Error(`${what}: got ${g}, want ${w}`);
-}
-
-// ---------------------------------------------------------------------------
-// Devices
-
-function createMtty(type: "mtty-1" | "mtty-2"): string {
-  const uuid = crypto.randomUUID();
-  Deno.writeTextFileSync(`${TYPES}/${type}/create`, uuid);
-  return uuid;
-}
-
-/** The name a user gives: the UUID, or in --cdev mode the cdev node. */
-function spec(uuid: string): string {
-  if (!CDEV_MODE) return uuid;
-  const nodes = [...Deno.readDirSync(`/sys/bus/mdev/devices/${uuid}/vfio-dev`)].map((e) => e.name);
-  assert(nodes.length === 1, `no vfio-dev node for ${uuid}`);
-  return `/dev/vfio/devices/${nodes[0]}`;
-}
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(args: string[], opts: { env?: Record<string, string> } = {}): Promise<Run> {
-  const out = await new Deno.Command("deno", {
-    args: ["run", "--allow-ffi", CLI, ...args],
-    env: opts.env,
-    stdin: "null",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-async function ok(args: string[]): Promise<Run> {
-  const r = await cli(args);
-  if (r.code !== 0) throw new Error(`vfio-mig ${args.join(" ")} exited ${r.code}: ${r.stderr.trim()}`);
-  return r;
-}
-
-async function sh(script: string, env?: Record<string, string>): Promise<Run> {
-  const out = await new Deno.Command("sh", { args: ["-c", script], env, stdin: "null" }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-async function stateOf(uuid: string): Promise<string> {
-  return (await ok(["state", "--device", spec(uuid)])).stdout.trim();
-}
-
-/** Opens the device through the library to touch its UART registers (BARn = port n). */
-function withDevice<T>(uuid: string, fn: (rw: (bar: number, reg: number, v?: number) => number) => T): T {
-  const sys = libc();
-  const dev = openDevice(sys, spec(uuid));
-  try {
-    const offsets = new Map<number, number>();
-    const rw = (bar: number, reg: number, v?: number): number => {
-      if (!offsets.has(bar)) {
-        const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: bar });
-        sys.ioctl(dev.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
-        offsets.set(bar, decode(STRUCTS.vfio_region_info, ri).offset);
-      }
-      const b = new Uint8Array(1);
-      if (v === undefined) {
-        sys.pread(dev.fd, b, offsets.get(bar)! + reg);
-        return b[0];
-      }
-      b[0] = v;
-      sys.pwrite(dev.fd, b, offsets.get(bar)! + reg);
-      return v;
-    };
-    return fn(rw);
-  } finally {
-    dev.close();
-  }
-}
-
-const SCR = 7, TX = 0, LSR = 5;
-
-/** Empties the RX FIFO, then writes the scratch register and bytes into the FIFO (mtty loops TX into RX). */
-function program(uuid: string, port: number, scratch: number, bytes: number[]): void {
-  withDevice(uuid, (rw) => {
-    for (let i = 0; i < 16 && (rw(port, LSR) & 1); i++) rw(port, TX);
-    rw(port, SCR, scratch);
-    for (const b of bytes) rw(port, TX, b);
-  });
-}
-
-/** Reads the scratch register and drains the RX FIFO. */
-function readBack(uuid: string, port: number): { scratch: number; fifo: number[] } {
-  return withDevice(uuid, (rw) => {
-    const scratch = rw(port, SCR);
-    const fifo: number[] = [];
-    for (let i = 0; i < 16 && (rw(port, LSR) & 1); i++) fifo.push(rw(port, TX));
-    return { scratch, fifo };
-  });
-}
+import {
+  assert,
+  CDEV_MODE,
+  check,
+  CLI,
+  cli,
+  counts,
+  createMtty,
+  eq,
+  extraReport,
+  ok,
+  program,
+  readBack,
+  sh,
+  spec,
+  stateOf,
+  tmp,
+} from "./lib/guest.ts";
 
 // ---------------------------------------------------------------------------
 
@@ -334,7 +227,14 @@ await check("simulator conformance: every arc agrees with the real mtty", async 
   eq(await stateOf(A), "RUNNING", "A after the exploration");
 });
 
+const groups = [...Deno.readDirSync(new URL("./groups/", import.meta.url))]
+  .filter((e) => e.isFile && e.name.endsWith(".ts")).map((e) => e.name).sort();
+for (const g of groups) {
+  console.log(`group ${g}`);
+  await import(`./groups/${g}`);
+}
+
 for (const line of extraReport) console.log(line);
 Deno.removeSync(tmp, { recursive: true });
-console.log(`kernel: ${passed} passed, ${failed} failed`);
-Deno.exit(failed === 0 ? 0 : 1);
+console.log(`kernel: ${counts.passed} passed, ${counts.failed} failed`);
+Deno.exit(counts.failed === 0 ? 0 : 1);
