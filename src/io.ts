@@ -1,6 +1,6 @@
 // Loops over short reads and writes, and EINTR/EAGAIN retries, in one place.
 
-import { Errno, SysError } from "../ffi/errno.ts";
+import { Errno, isErrno, SysError } from "../ffi/errno.ts";
 import { O, type Sys } from "../ffi/sys.ts";
 import { VfioMigError } from "./errors.ts";
 
@@ -31,13 +31,17 @@ export function writeAll(sys: Sys, fd: number, buf: Uint8Array): void {
   }
 }
 
-/** One read, retrying EINTR/EAGAIN; returns 0 only at end of file. */
-export function readSome(sys: Sys, fd: number, buf: Uint8Array): number {
+/**
+ * One read, retrying EINTR (and EAGAIN unless `retryAgain` is false: a non-blocking
+ * reader that waits by poll itself); returns 0 only at end of file.
+ */
+export function readSome(sys: Sys, fd: number, buf: Uint8Array, retryAgain = true): number {
   let retries = 0;
   for (;;) {
     try {
       return sys.read(fd, buf);
     } catch (e) {
+      if (!retryAgain && isErrno(e, "EAGAIN")) throw e;
       if (retryable(e) && ++retries <= MAX_RETRIES) {
         if ((e as SysError).errno === Errno.EAGAIN) waitBriefly();
         continue;

@@ -10,7 +10,7 @@ import {
   TcpServerConn,
   TcpSource,
 } from "../transport/tcp.ts";
-import { openSource, type StreamSource } from "../transport/transport.ts";
+import { openStreamSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
@@ -112,7 +112,7 @@ ${EXIT_CODES_HELP}`,
     if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
       throw new VfioMigError("load: --tls-cert and --tls-key go together", "usage");
     }
-    let source: StreamSource | null = values.listen === undefined ? openSource(sys, from) : null;
+    let source: StreamSource | null = values.listen === undefined ? openStreamSource(sys, from) : null;
     const cancel = new Cancellation().install();
     try {
       const devs = openDevices(sys, specs);
@@ -144,10 +144,8 @@ ${EXIT_CODES_HELP}`,
             onRefused: (why) => console.error(`vfio-mig: ${why}`),
             signal: cancel.abortSignal,
           });
+          // load() ends a read that waits on a silent peer on a signal (then resets the device).
           source = new TcpSource(conn);
-          // A signal ends a read that waits on a silent peer (the load then resets the device).
-          const s = source;
-          cancel.abortSignal.addEventListener("abort", () => s.close(), { once: true });
         }
         const r = await load(devs.map((d, i) => ({ device: d, source: maps[i]?.source })), source!, {
           noStart: values["no-start"],

@@ -152,12 +152,9 @@ ${EXIT_CODES_HELP}`,
       );
     }
     const devs = openDevices(sys, specs);
+    // save() ends the output's waits on a signal (a full pipe, a FIFO without a reader, a
+    // destination that stopped reading) and then recovers the devices.
     const cancel = new Cancellation().install();
-    if (sink instanceof TcpSink) {
-      // A signal ends a wait on a destination that stopped reading (the save then recovers the device).
-      const s = sink;
-      cancel.abortSignal.addEventListener("abort", () => s.abort(), { once: true });
-    }
     try {
       sink ??= openSink(sys, target);
       const r = await save(devs, sink, {

@@ -20,7 +20,7 @@ import { VfioDevice } from "../device/open.ts";
 import { InterruptedError, StreamError, VfioMigError } from "../errors.ts";
 import { identityMismatch, MAX_DEVICES, type StreamDeviceEntry, type StreamHeader } from "../stream/format.ts";
 import { type RecordReader, StreamReader } from "../stream/reader.ts";
-import { openSource, type StreamSource } from "../transport/transport.ts";
+import { openStreamSource, type StreamSource } from "../transport/transport.ts";
 import {
   checkConfigIdentity,
   type ConfigRestore,
@@ -31,7 +31,7 @@ import {
 import { checkDeviceSet, operationName, requireP2p } from "./group.ts";
 import { type Protocol, type ProtocolChoice, type ResumeSession, v1Of } from "./protocol.ts";
 import { probeMigration } from "./save.ts";
-import { Cancellation, failure, pausePoint, Progress, streamIdentity } from "./session.ts";
+import { Cancellation, failure, onCancel, pausePoint, Progress, streamIdentity } from "./session.ts";
 import { V1ResumeSession } from "./v1_session.ts";
 import { V2ResumeSession } from "./v2_session.ts";
 import { expectedRecords, type RecordPhase } from "../stream/order.ts";
@@ -292,12 +292,15 @@ export async function load(
 ): Promise<LoadResult> {
   const list = asTargets(targets);
   if (list.length === 0) throw new VfioMigError("load: give at least one device", "usage");
-  if (typeof input !== "string") return await loadFrom(list, input, opts);
-  const source = openSource(list[0].device.sys, input);
+  const source = typeof input === "string" ? openStreamSource(list[0].device.sys, input) : input;
+  const cancel = opts.cancel ?? new Cancellation();
+  // A signal ends any wait of the input (a silent pipe, a FIFO without a writer, a peer).
+  const unbind = onCancel(cancel, () => source.interrupt?.());
   try {
-    return await loadFrom(list, source, opts);
+    return await loadFrom(list, source, { ...opts, cancel });
   } finally {
-    source.close();
+    unbind();
+    if (typeof input === "string") source.close();
   }
 }
 

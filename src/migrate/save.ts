@@ -41,7 +41,7 @@ import {
   type SaveSession,
   v1Of,
 } from "./protocol.ts";
-import { Cancellation, failure, pausePoint, Progress, streamIdentity } from "./session.ts";
+import { Cancellation, failure, onCancel, pausePoint, Progress, streamIdentity } from "./session.ts";
 import { V1SaveSession } from "./v1_session.ts";
 import { V2SaveSession } from "./v2_session.ts";
 
@@ -286,15 +286,35 @@ export async function save(
   const devs = Array.isArray(devices) ? [...devices] : [devices as VfioDevice];
   if (devs.length === 0) throw new VfioMigError("save: give at least one device", "usage");
   const sink = typeof output === "string" ? openSink(devs[0].sys, output) : output;
-  const t0 = performance.now();
   const cancel = opts.cancel ?? new Cancellation();
-  const live = !!opts.live;
   const what = operationName("save from", devs.map((d) => d.label));
+  // A signal ends any wait of the output (a full pipe, a FIFO without a reader).
+  const unbind = onCancel(cancel, () => sink.abort());
+  try {
+    return await saveTo(devs, sink, opts, cancel, what);
+  } finally {
+    unbind();
+  }
+}
+
+async function saveTo(
+  devs: VfioDevice[],
+  sink: Sink,
+  opts: SaveOptions,
+  cancel: Cancellation,
+  what: string,
+): Promise<SaveResult> {
+  const t0 = performance.now();
+  const live = !!opts.live;
   let units: Unit[];
   try {
+    await sink.ready?.(); // a FIFO: until a reader opened it; nothing is touched before
     units = openUnits(devs, opts, live);
   } catch (e) {
     sink.abort(); // nothing was changed on any device; leave no partial output either
+    if (cancel.signal) {
+      throw failure(`${what} failed`, new InterruptedError(cancel.signal), "no device was changed");
+    }
     // One device: its own error says what is wrong. Several: which operation, and that none changed.
     throw devs.length === 1 ? e : failure(`${what} refused`, e, "no device was changed");
   }
@@ -545,6 +565,7 @@ async function readRound(
   detail = "",
 ): Promise<void> {
   const active = units.slice();
+  let idle = 0; // rounds in a row in which no device had anything
   while (active.length > 0 && performance.now() < until) {
     let moved = 0;
     for (let k = 0; k < active.length;) {
@@ -570,6 +591,9 @@ async function readRound(
       progress.update(phase, w.dataBytes, false, detail);
     }
     await cancel.checkpoint();
-    if (moved === 0 && active.length > 0) await sleep(1);
+    // Nothing from any device (their reads would block): wait, longer the longer it lasts
+    // (1 to 8 ms), in turns of the event loop so a signal is seen.
+    if (moved === 0 && active.length > 0) await sleep(Math.min(8, 1 << idle++));
+    else idle = 0;
   }
 }

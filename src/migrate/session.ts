@@ -55,6 +55,20 @@ export class Cancellation {
   }
 }
 
+/**
+ * Runs `fn` once when a signal is caught (or at once if one already was): what ends a
+ * transport's waits (Sink.abort, StreamSource.interrupt). Returns the unbinding.
+ */
+export function onCancel(cancel: Cancellation, fn: () => void): () => void {
+  const s = cancel.abortSignal;
+  if (s.aborted) {
+    fn();
+    return () => {};
+  }
+  s.addEventListener("abort", fn, { once: true });
+  return () => s.removeEventListener("abort", fn);
+}
+
 export type ProgressPhase = "setup" | "pre-copy" | "stop-copy" | "resume" | "done";
 
 /** A progress line on stderr when it is a terminal, at most 5 times a second. */

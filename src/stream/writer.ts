@@ -49,13 +49,14 @@ export class StreamWriter {
     return this.#buf.subarray(CHUNK_HEADER);
   }
 
-  /** Waits while a network sink has too much queued (a no-op for files and pipes). */
+  /** Waits while the sink holds too much it could not write yet (a no-op for files). */
   flowControl(): Promise<void> | void {
     return this.#sink.flowControl?.();
   }
 
-  #out(b: Uint8Array): void {
-    this.#sink.write(b);
+  /** `kept`: b is left unchanged until flowControl() resolves (the sink may keep a view of it). */
+  #out(b: Uint8Array, kept = false): void {
+    this.#sink.write(b, kept);
     this.written += b.length;
   }
 
@@ -88,9 +89,12 @@ export class StreamWriter {
     this.#out(this.#tag);
   }
 
-  /** Emits the first n bytes of payload as a DEV_DATA_STATE chunk. */
+  /**
+   * Emits the first n bytes of payload as a DEV_DATA_STATE chunk. The payload must not
+   * be touched again before flowControl() resolves (the sink may still hold it).
+   */
   data(n: number): void {
-    this.#chunk(TAG.DEV_DATA_STATE, n);
+    this.#chunk(TAG.DEV_DATA_STATE, n, true);
     this.#dataBytes += n;
     this.#chunks++;
   }
@@ -98,7 +102,7 @@ export class StreamWriter {
   /**
    * A DEV_DATA_STATE chunk whose payload is `parts` in order, written straight from
    * them (views of an mmap'd region leave through the syscall without a copy).
-   * Nothing may unmap a part before this returns.
+   * Nothing may unmap or change a part before flowControl() resolves.
    */
   dataParts(parts: readonly Uint8Array[]): void {
     let n = 0;
@@ -112,7 +116,7 @@ export class StreamWriter {
     this.#view.setBigUint64(8, BigInt(n));
     this.#view.setUint32(16, c);
     this.#out(this.#buf.subarray(0, CHUNK_HEADER));
-    for (const p of parts) if (p.length) this.#out(p);
+    for (const p of parts) if (p.length) this.#out(p, true);
     this.#dataCrc = crc32Combine(this.#dataCrc, c, n); // c covers all parts: no second pass
     this.#dataBytes += n;
     this.#chunks++;
@@ -124,7 +128,7 @@ export class StreamWriter {
     this.#chunk(tag, bytes.length);
   }
 
-  #chunk(tag: bigint, n: number): void {
+  #chunk(tag: bigint, n: number, kept = false): void {
     this.#select();
     const payload = this.#buf.subarray(CHUNK_HEADER, CHUNK_HEADER + n);
     const c = crc32(payload);
@@ -132,7 +136,7 @@ export class StreamWriter {
     this.#view.setBigUint64(8, BigInt(n));
     this.#view.setUint32(16, c);
     if (tag === TAG.DEV_DATA_STATE) this.#dataCrc = crc32Combine(this.#dataCrc, c, n); // no second pass
-    this.#out(this.#buf.subarray(0, CHUNK_HEADER + n));
+    this.#out(this.#buf.subarray(0, CHUNK_HEADER + n), kept);
   }
 
   end(): void {

@@ -575,6 +575,10 @@ export class TcpSource {
       await this.server.sendFrame(FRAME.DONE, new TextEncoder().encode(JSON.stringify(rest)));
     }
   }
+  /** A signal came: a pending read ends (the connection is closed: nothing more will be read). */
+  interrupt(): void {
+    this.server.close();
+  }
   close(): void {
     this.server.close();
   }

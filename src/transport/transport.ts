@@ -1,21 +1,41 @@
 // Where a stream goes to and comes from: a file (written under a temporary name and
-// renamed only when complete), standard output/input. All through the Sys, so
+// renamed only when complete), standard output/input, a FIFO. All through the Sys, so
 // --allow-ffi is the only permission they need.
+//
+// Nothing here may hold the process past a signal (Deno runs signal listeners only
+// between event-loop turns): whatever can wait for another process — a pipe, a FIFO,
+// a socket, a character device — is made non-blocking, and its waits are polls of at
+// most POLL_SLICE_MS between which the event loop runs and interrupt() is seen.
+// Regular files never wait for anyone and stay on the plain synchronous path.
 
 import { isErrno } from "../../ffi/errno.ts";
-import { F, O, type Sys } from "../../ffi/sys.ts";
+import { F, O, POLL, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
 import { readSome, writeAll } from "../io.ts";
 
+/** Longest synchronous poll(2) between two turns of the event loop, ms. */
+const POLL_SLICE_MS = 10;
+
 export interface Sink {
   readonly label: string;
-  /** Takes the bytes (a network sink queues a copy; `flowControl` applies backpressure). */
-  write(bytes: Uint8Array): void;
+  /**
+   * Before the first write: waits until the output can be written at all (a FIFO: until
+   * a reader opened it). Rejects when abort() is called meanwhile.
+   */
+  ready?(): Promise<void>;
+  /**
+   * Takes the bytes. A sink that cannot write them now keeps them: a copy, or with
+   * `kept` (the caller leaves them unchanged until flowControl() resolves) a view.
+   */
+  write(bytes: Uint8Array, kept?: boolean): void;
   /** The stream is complete: make it visible (rename) and durable; for a peer, its result. */
   commit(): void | Promise<void>;
-  /** The stream failed: leave nothing that looks complete. */
+  /** The stream failed, or a signal came: leave nothing that looks complete; ends any wait. */
   abort(): void;
-  /** Resolves when queued output is small enough to take more (network sinks). */
+  /**
+   * Resolves when what is kept is small enough to take more (pipes, FIFOs, sockets:
+   * when all of it was written). Rejects when abort() is called meanwhile.
+   */
   flowControl?(): Promise<void> | void;
   /** Over a two-way transport: true once the destination loaded the initial pre-copy data. */
   readonly initAcked?: boolean;
@@ -45,12 +65,47 @@ export type PeerEvent =
   | { event: "init-loaded" }
   | { event: "done"; ok: boolean; message: string; finalState?: string };
 
-/** A source that may be asynchronous (network), and may talk back to the sender. */
+/** A source that may be asynchronous (network, pipes), and may talk back to the sender. */
 export interface StreamSource {
   readonly label: string;
   read(buf: Uint8Array): number | Promise<number>;
   close(): void;
   notify?(e: PeerEvent): Promise<void>;
+  /** A signal came: a read that waits rejects now (the fd stays open until close()). */
+  interrupt?(): void;
+}
+
+/**
+ * Waits, interruptibly, until `fd` is ready for `events`: polls of at most
+ * POLL_SLICE_MS with a turn of the event loop between them, so signal listeners run.
+ * Returns the revents; throws `stopped()`'s error once it returns one.
+ */
+export async function waitFor(sys: Sys, fd: number, events: number, stopped: () => Error | null): Promise<number> {
+  for (;;) {
+    const err = stopped();
+    if (err) throw err;
+    let rev = 0;
+    try {
+      rev = sys.poll([{ fd, events }], POLL_SLICE_MS)[0];
+    } catch (e) {
+      if (!isErrno(e, "EINTR")) throw e;
+    }
+    if (rev !== 0) return rev;
+    await new Promise((r) => setTimeout(r, 0));
+  }
+}
+
+/** Sets O_NONBLOCK on fd; returns the flags to restore when done with it. */
+function nonBlocking(sys: Sys, fd: number): number {
+  const flags = sys.fcntl(fd, F.GETFL);
+  if (!(flags & O.NONBLOCK)) sys.fcntl(fd, F.SETFL, flags | O.NONBLOCK);
+  return flags;
+}
+
+function restoreFlags(sys: Sys, fd: number, flags: number): void {
+  try {
+    sys.fcntl(fd, F.SETFL, flags);
+  } catch { /* the fd is going away anyway */ }
 }
 
 const PIPE_SIZE = 1 << 20;
@@ -62,32 +117,142 @@ function growPipe(sys: Sys, fd: number): void {
   } catch { /* not permitted or not a pipe: the default size works */ }
 }
 
+/**
+ * A pipe, FIFO, socket or character device (standard output, a FIFO, /dev/null):
+ * written in place, non-blocking. What the reader has no room for yet is kept (a view
+ * when the caller keeps the bytes, else a copy) and written by flowControl() as room
+ * comes, in polls that let signals in. A FIFO given by path is opened by ready(),
+ * which waits for a reader (O_NONBLOCK open: ENXIO until one comes). The fd's flags
+ * are restored when the sink is done with it.
+ */
 export class FdSink implements Sink {
-  constructor(readonly sys: Sys, public fd: number, readonly label: string, readonly owned = false) {
-    growPipe(sys, fd);
+  #fd: number;
+  #flags = -1;
+  #kept: Uint8Array[] = [];
+  #keptBytes = 0;
+  #aborted = false;
+  #done = false;
+
+  /** `fd`: an open fd, or -1 with `path` (a FIFO opened by ready()). `owned`: close it when done. */
+  constructor(
+    readonly sys: Sys,
+    fd: number,
+    readonly label: string,
+    readonly owned = false,
+    readonly path: string | null = null,
+  ) {
+    this.#fd = fd;
+    if (fd >= 0) this.#setup();
   }
-  write(bytes: Uint8Array): void {
-    try {
-      writeAll(this.sys, this.fd, bytes);
-    } catch (e) {
-      if (isErrno(e, "EPIPE")) {
-        throw new VfioMigError(`${this.label}: the reading end went away (broken pipe)`, "failure", { cause: e });
-      }
-      throw e;
-    }
+
+  get fd(): number {
+    return this.#fd;
   }
-  commit(): void {
-    this.#release();
+
+  #setup(): void {
+    growPipe(this.sys, this.#fd);
+    this.#flags = nonBlocking(this.sys, this.#fd);
   }
-  abort(): void {
-    this.#release();
-  }
-  #release(): void {
-    if (this.owned && this.fd >= 0) {
+
+  #stopped = (): Error | null => this.#aborted ? new VfioMigError(`${this.label}: the write was abandoned`) : null;
+
+  async ready(): Promise<void> {
+    if (this.#fd >= 0 || this.path === null) return;
+    for (;;) {
+      const err = this.#stopped();
+      if (err) throw err;
       try {
-        this.sys.close(this.fd);
+        this.#fd = this.sys.open(this.path, O.WRONLY | O.NONBLOCK | O.CLOEXEC);
+        break;
+      } catch (e) {
+        if (!isErrno(e, "ENXIO")) {
+          throw new VfioMigError(`cannot open ${this.path}: ${e instanceof Error ? e.message : e}`, "failure", {
+            cause: e,
+          });
+        }
+      }
+      await new Promise((r) => setTimeout(r, 20)); // no reader yet
+    }
+    this.#setup();
+  }
+
+  /** Writes what it can now; returns the bytes written. EPIPE becomes a one-line error. */
+  #writeSome(bytes: Uint8Array): number {
+    let off = 0;
+    while (off < bytes.length) {
+      let n: number;
+      try {
+        n = this.sys.write(this.#fd, off === 0 ? bytes : bytes.subarray(off));
+      } catch (e) {
+        if (isErrno(e, "EAGAIN")) break;
+        if (isErrno(e, "EINTR")) continue;
+        if (isErrno(e, "EPIPE")) {
+          throw new VfioMigError(`${this.label}: the reading end went away (broken pipe)`, "failure", { cause: e });
+        }
+        throw e;
+      }
+      off += n;
+    }
+    return off;
+  }
+
+  write(bytes: Uint8Array, kept = false): void {
+    const err = this.#stopped(); // nothing more after abort(): no trailer may follow a signal
+    if (err) throw err;
+    if (this.#fd < 0) throw new VfioMigError(`${this.label}: written before it was opened (ready())`);
+    let rest = bytes;
+    if (this.#keptBytes === 0) {
+      const n = this.#writeSome(bytes);
+      if (n === bytes.length) return;
+      rest = bytes.subarray(n);
+    }
+    this.#kept.push(kept ? rest : rest.slice());
+    this.#keptBytes += rest.length;
+  }
+
+  flowControl(): Promise<void> | void {
+    if (this.#keptBytes > 0 || this.#aborted) return this.#flush();
+  }
+
+  async #flush(): Promise<void> {
+    while (this.#keptBytes > 0) {
+      const err = this.#stopped();
+      if (err) throw err;
+      const head = this.#kept[0];
+      const n = this.#writeSome(head);
+      this.#keptBytes -= n;
+      if (n === head.length) {
+        this.#kept.shift();
+        continue;
+      }
+      this.#kept[0] = head.subarray(n);
+      await waitFor(this.sys, this.#fd, POLL.OUT, this.#stopped);
+    }
+    const err = this.#stopped();
+    if (err) throw err;
+  }
+
+  async commit(): Promise<void> {
+    await this.#flush();
+    this.#release();
+  }
+
+  abort(): void {
+    this.#aborted = true;
+    this.#kept = [];
+    this.#keptBytes = 0;
+    this.#release();
+  }
+
+  #release(): void {
+    if (this.#done) return;
+    this.#done = true;
+    if (this.#fd < 0) return;
+    if (this.#flags >= 0) restoreFlags(this.sys, this.#fd, this.#flags);
+    if (this.owned) {
+      try {
+        this.sys.close(this.#fd);
       } catch { /* nothing more to do */ }
-      this.fd = -1;
     }
   }
 }
@@ -143,6 +308,7 @@ export class FileSink implements Sink {
   }
 }
 
+/** A regular file (or any fd read synchronously, e.g. by inspect). */
 export class FdSource implements Source {
   constructor(readonly sys: Sys, readonly fd: number, readonly label: string, readonly owned: boolean) {
     growPipe(sys, fd);
@@ -158,19 +324,91 @@ export class FdSource implements Source {
   }
 }
 
+/**
+ * A pipe, FIFO, socket or character device (standard input, a FIFO): read
+ * non-blocking; a read with nothing there waits in polls that let signals in, and
+ * rejects once interrupt() is called. A FIFO opened here (O_NONBLOCK: the open does
+ * not wait for a writer) is read only once a writer came (POLLIN or POLLHUP): before
+ * that, Linux reports end of file. The fd's flags are restored on close().
+ */
+export class PipeSource implements StreamSource {
+  readonly #flags: number;
+  #interrupted = false;
+  #writerSeen: boolean;
+  #closed = false;
+
+  /** `awaitWriter`: a FIFO this process opened, whose first writer may not have come yet. */
+  constructor(
+    readonly sys: Sys,
+    readonly fd: number,
+    readonly label: string,
+    readonly owned: boolean,
+    awaitWriter = false,
+  ) {
+    growPipe(sys, fd);
+    this.#flags = nonBlocking(sys, fd);
+    this.#writerSeen = !awaitWriter;
+  }
+
+  #stopped = (): Error | null => this.#interrupted ? new VfioMigError(`${this.label}: the read was abandoned`) : null;
+
+  read(buf: Uint8Array): number | Promise<number> {
+    if (this.#writerSeen && !this.#interrupted) {
+      try {
+        return readSome(this.sys, this.fd, buf, false);
+      } catch (e) {
+        if (!isErrno(e, "EAGAIN")) throw e;
+      }
+    }
+    return this.#readWaiting(buf);
+  }
+
+  async #readWaiting(buf: Uint8Array): Promise<number> {
+    for (;;) {
+      await waitFor(this.sys, this.fd, POLL.IN, this.#stopped);
+      this.#writerSeen = true;
+      try {
+        return readSome(this.sys, this.fd, buf, false);
+      } catch (e) {
+        if (!isErrno(e, "EAGAIN")) throw e;
+      }
+    }
+  }
+
+  interrupt(): void {
+    this.#interrupted = true;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    restoreFlags(this.sys, this.fd, this.#flags);
+    if (!this.owned) return;
+    try {
+      this.sys.close(this.fd);
+    } catch { /* released anyway */ }
+  }
+}
+
+/**
+ * The sink for a save's output: "-" (standard output), a FIFO or character device
+ * (written in place; a FIFO is opened by ready(), once a reader has it open), or a file
+ * (FileSink: a temporary name, renamed when complete). Throws VfioMigError (usage:
+ * a directory; failure: cannot create or open).
+ */
 export function openSink(sys: Sys, target: string): Sink {
   if (target === "-") return new FdSink(sys, 1, "standard output");
   // A FIFO or a device (/dev/null) is written in place: renaming over it would
   // replace it with a regular file.
-  let special = false;
+  let st = null;
   try {
-    const st = sys.stat(target);
-    special = !st.isRegular && !st.isDirectory;
+    st = sys.stat(target);
     if (st.isDirectory) throw new VfioMigError(`${target} is a directory: give a file name`, "usage");
   } catch (e) {
     if (!isErrno(e, "ENOENT")) throw e;
   }
-  if (special) {
+  if (st?.isFifo) return new FdSink(sys, -1, target, true, target);
+  if (st && !st.isRegular) {
     try {
       return new FdSink(sys, sys.open(target, O.WRONLY | O.CLOEXEC), target, true);
     } catch (e) {
@@ -180,12 +418,49 @@ export function openSink(sys: Sys, target: string): Sink {
   return new FileSink(sys, target);
 }
 
+/** A synchronous source (inspect): "-" (standard input) or a path. Throws VfioMigError. */
 export function openSource(sys: Sys, from: string): Source {
   if (from === "-") return new FdSource(sys, 0, "standard input", false);
   try {
     return new FdSource(sys, sys.open(from, O.RDONLY | O.CLOEXEC), from, true);
   } catch (e) {
-    if (isErrno(e, "ENOENT")) throw new VfioMigError(`${from}: no such file`, "usage");
-    throw new VfioMigError(`cannot open ${from}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
+    throw openError(from, e);
+  }
+}
+
+function openError(from: string, e: unknown): VfioMigError {
+  if (isErrno(e, "ENOENT")) return new VfioMigError(`${from}: no such file`, "usage");
+  return new VfioMigError(`cannot open ${from}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
+}
+
+/**
+ * The source for a load: "-" (standard input) or a path. A regular file is read
+ * synchronously (FdSource); a pipe, FIFO, socket or character device interruptibly
+ * (PipeSource; a FIFO is opened without waiting for its writer). Throws VfioMigError.
+ */
+export function openStreamSource(sys: Sys, from: string): StreamSource {
+  if (from === "-") {
+    return sys.fstat(0).isRegular
+      ? new FdSource(sys, 0, "standard input", false)
+      : new PipeSource(sys, 0, "standard input", false);
+  }
+  let fd: number;
+  try {
+    fd = sys.open(from, O.RDONLY | O.NONBLOCK | O.CLOEXEC);
+  } catch (e) {
+    throw openError(from, e);
+  }
+  try {
+    const st = sys.fstat(fd);
+    if (st.isRegular) {
+      sys.fcntl(fd, F.SETFL, sys.fcntl(fd, F.GETFL) & ~O.NONBLOCK);
+      return new FdSource(sys, fd, from, true);
+    }
+    return new PipeSource(sys, fd, from, true, st.isFifo);
+  } catch (e) {
+    try {
+      sys.close(fd);
+    } catch { /* already failing */ }
+    throw e;
   }
 }
