@@ -2,7 +2,7 @@
 // Stream (docs/stream-format.md): SETUP/END, pre-copy data then INIT_DATA_SENT or
 // END_OF_STATE, SWITCHOVER, stop-copy data, END_OF_STATE.
 
-import { isErrno } from "../../ffi/errno.ts";
+import { isErrno, SysError } from "../../ffi/errno.ts";
 import { MIGRATION_FLAGS, PRECOPY_INFO_REINIT } from "../../ffi/vfio_uapi.ts";
 import { F, O } from "../../ffi/sys.ts";
 import type { VfioDevice } from "../device/open.ts";
@@ -261,8 +261,23 @@ export class V2ResumeSession implements ResumeSession {
     if (this.#dataFd === null) throw new VfioMigError(`${this.d.label}: RESUMING returned no data_fd`);
   }
 
+  /** Bytes written to the data_fd so far. */
+  #written = 0;
+
   data(bytes: Uint8Array): void {
-    writeAll(this.d.sys, this.#dataFd!, bytes);
+    try {
+      writeAll(this.d.sys, this.#dataFd!, bytes);
+    } catch (e) {
+      if (!(e instanceof SysError)) throw e;
+      // The data_fd's write is the driver's resume path: its errors are the driver's verdict.
+      throw new VfioMigError(
+        `${this.d.label}: the driver refused the migration data: writing ${bytes.length} bytes to the device's ` +
+          `data_fd (at byte ${this.#written} of the device's data) failed: ${e.message}`,
+        "failure",
+        { cause: e },
+      );
+    }
+    this.#written += bytes.length;
   }
 
   endData(): void {
