@@ -39,10 +39,25 @@ export function eq<T>(got: T, want: T, what: string): void {
 // ---------------------------------------------------------------------------
 // Devices
 
+const created: string[] = [];
+
+/** Creates an mtty mdev of `type`; the suite removes it after the group (removeCreatedMtty). */
 export function createMtty(type: "mtty-1" | "mtty-2"): string {
   const uuid = crypto.randomUUID();
   Deno.writeTextFileSync(`${TYPES}/${type}/create`, uuid);
+  created.push(uuid);
   return uuid;
+}
+
+/** Removes the mtty devices created so far (a device still held open is left, with a note). */
+export function removeCreatedMtty(): void {
+  for (const uuid of created.splice(0)) {
+    try {
+      Deno.writeTextFileSync(`/sys/bus/mdev/devices/${uuid}/remove`, "1");
+    } catch (e) {
+      console.log(`note: could not remove mtty ${uuid}: ${e instanceof Error ? e.message : e}`);
+    }
+  }
 }
 
 /** The name a user gives: the UUID, or in --cdev mode the cdev node. */

@@ -1,0 +1,115 @@
+// Ctrl-C at the waits that a real device cannot make go away (issue 12), on mtty: a
+// save whose output is a full pipe (standard output, and a FIFO whose reader stops
+// reading), a save into a FIFO nobody opens, a load from a FIFO nobody writes. Each
+// ends with exit 130 within a second of SIGINT, one line, the device as it was found
+// (RUNNING, its registers as they were) and nothing complete-looking in the output.
+
+import { libc } from "../../../ffi/libc.ts";
+import { F, O } from "../../../ffi/sys.ts";
+import { assert, check, CLI, createMtty, eq, program, readBack, spec, stateOf, tmp } from "../lib/guest.ts";
+
+const sys = libc();
+const A = createMtty("mtty-2");
+const B = createMtty("mtty-2");
+program(A, 0, 0x5a, [1, 2, 3]);
+program(B, 0, 0x33, [9]);
+
+/** A FIFO held open read-write by this process and filled until it takes no more. */
+function fullFifo(path: string): number {
+  const fd = sys.open(path, O.RDWR | O.NONBLOCK | O.CLOEXEC);
+  try {
+    sys.fcntl(fd, F.SETPIPE_SZ, 1 << 20);
+  } catch { /* the default size fills too */ }
+  const junk = new Uint8Array(64 << 10);
+  for (;;) {
+    try {
+      sys.write(fd, junk);
+    } catch {
+      return fd; // EAGAIN: full
+    }
+  }
+}
+
+/** Waits until process `pid` has `path` (or a VFIO device) among its fds, then a moment more. */
+async function waitHolding(pid: number, what: RegExp, ms = 1000): Promise<void> {
+  const end = performance.now() + 60_000;
+  while (performance.now() < end) {
+    let names: string[] = [];
+    try {
+      names = sys.readdir(`/proc/${pid}/fd`).map((n) => {
+        try {
+          return sys.readlink(`/proc/${pid}/fd/${n}`);
+        } catch {
+          return "";
+        }
+      });
+    } catch { /* not yet, or gone */ }
+    if (names.some((n) => what.test(n))) {
+      await new Promise((r) => setTimeout(r, ms));
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`process ${pid} never opened ${what}`);
+}
+
+async function interrupted(child: Deno.ChildProcess, what: string): Promise<string> {
+  const t0 = performance.now();
+  child.kill("SIGINT");
+  const out = await child.output();
+  const ms = performance.now() - t0;
+  const err = new TextDecoder().decode(out.stderr);
+  eq(out.code, 130, `${what}: exit code (${err.trim()})`);
+  assert(ms <= 1000, `${what}: ended ${Math.round(ms)} ms after SIGINT (at most 1000)`);
+  const lines = err.split("\n").filter((l) => l.trim());
+  eq(lines.length, 1, `${what}: one line on stderr`);
+  assert(/interrupted by SIGINT/.test(lines[0]), `${what}: ${lines[0]}`);
+  return lines[0];
+}
+
+function spawn(cmd: string, args: string[]): Deno.ChildProcess {
+  return new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "piped" }).spawn();
+}
+
+async function unchanged(uuid: string, scratch: number, what: string): Promise<void> {
+  eq(await stateOf(uuid), "RUNNING", `${what}: state`);
+  eq(readBack(uuid, 0).scratch, scratch, `${what}: registers as they were`);
+}
+
+for (const [how, out] of [["standard output", "-"], ["a FIFO", "fifo"]] as const) {
+  await check(`SIGINT while the save's output (${how}) is a full pipe: exit 130, the source RUNNING`, async () => {
+    const fifo = `${tmp}/full-${out === "-" ? "stdout" : "fifo"}`;
+    await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    const fd = fullFifo(fifo);
+    const child = out === "-"
+      ? spawn("sh", ["-c", `exec deno run --allow-ffi ${CLI} save --device ${spec(A)} - > ${fifo}`])
+      : spawn("deno", ["run", "--allow-ffi", CLI, "save", "--device", spec(A), fifo]);
+    try {
+      await waitHolding(child.pid, /vfio-device|\/dev\/vfio\/devices\//);
+      await interrupted(child, `save to ${how}`);
+    } finally {
+      sys.close(fd);
+    }
+    await unchanged(A, 0x5a, `A after the save to ${how}`);
+  });
+}
+
+await check("SIGINT while the save waits for a reader of its FIFO: exit 130, the source untouched", async () => {
+  const fifo = `${tmp}/noreader`;
+  await new Deno.Command("mkfifo", { args: [fifo] }).output();
+  const child = spawn("deno", ["run", "--allow-ffi", CLI, "save", "--device", spec(A), fifo]);
+  await waitHolding(child.pid, /vfio-device|\/dev\/vfio\/devices\//);
+  const line = await interrupted(child, "save to a FIFO nobody reads");
+  assert(/no device was changed/.test(line), line);
+  await unchanged(A, 0x5a, "A");
+});
+
+await check("SIGINT while the load waits for a writer of its FIFO: exit 130, the destination untouched", async () => {
+  const fifo = `${tmp}/nowriter`;
+  await new Deno.Command("mkfifo", { args: [fifo] }).output();
+  const child = spawn("deno", ["run", "--allow-ffi", CLI, "load", "--device", spec(B), fifo]);
+  await waitHolding(child.pid, /vfio-device|\/dev\/vfio\/devices\//);
+  const line = await interrupted(child, "load from a FIFO nobody writes");
+  assert(/not touched/.test(line), line);
+  await unchanged(B, 0x33, "B");
+});
