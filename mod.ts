@@ -51,7 +51,14 @@ export {
 } from "./src/migrate/save.ts";
 export { type DeviceLoadResult, load, type LoadOptions, type LoadResult, type LoadTarget } from "./src/migrate/load.ts";
 export { Cancellation } from "./src/migrate/session.ts";
-export { openSink, openSource, openStreamSource, type Sink, type Source, type StreamSource } from "./src/transport/transport.ts";
+export {
+  openSink,
+  openSource,
+  openStreamSource,
+  type Sink,
+  type Source,
+  type StreamSource,
+} from "./src/transport/transport.ts";
 export { type RecordReader, StreamReader } from "./src/stream/reader.ts";
 export { StreamWriter } from "./src/stream/writer.ts";
 export * as streamFormat from "./src/stream/format.ts";

@@ -92,7 +92,10 @@ export class V1SaveSession implements SaveSession {
       st = m.setState(~SAVING, 0, "ending an abandoned save");
     }
     if (live && !(st & RUNNING)) {
-      throw new VfioMigError(`${d.label} is ${v1StateName(st)}: a live save starts from running`, "usage");
+      throw new VfioMigError(
+        `${d.label} is ${v1StateName(st)}: a live save starts from running (save it without --live)`,
+        "device",
+      );
     }
     return new V1SaveSession(m);
   }

@@ -64,8 +64,9 @@ export class V2SaveSession implements SaveSession {
     const sizeEstimate = d.migration.dataSize();
     if (live && !(flags & MIGRATION_FLAGS.PRE_COPY)) {
       throw new VfioMigError(
-        `${d.label}: --live needs PRE_COPY support; this device's migration flags are 0x${flags.toString(16)}`,
-        "usage",
+        `${d.label}: --live needs PRE_COPY support; this device's migration flags are 0x${flags.toString(16)} ` +
+          `(save it without --live)`,
+        "device",
       );
     }
     let found = startState(d);
@@ -76,7 +77,11 @@ export class V2SaveSession implements SaveSession {
       found = DeviceState.RUNNING;
     }
     if (live && found !== DeviceState.RUNNING) {
-      throw new VfioMigError(`${d.label} is ${stateName(found)}: a live save starts from RUNNING`, "usage");
+      throw new VfioMigError(
+        `${d.label} is ${stateName(found)}: a live save starts from RUNNING (save it without --live, or ` +
+          `start it first: 'vfio-mig state --device ${d.label} RUNNING')`,
+        "device",
+      );
     }
     return new V2SaveSession(d, flags, sizeEstimate, found);
   }
