@@ -3,7 +3,7 @@
 // against what fits the downtime limit), cleared before the command's summary line.
 // None when stderr is not a terminal.
 
-import { formatBytes } from "../migrate/session.ts";
+import { fmtBytes as formatBytes } from "../report/format.ts";
 import type { EventSubscriber, MigrationEvent } from "./events.ts";
 
 /** Where the bar draws: a terminal's write and its width. */
@@ -132,7 +132,8 @@ export class ProgressBar implements EventSubscriber {
         `left ~${formatBytes(this.#estimate)}` +
           (this.#threshold !== null ? ` (fits ${formatBytes(this.#threshold)})` : ""),
       );
-    } else if (within && this.#rate > 0 && this.#phase !== "finish") {
+    } else if (within && this.#rate > 0 && this.#phase !== "finish" && this.#phase !== "pre-copy") {
+      // (Pre-copy has no end to count down to: it ends when what is left fits.)
       extras.push(`ETA ${formatDuration((total! - this.#bytes) / this.#rate)}`);
     }
     extras.push(formatDuration(this.#t / 1000));

@@ -709,4 +709,3 @@ export function renderSvg(m: ReportModel, title?: string): string {
     `viewBox="0 0 ${W} ${num(height)}" ${FONT}>` +
     `<rect width="100%" height="100%" fill="#ffffff"/>${s.parts.join("")}</svg>`;
 }
-
