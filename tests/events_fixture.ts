@@ -358,3 +358,18 @@ export const OFFLINE: ModelOptions = {
   live: false,
   tcp: false,
 };
+
+/**
+ * Writes one of the model runs as an events file (the README's picture is made from
+ * `live`):
+ *   deno run --allow-ffi tests/events_fixture.ts live|two|offline OUT.jsonl
+ */
+if (import.meta.main) {
+  const runs: Record<string, ModelOptions> = { live: LIVE_TCP, two: TWO_DEVICES, offline: OFFLINE };
+  const [name, out] = Deno.args;
+  if (!runs[name] || !out) {
+    console.error("usage: deno run --allow-ffi tests/events_fixture.ts live|two|offline OUT.jsonl");
+    Deno.exit(2);
+  }
+  writeModelEvents(out, runs[name]);
+}

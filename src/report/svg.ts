@@ -393,7 +393,7 @@ function marks(s: Svg, ax: TimeAxis, m: ReportModel, top: number, bottom: number
     const x = num(ax.x(sw.t));
     const label = `switchover: ${sw.reason}`;
     // Left of the line where it fits; else right of it.
-    const left = ax.x(sw.t) - 4 - label.length * 6.8 >= 10;
+    const left = ax.x(sw.t) - 4 - label.length * 6.8 >= X0 - 10;
     s.add(
       `<g class="${cls} switchover" data-reason="${esc(sw.reason)}" data-t="${sw.t}">` +
         `<line x1="${x}" y1="${top - 18}" x2="${x}" y2="${bottom}" stroke="${COLORS.switchover}" stroke-width="2" ` +
