@@ -24,16 +24,31 @@ function fake(start = 0) {
   };
 }
 
-Deno.test("emitter: without subscribers every call returns at once (1e6 progress calls well under a chunk's copy)", () => {
+Deno.test("emitter: without subscribers every call returns at once: a progress call costs < 1/1000 of a chunk's copy", () => {
   let readings = 0;
   const ev = new Events({ now: () => (readings++, 0) });
   const before = readings;
-  const t = performance.now();
-  for (let i = 0; i < 1_000_000; i++) ev.progress("stop-copy", i * MiB);
-  const ms = performance.now() - t;
+  const src = new Uint8Array(MiB).fill(7);
+  const dst = new Uint8Array(MiB);
+  const time = (fn: () => void) => {
+    const t = performance.now();
+    fn();
+    return performance.now() - t;
+  };
+  const copies = () => {
+    for (let i = 0; i < 100; i++) dst.set(i % 2 ? src : dst.subarray(0, 1), 0);
+  };
+  const calls = () => {
+    for (let i = 0; i < 100_000; i++) ev.progress("stop-copy", i * MiB);
+  };
+  copies(); // warm up both
+  calls();
+  // Best of a few rounds: the machine is shared.
+  let ratio = Infinity;
+  for (let round = 0; round < 5 && ratio >= 1; round++) ratio = Math.min(ratio, time(calls) / time(copies));
   assertEquals(readings, before, "the clock is not even read");
-  // One progress call per 1 MiB chunk; a 1 MiB memcpy alone takes tens of µs.
-  assert(ms < 250, `1e6 calls took ${ms.toFixed(1)} ms`);
+  // The data path calls progress once per 1 MiB chunk that it copies at least once.
+  assert(ratio < 1, `100000 progress calls took ${ratio.toFixed(2)}x as long as 50 copies of 1 MiB`);
   // And every other method is a no-op too.
   ev.start({ command: "save" });
   ev.devices([A]);
@@ -76,13 +91,15 @@ Deno.test("emitter: progress is emitted at most every 100 ms, with the rate of t
   assertEquals(validateEventLines(got.map((e) => JSON.stringify(e)).join("\n")), null);
 });
 
-Deno.test("emitter: the first progress event's rate is counted from t = 0", () => {
+Deno.test("emitter: the first progress event has no rate yet (rate 0): time before the data moved does not count", () => {
   const { ev, got, sub, set } = fake(0);
   ev.on(sub);
   ev.start({ command: "load" });
-  set(500);
-  ev.progress("resume", 50 * MiB);
-  assertEquals(got[1].rate, 100 * MiB);
+  set(500); // waiting for a peer
+  ev.progress("resume", 1 * MiB);
+  set(600);
+  ev.progress("resume", 11 * MiB);
+  assertEquals(got.slice(1).map((e) => e.rate), [0, 100 * MiB]);
   assertEquals(got[1].total, null, "no header: no total");
 });
 

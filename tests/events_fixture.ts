@@ -273,10 +273,26 @@ export function writeModelEvents(path: string, o: ModelOptions): Record<string, 
   events.phase("finish", "end", { ms: clock - finishStart });
   progress("finish");
   const seconds = (clock - 1000) / 1000;
+  // The --json summary of save (SaveResult / MultiSaveResult), as far as the model knows it.
+  const common = {
+    command: "save",
+    output: target,
+    bytes: total,
+    precopyBytes: total - stopBytes,
+    stopCopyBytes: stopBytes,
+    seconds,
+    throughput: total / seconds,
+    downtimeMs: lastByte - leftRunning,
+    downtimeToRunningMs: o.tcp ? peerDone - leftRunning : null,
+    iterations,
+    switchReason: reason,
+    bandwidth,
+    downtimeLimitMs: o.live ? o.downtimeLimitMs : null,
+  };
   const summary: Record<string, unknown> = multi
     ? {
-      command: "save",
-      output: target,
+      ...common,
+      mode: o.live ? "live" : "offline",
       devices: devs.map((d) => ({
         index: d.ref.index,
         device: d.ref.label,
@@ -286,35 +302,11 @@ export function writeModelEvents(path: string, o: ModelOptions): Record<string, 
         stopCopyBytes: d.sentStop,
         finalState: "STOP",
       })),
-      mode: o.live ? "live" : "offline",
-      bytes: total,
-      precopyBytes: total - stopBytes,
-      stopCopyBytes: stopBytes,
-      seconds,
-      throughput: total / seconds,
-      downtimeMs: lastByte - leftRunning,
-      downtimeToRunningMs: o.tcp ? peerDone - leftRunning : null,
-      iterations,
-      switchReason: reason,
-      bandwidth,
-      downtimeLimitMs: o.live ? o.downtimeLimitMs : null,
     }
     : {
-      command: "save",
-      output: target,
+      ...common,
       device: devs[0].ref.label,
       protocol: "v2",
-      bytes: total,
-      precopyBytes: total - stopBytes,
-      stopCopyBytes: stopBytes,
-      seconds,
-      throughput: total / seconds,
-      downtimeMs: lastByte - leftRunning,
-      downtimeToRunningMs: o.tcp ? peerDone - leftRunning : null,
-      iterations,
-      switchReason: reason,
-      bandwidth,
-      downtimeLimitMs: o.live ? o.downtimeLimitMs : null,
       reinits: 0,
       initDataSent: markers,
       initAcks: o.tcp ? acks : null,
@@ -322,6 +314,75 @@ export function writeModelEvents(path: string, o: ModelOptions): Record<string, 
       finalState: "STOP",
       sizeEstimate: devs[0].m.size,
     };
+  events.result(summary);
+  events.close();
+  return summary;
+}
+
+/**
+ * The destination's side of a live migration over TCP: a load that listens, takes the
+ * stream as it comes (pre-copy data while the source still runs, then stop-copy),
+ * acknowledges the initial data and reports its result. Returns the summary.
+ */
+export function writeLoadEvents(path: string): Record<string, unknown> {
+  let clock = 0;
+  const events = new Events({ now: () => clock, wallClock: new Date("2026-03-14T09:26:52.500Z") });
+  events.on(JsonLinesWriter.open(libc(), path));
+  const dev: DeviceRef = { index: 0, label: "sim:/var/tmp/vf1" };
+  const size = 256 * MiB;
+  events.start({ command: "load", target: "tcp listener 0.0.0.0:7707" });
+  events.transport("listening", { peer: "0.0.0.0:7707" });
+  clock += 480;
+  events.transport("refused", { message: "refused 10.0.0.9:51234: wrong token" });
+  clock += 20;
+  events.transport("authenticated", { peer: "10.0.0.1:40112", tls: true });
+  events.devices([dev]);
+  clock += 1;
+  events.header({
+    mode: "live",
+    protocol: "v2",
+    devices: [{ index: 0, source: "sim:/var/tmp/vf0", protocol: "v2", sizeEstimate: size }],
+  });
+  events.phase("setup", "start");
+  events.phase("setup", "end", { ms: 0.1 });
+  clock += 0.3;
+  events.stateChange(dev, "v2", "RUNNING", "RESUMING", 0.3);
+  events.phase("resume", "start");
+  let bytes = 0;
+  // The source's pre-copy: the initial data at 600 MiB/s, then dirty pages, slower.
+  for (const [amount, rate] of [[size, 600], [40 * MiB, 200], [9 * MiB, 200], [2 * MiB, 300]] as const) {
+    for (let left = amount; left > 0; left -= MiB) {
+      clock += 1000 / rate;
+      bytes += MiB;
+      events.progress("resume", bytes);
+    }
+    if (amount === size) events.transport("init-ack", { acks: 1 });
+    clock += 30;
+  }
+  events.phase("resume", "end", { bytes, ms: clock - 481.3 });
+  events.phase("config", "start");
+  events.phase("config", "end", { bytes: 256 });
+  events.phase("trailer", "start");
+  events.phase("trailer", "end");
+  events.phase("finish", "start");
+  clock += 1.2;
+  events.stateChange(dev, "v2", "RESUMING", "STOP", 1.2);
+  clock += 0.1;
+  events.stateChange(dev, "v2", "STOP", "RUNNING", 0.1);
+  events.transport("peer-result", { ok: true, message: `${dev.label} is RUNNING`, finalState: "RUNNING" });
+  events.phase("finish", "end", { ms: 1.4 });
+  const summary = {
+    command: "load",
+    input: "tcp listener 0.0.0.0:7707",
+    device: dev.label,
+    protocol: "v2",
+    bytes,
+    seconds: clock / 1000,
+    throughput: bytes / (clock / 1000),
+    finalState: "RUNNING",
+    source: "sim:/var/tmp/vf0",
+    initDataLoaded: 1,
+  };
   events.result(summary);
   events.close();
   return summary;
@@ -362,14 +423,15 @@ export const OFFLINE: ModelOptions = {
 /**
  * Writes one of the model runs as an events file (the README's picture is made from
  * `live`):
- *   deno run --allow-ffi tests/events_fixture.ts live|two|offline OUT.jsonl
+ *   deno run --allow-ffi tests/events_fixture.ts live|two|offline|load OUT.jsonl
  */
 if (import.meta.main) {
   const runs: Record<string, ModelOptions> = { live: LIVE_TCP, two: TWO_DEVICES, offline: OFFLINE };
   const [name, out] = Deno.args;
-  if (!runs[name] || !out) {
-    console.error("usage: deno run --allow-ffi tests/events_fixture.ts live|two|offline OUT.jsonl");
+  if (!(runs[name] || name === "load") || !out) {
+    console.error("usage: deno run --allow-ffi tests/events_fixture.ts live|two|offline|load OUT.jsonl");
     Deno.exit(2);
   }
-  writeModelEvents(out, runs[name]);
+  if (name === "load") writeLoadEvents(out);
+  else writeModelEvents(out, runs[name]);
 }

@@ -6,7 +6,14 @@
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
 import { libc } from "../ffi/libc.ts";
-import { LIVE_TCP, type ModelOptions, OFFLINE, TWO_DEVICES, writeModelEvents } from "./events_fixture.ts";
+import {
+  LIVE_TCP,
+  type ModelOptions,
+  OFFLINE,
+  TWO_DEVICES,
+  writeLoadEvents,
+  writeModelEvents,
+} from "./events_fixture.ts";
 import { ModelBuilder, readEventsFile, type ReportModel } from "../src/report/model.ts";
 import { renderSvg } from "../src/report/svg.ts";
 import { renderHtml } from "../src/report/html.ts";
@@ -167,6 +174,33 @@ Deno.test("report: an offline save has no pre-copy series and no switchover; sto
   assert(!svg.includes(`class="mark switchover"`), "no switchover");
   assertMatch(series(svg, "stop-copy-bytes"), new RegExp(`data-bytes="${96 * 1024 * 1024}"`));
   assertStringIncludes(svg, "save (offline)");
+});
+
+Deno.test("report: a load over TCP: the listener's steps, a refused peer, RESUMING, the data as it came", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vfio-mig-report-" });
+  try {
+    writeLoadEvents(`${dir}/load.jsonl`);
+    const m = readEventsFile(libc(), `${dir}/load.jsonl`);
+    assertEquals([m.command, m.mode, m.iterations.length, m.switchover], ["load", "live", 0, null]);
+    const svg = renderSvg(m);
+    assertEquals(balanced(svg), null);
+    for (const step of ["listening", "refused", "authenticated", "init-ack", "peer-result"]) {
+      assertStringIncludes(svg, `data-step="${step}"`);
+    }
+    const lane = svg.slice(svg.indexOf(`<g class="lane"`));
+    assertEquals([...lane.matchAll(/data-state="(\w+)"/g)].map((x) => x[1]), [
+      "RUNNING",
+      "RESUMING",
+      "STOP",
+      "RUNNING",
+    ]);
+    assertStringIncludes(svg, `data-phase="resume"`);
+    assertMatch(series(svg, "cumulative-bytes"), /data-points="\d{2,}"/);
+    assertMatch(series(svg, "transfer-rate"), /data-points="([5-9]|\d{2,})"/);
+    assertStringIncludes(svg, "load (live), from tcp");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("report: a failed run shows the error and where; a killed run shows how far it went", async () => {

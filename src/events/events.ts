@@ -173,8 +173,8 @@ export class Events {
     this.#subs = this.#subs.filter((s) => s !== sub);
   }
 
-  #emit(type: string, dev: DeviceRef | undefined, fields: Record<string, unknown>): void {
-    const e: MigrationEvent = { v: EVENTS_SCHEMA_VERSION, t: round3(this.#now() - this.#t0), type };
+  #emit(type: string, dev: DeviceRef | undefined, fields: Record<string, unknown>, now = this.#now()): void {
+    const e: MigrationEvent = { v: EVENTS_SCHEMA_VERSION, t: round3(now - this.#t0), type };
     if (dev) {
       e.device = dev.label;
       e.index = dev.index;
@@ -359,11 +359,6 @@ export class Events {
     this.#lastProgress = now;
     const ts = this.#rateT;
     const bs = this.#rateB;
-    if (ts.length === 0) {
-      // The first sample: the rate since t = 0.
-      ts.push(this.#t0);
-      bs.push(0);
-    }
     ts.push(now);
     bs.push(bytes);
     while (ts.length > 2 && now - ts[1] >= RATE_WINDOW_MS) {
@@ -372,7 +367,7 @@ export class Events {
     }
     const dt = now - ts[0];
     const rate = dt > 0 ? Math.max(0, ((bytes - bs[0]) / dt) * 1000) : 0;
-    this.#emit("progress", device, { phase, bytes, rate: Math.round(rate), total: this.#total });
+    this.#emit("progress", device, { phase, bytes, rate: Math.round(rate), total: this.#total }, now);
   }
 
   /** A note or warning that is also said on stderr. */

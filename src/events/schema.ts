@@ -248,7 +248,7 @@ export const SCHEMA: Record<string, TypeSpec> = {
     fields: {
       phase: req("string", PROGRESS_PHASES.map((p) => `\`${p}\``).join(", "), { values: PROGRESS_PHASES }),
       bytes: req("integer", "device data bytes moved since the start, all devices", BYTES),
-      rate: req("number", "bytes/s over the last second", BYTES),
+      rate: req("number", "bytes/s over the last second (0 in the first progress event)", BYTES),
       total: req("number", "the size estimate, bytes (null: unknown)", { nullable: true, ...BYTES }),
     },
   },

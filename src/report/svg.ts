@@ -75,6 +75,13 @@ export function stateKey(s: string | null): string {
 
 const num = (x: number) => (Math.round(x * 100) / 100).toString();
 
+/** The largest of `floor` and the values (no spread: a long run has many iterations). */
+function maxOf(floor: number, ...lists: number[][]): number {
+  let m = floor;
+  for (const l of lists) for (const v of l) if (v > m) m = v;
+  return m;
+}
+
 class Svg {
   parts: string[] = [];
   add(s: string): void {
@@ -444,8 +451,8 @@ export function renderSvg(m: ReportModel, title?: string): string {
   // Panel 1: data moved
   const p1: Panel = { y, h: 170 };
   const stop = m.phases.find((p) => p.phase === "stop-copy" && p.device === null);
-  const barMax = Math.max(1, ...m.iterations.map((i) => i.bytes), stop?.bytes ?? 0);
-  const cumMax = Math.max(1, ...m.bytes.map((b) => b.bytes));
+  const barMax = maxOf(1, m.iterations.map((i) => i.bytes), [stop?.bytes ?? 0]);
+  const cumMax = maxOf(1, m.bytes.map((b) => b.bytes));
   const bt = byteTicks(barMax);
   const ct = byteTicks(cumMax);
   const legend1: [string, string, string][] = [];
@@ -496,7 +503,9 @@ export function renderSvg(m: ReportModel, title?: string): string {
   if (live) {
     p2 = { y, h: 150 };
     const vals = m.iterations.flatMap((i) => [i.estimate, i.threshold ?? 0]).filter((v) => v > 0);
-    const lt = log2Ticks(Math.min(...vals, m.switchover?.estimate ?? Infinity) / 1.5, Math.max(...vals) * 1.2, 6);
+    const hi = maxOf(1024, vals);
+    const lo = -maxOf(-hi, vals.map((v) => -v)); // the smallest
+    const lt = log2Ticks(lo / 1.5, hi * 1.2, 6);
     const limit = m.switchover?.downtimeLimitMs;
     panelFrame(s, ax, p2, "Left to send vs what fits the downtime limit", [
       [COLORS.estimate, "left (estimate)", "line"],
@@ -538,11 +547,11 @@ export function renderSvg(m: ReportModel, title?: string): string {
   const dirty = m.iterations.filter((i) => i.dirtyRate !== null);
   if (live || m.rate.length > 1) {
     p3 = { y, h: 120 };
-    const rmax = Math.max(
+    const rmax = maxOf(
       1,
-      ...m.iterations.map((i) => i.bandwidth ?? 0),
-      ...dirty.map((i) => i.dirtyRate!),
-      ...m.rate.map((r) => r.rate),
+      m.iterations.map((i) => i.bandwidth ?? 0),
+      dirty.map((i) => i.dirtyRate!),
+      m.rate.map((r) => r.rate),
     );
     const rt = byteTicks(rmax);
     const legend3: [string, string, string][] = [[COLORS.transferRate, "transfer rate", "line"]];
@@ -597,10 +606,10 @@ export function renderSvg(m: ReportModel, title?: string): string {
       // This device's bytes per iteration and its stop-copy bytes.
       const h = 46;
       const ds = m.phases.find((p) => p.phase === "stop-copy" && p.device === d.index);
-      const dmax = Math.max(
+      const dmax = maxOf(
         1,
-        ds?.bytes ?? 0,
-        ...m.iterations.map((it) => it.devices.find((x) => x.index === d.index)?.bytes ?? 0),
+        [ds?.bytes ?? 0],
+        m.iterations.map((it) => it.devices.find((x) => x.index === d.index)?.bytes ?? 0),
       );
       const dt = byteTicks(dmax, 2);
       const yd = (v: number) => y + 4 + h - (v / dt.top) * h;
