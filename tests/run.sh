@@ -22,6 +22,13 @@ if ! command -v gcc >/dev/null || [ ! -f /usr/include/linux/vfio.h ] || ! comman
         openssh-server openssh-client >/dev/null
 fi
 
+# Debian's chromium renders vfio-mig report's output headless (tests/report_chromium_test.ts).
+if ! command -v chromium >/dev/null; then
+    log "installing chromium (headless, for the report rendering test)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
+fi
+
 # Counts from Deno's summary line: "ok | 45 passed (3 steps) | 0 failed (2s)".
 count_deno() {
     local line
