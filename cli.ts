@@ -1,8 +1,7 @@
 // vfio-mig command line: parse the command, dispatch, turn errors into one line and
 // an exit code. Each command lives in src/commands/<name>.ts.
 
-import { SysError } from "./ffi/errno.ts";
-import { libc, LibcLoadError } from "./ffi/libc.ts";
+import { libc } from "./ffi/libc.ts";
 import type { Command } from "./src/commands/command.ts";
 import { EXIT_CODES_HELP } from "./src/commands/command.ts";
 import { infoCommand, resetCommand, stateCommand } from "./src/commands/info.ts";
@@ -13,7 +12,7 @@ import { listCommand } from "./src/commands/list.ts";
 import { checkCommand } from "./src/commands/check.ts";
 import { inspectCommand } from "./src/commands/inspect.ts";
 import { reportCommand } from "./src/commands/report.ts";
-import { EXIT, VfioMigError } from "./src/errors.ts";
+import { describeError, EXIT, VfioMigError } from "./src/errors.ts";
 import { VERSION } from "./src/version.ts";
 
 const COMMANDS: Command[] = [
@@ -70,25 +69,10 @@ export async function main(args: string[]): Promise<number> {
 }
 
 function report(e: unknown): number {
-  const debug = safeDebug();
-  if (e instanceof VfioMigError) {
-    console.error(`vfio-mig: ${e.message}`);
-    if (debug && e.cause) console.error(e.cause);
-    return e.exitCode;
-  }
-  if (e instanceof LibcLoadError) {
-    console.error(`vfio-mig: ${e.message}`);
-    return EXIT.USAGE;
-  }
-  if (e instanceof SysError) {
-    console.error(`vfio-mig: ${e.message}`);
-    return EXIT.FAILURE;
-  }
-  console.error(
-    `vfio-mig: internal error: ${e instanceof Error ? e.message : String(e)} (set VFIO_MIG_DEBUG=1 for details)`,
-  );
-  if (debug) console.error(e);
-  return EXIT.FAILURE;
+  const { exitCode, kind, message } = describeError(e);
+  console.error(`vfio-mig: ${message}${kind === "internal" ? " (set VFIO_MIG_DEBUG=1 for details)" : ""}`);
+  if (safeDebug()) console.error(e instanceof VfioMigError ? e.cause ?? e : e);
+  return exitCode;
 }
 
 // Through libc's getenv: no --allow-env needed, and no permission prompt.

@@ -72,3 +72,12 @@ export { arcMismatches, arcPairs, type ArcResult, expectedArc, exploreArcs } fro
 export { type CheckReport, type CheckResult, CHECKS, type CheckStatus, runChecks } from "./src/check/conformance.ts";
 export { CheckSession } from "./src/check/session.ts";
 export { type InspectOptions, type InspectReport, inspectStream } from "./src/inspect/inspect.ts";
+export { type DeviceRef, Events, type EventSubscriber, type MigrationEvent } from "./src/events/events.ts";
+export { migrationEvents } from "./src/events/cli.ts";
+export { JsonLinesWriter } from "./src/events/jsonl.ts";
+export { ProgressBar } from "./src/events/progress_bar.ts";
+export { EVENTS_SCHEMA_VERSION, validateEvent, validateEventLines } from "./src/events/schema.ts";
+export { describeError } from "./src/errors.ts";
+export { readEventsFile } from "./src/report/model.ts";
+export { renderSvg } from "./src/report/svg.ts";
+export { renderHtml } from "./src/report/html.ts";

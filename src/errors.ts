@@ -1,4 +1,8 @@
-// The one error type the tool reports to users: a one-line message and an exit code.
+// The one error type the tool reports to users: a one-line message and an exit code,
+// and the one place that decides the exit code and line of any error (describeError).
+
+import { SysError } from "../ffi/errno.ts";
+import { LibcLoadError } from "../ffi/libc.ts";
 
 export const EXIT = {
   OK: 0,
@@ -57,4 +61,20 @@ export class InterruptedError extends VfioMigError {
     super(`interrupted by ${signal}`, "interrupted");
     this.name = "InterruptedError";
   }
+}
+
+/**
+ * The exit code, kind and one line of any error, as the CLI reports it (cli.ts) and the
+ * events record it: a VfioMigError by its kind; libc that cannot be loaded is a usage
+ * error (2); a bare system call failure 1; anything else an internal error (1).
+ */
+export function describeError(e: unknown): { exitCode: number; kind: ErrorKind | "internal"; message: string } {
+  if (e instanceof VfioMigError) return { exitCode: e.exitCode, kind: e.kind, message: e.message };
+  if (e instanceof LibcLoadError) return { exitCode: EXIT.USAGE, kind: "usage", message: printable(e.message) };
+  if (e instanceof SysError) return { exitCode: EXIT.FAILURE, kind: "failure", message: printable(e.message) };
+  return {
+    exitCode: EXIT.FAILURE,
+    kind: "internal",
+    message: printable(`internal error: ${e instanceof Error ? e.message : String(e)}`),
+  };
 }

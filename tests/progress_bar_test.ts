@@ -139,3 +139,51 @@ Deno.test("progress: render() drops the least useful parts first as the width sh
   assert(tiny.length <= 19 && tiny.startsWith("load resume"), tiny);
   assertEquals([formatDuration(4.25), formatDuration(185), formatDuration(3720)], ["4.3s", "3m05s", "1h02m"]);
 });
+
+Deno.test({
+  name: "progress: the real save and load draw the bar on a terminal and print the summary after it; none without one",
+  ignore: noScript !== null,
+  fn: async () => {
+    const t = await Deno.makeTempDir({ prefix: "vfio-mig-bar-" });
+    try {
+      const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+      const cli = `${q(Deno.execPath())} run --allow-ffi ${q(new URL("../cli.ts", import.meta.url).pathname)}`;
+      const run = async (args: string, pty: boolean) => {
+        const cmd = `stty cols 100 2>/dev/null; ${cli} ${args}`;
+        const out = pty
+          ? await new Deno.Command("script", { args: ["-qfec", cmd, "/dev/null"], stdin: "null", stdout: "piped" })
+            .output()
+          : await new Deno.Command("sh", { args: ["-c", cmd], stdin: "null", stdout: "piped", stderr: "piped" })
+            .output();
+        const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr ?? new Uint8Array());
+        assert(out.success, `${args}: ${text}`);
+        return text;
+      };
+      await run(`sim create ${t}/a --model bulk --size ${256 * MiB} --seed 1`, false);
+      await run(`sim create ${t}/b --model bulk --size ${256 * MiB} --seed 2`, false);
+      for (
+        const [what, args] of [["save", `save --device sim:${t}/a ${t}/s.vfmig`], [
+          "load",
+          `load --device sim:${t}/b ${t}/s.vfmig`,
+        ]]
+      ) {
+        const tty = await run(args, true);
+        const { drawn, after } = frames(tty);
+        assert(drawn.length >= 1, `${what}: the bar was drawn on the terminal: ${JSON.stringify(tty.slice(0, 400))}`);
+        for (const f of drawn) assertMatch(f, /MiB|GiB|KiB/, `${what}: a frame shows bytes: ${JSON.stringify(f)}`);
+        assertMatch(
+          after,
+          new RegExp(`^${what === "save" ? "saved" : "loaded"} 256\\.0 MiB`),
+          `${what}: the summary after the bar`,
+        );
+        const plain = await run(args, false);
+        assert(
+          !plain.includes("\x1b[K") && !plain.includes("\r"),
+          `${what}: no bar without a terminal: ${JSON.stringify(plain)}`,
+        );
+      }
+    } finally {
+      await Deno.remove(t, { recursive: true });
+    }
+  },
+});

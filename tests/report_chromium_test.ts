@@ -8,7 +8,8 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { inflateSync } from "node:zlib";
-import { ok } from "./proc_helpers.ts";
+import { killAll, ok, vfioMig } from "./proc_helpers.ts";
+import { validateEventLines } from "../src/events/schema.ts";
 import { LIVE_TCP, TWO_DEVICES, writeModelEvents } from "./events_fixture.ts";
 import { COLORS } from "../src/report/svg.ts";
 
@@ -311,6 +312,91 @@ Deno.test({
       }
       assert(m.switchoverLine.h > 500);
     } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "events of a real live save over TCP (both ends): valid, every kind there, and the report draws them",
+  ignore: CHROMIUM === null,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "vfio-mig-events-e2e-" });
+    try {
+      const [a, b] = [`${dir}/a`, `${dir}/b`];
+      await ok(["sim", "create", a, "--model", "bulk", "--size", String(16 << 20), "--rate", "4M", "--seed", "3"]);
+      await ok(["sim", "create", b, "--model", "bulk", "--size", String(16 << 20), "--seed", "4"]);
+      const token = "events-e2e-token";
+      const dst = vfioMig([
+        "load",
+        "--device",
+        `sim:${b}`,
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        token,
+        "--events",
+        `${dir}/dst.jsonl`,
+      ]);
+      const port = Number((await dst.waitStderr(/listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+      const src = await ok([
+        "save",
+        "--live",
+        "--json",
+        "--device",
+        `sim:${a}`,
+        `tcp://127.0.0.1:${port}`,
+        "--token",
+        token,
+        "--events",
+        `${dir}/src.jsonl`,
+      ]);
+      assertEquals((await dst.done()).code, 0, "the destination loaded");
+      const summary = JSON.parse(src.stdout.slice(src.stdout.indexOf("{")));
+      const types = (file: string) => {
+        const text = Deno.readTextFileSync(file);
+        assertEquals(validateEventLines(text), null, `${file}: every event valid, in order`);
+        const evs = text.trim().split("\n").map((l) => JSON.parse(l));
+        return { evs, set: new Set(evs.map((e) => e.type === "transport" ? `transport:${e.step}` : e.type)) };
+      };
+      const s = types(`${dir}/src.jsonl`);
+      for (
+        const t of [
+          "start",
+          "devices",
+          "header",
+          "state",
+          "phase",
+          "iteration",
+          "switchover",
+          "progress",
+          "transport:connected",
+          "transport:authenticated",
+          "transport:init-ack",
+          "transport:peer-result",
+          "result",
+        ]
+      ) assert(s.set.has(t), `the save's events include ${t}: ${[...s.set].join(", ")}`);
+      const d = types(`${dir}/dst.jsonl`);
+      for (
+        const t of ["start", "devices", "header", "state", "phase", "transport:listening", "transport:authenticated"]
+      ) assert(d.set.has(t), `the load's events include ${t}: ${[...d.set].join(", ")}`);
+      assert(d.set.has("transport:init-ack") && d.set.has("transport:peer-result") && d.set.has("result"));
+      const result = s.evs.at(-1);
+      assertEquals(result.summary.iterations, summary.iterations, "the result event carries the summary");
+      const states = s.evs.filter((e) => e.type === "state").map((e) => `${e.from}->${e.to}`);
+      assertEquals(states, ["RUNNING->PRE_COPY", "PRE_COPY->STOP_COPY", "STOP_COPY->STOP"], "the save's SETs");
+
+      await ok(["report", `${dir}/src.jsonl`, "-o", `${dir}/live.html`]);
+      const m = (await measureIn(dir, ["live.html"]))["live.html"];
+      assertEquals(m.series["iteration-bytes"].bars.length, summary.iterations, "a bar per pre-copy iteration");
+      for (const x of ["cumulative-bytes", "estimate", "threshold"]) {
+        assert(m.series[x] && m.series[x].box.w > 100, `${x} is drawn: ${JSON.stringify(m.series[x]?.box)}`);
+      }
+      assert(m.switchoverLine.h > 300, `the switchover mark spans the plots: ${JSON.stringify(m.switchoverLine)}`);
+    } finally {
+      await killAll();
       await Deno.remove(dir, { recursive: true });
     }
   },

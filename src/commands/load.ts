@@ -13,6 +13,7 @@ import {
 import { openStreamSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices.ts";
+import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
 
 /** The text summary of a load: one line, and with several devices one line each. */
@@ -63,7 +64,8 @@ ${NETWORK_HELP}
       --accept-timeout MS  give up when no peer authenticated within MS (default: wait)
       --tls-cert FILE, --tls-key FILE  accept TLS connections (PEM)
       --json         print a summary as JSON
-  -q, --quiet        no progress line
+${EVENTS_HELP}
+  -q, --quiet        no progress bar
   -h, --help         this help
 ${MULTI_LOAD_HELP}
 
@@ -84,6 +86,7 @@ ${EXIT_CODES_HELP}`,
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
       ...NETWORK_OPTIONS,
+      ...EVENTS_OPTIONS,
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -112,9 +115,17 @@ ${EXIT_CODES_HELP}`,
     if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
       throw new VfioMigError("load: --tls-cert and --tls-key go together", "usage");
     }
-    let source: StreamSource | null = values.listen === undefined ? openStreamSource(sys, from) : null;
+    // The events (--events, the progress bar) before anything else can fail or change.
+    const { events } = migrationEvents(sys, {
+      events: values.events,
+      progress: !values.quiet && !values.json,
+      reservedFds: from === "-" ? [0] : [],
+    });
+    events.start({ command: "load", target: from });
+    let source: StreamSource | null = null;
     const cancel = new Cancellation().install();
     try {
+      if (values.listen === undefined) source = openStreamSource(sys, from);
       const devs = openDevices(sys, specs);
       try {
         if (values.listen !== undefined) {
@@ -136,14 +147,20 @@ ${EXIT_CODES_HELP}`,
               : msOption(values["accept-timeout"], "accept-timeout", 1),
             tlsCert: readPem(sys, values["tls-cert"], "TLS certificate"),
             tlsKey: readPem(sys, values["tls-key"], "TLS key"),
-            onListening: (a) =>
+            onListening: (a) => {
+              events.transport("listening", { peer: `${a.hostname}:${a.port}` });
               console.error(
                 `vfio-mig: listening on ${a.hostname}:${a.port}` +
                   (generated ? `; token ${token} (give it to save with --token or VFIO_MIG_TOKEN)` : ""),
-              ),
-            onRefused: (why) => console.error(`vfio-mig: ${why}`),
+              );
+            },
+            onRefused: (why) => {
+              events.transport("refused", { message: why });
+              console.error(`vfio-mig: ${why}`);
+            },
             signal: cancel.abortSignal,
           });
+          events.transport("authenticated", { peer: conn.label });
           // load() ends a read that waits on a silent peer on a signal (then resets the device).
           source = new TcpSource(conn);
         }
@@ -151,17 +168,23 @@ ${EXIT_CODES_HELP}`,
           noStart: values["no-start"],
           noConfig: values["no-config"],
           protocol: parseProtocol(values.protocol, "load"),
-          progress: !values.quiet && !values.json,
+          events,
           cancel,
           noP2p: values["no-p2p"],
         });
-        if (values.json) printJson({ command: "load", input: from, ...r });
+        const summary = { command: "load", input: from, ...r };
+        events.result(summary);
+        if (values.json) printJson(summary);
         else if (!values.quiet) { for (const line of loadSummary(r)) console.error(line); }
         return 0;
       } finally {
         closeDevices(devs);
       }
+    } catch (e) {
+      events.error(e);
+      throw e;
     } finally {
+      events.close();
       cancel.uninstall();
       source?.close();
     }

@@ -1,4 +1,4 @@
-import { defaultDeviceSpec, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { save, type SaveResult } from "../migrate/save.ts";
@@ -8,6 +8,7 @@ import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/t
 import { openSink, type Sink } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
+import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
 
 function ms(n: number): string {
@@ -92,7 +93,8 @@ ${NETWORK_HELP}
       --protocol P   auto (default: uAPI v2 when the device has it, else the v1
                      migration region), v1 or v2
       --json         print a summary as JSON (to stderr when the stream goes to stdout)
-  -q, --quiet        no progress line
+${EVENTS_HELP}
+  -q, --quiet        no progress bar
   -h, --help         this help
 ${MULTI_SAVE_HELP}
 
@@ -111,6 +113,7 @@ ${EXIT_CODES_HELP}`,
       "tls-ca": { type: "string" },
       ...NETWORK_OPTIONS,
       protocol: { type: "string" },
+      ...EVENTS_OPTIONS,
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -135,49 +138,67 @@ ${EXIT_CODES_HELP}`,
         "usage",
       );
     }
-    // Connect and authenticate before the device is touched.
+    // The events (--events, the progress bar) before anything else can fail or change.
+    const { events } = migrationEvents(sys, {
+      events: values.events,
+      progress: !values.quiet && !values.json,
+      reservedFds: target === "-" ? [1] : [],
+    });
+    events.start({ command: "save", mode: values.live ? "live" : "offline", target });
     let sink: Sink | null = null;
-    if (target.startsWith("tcp://")) {
-      const token = tokenFrom(sys, values.token);
-      if (!token) {
-        throw new VfioMigError("save: tcp:// needs the listener's token: --token T or VFIO_MIG_TOKEN", "usage");
-      }
-      sink = new TcpSink(
-        await TcpClient.connect(target, {
+    let devs: VfioDevice[] = [];
+    try {
+      // Connect and authenticate before the device is touched.
+      if (target.startsWith("tcp://")) {
+        const token = tokenFrom(sys, values.token);
+        if (!token) {
+          throw new VfioMigError("save: tcp:// needs the listener's token: --token T or VFIO_MIG_TOKEN", "usage");
+        }
+        const client = await TcpClient.connect(target, {
           token,
           tls: values.tls,
           tlsCa: readPem(sys, values["tls-ca"], "CA certificate"),
           handshakeTimeoutMs: msOption(values["handshake-timeout"], "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
-        }),
-      );
-    }
-    const devs = openDevices(sys, specs);
-    // save() ends the output's waits on a signal (a full pipe, a FIFO without a reader, a
-    // destination that stopped reading) and then recovers the devices.
-    const cancel = new Cancellation().install();
-    try {
-      sink ??= openSink(sys, target);
-      const r = await save(devs, sink, {
-        resume: values.resume,
-        live: values.live,
-        maxPrecopyMs: maxPrecopy,
-        downtimeLimitMs: downtimeLimit,
-        protocol: parseProtocol(values.protocol, "save"),
-        progress: !values.quiet && !values.json,
-        cancel,
-        noP2p: values["no-p2p"],
-      });
-      if (values.json) printJson({ command: "save", output: target, ...r }, target === "-");
-      else if (!values.quiet) {
-        for (const line of saveSummary(r, target)) console.error(line);
+        });
+        events.transport("connected", { peer: target, tls: !!values.tls || values["tls-ca"] !== undefined });
+        events.transport("authenticated", { peer: target });
+        sink = new TcpSink(client);
       }
-      // Not converging is worth a word even with --json (unless the JSON itself goes to stderr).
-      if (r.switchReason === "max-precopy" && !values.quiet && !(values.json && target === "-")) {
-        console.error(maxPrecopyNote(r));
+      devs = openDevices(sys, specs);
+      // save() ends the output's waits on a signal (a full pipe, a FIFO without a reader, a
+      // destination that stopped reading) and then recovers the devices.
+      const cancel = new Cancellation().install();
+      try {
+        sink ??= openSink(sys, target);
+        const r = await save(devs, sink, {
+          resume: values.resume,
+          live: values.live,
+          maxPrecopyMs: maxPrecopy,
+          downtimeLimitMs: downtimeLimit,
+          protocol: parseProtocol(values.protocol, "save"),
+          events,
+          cancel,
+          noP2p: values["no-p2p"],
+        });
+        const summary = { command: "save", output: target, ...r };
+        events.result(summary);
+        if (values.json) printJson(summary, target === "-");
+        else if (!values.quiet) {
+          for (const line of saveSummary(r, target)) console.error(line);
+        }
+        // Not converging is worth a word even with --json (unless the JSON itself goes to stderr).
+        if (r.switchReason === "max-precopy" && !values.quiet && !(values.json && target === "-")) {
+          console.error(maxPrecopyNote(r));
+        }
+        return 0;
+      } finally {
+        cancel.uninstall();
       }
-      return 0;
+    } catch (e) {
+      events.error(e);
+      throw e;
     } finally {
-      cancel.uninstall();
+      events.close();
       if (sink instanceof TcpSink) sink.abort(); // closes the connection (a no-op once finished)
       closeDevices(devs);
     }

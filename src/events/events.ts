@@ -4,8 +4,7 @@
 // every method returns at its first line: the data path calls progress() per chunk.
 
 import { SysError } from "../../ffi/errno.ts";
-import { LibcLoadError } from "../../ffi/libc.ts";
-import { printable, VfioMigError } from "../errors.ts";
+import { describeError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { EVENTS_SCHEMA_VERSION } from "./schema.ts";
 
@@ -401,16 +400,4 @@ export class Events {
       } catch { /* closing is best effort */ }
     }
   }
-}
-
-/** The exit code, kind and line the CLI (cli.ts report()) gives an error. */
-export function describeError(e: unknown): { exitCode: number; kind: string; message: string } {
-  if (e instanceof VfioMigError) return { exitCode: e.exitCode, kind: e.kind, message: e.message };
-  if (e instanceof LibcLoadError) return { exitCode: 2, kind: "usage", message: printable(e.message) };
-  if (e instanceof SysError) return { exitCode: 1, kind: "failure", message: printable(e.message) };
-  return {
-    exitCode: 1,
-    kind: "internal",
-    message: printable(`internal error: ${e instanceof Error ? e.message : String(e)}`),
-  };
 }

@@ -30,8 +30,9 @@ import {
 } from "./config_state.ts";
 import { checkDeviceSet, operationName, requireP2p } from "./group.ts";
 import { type Protocol, type ProtocolChoice, type ResumeSession, v1Of } from "./protocol.ts";
-import { probeMigration } from "./save.ts";
-import { Cancellation, failure, onCancel, pausePoint, Progress, streamIdentity } from "./session.ts";
+import { ownEvents, probeMigration } from "./save.ts";
+import { Cancellation, failure, observeDevices, onCancel, pausePoint, streamIdentity } from "./session.ts";
+import type { Events } from "../events/events.ts";
 import { V1ResumeSession } from "./v1_session.ts";
 import { V2ResumeSession } from "./v2_session.ts";
 import { expectedRecords, type RecordPhase } from "../stream/order.ts";
@@ -40,7 +41,10 @@ import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 export interface LoadOptions {
   /** Leave the devices in STOP after loading (default: RUNNING). */
   noStart?: boolean;
+  /** A progress bar on stderr when it is a terminal (without `events`; with it, subscribe a ProgressBar). */
   progress?: boolean;
+  /** Where the migration's events go (docs/events.md); the caller owns it. See SaveOptions.events. */
+  events?: Events;
   cancel?: Cancellation;
   /** auto (default: the stream's), v1 or v2; must match the stream's. */
   protocol?: ProtocolChoice;
@@ -294,19 +298,31 @@ export async function load(
   if (list.length === 0) throw new VfioMigError("load: give at least one device", "usage");
   const source = typeof input === "string" ? openStreamSource(list[0].device.sys, input) : input;
   const cancel = opts.cancel ?? new Cancellation();
+  const events = opts.events ?? ownEvents(!!opts.progress, "load");
   // A signal ends any wait of the input (a silent pipe, a FIFO without a writer, a peer).
   const unbind = onCancel(cancel, () => source.interrupt?.());
   try {
-    return await loadFrom(list, source, { ...opts, cancel });
+    const r = await loadFrom(list, source, cancel, events, opts);
+    if (!opts.events) events.result(r);
+    return r;
+  } catch (e) {
+    if (!opts.events) events.error(e);
+    throw e;
   } finally {
     unbind();
     if (typeof input === "string") source.close();
+    if (!opts.events) events.close();
   }
 }
 
-async function loadFrom(list: LoadTarget[], source: StreamSource, opts: LoadOptions): Promise<LoadResult> {
+async function loadFrom(
+  list: LoadTarget[],
+  source: StreamSource,
+  cancel: Cancellation,
+  events: Events,
+  opts: LoadOptions,
+): Promise<LoadResult> {
   const t0 = performance.now();
-  const cancel = opts.cancel ?? new Cancellation();
   const labels = list.map((t) => t.device.label);
   const what = operationName("load into", labels);
   const reader = opts.reader ? opts.reader(source) : new StreamReader(source);
@@ -324,11 +340,38 @@ async function loadFrom(list: LoadTarget[], source: StreamSource, opts: LoadOpti
     await source.notify?.({ event: "done", ok: false, message: err.message });
     throw err;
   }
-  const estimates = units.map((u) => u.entry.sizeEstimate);
-  const progress = new Progress(
-    !!opts.progress,
-    estimates.every((x) => typeof x === "number") ? estimates.reduce((a, b) => a! + b!, 0) : null,
-  );
+  events.devices(units.map((u) => ({ index: u.i, label: u.d.label })));
+  events.header({
+    mode: header.mode === "live" ? "live" : "offline",
+    protocol: header.protocol,
+    devices: units.map((u) => ({
+      index: u.i,
+      source: u.entry.source,
+      protocol: u.entry.protocol,
+      sizeEstimate: typeof u.entry.sizeEstimate === "number" ? u.entry.sizeEstimate : null,
+    })),
+  });
+  const unobserve = observeDevices(units.map((u) => u.d), events);
+  try {
+    return await loadRecords(reader, source, header, units, cancel, events, opts, t0, what);
+  } finally {
+    unobserve();
+  }
+}
+
+/** The records, then the finish; on any failure every destination is reset. */
+async function loadRecords(
+  reader: RecordReader,
+  source: StreamSource,
+  header: StreamHeader,
+  units: Unit[],
+  cancel: Cancellation,
+  events: Events,
+  opts: LoadOptions,
+  t0: number,
+  what: string,
+): Promise<LoadResult> {
+  events.phase("setup", "start");
   // A multi-device stream names the device of each record with DEVICE tags; a
   // single-device stream has none, and all its records are its one device's.
   const tagged = units.length > 1;
@@ -382,6 +425,8 @@ async function loadFrom(list: LoadTarget[], source: StreamSource, opts: LoadOpti
               u.s.begin();
               if (!resumePaused) {
                 resumePaused = true;
+                events.phase("setup", "end");
+                events.phase("resume", "start");
                 await pausePoint((n) => u.d.sys.getenv(n), "resume", cancel);
               }
               u.phase = "iterate";
@@ -397,7 +442,10 @@ async function loadFrom(list: LoadTarget[], source: StreamSource, opts: LoadOpti
             // switches over once every device's markers are acknowledged; again after a
             // REINIT).
             initDataLoaded++;
-            await source.notify?.({ event: "init-loaded" });
+            if (source.notify) {
+              await source.notify({ event: "init-loaded" });
+              events.transport("init-ack", { acks: initDataLoaded });
+            }
             break;
           case "SWITCHOVER":
             if (u.phase !== "iterate" || v1) throw unexpected("SWITCHOVER");
@@ -421,25 +469,31 @@ async function loadFrom(list: LoadTarget[], source: StreamSource, opts: LoadOpti
       u.s.data(rec.bytes);
       u.bytes += rec.bytes.length;
       u.chunks++;
-      progress.update("resume", reader.dataBytes);
+      events.progress("resume", reader.dataBytes);
     }
     // The whole stream is verified. Config spaces are restored while the devices are
     // still RESUMING (QEMU: MSI-X table, enables, command register, in load_state);
     // then every driver takes its data (RESUMING -> STOP: it validates); then all go
     // RUNNING_P2P, and only then any RUNNING (QEMU's VM start).
+    events.phase("resume", "end", { bytes: reader.dataBytes });
+    events.phase("finish", "start");
     await pausePoint((n) => units[0].d.sys.getenv(n), "finish", cancel);
+    events.phase("config", "start");
     for (const u of units) u.restored = u.config && !opts.noConfig ? restoreConfigState(u.config, u.d) : null;
+    events.phase("config", "end", { bytes: units.reduce((a, u) => a + (u.restored ? u.config!.config.length : 0), 0) });
     for (const u of units) u.s.endData();
     if (!opts.noStart && tagged) { for (const u of units) u.s.prepareStart(); }
     for (const u of units) u.finalState = u.s.finish(!!opts.noStart);
-    progress.update("done", reader.dataBytes, true);
-    progress.finish();
-    await source.notify?.({
-      event: "done",
+    const done = {
       ok: true,
       message: units.map((u) => `${u.d.label} is ${u.finalState}`).join(", "),
       finalState: units[0].finalState,
-    });
+    };
+    if (source.notify) {
+      await source.notify({ event: "done", ...done });
+      events.transport("peer-result", done);
+    }
+    events.phase("finish", "end");
     const seconds = (performance.now() - t0) / 1000;
     const perDevice = units.map((u): DeviceLoadResult => ({
       index: u.i,
@@ -469,7 +523,6 @@ async function loadFrom(list: LoadTarget[], source: StreamSource, opts: LoadOpti
       devices: perDevice,
     };
   } catch (e) {
-    progress.finish();
     // A signal closes a network source under a pending read: report the signal (exit 130).
     const cause = cancel.signal && !(e instanceof InterruptedError) ? new InterruptedError(cancel.signal) : e;
     const err = failure(`${what} failed`, cause, units.map((u) => u.s.abort()).join(", "));

@@ -41,7 +41,9 @@ import {
   type SaveSession,
   v1Of,
 } from "./protocol.ts";
-import { Cancellation, failure, onCancel, pausePoint, Progress, streamIdentity } from "./session.ts";
+import { Cancellation, failure, observeDevices, onCancel, pausePoint, streamIdentity } from "./session.ts";
+import { type DeviceRef, Events } from "../events/events.ts";
+import { ProgressBar } from "../events/progress_bar.ts";
 import { V1SaveSession } from "./v1_session.ts";
 import { V2SaveSession } from "./v2_session.ts";
 
@@ -59,7 +61,14 @@ export interface SaveOptions {
   maxPrecopyMs?: number;
   /** The downtime to aim for when leaving pre-copy, in ms (default 300, as QEMU). */
   downtimeLimitMs?: number;
+  /** A progress bar on stderr when it is a terminal (without `events`; with it, subscribe a ProgressBar). */
   progress?: boolean;
+  /**
+   * Where the migration's events go (docs/events.md): state changes, phases, pre-copy
+   * iterations, the switchover, transport steps, progress. The caller owns it (start,
+   * result/error, close). Without it, save() makes its own, with only the progress bar.
+   */
+  events?: Events;
   cancel?: Cancellation;
   chunkSize?: number;
   /** Migration protocol: auto (default: v2 when the device has it, else v1), v1 or v2. */
@@ -288,14 +297,37 @@ export async function save(
   const sink = typeof output === "string" ? openSink(devs[0].sys, output) : output;
   const cancel = opts.cancel ?? new Cancellation();
   const what = operationName("save from", devs.map((d) => d.label));
+  const events = opts.events ?? ownEvents(!!opts.progress, "save", !!opts.live);
   // A signal ends any wait of the output (a full pipe, a FIFO without a reader).
   const unbind = onCancel(cancel, () => sink.abort());
+  events.devices(devs.map((d, index) => ({ index, label: d.label })));
+  const unobserve = observeDevices(devs, events);
   try {
-    return await saveTo(devs, sink, opts, cancel, what);
+    const r = await saveTo(devs, sink, opts, cancel, what, events);
+    if (!opts.events) events.result(r);
+    return r;
+  } catch (e) {
+    if (!opts.events) events.error(e);
+    throw e;
   } finally {
+    unobserve();
     unbind();
+    if (!opts.events) events.close();
   }
 }
+
+/** The events of a library call that brought none: the progress bar alone, when asked for and on a terminal. */
+export function ownEvents(progress: boolean, command: "save" | "load", live = false): Events {
+  const events = new Events();
+  const bar = ProgressBar.forStderr(progress);
+  if (bar) {
+    events.on(bar);
+    events.start({ command, mode: live ? "live" : "offline" });
+  }
+  return events;
+}
+
+const ref = (u: { i: number; d: VfioDevice }): DeviceRef => ({ index: u.i, label: u.d.label });
 
 async function saveTo(
   devs: VfioDevice[],
@@ -303,6 +335,7 @@ async function saveTo(
   opts: SaveOptions,
   cancel: Cancellation,
   what: string,
+  events: Events,
 ): Promise<SaveResult> {
   const t0 = performance.now();
   const live = !!opts.live;
@@ -318,11 +351,6 @@ async function saveTo(
     // One device: its own error says what is wrong. Several: which operation, and that none changed.
     throw devs.length === 1 ? e : failure(`${what} refused`, e, "no device was changed");
   }
-  const estimates = units.map((u) => u.s.sizeEstimate);
-  const progress = new Progress(
-    !!opts.progress,
-    estimates.every((x) => x !== null) ? estimates.reduce((a, b) => a! + b!, 0) : null,
-  );
   const w = new StreamWriter(sink, opts.chunkSize, units.length);
   const getenv = (n: string) => devs[0].sys.getenv(n);
   let policy: PrecopyPolicy | null = null;
@@ -330,19 +358,32 @@ async function saveTo(
   let markers = 0;
   try {
     // setup
-    w.header(streamHeader(units, live, opts.created ?? new Date()));
+    const header = streamHeader(units, live, opts.created ?? new Date());
+    w.header(header);
+    events.header({
+      mode: header.mode,
+      protocol: header.protocol,
+      devices: units.map((u) => ({
+        index: u.i,
+        source: u.d.label,
+        protocol: u.s.protocol,
+        sizeEstimate: u.s.sizeEstimate,
+      })),
+    });
+    events.phase("setup", "start");
     for (const u of units) {
       w.selectDevice(u.i);
       u.s.setup(w, live);
     }
-    progress.update("setup", 0, true);
+    events.phase("setup", "end");
+    events.progress("setup", 0);
     await pausePoint(getenv, "setup", cancel);
 
     // pre-copy: rounds while the devices run, until what is left fits the downtime limit
     if (live) {
       await pausePoint(getenv, "pre-copy", cancel);
       policy = new PrecopyPolicy(opts.downtimeLimitMs, opts.maxPrecopyMs);
-      const r = await precopy(units, w, sink, policy, cancel, progress);
+      const r = await precopy(units, w, sink, policy, cancel, events);
       switchReason = r.reason;
       markers = r.markers;
     }
@@ -359,11 +400,15 @@ async function saveTo(
       w.selectDevice(u.i);
       u.s.stop(w);
     }
+    events.phase("stop-copy", "start");
     await pausePoint(getenv, "stop-copy", cancel);
-    await readRound(units, w, "stop-copy", Infinity, cancel, progress);
+    await readRound(units, w, "stop-copy", Infinity, cancel, events);
     const stopCopyMs = performance.now() - stopAt;
+    if (group) { for (const u of units) events.phase("stop-copy", "end", { device: ref(u), bytes: u.stopCopyBytes }); }
+    events.phase("stop-copy", "end", { bytes: units.reduce((a, u) => a + u.stopCopyBytes, 0), ms: stopCopyMs });
 
     // config state of each device, after all device data (vfio_save_state); the trailer
+    events.phase("config", "start");
     for (const u of units) {
       const config = readConfigState(u.d);
       if (!config) continue;
@@ -372,13 +417,17 @@ async function saveTo(
       w.tag(TAG.END_OF_STATE);
       u.configBytes = config.config.length;
     }
+    events.phase("config", "end", { bytes: units.reduce((a, u) => a + u.configBytes, 0) });
+    events.phase("trailer", "start");
     w.end();
     await w.flowControl();
     // The last byte is written (a file's fsync and rename in commit() come after the downtime).
     const wroteAt = performance.now();
+    events.phase("trailer", "end", { bytes: w.written });
 
     // finish: every session ends in STOP; with resume, all RUNNING_P2P before any RUNNING.
     // Then the output is made visible (over TCP: the destination's result is awaited).
+    events.phase("finish", "start");
     await pausePoint(getenv, "finish", cancel);
     const resume = !!opts.resume;
     for (const u of units) u.finalState = u.s.finish(resume && !group);
@@ -387,10 +436,13 @@ async function saveTo(
       for (const u of units) u.finalState = u.s.start();
     }
     cancel.check();
-    await sink.commit();
+    try {
+      await sink.commit();
+    } finally {
+      if (sink.result) events.transport("peer-result", sink.result);
+    }
     const downtimeMs = (sink.lastByteAt ?? wroteAt) - leftRunning;
-    progress.update("done", w.dataBytes, true);
-    progress.finish();
+    events.phase("finish", "end");
     const seconds = (performance.now() - t0) / 1000;
     const precopyBytes = units.reduce((a, u) => a + u.precopyBytes, 0);
     const perDevice = units.map((u): DeviceSaveResult => ({
@@ -440,7 +492,6 @@ async function saveTo(
       devices: perDevice,
     };
   } catch (e) {
-    progress.finish();
     sink.abort();
     const where = recover(units);
     const cause = cancel.signal && !(e instanceof InterruptedError)
@@ -476,18 +527,22 @@ async function precopy(
   sink: Sink,
   policy: PrecopyPolicy,
   cancel: Cancellation,
-  progress: Progress,
+  events: Events,
 ): Promise<{ reason: SwitchReason; markers: number }> {
   const onUsr1 = () => policy.requested = true;
   try {
     Deno.addSignalListener("SIGUSR1", onUsr1);
   } catch { /* no SIGUSR1 here */ }
   let markers = 0;
+  let acks = sink.initAcks ?? 0;
+  const start = performance.now();
+  events.phase("pre-copy", "start");
   try {
     for (;;) {
       const t = performance.now();
       for (const u of units) u.iterBytes = 0;
-      await readRound(units, w, "pre-copy", t + ITERATION_MS, cancel, progress, `iteration ${policy.iterations + 1}`);
+      events.iterationStart(policy.iterations + 1);
+      await readRound(units, w, "pre-copy", t + ITERATION_MS, cancel, events);
       for (const u of units) u.status = u.s.precopyStatus(u.iterBytes);
       let bytes = 0;
       let initial = 0;
@@ -529,14 +584,46 @@ async function precopy(
         initAcked: initAcked(sink, markers),
         backlogBytes: sink.queuedBytes ?? 0,
       });
+      if ((sink.initAcks ?? 0) > acks) events.transport("init-ack", { acks: acks = sink.initAcks! });
+      const rate = policy.lastRate;
+      const threshold = rate === null ? null : rate * policy.downtimeLimitMs;
+      events.iterationEnd({
+        n: policy.iterations,
+        ms: performance.now() - t,
+        bytes,
+        totalBytes: w.dataBytes,
+        devices: units.map((u) => ({
+          device: ref(u),
+          bytes: u.iterBytes,
+          initialBytes: u.status!.initialBytes,
+          dirtyBytes: u.status!.dirtyBytes,
+          reinit: u.status!.reinit,
+        })),
+        estimate: policy.lastEstimate,
+        threshold,
+        bandwidth: rate === null ? null : rate * 1000,
+        backlog: sink.queuedBytes,
+      });
       if (reason) {
+        events.switchover({
+          reason,
+          iterations: policy.iterations,
+          estimate: policy.lastEstimate,
+          threshold,
+          downtimeLimitMs: policy.downtimeLimitMs,
+          bandwidth: rate === null ? null : rate * 1000,
+          precopyMs: performance.now() - start,
+        });
         for (const u of units) {
           w.selectDevice(u.i);
           u.s.endPrecopy(w);
         }
+        events.phase("pre-copy", "end", {
+          bytes: units.reduce((a, u) => a + u.precopyBytes, 0),
+          ms: performance.now() - start,
+        });
         return { reason, markers };
       }
-      progress.update("pre-copy", w.dataBytes, false, `iteration ${policy.iterations}`);
       // Nothing new this round: give the devices time to dirty more (or the peer to ack).
       if (bytes === 0) await sleep(5);
     }
@@ -561,8 +648,7 @@ async function readRound(
   phase: SavePhase,
   until: number,
   cancel: Cancellation,
-  progress: Progress,
-  detail = "",
+  events: Events,
 ): Promise<void> {
   const active = units.slice();
   let idle = 0; // rounds in a row in which no device had anything
@@ -588,7 +674,7 @@ async function readRound(
       moved += n;
       k++;
       await w.flowControl();
-      progress.update(phase, w.dataBytes, false, detail);
+      events.progress(phase, w.dataBytes);
     }
     await cancel.checkpoint();
     // Nothing from any device (their reads would block): wait, longer the longer it lasts

@@ -1,10 +1,14 @@
-// What save and load share: cancellation on SIGINT/SIGTERM, progress on a terminal,
-// the stream identity of a device, and putting a device back in a safe state.
+// What save and load share: cancellation on SIGINT/SIGTERM, the devices' state changes
+// told to the events, the stream identity of a device, and putting a device back in a
+// safe state.
 
 import { SysError } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
 import { DeviceState, stateName } from "../migration/state_machine.ts";
+import type { StateObserver } from "../migration/v2.ts";
+import type { Events } from "../events/events.ts";
+import { v1Of } from "./protocol.ts";
 import type { StreamIdentity } from "../stream/format.ts";
 
 /** Set by signal listeners; checked between chunks (the data path is synchronous). */
@@ -69,40 +73,39 @@ export function onCancel(cancel: Cancellation, fn: () => void): () => void {
   return () => s.removeEventListener("abort", fn);
 }
 
-export type ProgressPhase = "setup" | "pre-copy" | "stop-copy" | "resume" | "done";
-
-/** A progress line on stderr when it is a terminal, at most 5 times a second. */
-export class Progress {
-  readonly #enabled: boolean;
-  readonly #start = performance.now();
-  #last = 0;
-  #shown = false;
-  readonly #total: number | null;
-
-  constructor(enabled: boolean, total: number | null) {
-    this.#enabled = enabled && Deno.stderr.isTerminal();
-    this.#total = total;
-  }
-
-  update(phase: ProgressPhase, bytes: number, force = false, detail = ""): void {
-    if (!this.#enabled) return;
-    const now = performance.now();
-    if (!force && now - this.#last < 200) return;
-    this.#last = now;
-    const secs = (now - this.#start) / 1000;
-    const rate = secs > 0 ? bytes / secs : 0;
-    let line = `${phase}${detail ? ` (${detail})` : ""}: ${formatBytes(bytes)}`;
-    if (this.#total) line += ` of ~${formatBytes(this.#total)}`;
-    line += `  ${formatBytes(rate)}/s  ${secs.toFixed(1)}s`;
-    if (this.#total && rate > 0 && bytes < this.#total) line += `  ETA ${((this.#total - bytes) / rate).toFixed(1)}s`;
-    Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[K${line}`));
-    this.#shown = true;
-  }
-
-  finish(): void {
-    if (this.#shown) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
-    this.#shown = false;
-  }
+/**
+ * Tells `events` of every state change the tool makes on these devices (v2 SETs, v1
+ * device_state writes, resets), each with its index in the stream, and routes the
+ * protocol layer's warnings through it (so a progress bar is cleared first). Returns
+ * the undoing.
+ */
+export function observeDevices(devs: readonly VfioDevice[], events: Events): () => void {
+  const hooked: { observer: StateObserver | null }[] = [];
+  devs.forEach((d, index) => {
+    const dev = { index, label: d.label };
+    const v2: StateObserver = {
+      stateChange: (c) => events.stateChange(dev, "v2", c.from, c.to, c.ms, { reset: c.reset, error: c.error }),
+      warn: (line) => {
+        events.note(line.replace(/^vfio-mig: (warning: )?/, ""), "warning", dev);
+        console.error(line);
+      },
+    };
+    const v1: StateObserver = {
+      stateChange: (c) =>
+        events.stateChange(dev, "v1", c.from, c.to, c.ms, { bits: c.bits, reset: c.reset, error: c.error }),
+      warn: v2.warn,
+    };
+    d.migration.observer = v2;
+    hooked.push(d.migration);
+    const m = v1Of(d);
+    if (m) {
+      m.observer = v1;
+      hooked.push(m);
+    }
+  });
+  return () => {
+    for (const h of hooked) h.observer = null;
+  };
 }
 
 export function formatBytes(n: number): string {

@@ -15,6 +15,7 @@ import {
 } from "../../ffi/vfio_uapi.ts";
 import { VfioMigError } from "../errors.ts";
 import { findRegionByType, mmapAreas, type RegionInfo, type SparseArea } from "./regions.ts";
+import { errorName, type StateObserver } from "./v2.ts";
 
 const { RUNNING, SAVING, RESUMING, MASK } = DEVICE_STATE_V1;
 const F = STRUCTS.vfio_device_migration_info.fields;
@@ -65,6 +66,8 @@ interface MappedArea extends SparseArea {
 export class MigrationV1 {
   /** device_state values written by this tool, in order (reports and tests). */
   readonly visited: number[] = [];
+  /** Told of each device_state write and reset (null: nobody). */
+  observer: StateObserver | null = null;
   #areas: MappedArea[] = [];
   /** Why mapping failed, when it did ("falling back to slow path"). */
   mmapError: string | null = null;
@@ -143,9 +146,19 @@ export class MigrationV1 {
         "usage",
       );
     }
+    const t = this.observer ? performance.now() : 0;
+    const tell = (error?: string) =>
+      this.observer?.stateChange({
+        from: v1StateName(cur),
+        to: v1StateName(next),
+        ms: performance.now() - t,
+        bits: { from: cur, to: next },
+        error,
+      });
     try {
       this.#write(F.device_state[0], 4, next);
     } catch (e) {
+      tell(errorName(e));
       let now: number;
       try {
         now = this.readState();
@@ -166,12 +179,27 @@ export class MigrationV1 {
         { cause: e },
       );
     }
+    tell();
     this.visited.push(next);
     return next;
   }
 
+  /** VFIO_DEVICE_RESET (the device returns to running, 001b). */
   reset(): void {
-    this.sys.ioctl(this.fd, IOCTL.DEVICE_RESET, null);
+    const t = this.observer ? performance.now() : 0;
+    try {
+      this.sys.ioctl(this.fd, IOCTL.DEVICE_RESET, null);
+    } catch (e) {
+      this.observer?.stateChange({
+        from: null,
+        to: v1StateName(V1.RUNNING),
+        ms: performance.now() - t,
+        reset: true,
+        error: errorName(e),
+      });
+      throw e;
+    }
+    this.observer?.stateChange({ from: null, to: v1StateName(V1.RUNNING), ms: performance.now() - t, reset: true });
   }
 
   // ---------------------------------------------------------------------------
@@ -191,7 +219,7 @@ export class MigrationV1 {
       this.unmap();
       this.mmapError = e instanceof Error ? e.message : String(e);
       // As the seed's vfio_region_mmap failure: say so, then carry on with pread/pwrite.
-      console.error(
+      (this.observer?.warn ?? console.error)(
         `vfio-mig: warning: ${this.name}: mmap of the migration data section failed ` +
           `(${this.mmapError}): falling back to slow path (pread/pwrite)`,
       );

@@ -19,9 +19,35 @@ export interface SetStateResult {
   dataFd: number | null;
 }
 
+/**
+ * Told of every state change this tool makes on a device (a SET, or a reset), with how
+ * long it took: the events of a migration (src/events/). `from` is null when not known.
+ */
+export interface StateObserver {
+  stateChange(c: {
+    from: string | null;
+    to: string;
+    ms: number;
+    bits?: { from: number | null; to: number };
+    reset?: boolean;
+    error?: string;
+  }): void;
+  /** A warning for the user (the caller keeps its terminal line tidy). */
+  warn?(line: string): void;
+}
+
+/** The errno name of a failed call, else its message. */
+export function errorName(e: unknown): string {
+  return e instanceof SysError ? e.code : e instanceof Error ? e.message : String(e);
+}
+
 export class MigrationV2 {
   /** States visited by this tool's SET calls, in order (for reports and tests). */
   readonly visited: DeviceState[] = [];
+  /** Told of each SET and reset (null: nobody). */
+  observer: StateObserver | null = null;
+  /** The state last read or set, for the observer's `from`. */
+  #last: DeviceState | null = null;
 
   constructor(readonly sys: Sys, readonly fd: number, readonly name: string) {}
 
@@ -75,7 +101,7 @@ export class MigrationV2 {
   getState(): DeviceState {
     const buf = featureBuffer(FEATURE_FLAGS.GET | FEATURE.MIG_DEVICE_STATE, 8);
     this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
-    return decode(STRUCTS.vfio_device_feature_mig_state, buf, 8).device_state;
+    return this.#last = decode(STRUCTS.vfio_device_feature_mig_state, buf, 8).device_state;
   }
 
   /**
@@ -95,7 +121,26 @@ export class MigrationV2 {
     }
     const buf = featureBuffer(FEATURE_FLAGS.SET | FEATURE.MIG_DEVICE_STATE, 8);
     encodeInto(STRUCTS.vfio_device_feature_mig_state, { device_state: target, data_fd: -1 }, buf, 8);
-    this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
+    const from = knownCurrent ?? this.#last;
+    const t = this.observer ? performance.now() : 0;
+    try {
+      this.sys.ioctl(this.fd, IOCTL.DEVICE_FEATURE, buf);
+    } catch (e) {
+      this.#last = null; // after a failed SET the device may be anywhere on the path (uAPI)
+      this.observer?.stateChange({
+        from: from === null ? null : stateName(from),
+        to: stateName(target),
+        ms: performance.now() - t,
+        error: errorName(e),
+      });
+      throw e;
+    }
+    this.#last = target;
+    this.observer?.stateChange({
+      from: from === null ? null : stateName(from),
+      to: stateName(target),
+      ms: performance.now() - t,
+    });
     this.visited.push(target);
     const fd = decode(STRUCTS.vfio_device_feature_mig_state, buf, 8).data_fd;
     return { state: target, dataFd: fd >= 0 ? fd : null };
@@ -111,8 +156,30 @@ export class MigrationV2 {
     return { initialBytes: d.initial_bytes, dirtyBytes: d.dirty_bytes, flags: d.flags };
   }
 
+  /** VFIO_DEVICE_RESET: the migration state becomes RUNNING (uAPI), any session ends. */
   reset(): void {
-    this.sys.ioctl(this.fd, IOCTL.DEVICE_RESET, null);
+    const from = this.#last;
+    const t = this.observer ? performance.now() : 0;
+    try {
+      this.sys.ioctl(this.fd, IOCTL.DEVICE_RESET, null);
+    } catch (e) {
+      this.#last = null;
+      this.observer?.stateChange({
+        from: from === null ? null : stateName(from),
+        to: stateName(DeviceState.RUNNING),
+        ms: performance.now() - t,
+        reset: true,
+        error: errorName(e),
+      });
+      throw e;
+    }
+    this.#last = DeviceState.RUNNING;
+    this.observer?.stateChange({
+      from: from === null ? null : stateName(from),
+      to: stateName(DeviceState.RUNNING),
+      ms: performance.now() - t,
+      reset: true,
+    });
   }
 
   /** The kernel's path for a request, for messages and dry runs. */

@@ -50,6 +50,8 @@ export interface Sink {
   readonly peerDoneAt?: number | null;
   /** When the last byte left (network sinks, which queue), in performance.now() ms. */
   readonly lastByteAt?: number | null;
+  /** Over a two-way transport, once commit() returned or failed: what the destination reported. */
+  readonly result?: { ok: boolean; message: string; finalState?: string } | null;
 }
 
 /** A synchronous byte source: files, pipes, standard input. */
