@@ -21,6 +21,7 @@ import { InterruptedError, StreamError, VfioMigError } from "../errors.ts";
 import { identityMismatch, MAX_DEVICES, type StreamDeviceEntry, type StreamHeader } from "../stream/format.ts";
 import { type RecordReader, StreamReader } from "../stream/reader.ts";
 import { openStreamSource, type StreamSource } from "../transport/transport.ts";
+import { deviceOrigin, originDifferences } from "../device/origin.ts";
 import {
   checkConfigIdentity,
   type ConfigRestore,
@@ -163,6 +164,7 @@ function streamDevices(h: StreamHeader): StreamDeviceEntry[] {
       migrationFlags: h.migrationFlags,
       sizeEstimate: h.sizeEstimate,
       ...(h.v1 ? { v1: h.v1 } : {}),
+      ...(h.origin ? { origin: h.origin } : {}),
     }];
   }
   if (!Array.isArray(list) || list.length < 2 || list.length > MAX_DEVICES) {
@@ -249,7 +251,7 @@ async function openUnits(
   reader: RecordReader,
   targets: LoadTarget[],
   opts: LoadOptions,
-): Promise<{ header: StreamHeader; units: Unit[] }> {
+): Promise<{ header: StreamHeader; units: Unit[]; warnings: { u: Unit; w: string }[] }> {
   checkDeviceSet(targets.map((t) => t.device), "load");
   const header = await reader.readHeader();
   const entries = streamDevices(header);
@@ -278,7 +280,11 @@ async function openUnits(
     chunks: 0,
     finalState: "",
   }));
-  return { header, units };
+  // Not refusals: the driver validates the data; the user hears why it might not load.
+  const warnings = units.flatMap((u) =>
+    originDifferences(u.entry.origin, deviceOrigin(u.d.sys, u.d.info.driver)).map((w) => ({ u, w }))
+  );
+  return { header, units, warnings };
 }
 
 /**
@@ -328,8 +334,9 @@ async function loadFrom(
   const reader = opts.reader ? opts.reader(source) : new StreamReader(source);
   let header: StreamHeader;
   let units: Unit[];
+  let warnings: { u: Unit; w: string }[];
   try {
-    ({ header, units } = await openUnits(reader, list, opts));
+    ({ header, units, warnings } = await openUnits(reader, list, opts));
   } catch (e) {
     const cause = cancel.signal && !(e instanceof InterruptedError) ? new InterruptedError(cancel.signal) : e;
     const err = failure(
@@ -351,6 +358,10 @@ async function loadFrom(
       sizeEstimate: typeof u.entry.sizeEstimate === "number" ? u.entry.sizeEstimate : null,
     })),
   });
+  for (const { u, w } of warnings) {
+    events.note(`${u.d.label}: ${w}`, "warning", { index: u.i, label: u.d.label });
+    console.error(`vfio-mig: warning: ${u.d.label}: ${w}`);
+  }
   const unobserve = observeDevices(units.map((u) => u.d), events);
   try {
     return await loadRecords(reader, source, header, units, cancel, events, opts, t0, what);

@@ -28,6 +28,7 @@ import { InterruptedError, VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
 import { openSink, type Sink } from "../transport/transport.ts";
+import { deviceOrigin } from "../device/origin.ts";
 import { VERSION } from "../version.ts";
 import { encodeConfigState, readConfigState } from "./config_state.ts";
 import { checkDeviceSet, operationName, requireP2p } from "./group.ts";
@@ -252,6 +253,7 @@ function streamHeader(units: Unit[], live: boolean, created: Date): StreamHeader
     migrationFlags: u.s.migrationFlags,
     sizeEstimate: u.s.sizeEstimate,
     ...u.s.headerExtra,
+    origin: deviceOrigin(u.d.sys, u.d.info.driver),
   }));
   const first = entries[0];
   return {
@@ -266,6 +268,7 @@ function streamHeader(units: Unit[], live: boolean, created: Date): StreamHeader
     sizeEstimate: first.sizeEstimate,
     mode: live ? "live" : "offline",
     ...units[0].s.headerExtra,
+    origin: first.origin,
     ...(units.length > 1 ? { devices: entries } : {}),
   };
 }

@@ -94,6 +94,11 @@ export interface StreamHeader {
   /** Protocol v1 streams: the source's migration region (informative; loads do not need it). */
   v1?: { regionIndex: number; regionSize: number; mmapAreas: { offset: number; size: number }[] | null };
   /**
+   * Where the data comes from (informative): the source's kernel release and driver
+   * module version/srcversion. A load warns when the destination's differ.
+   */
+  origin?: StreamOrigin;
+  /**
    * Multi-device streams only (absent with one device): every device, in DEVICE tag
    * order. The fields above then repeat devices[0]'s.
    */
@@ -110,6 +115,16 @@ export interface StreamDeviceEntry {
   sizeEstimate: number | null;
   /** Protocol v1 devices: as the header's `v1`. */
   v1?: StreamHeader["v1"];
+  /** As the header's `origin`, for this device. */
+  origin?: StreamOrigin;
+}
+
+/** The header's `origin` (src/device/origin.ts); each field may be null (unknown). */
+export interface StreamOrigin {
+  kernel: string | null;
+  driverModule: string | null;
+  driverVersion: string | null;
+  driverSrcversion: string | null;
 }
 
 export function crc32(data: Uint8Array, prev = 0): number {
