@@ -78,30 +78,42 @@ Deno.test("stale-after-reopen: after a complete session and a reopen, sessions c
 // ---------------------------------------------------------------------------
 // dirty-underreport
 
-/** Reads the initial data, lets the device dirty pages, takes 16 bytes, asks PRECOPY_INFO, drains. */
-function underreportRound(s: Sim): { reported: number; read: number } {
+/**
+ * Reads the initial data and lets the device dirty pages; then PRECOPY_INFO (nothing is
+ * queued yet: dirty_bytes is the dirtied pages, for any driver), a 16-byte read (the
+ * driver queues them all), PRECOPY_INFO again, and a read until ENOMSG.
+ */
+function underreportRound(s: Sim): { before: number; after: number; read: number } {
   const fd = s.set(PRE_COPY);
   s.drain(fd);
-  sleepSync(150);
-  const first = s.read(fd, 16).length; // the driver queues what was dirtied
-  const info = s.precopyInfo(fd);
-  const rest = s.drain(fd).length;
+  sleepSync(300);
+  const before = s.precopyInfo(fd);
+  assertEquals(s.read(fd, 16).length, 16);
+  const after = s.precopyInfo(fd);
+  const read = s.drain(fd).length;
   s.set(RUNNING);
-  assertEquals(first, 16);
-  return { reported: info.initial + info.dirty, read: rest };
+  return { before: before.initial + before.dirty, after: after.initial + after.dirty, read };
 }
 
 Deno.test("dirty-underreport: dirty_bytes leaves out the data already queued; reading until ENOMSG gets it", async () => {
-  const opts = { model: "bulk" as const, size: 4 * MiB, rate: 16 * MiB };
+  // 4 MiB/s over 300 ms dirties about 300 of the 8192 pages (1.2 MB).
+  const opts = { model: "bulk" as const, size: 32 * MiB, rate: 4 * MiB };
   const good = await withSim(opts, underreportRound);
-  const bad = await withSim({ ...opts, quirks: ["dirty-underreport"] }, underreportRound);
-  assert(good.read > 64 * 1024, `the device dirtied pages: ${JSON.stringify(good)}`);
-  // What the device dirties while the round is read comes on top (the rate is high).
-  assert(good.reported >= good.read / 2, `a tidy driver reports about what comes: ${JSON.stringify(good)}`);
-  assert(bad.read > 64 * 1024, `pages were dirtied: ${JSON.stringify(bad)}`);
+  assert(good.before > 200 * 4096, `pages were dirtied: ${JSON.stringify(good)}`);
+  assert(good.after >= good.before - 16, `a tidy driver still counts them once queued: ${JSON.stringify(good)}`);
+  // The quirky driver reports only what was dirtied between the two PRECOPY_INFOs: little,
+  // unless this process stalled there (a loaded machine): a few rounds, one must show it.
+  const bad = await withSim(
+    { ...opts, quirks: ["dirty-underreport"] },
+    (s) => [0, 1, 2].map(() => underreportRound(s)),
+  );
+  for (const r of bad) {
+    assert(r.before > 200 * 4096, `pages were dirtied: ${JSON.stringify(r)}`);
+    assert(r.read >= r.before - 16, `reading until ENOMSG gets them all: ${JSON.stringify(r)}`);
+  }
   assert(
-    bad.reported < bad.read / 4,
-    `the quirky driver reports much less than comes before ENOMSG: ${JSON.stringify(bad)}`,
+    bad.some((r) => r.after < 0.5 * r.before),
+    `the quirky one leaves the queued pages out: ${JSON.stringify(bad)}`,
   );
 });
 
@@ -269,7 +281,7 @@ Deno.test("open-resets-state: every open finds the device RUNNING; its data is k
 // blocking-read
 
 Deno.test("blocking-read: a blocking read sleeps until the data is ready; O_NONBLOCK gets EAGAIN; poll says when", async () => {
-  const delay = 300;
+  const delay = 1000; // long enough that a loaded machine's stalls do not look like waits
   await withSim(
     { model: "bulk", size: 64 * 1024, quirks: ["blocking-read"], quirkOptions: { readDelay: delay } },
     (s) => {
@@ -282,7 +294,7 @@ Deno.test("blocking-read: a blocking read sleeps until the data is ready; O_NONB
       s.drain(fd);
       t = performance.now();
       expectErrno(() => s.read(fd, 10), "ENOMSG", "nothing dirtied: no data now, at once");
-      assert(performance.now() - t < 100, "no wait for ENOMSG");
+      assert(performance.now() - t < delay / 2, "no wait for ENOMSG");
       assertEquals(s.k.poll([{ fd, events: POLL.IN }], 0), [POLL.IN], "a read would not block");
       s.set(RUNNING);
 
@@ -292,9 +304,9 @@ Deno.test("blocking-read: a blocking read sleeps until the data is ready; O_NONB
       expectErrno(() => s.read(nb, 10), "EAGAIN", "not ready yet");
       assertEquals(s.k.poll([{ fd: nb, events: POLL.IN }], 0), [0], "poll: not readable");
       t = performance.now();
-      assertEquals(s.k.poll([{ fd: nb, events: POLL.IN }], 2000), [POLL.IN], "readable once ready");
+      assertEquals(s.k.poll([{ fd: nb, events: POLL.IN }], 5000), [POLL.IN], "readable once ready");
       const waited = performance.now() - t;
-      assert(waited >= delay - 100 && waited < delay + 3000, `poll waited ${waited} ms`);
+      assert(waited >= delay - 100 && waited < delay + 4000, `poll waited ${waited} ms`);
       assertEquals(s.read(nb, 100).length, 100);
     },
   );
@@ -302,7 +314,7 @@ Deno.test("blocking-read: a blocking read sleeps until the data is ready; O_NONB
   await withSim({ model: "mtty-2", quirks: ["blocking-read"], quirkOptions: { readDelay: delay } }, (s) => {
     const fd = s.set(PRE_COPY);
     s.k.fcntl(fd, F.SETFL, s.k.fcntl(fd, F.GETFL) | O.NONBLOCK);
-    assertEquals(s.k.poll([{ fd, events: POLL.IN }], 2000), [POLL.IN]);
+    assertEquals(s.k.poll([{ fd, events: POLL.IN }], 5000), [POLL.IN]);
     assertEquals(s.read(fd, 100).length, 24, "the header");
     assertEquals(s.read(fd, 100).length, 0, "mtty: 0 at the end of pre-copy data, without waiting");
     s.set(STOP_COPY);
@@ -313,13 +325,13 @@ Deno.test("blocking-read: a blocking read sleeps until the data is ready; O_NONB
       host.write(w, new Uint8Array([1]));
       const t = performance.now();
       assertEquals(s.k.poll([{ fd, events: POLL.IN }, { fd: r, events: POLL.IN }], 5000), [0, POLL.IN]);
-      assert(performance.now() - t < 100, "the pipe was ready at once");
+      assert(performance.now() - t < delay / 2, "the pipe was ready at once");
       assertEquals(s.k.poll([{ fd, events: POLL.IN }, { fd: w, events: POLL.IN }], 60), [0, 0], "timeout");
     } finally {
       host.close(r);
       host.close(w);
     }
-    assertEquals(s.k.poll([{ fd, events: POLL.IN }], 2000), [POLL.IN]);
+    assertEquals(s.k.poll([{ fd, events: POLL.IN }], 5000), [POLL.IN]);
     assertEquals(s.read(fd, 100).length, 72, "the ports");
   });
 });

@@ -20,32 +20,14 @@
 
 import { Errno, errnoName, SysError } from "../../ffi/errno.ts";
 import { F, type FileStat, type IoctlArg, LOCK, type Mapping, O, POLL, type PollFd, type Sys } from "../../ffi/sys.ts";
-import {
-  decode,
-  encodeInto,
-  FEATURE,
-  FEATURE_FLAGS,
-  IOCTL,
-  PCI_REGION,
-  REGION_FLAGS,
-  STRUCTS,
-} from "../../ffi/vfio_uapi.ts";
+import { decode, encodeInto, FEATURE, FEATURE_FLAGS, IOCTL, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { DeviceState, isHangingArc, nextStep, stateName } from "../migration/state_machine.ts";
-import {
-  type Behaviour,
-  type MigrationFile,
-  type PrecopyNumbers,
-  type ReadIo,
-  type SimDevice,
-  type SimDriver,
-  sleepMs,
-  sysErr,
-} from "./driver.ts";
+import { type MigrationFile, type PrecopyNumbers, type ReadIo, sleepMs, sysErr } from "./driver.ts";
+import { CoreDevice, type CoreOps } from "./device.ts";
 import { driverFor } from "./drivers/index.ts";
 import { type Fault, IOCTL_NAMES, ioctlKey, parseFaults } from "./faults.ts";
-import { CAP_MSIX_AT, configSpace, configWritable, type ModelInfo, modelInfo } from "./models.ts";
-import { behavioursOf } from "./quirks.ts";
-import { familyOf, type SimDeviceMeta, SimStore, writeFileAtomic } from "./store.ts";
+import { modelInfo } from "./models.ts";
+import { type SimDeviceMeta, SimStore } from "./store.ts";
 import { V1_REGION_INDEX, type V1Backend, V1Device } from "./v1_device.ts";
 
 export { type Fault, parseFaults } from "./faults.ts";
@@ -55,85 +37,6 @@ const { STOP, RUNNING, STOP_COPY, PRE_COPY } = DeviceState;
 const err = sysErr;
 
 const V1_IO: ReadIo = { v1: true, nonblock: () => false };
-
-/** What a device asks of the core that holds it. */
-interface CoreOps {
-  log(entry: Record<string, unknown>): void;
-  reset(dev: CoreDevice, to: DeviceState, why: string): void;
-}
-
-/** The core's view of one open device (the struct vfio_device the drivers see). */
-class CoreDevice implements SimDevice {
-  driver!: SimDriver;
-  v1?: V1Device;
-  msixBar?: Uint8Array;
-  precopyV2On = false;
-  readonly quirkData = new Map<string, unknown>();
-  readonly behaviours: { name: string; behaviour: Behaviour }[];
-  /** The behaviours with each hook, outermost first (computed once: reads are hot). */
-  readonly readHooks: Behaviour[];
-  readonly writeHooks: Behaviour[];
-  readonly precopyHooks: Behaviour[];
-  /** device.json as this kernel last wrote or read it. */
-  metaText: string;
-  config: Uint8Array;
-
-  constructor(
-    readonly core: CoreOps,
-    readonly host: Sys,
-    readonly fd: number,
-    readonly store: SimStore,
-    readonly meta: SimDeviceMeta,
-    readonly info: ModelInfo,
-    readonly borrowed: boolean,
-    text: string,
-  ) {
-    this.metaText = text;
-    this.behaviours = behavioursOf(meta);
-    const all = this.behaviours.map((b) => b.behaviour);
-    this.readHooks = all.filter((b) => b.read);
-    this.writeHooks = all.filter((b) => b.write);
-    this.precopyHooks = all.filter((b) => b.precopyInfo);
-    this.config = configSpace(info);
-  }
-
-  get family(): "pci" | "mdev" {
-    return familyOf(this.meta);
-  }
-
-  persist(): void {
-    this.metaText = this.store.writeMeta(this.meta);
-  }
-
-  log(entry: Record<string, unknown>): void {
-    this.core.log(entry);
-  }
-
-  dataChanged(): void {
-    if (!this.meta.pristine) return;
-    this.meta.pristine = false;
-    this.persist();
-  }
-
-  sessionData(): boolean {
-    return this.behaviours.every((b) => b.behaviour.sessionData?.(this) !== false);
-  }
-
-  selfReset(to: DeviceState, why: string): void {
-    this.core.reset(this, to, why);
-  }
-
-  /** Config space and MSI-X table as the store has them (another process may write them). */
-  loadConfig(): void {
-    const saved = this.store.readOptional(this.store.configPath);
-    this.config = saved && saved.length === this.info.configSize ? saved : configSpace(this.info);
-    if (this.info.msix) {
-      const size = this.info.bars[this.info.msix.bar];
-      const bar = this.store.readOptional(this.store.msixPath);
-      this.msixBar = bar && bar.length === size ? bar : new Uint8Array(size);
-    }
-  }
-}
 
 export interface SimKernelOptions {
   faults?: Fault[];
@@ -344,7 +247,7 @@ export class SimKernel implements Sys {
   pread(fd: number, buf: Uint8Array, offset: number): number {
     this.#fault(`pread:${this.#classOf(fd)}`, "pread");
     const dev = this.#devices.get(fd);
-    if (dev) return this.#regionAccess(dev, buf, offset, false);
+    if (dev) return dev.regionAccess(buf, offset, false, () => this.#sync(dev));
     if (this.#files.has(fd)) throw err("pread", "ESPIPE");
     return this.#host.pread(fd, buf, offset);
   }
@@ -352,7 +255,7 @@ export class SimKernel implements Sys {
   pwrite(fd: number, buf: Uint8Array, offset: number): number {
     this.#fault(`pwrite:${this.#classOf(fd)}`, "pwrite");
     const dev = this.#devices.get(fd);
-    if (dev) return this.#regionAccess(dev, buf, offset, true);
+    if (dev) return dev.regionAccess(buf, offset, true, () => this.#sync(dev));
     if (this.#files.has(fd)) throw err("pwrite", "ESPIPE");
     return this.#host.pwrite(fd, buf, offset);
   }
@@ -741,9 +644,9 @@ export class SimKernel implements Sys {
   #deviceIoctl(dev: CoreDevice, request: number, arg: IoctlArg, key: string): number {
     switch (request) {
       case IOCTL.DEVICE_GET_INFO:
-        return this.#getInfo(dev, arg);
+        return dev.getInfo(arg);
       case IOCTL.DEVICE_GET_REGION_INFO:
-        return this.#getRegionInfo(dev, arg);
+        return dev.getRegionInfo(arg);
       case IOCTL.DEVICE_RESET:
         // mtty: a deferred reset that forces RUNNING and disables migration files; a PCI
         // function's reset (FLR) also loses its data.
@@ -766,92 +669,6 @@ export class SimKernel implements Sys {
       default:
         throw err("ioctl", "ENOTTY");
     }
-  }
-
-  #getInfo(dev: CoreDevice, arg: IoctlArg): number {
-    if (!(arg instanceof Uint8Array) || arg.length < 16) throw err("ioctl", "EFAULT");
-    const argsz = decode(STRUCTS.vfio_device_info, new Uint8Array(arg.buffer, arg.byteOffset, 24).slice(0, 24)).argsz;
-    if (argsz < 16) throw err("ioctl", "EINVAL");
-    const v = new DataView(arg.buffer, arg.byteOffset, arg.byteLength);
-    v.setUint32(4, dev.info.deviceFlags, true);
-    v.setUint32(8, dev.v1 ? V1_REGION_INDEX + 1 : PCI_REGION.NUM, true);
-    v.setUint32(12, 5, true);
-    if (argsz >= 24 && arg.length >= 24) v.setUint32(16, 0, true);
-    return 0;
-  }
-
-  #getRegionInfo(dev: CoreDevice, arg: IoctlArg): number {
-    if (!(arg instanceof Uint8Array) || arg.length < 32) throw err("ioctl", "EFAULT");
-    const r = decode(STRUCTS.vfio_region_info, arg);
-    if (r.argsz >= 32 && r.index === V1_REGION_INDEX && dev.v1) {
-      dev.v1.regionInfo(arg, V1_REGION_INDEX * 2 ** 40);
-      return 0;
-    }
-    if (r.argsz < 32 || r.index >= PCI_REGION.NUM) throw err("ioctl", "EINVAL");
-    let size = 0;
-    if (r.index < 6) size = dev.info.bars[r.index];
-    else if (r.index === PCI_REGION.CONFIG) size = dev.info.configSize;
-    const flags = size > 0 ? REGION_FLAGS.READ | REGION_FLAGS.WRITE : 0;
-    encodeInto(STRUCTS.vfio_region_info, {
-      argsz: r.argsz,
-      flags,
-      index: r.index,
-      cap_offset: 0,
-      size,
-      offset: r.index * 2 ** 40,
-    }, arg);
-    return 0;
-  }
-
-  /** pread/pwrite on the device fd: config space, MSI-X table, v1 registers, the driver's BARs. */
-  #regionAccess(dev: CoreDevice, buf: Uint8Array, offset: number, write: boolean): number {
-    const index = Math.floor(offset / 2 ** 40);
-    const off = offset - index * 2 ** 40;
-    const op = write ? "pwrite" : "pread";
-    if (index === PCI_REGION.CONFIG) {
-      if (off + buf.length > dev.info.configSize) throw err(op, "EINVAL");
-      dev.loadConfig(); // another process may have written it
-      if (write) {
-        // The command register and the MSI/MSI-X control bits are writable; they persist.
-        let changed = false;
-        for (let i = 0; i < buf.length; i++) {
-          const at = off + i;
-          if (!configWritable(dev.info, at)) continue;
-          // MSI-X control's high byte: enable and function mask; the table size stays.
-          const b = at === CAP_MSIX_AT + 3 ? (dev.config[at] & 0x3f) | (buf[i] & 0xc0) : buf[i];
-          if (dev.config[at] !== b) changed = true;
-          dev.config[at] = b;
-        }
-        if (changed) writeFileAtomic(this.#host, dev.store.configPath, dev.config);
-      } else buf.set(dev.config.subarray(off, off + buf.length));
-      return buf.length;
-    }
-    if (index === V1_REGION_INDEX && dev.v1) {
-      if (off + buf.length > dev.v1.regionSize) throw err(op, "EINVAL");
-      if (off === 0) this.#sync(dev); // device_state: another process may have moved it
-      return dev.v1.access(buf, off, write);
-    }
-    const msix = dev.info.msix;
-    if (msix && dev.msixBar && index === msix.bar) {
-      if (off + buf.length > dev.msixBar.length) throw err(op, "EINVAL");
-      dev.loadConfig();
-      const bar = dev.msixBar!;
-      if (!write) {
-        buf.set(bar.subarray(off, off + buf.length));
-        return buf.length;
-      }
-      // The table is writable; the PBA is read-only.
-      const tableEnd = msix.tableOffset + msix.entries * 16;
-      for (let i = 0; i < buf.length; i++) {
-        if (off + i >= msix.tableOffset && off + i < tableEnd) bar[off + i] = buf[i];
-      }
-      writeFileAtomic(this.#host, dev.store.msixPath, bar);
-      return buf.length;
-    }
-    if (index < 6 && dev.info.bars[index] > 0 && off + buf.length <= dev.info.bars[index]) {
-      return dev.driver.barAccess(index, off, buf, write);
-    }
-    throw err(op, "EINVAL");
   }
 
   // VFIO_DEVICE_FEATURE as drivers/vfio/vfio_main.c decodes it.

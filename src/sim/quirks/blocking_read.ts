@@ -31,11 +31,9 @@ export const blockingRead: QuirkDef = {
     readyIn,
     read(dev, file, buf, io, next) {
       if (io.v1) return next(buf);
-      const wait = readyIn(dev, file);
-      if (wait > 0) {
-        if (io.nonblock()) throw sysErr("read", "EAGAIN");
-        sleepMs(wait);
-      }
+      let wait = readyIn(dev, file);
+      if (wait > 0 && io.nonblock()) throw sysErr("read", "EAGAIN");
+      for (; wait > 0; wait = readyIn(dev, file)) sleepMs(wait);
       return next(buf);
     },
   },
