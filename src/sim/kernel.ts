@@ -4,7 +4,8 @@
 // included. The core owns what drivers/vfio/vfio_main.c owns: the fd table, ioctl
 // dispatch, argsz and feature checks (vfio_check_feature), the walk over the state
 // machine's table (vfio_mig_get_next_state), and the device's open and close, with the
-// family's reset at the first open and the last close (vfio-pci-core). A driver
+// family's reset at the first open and the last close (vfio-pci-core); device.ts holds an
+// open device and the PCI emulation (region info, config space, MSI-X). A driver
 // (drivers/*.ts, one file per model) fills in the migration ops and its migration files;
 // behaviours (quirks.ts) wrap them as unusual or buggy drivers did. Every other call goes
 // to the real libc, and data_fds are real file descriptors, so save/load move bytes
@@ -55,7 +56,7 @@ export class SimKernel implements Sys {
   readonly forbiddenArcs: string[] = [];
   readonly #ops: CoreOps = {
     log: (entry) => this.#log(entry),
-    reset: (dev, to, why) => this.#deviceReset(dev, to, why),
+    reset: (dev, to, why) => this.#reset(dev, to, why),
   };
 
   constructor(host: Sys, opts: SimKernelOptions = {}) {
@@ -492,21 +493,25 @@ export class SimKernel implements Sys {
   }
 
   /**
-   * A reset the device did itself (a quirk; `to` the state it leaves). As for
-   * VFIO_DEVICE_RESET, sessions end (their files answer ENODEV) and a pci-family function
-   * loses its data; an mdev keeps it; a v1 device's device_state reads RUNNING.
+   * A reset: VFIO_DEVICE_RESET (`why` null; mtty: a deferred reset that forces RUNNING and
+   * disables the migration files), or one the device did itself (a quirk; `to` the state
+   * it leaves). Sessions end: their files answer ENODEV. A pci-family function (FLR) loses
+   * its data; an mdev keeps it; a v1 device's device_state reads RUNNING. Behaviours'
+   * reset hooks (reset-clears-config) follow VFIO_DEVICE_RESET.
    */
-  #deviceReset(d: CoreDevice, to: DeviceState, why: string): void {
+  #reset(d: CoreDevice, to: DeviceState, why: string | null): void {
     d.v1?.reset();
     d.driver.endSessions();
     if (d.family === "pci") {
       if (!d.meta.pristine) d.driver.powerOn();
       d.meta.pristine = true;
     }
-    if (!d.v1) d.meta.state = to;
+    if (why === null || !d.v1) d.meta.state = to;
     d.meta.runningSince = Date.now();
+    if (why === null) { for (const { behaviour } of d.behaviours) behaviour.reset?.(d); }
     d.persist();
-    this.#log({ key: "reset", by: "device", why, state: stateName(d.meta.state), dev: d.store.dir });
+    if (why === null) this.#log({ key: "ioctl:DEVICE_RESET", state: "RUNNING", dev: d.store.dir });
+    else this.#log({ key: "reset", by: "device", why, state: stateName(d.meta.state), dev: d.store.dir });
   }
 
   /** Adopts device.json when another process rewrote it since this kernel last saw it. */
@@ -648,20 +653,8 @@ export class SimKernel implements Sys {
       case IOCTL.DEVICE_GET_REGION_INFO:
         return dev.getRegionInfo(arg);
       case IOCTL.DEVICE_RESET:
-        // mtty: a deferred reset that forces RUNNING and disables migration files; a PCI
-        // function's reset (FLR) also loses its data.
         this.#sync(dev);
-        dev.v1?.reset();
-        dev.driver.endSessions();
-        if (dev.family === "pci") {
-          if (!dev.meta.pristine) dev.driver.powerOn();
-          dev.meta.pristine = true;
-        }
-        dev.meta.state = RUNNING;
-        dev.meta.runningSince = Date.now();
-        for (const { behaviour } of dev.behaviours) behaviour.reset?.(dev);
-        dev.persist();
-        this.#log({ key: "ioctl:DEVICE_RESET", state: "RUNNING", dev: dev.store.dir });
+        this.#reset(dev, RUNNING, null);
         return 0;
       case IOCTL.DEVICE_FEATURE:
         this.#sync(dev);
