@@ -44,7 +44,11 @@ async function withDevice<T>(
 /** Opens a simulated device on its own SimKernel, so its forbiddenArcs are this run's. */
 function open(path: string) {
   const sys = new SimKernel(libc());
-  return { sys, dev: openDevice(sys, `sim:${path}`) };
+  const reopen = (old: { close(): void }) => {
+    old.close();
+    return openDevice(sys, `sim:${path}`);
+  };
+  return { sys, dev: openDevice(sys, `sim:${path}`), reopen };
 }
 
 function status(r: CheckReport): Record<string, string> {
@@ -59,14 +63,19 @@ for (const model of MODELS) {
   for (const flags of FLAG_SETS) {
     Deno.test(`check: simulated ${model} with flags 0x${flags.toString(16)} passes every check`, async () => {
       await withDevice({ model, flags }, (path) => {
-        const { sys, dev } = open(path);
+        const { sys, dev, reopen } = open(path);
         try {
           const before = stateHash(libc(), new SimStore(libc(), path));
-          const r = runChecks(dev);
+          const r = runChecks(dev, { reopen });
           assertEquals(r.summary.FAIL, 0, JSON.stringify(r.checks.filter((c) => c.status !== "PASS"), null, 1));
           assertEquals(r.summary.WARN, 0);
+          assertEquals(r.findings, [], "no findings");
           const hasPre = (flags & 0x4) !== 0;
-          assertEquals(r.summary.SKIP, hasPre ? 0 : 1, "only precopy-initial-bytes is skipped, without PRE_COPY");
+          assertEquals(
+            r.checks.filter((c) => c.status === "SKIP").map((c) => c.id),
+            hasPre ? [] : ["precopy-initial-bytes", "precopy-info-accuracy"],
+            "only the pre-copy checks are skipped, without PRE_COPY",
+          );
           assertEquals(r.ok, true);
           assertEquals([r.initialState, r.finalState, r.resets], ["RUNNING", "RUNNING", 0]);
           assertEquals(r.dataSize, r.stopCopyBytes, "the simulator's MIG_DATA_SIZE is exact");
@@ -137,11 +146,13 @@ Deno.test("check: the CLI prints the table and exits 0 on a conformant device; -
     assertMatch(text.out, /^PASS {4}arc-states {13}47 requests ended in the state the kernel's table gives/m);
     assertMatch(text.out, /^PASS {4}round-trip {13}96 bytes saved, loaded and saved again identically/m);
     assertMatch(text.out, /^STOP {10}STOP_COPY {5}ok {6}STOP_COPY {5}yes {6}=$/m);
-    assertMatch(text.out, /summary: 10 PASS, 0 FAIL, 0 WARN, 0 SKIP/);
+    assertMatch(text.out, /^PASS {4}reopen-session {9}a session after reopening gave all 96 bytes, identical$/m);
+    assertMatch(text.out, /summary: 17 PASS, 0 FAIL, 0 WARN, 0 SKIP/);
     const json = await vfioMig(["check", "--device", `sim:${path}`, "--json"]);
     assertEquals(json.code, 0, json.err);
     const r = JSON.parse(json.out) as CheckReport;
     assertEquals([r.ok, r.migrationFlags, r.arcs.length, r.dataSize, r.stopCopyBytes], [true, 7, 54, 96, 96]);
+    assertEquals(r.findings, []);
   });
 });
 
@@ -230,7 +241,7 @@ Deno.test("check: the CLI exits 1 on a quirky device and names the failing check
     assertEquals(r.code, 1, r.out + r.err);
     assertMatch(r.out, /^FAIL {4}arc-data-fd {12}RUNNING -> STOP: succeeded, ended in STOP, returned a data_fd/m);
     assertMatch(r.out, /^FAIL {4}precopy-initial-bytes {2}initial_bytes grew/m);
-    assertMatch(r.out, /summary: 8 PASS, 2 FAIL, 0 WARN, 0 SKIP/);
+    assertMatch(r.out, /summary: 15 PASS, 2 FAIL, 0 WARN, 0 SKIP/);
     const bad = await vfioMig(["sim", "create", `${dir}/x`, "--quirk", "no-such-quirk"]);
     assertEquals(bad.code, 2);
     assertStringIncludes(bad.err, "unknown quirk no-such-quirk");

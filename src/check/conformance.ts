@@ -1,10 +1,20 @@
 // `vfio-mig check`: a conformance report of a device's migration driver against the
-// uAPI (reference §1.4-1.6). Each check is one function returning PASS, FAIL, WARN or
-// SKIP with a reason. The checks drive the device through every state and load its
-// own saved image back, so they need the device to themselves; it ends RUNNING.
+// uAPI (reference §1.4-1.6) and against the faults real drivers shipped (hisi_acc,
+// mlx5, pds fixes). Each check is one function returning PASS, FAIL, WARN or SKIP with a
+// reason. The checks drive the device through every state, reset it, reopen it when
+// they can, and load its own saved image back, so they need the device to themselves;
+// it ends RUNNING.
 
 import { isErrno, SysError } from "../../ffi/errno.ts";
-import { MIGRATION_FLAGS, PRECOPY_INFO_REINIT } from "../../ffi/vfio_uapi.ts";
+import {
+  decode,
+  encode,
+  IOCTL,
+  MIGRATION_FLAGS,
+  PCI_REGION,
+  PRECOPY_INFO_REINIT,
+  STRUCTS,
+} from "../../ffi/vfio_uapi.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { readSome } from "../io.ts";
 import { DeviceState, stateName, supportedStates, supportsState } from "../migration/state_machine.ts";
@@ -12,6 +22,8 @@ import { arcMismatches, type ArcResult, exploreArcs } from "./arcs.ts";
 import { type CaptureResult, CheckSession, StepError } from "./session.ts";
 
 const { STOP, RUNNING, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P } = DeviceState;
+const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
+const sleep = (ms: number) => Atomics.wait(SLEEPER, 0, 0, ms);
 
 export type CheckStatus = "PASS" | "FAIL" | "WARN" | "SKIP";
 
@@ -39,6 +51,8 @@ export interface CheckReport {
   resets: number;
   resetReasons: string[];
   checks: CheckResult[];
+  /** The checks that found something: every FAIL and WARN, in report order. */
+  findings: CheckResult[];
   arcs: ArcResult[];
   summary: Record<CheckStatus, number>;
   /** No check FAILed. */
@@ -49,6 +63,7 @@ export interface CheckReport {
 export const CHECKS: Record<string, string> = {
   "migration-flags": "GET MIGRATION answers, STOP_COPY is set, no unknown flag bits",
   "stop-copy-eos": "a STOP_COPY data_fd reads to end of stream (0), and stays at 0",
+  "read-size": "a session read in odd sizes gives the bytes 1 MiB reads give (hisi_acc be12ad45e15b)",
   "data-size": "MIG_DATA_SIZE compared with the bytes STOP_COPY produced",
   "round-trip": "save, load, save on the same device gives identical bytes",
   "arc-states": "every request between supported states ends where the kernel's table says",
@@ -56,6 +71,13 @@ export const CHECKS: Record<string, string> = {
   "unsupported-targets": "ERROR and unsupported states are refused with EINVAL, the state unchanged",
   "precopy-info-states": "VFIO_MIG_GET_PRECOPY_INFO works in PRE_COPY states only (EINVAL otherwise)",
   "precopy-initial-bytes": "initial_bytes never grows while the initial data is read (unless REINIT), and reaches 0",
+  "precopy-info-accuracy": "initial_bytes + dirty_bytes against the bytes read until ENOMSG; WARN with the numbers " +
+    "when more came (mlx5 4928f67bc911)",
+  "reset-ends-session": "after VFIO_DEVICE_RESET the device is RUNNING and an open data_fd answers ENODEV",
+  "config-after-reset": "command register and MSI/MSI-X enables across VFIO_DEVICE_RESET; WARN when cleared",
+  "spontaneous-reset": "no session ends on its own: no data_fd answers ENODEV unless the device was reset (pds)",
+  "reopen-session": "after closing and reopening the device, a session carries all its data (hisi_acc 8c6ac1730a97)",
+  "reopen-state": "the migration state survives closing and reopening; WARN when the device comes back RUNNING",
   "final-state": "the device is RUNNING at the end",
 };
 
@@ -88,6 +110,12 @@ function flagNames(flags: number): string[] {
 export interface CheckOptions {
   /** Largest STOP_COPY image the checks hold (in a memfd); default 4 GiB. */
   maxImageBytes?: number;
+  /**
+   * Closes `old` and opens the same device again (a new open: what a driver does at
+   * open_device shows). Without it the reopen checks SKIP. runChecks closes the device
+   * it got this way before it returns.
+   */
+  reopen?: (old: VfioDevice) => VfioDevice;
 }
 
 /** Runs every check on an open device. */
@@ -107,6 +135,7 @@ export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport
     resets: 0,
     resetReasons: [],
     checks: [],
+    findings: [],
     arcs: [],
     summary: { PASS: 0, FAIL: 0, WARN: 0, SKIP: 0 },
     ok: false,
@@ -165,12 +194,20 @@ export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport
       return checkEndOfStream(baseline);
     });
     add(checkDataSize(report.dataSize, report.stopCopyBytes));
+    guarded(["read-size"], () => checkReadSize(s, opts, baseline));
     guarded(["round-trip"], () => checkRoundTrip(s, opts));
     guarded(["arc-states", "arc-data-fd", "unsupported-targets"], () => {
-      report.arcs = exploreArcs(dev, { session: s });
+      report.arcs = exploreArcs(s.dev, { session: s });
       return checkArcs(flags, report.arcs);
     });
     guarded(["precopy-info-states", "precopy-initial-bytes"], () => checkPrecopy(s, flags, baseline));
+    guarded(["precopy-info-accuracy"], () => checkPrecopyAccuracy(s, flags));
+    guarded(["reset-ends-session"], () => checkResetEndsSession(s, flags));
+    guarded(["config-after-reset"], () => checkConfigAfterReset(s));
+    // A PCI function's reset lost its data: put the device's own image back.
+    if (s.image) s.loadImage();
+    guarded(["reopen-session", "reopen-state"], () => checkReopen(s, opts, baseline));
+    add(checkSpontaneousReset(s));
     add(checkFinalState(s));
     const final = s.state();
     report.finalState = final === null ? null : stateName(final);
@@ -178,6 +215,7 @@ export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport
     report.resetReasons = [...s.resetReasons];
   } finally {
     s.close();
+    if (s.dev !== dev) s.dev.close();
   }
   return finish(report);
 }
@@ -187,6 +225,7 @@ function finish(report: CheckReport): CheckReport {
   const order = Object.keys(CHECKS);
   report.checks.sort((a, b) => order.indexOf(a.id) - order.indexOf(b.id));
   for (const c of report.checks) report.summary[c.status]++;
+  report.findings = report.checks.filter((c) => c.status === "FAIL" || c.status === "WARN");
   report.ok = report.summary.FAIL === 0;
   return report;
 }
@@ -349,6 +388,7 @@ function checkPrecopy(s: CheckSession, flags: number, baseline: CaptureResult | 
   if (r.errno) throw new StepError(`RUNNING -> PRE_COPY failed with ${r.errno}`);
   if (r.fd === null) throw new StepError("RUNNING -> PRE_COPY returned no data_fd");
   const fd = r.fd;
+  s.sessions++;
   const initialProblems: string[] = [];
   let initialDetail = "";
   let where: DeviceState = PRE_COPY;
@@ -374,6 +414,7 @@ function checkPrecopy(s: CheckSession, flags: number, baseline: CaptureResult | 
           n = readSome(s.sys, fd, buf);
         } catch (e) {
           if (!isErrno(e, "ENOMSG")) {
+            s.noteFailure(`a PRE_COPY session, after ${total} bytes`, errnoOf(e));
             initialProblems.push(`read() in PRE_COPY failed with ${errnoOf(e)} after ${total} bytes`);
             break;
           }
@@ -385,6 +426,7 @@ function checkPrecopy(s: CheckSession, flags: number, baseline: CaptureResult | 
         try {
           now = s.dev.migration.precopyInfo(fd);
         } catch (e) {
+          s.noteFailure(`PRECOPY_INFO in a PRE_COPY session, after ${total} bytes`, errnoOf(e));
           stateProblems.push(`PRECOPY_INFO in PRE_COPY failed with ${errnoOf(e)} after ${total} bytes were read`);
           break;
         }
@@ -447,6 +489,354 @@ function checkPrecopy(s: CheckSession, flags: number, baseline: CaptureResult | 
       ? pass(initialId, initialDetail)
       : skip(initialId, "PRECOPY_INFO did not answer in PRE_COPY"),
   ];
+}
+
+/** Odd read sizes, cycled: a driver that ignores the file position gives other bytes. */
+const ODD_READS = [7, 4093, 65537, 3, 1000003, 333];
+
+function checkReadSize(s: CheckSession, opts: CheckOptions, baseline: CaptureResult | null): CheckResult {
+  const id = "read-size";
+  if (!baseline) return skip(id, "no STOP_COPY image was captured");
+  const max = opts.maxImageBytes ?? 4 * 1024 ** 3;
+  const odd = s.capture(max, ODD_READS).image;
+  try {
+    const d = baseline.image.firstDifference(odd);
+    if (d === null) {
+      return pass(id, `${odd.size} bytes read in sizes ${ODD_READS.join(", ")}, … equal the 1 MiB reads`);
+    }
+    const again = s.capture(max).image;
+    try {
+      if (baseline.image.firstDifference(again) !== null) {
+        return skip(
+          id,
+          "two saves of the stopped device differ: its data is not deterministic, read sizes cannot be compared",
+        );
+      }
+    } finally {
+      again.close();
+    }
+    return fail(id, [
+      `the same data read in sizes ${ODD_READS.join(", ")}, … (${odd.size} bytes) differs from 1 MiB reads ` +
+      `(${baseline.image.size} bytes) at byte ${d}: the driver ignores the file position, so any read after ` +
+      `a partial one hands out the wrong bytes (hisi_acc be12ad45e15b)`,
+    ]);
+  } finally {
+    odd.close();
+  }
+}
+
+/** Reads a data_fd until ENOMSG or 0 (bounded); what a correct tool does each pre-copy round. */
+function drainPrecopy(s: CheckSession, fd: number, limit: number): { bytes: number } {
+  const buf = new Uint8Array(1 << 20);
+  const t0 = performance.now();
+  let bytes = 0;
+  while (bytes < limit && performance.now() - t0 < 10_000) {
+    let n: number;
+    try {
+      n = readSome(s.sys, fd, buf);
+    } catch (e) {
+      if (isErrno(e, "ENOMSG")) break;
+      s.noteFailure(`a PRE_COPY session, after ${bytes} bytes`, errnoOf(e));
+      throw new StepError(`read() in PRE_COPY failed with ${errnoOf(e)} after ${bytes} bytes`);
+    }
+    if (n === 0) break;
+    bytes += n;
+  }
+  return { bytes };
+}
+
+/**
+ * PRECOPY_INFO's initial_bytes + dirty_bytes against what a read until ENOMSG brings,
+ * twice: for the initial data, and after the device ran a while and a small read made
+ * the driver queue what it had dirtied. More than reported (beyond what the device
+ * dirtied meanwhile, at the rate dirty_bytes grew while nobody read) is a WARN: the sizes are estimates,
+ * and a tool that takes them as a budget leaves data behind.
+ */
+function checkPrecopyAccuracy(s: CheckSession, flags: number): CheckResult {
+  const id = "precopy-info-accuracy";
+  if (!supportsState(flags, PRE_COPY)) return skip(id, "the device has no PRE_COPY");
+  if (!s.reach(RUNNING)) throw new StepError(`cannot bring the device to RUNNING (it is ${s.stateText()})`);
+  const r = s.set(PRE_COPY, RUNNING);
+  if (r.errno) throw new StepError(`RUNNING -> PRE_COPY failed with ${r.errno}`);
+  if (r.fd === null) throw new StepError("RUNNING -> PRE_COPY returned no data_fd");
+  const fd = r.fd;
+  s.sessions++;
+  const info = () => {
+    try {
+      return s.dev.migration.precopyInfo(fd);
+    } catch (e) {
+      s.noteFailure("PRECOPY_INFO in a PRE_COPY session", errnoOf(e));
+      throw new StepError(`PRECOPY_INFO in PRE_COPY failed with ${errnoOf(e)}`);
+    }
+  };
+  const rounds: { what: string; reported: number; read: number; ms: number }[] = [];
+  let rate = 0; // bytes/ms the device dirties, from dirty_bytes growing while nobody reads
+  try {
+    let since = performance.now();
+    const i0 = info();
+    const r0 = drainPrecopy(s, fd, 4 * (i0.initialBytes + i0.dirtyBytes) + (64 << 20));
+    const ms0 = performance.now() - since;
+    rounds.push({ what: "the initial data", reported: i0.initialBytes + i0.dirtyBytes, read: r0.bytes, ms: ms0 });
+    const t0 = performance.now();
+    const d0 = info().dirtyBytes;
+    sleep(400);
+    const d1 = info().dirtyBytes;
+    rate = Math.max(0, d1 - d0) / (performance.now() - t0);
+    // A small read: a driver queues what the device dirtied (mlx5 fetches it).
+    try {
+      s.sys.read(fd, new Uint8Array(64));
+    } catch (e) {
+      if (!isErrno(e, "ENOMSG")) {
+        s.noteFailure("a PRE_COPY session", errnoOf(e));
+        throw new StepError(`read() in PRE_COPY failed with ${errnoOf(e)}`);
+      }
+    }
+    since = performance.now();
+    const i1 = info();
+    const r1 = drainPrecopy(s, fd, 4 * (i1.initialBytes + i1.dirtyBytes) + (64 << 20));
+    const ms1 = performance.now() - since;
+    rounds.push({ what: "a later round", reported: i1.initialBytes + i1.dirtyBytes, read: r1.bytes, ms: ms1 });
+  } finally {
+    s.closeFd(fd);
+  }
+  s.reach(STOP);
+  // What the device may have dirtied while the round was read, generously (timer grain,
+  // page granularity): a driver that leaves queued data out is off by far more.
+  const slack = 16 * (4096 + 16);
+  const over = rounds.filter((x) => x.read - x.reported > rate * (1.5 * x.ms + 50) + slack);
+  const numbers = (x: typeof rounds[number]) => `${x.what}: ${x.reported} reported, ${x.read} read`;
+  if (over.length) {
+    const x = over[0];
+    return warn(
+      id,
+      `PRECOPY_INFO said ${x.reported} bytes were left (initial + dirty) but ${x.read} came before ENOMSG, ` +
+        `${x.read - x.reported} more than reported in ${x.what} (the device dirtied about ` +
+        `${Math.round(rate * 1000)} bytes/s): dirty_bytes leaves data out, so a tool that takes the sizes as a ` +
+        `budget leaves data behind; read until ENOMSG or 0 (mlx5 4928f67bc911)`,
+    );
+  }
+  return pass(id, `initial + dirty covered what was read until ENOMSG (${rounds.map(numbers).join("; ")})`);
+}
+
+/** One call's outcome: a byte count, "ok", or the errno name. */
+function outcome(fn: () => number | void): string {
+  try {
+    const r = fn();
+    return typeof r === "number" ? `${r}` : "ok";
+  } catch (e) {
+    return errnoOf(e);
+  }
+}
+
+/**
+ * VFIO_DEVICE_RESET during a save session and during a resume session: the device is
+ * RUNNING and the old data_fd answers ENODEV (read, write; PRECOPY_INFO ENODEV, or
+ * EINVAL as mtty checks the state first), never data or an end of stream a tool could
+ * take for a finished session.
+ */
+function checkResetEndsSession(s: CheckSession, flags: number): CheckResult {
+  const id = "reset-ends-session";
+  const problems: string[] = [];
+  const pre = supportsState(flags, PRE_COPY);
+  const from = pre ? RUNNING : STOP;
+  const to = pre ? PRE_COPY : STOP_COPY;
+  if (!s.reach(from)) throw new StepError(`cannot bring the device to ${stateName(from)} (it is ${s.stateText()})`);
+  const r = s.set(to, from);
+  if (r.errno || r.fd === null) throw new StepError(`${stateName(from)} -> ${stateName(to)} gave no data_fd`);
+  let readAfter: string, infoAfter: string;
+  try {
+    s.sessions++;
+    const first = outcome(() => s.sys.read(r.fd!, new Uint8Array(16)));
+    s.noteFailure(`a ${stateName(to)} session, at its first read`, first);
+    const e = s.deliberateReset();
+    if (e) throw new StepError(`VFIO_DEVICE_RESET failed with ${e}`);
+    if (s.state() !== RUNNING) {
+      problems.push(`after VFIO_DEVICE_RESET in ${stateName(to)} the device is ${s.stateText()}`);
+    }
+    readAfter = outcome(() => s.sys.read(r.fd!, new Uint8Array(16)));
+    infoAfter = outcome(() => void s.dev.migration.precopyInfo(r.fd!));
+  } finally {
+    s.closeFd(r.fd);
+  }
+  if (readAfter !== "ENODEV") {
+    problems.push(
+      `read() of the ${stateName(to)} data_fd after VFIO_DEVICE_RESET ${
+        /^\d+$/.test(readAfter) ? `returned ${readAfter}` : `failed with ${readAfter}`
+      } ` +
+        `(expected ENODEV: a reset session must not look like data or a finished stream)`,
+    );
+  }
+  if (infoAfter !== "ENODEV" && infoAfter !== "EINVAL") {
+    problems.push(`PRECOPY_INFO on the data_fd after VFIO_DEVICE_RESET gave ${infoAfter} (expected ENODEV or EINVAL)`);
+  }
+  if (!s.reach(STOP)) throw new StepError(`cannot bring the device to STOP (it is ${s.stateText()})`);
+  const w = s.set(RESUMING, STOP);
+  if (w.errno || w.fd === null) throw new StepError(`STOP -> RESUMING gave no data_fd`);
+  let writeAfter: string;
+  try {
+    s.sessions++;
+    s.noteFailure("a RESUMING session, at its first write", outcome(() => s.sys.write(w.fd!, new Uint8Array(8))));
+    const e = s.deliberateReset();
+    if (e) throw new StepError(`VFIO_DEVICE_RESET failed with ${e}`);
+    if (s.state() !== RUNNING) problems.push(`after VFIO_DEVICE_RESET in RESUMING the device is ${s.stateText()}`);
+    writeAfter = outcome(() => s.sys.write(w.fd!, new Uint8Array(8)));
+  } finally {
+    s.closeFd(w.fd);
+  }
+  if (writeAfter !== "ENODEV") {
+    problems.push(
+      `write() of the RESUMING data_fd after VFIO_DEVICE_RESET ${
+        /^\d+$/.test(writeAfter) ? `took ${writeAfter} bytes` : `failed with ${writeAfter}`
+      } (expected ENODEV)`,
+    );
+  }
+  if (problems.length) return fail(id, problems);
+  return pass(
+    id,
+    `RUNNING after each reset; the ${stateName(to)} data_fd: read ENODEV, PRECOPY_INFO ${infoAfter}; ` +
+      `the RESUMING data_fd: write ENODEV`,
+  );
+}
+
+/** The config region's offset on the device fd, or null without one. */
+function configOffset(dev: VfioDevice): number | null {
+  const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: PCI_REGION.CONFIG });
+  try {
+    dev.sys.ioctl(dev.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
+  } catch (e) {
+    if (isErrno(e, "EINVAL") || isErrno(e, "ENOTTY")) return null;
+    throw e;
+  }
+  const r = decode(STRUCTS.vfio_region_info, ri);
+  return r.size >= 0x40 ? r.offset : null;
+}
+
+/** Offsets of a PCI capability's 16-bit control register (MSI 0x05, MSI-X 0x11), or null. */
+function capControl(cfg: Uint8Array, capId: number): number | null {
+  if (!(cfg[0x06] & 0x10)) return null;
+  let at = cfg[0x34] & 0xfc;
+  for (let hops = 0; at >= 0x40 && at + 3 < cfg.length && hops < 48; hops++) {
+    if (cfg[at] === capId) return at + 2;
+    at = cfg[at + 1] & 0xfc;
+  }
+  return null;
+}
+
+/**
+ * Arms the command register (memory space, bus master) and the MSI / MSI-X enables,
+ * resets, and compares: a function whose reset clears them is allowed, but whoever
+ * resets it must restore its config (Cloud Hypervisor PR #8528 had to). Puts the
+ * original values back.
+ */
+function checkConfigAfterReset(s: CheckSession): CheckResult {
+  const id = "config-after-reset";
+  const base = configOffset(s.dev);
+  const cfg = s.dev.readConfig();
+  if (base === null || !cfg || cfg.length < 0x40) return skip(id, "the device has no PCI config region");
+  const u16 = (b: Uint8Array, at: number) => b[at] | (b[at + 1] << 8);
+  const write16 = (at: number, v: number) => {
+    s.dev.sys.pwrite(s.dev.fd, new Uint8Array([v & 0xff, v >> 8]), base + at);
+  };
+  const fields: { name: string; at: number; bits: number }[] = [{ name: "command register", at: 0x04, bits: 0x0006 }];
+  const msi = capControl(cfg, 0x05);
+  if (msi !== null) fields.push({ name: "MSI enable", at: msi, bits: 0x0001 });
+  const msix = capControl(cfg, 0x11);
+  if (msix !== null) fields.push({ name: "MSI-X enable", at: msix, bits: 0x8000 });
+  const original = fields.map((f) => u16(cfg, f.at));
+  try {
+    fields.forEach((f, i) => write16(f.at, original[i] | f.bits));
+    const armedCfg = s.dev.readConfig()!;
+    const armed = fields.map((f) => u16(armedCfg, f.at) & f.bits);
+    if (armed.every((v) => v === 0)) {
+      return skip(id, `nothing to compare: the device ignores writes of ${fields.map((f) => f.name).join(", ")}`);
+    }
+    const e = s.deliberateReset();
+    if (e) throw new StepError(`VFIO_DEVICE_RESET failed with ${e}`);
+    const afterCfg = s.dev.readConfig()!;
+    const cleared: string[] = [];
+    const kept: string[] = [];
+    fields.forEach((f, i) => {
+      if (!armed[i]) return;
+      const now = u16(afterCfg, f.at) & f.bits;
+      (now === armed[i] ? kept : cleared).push(`${f.name} (0x${armed[i].toString(16)} -> 0x${now.toString(16)})`);
+    });
+    if (cleared.length) {
+      return warn(
+        id,
+        `VFIO_DEVICE_RESET cleared ${cleared.join(", ")}: what a PCI function's reset does; whoever resets ` +
+          `the device must restore its config (QEMU does; Cloud Hypervisor #8528 had to)`,
+      );
+    }
+    return pass(id, `VFIO_DEVICE_RESET kept ${kept.join(", ")}`);
+  } finally {
+    fields.forEach((f, i) => write16(f.at, original[i]));
+  }
+}
+
+function checkSpontaneousReset(s: CheckSession): CheckResult {
+  const id = "spontaneous-reset";
+  if (s.spontaneous.length) {
+    return fail(id, [
+      ...s.spontaneous,
+      "the device ended sessions on its own (the uAPI allows a state change only on a SET or VFIO_DEVICE_RESET; " +
+      "pds does so when its device recovers): a tool must take ENODEV as a lost session, never as data",
+    ]);
+  }
+  return pass(id, `${s.sessions} sessions, none ended by the device`);
+}
+
+/**
+ * Closes and reopens the device (in STOP, after a complete session): the state should
+ * still be STOP (a WARN when it comes back RUNNING: vfio-pci resets at first open, mlx5
+ * and hisi_acc set RUNNING), and a new session must carry all the data (FAIL when it is
+ * shorter, or when it differs although the state survived).
+ */
+function checkReopen(s: CheckSession, opts: CheckOptions, baseline: CaptureResult | null): CheckResult[] {
+  const ids = ["reopen-session", "reopen-state"];
+  if (!opts.reopen) return ids.map((i) => skip(i, "the device cannot be reopened here (a borrowed or inherited fd)"));
+  if (!baseline || !s.image) return ids.map((i) => skip(i, "no STOP_COPY image was captured"));
+  if (!s.reach(STOP)) throw new StepError(`cannot bring the device to STOP (it is ${s.stateText()})`);
+  let dev: VfioDevice;
+  try {
+    dev = opts.reopen(s.dev);
+  } catch (e) {
+    throw new StepError(`reopening the device failed: ${e instanceof Error ? e.message : e}`);
+  }
+  s.replaceDevice(dev);
+  const after = s.state();
+  const state = after === STOP ? pass("reopen-state", "STOP when closed, STOP after reopening") : warn(
+    "reopen-state",
+    `the device was STOP when closed and is ${s.stateText()} after reopening: its migration state does not ` +
+      `survive a close (vfio-pci resets the function at the first open; mlx5 and hisi_acc set RUNNING at open)`,
+  );
+  const max = opts.maxImageBytes ?? 4 * 1024 ** 3;
+  const again = s.capture(max).image;
+  let session: CheckResult;
+  try {
+    const first = s.image;
+    const d = first.firstDifference(again);
+    if (again.size < first.size) {
+      session = fail("reopen-session", [
+        `after reopening, a STOP_COPY session gave ${again.size} bytes where the first gave ${first.size}: ` +
+        `the device's data is missing from the second migration (hisi_acc 8c6ac1730a97)`,
+      ]);
+    } else if (d !== null && after === STOP) {
+      session = fail("reopen-session", [
+        `after reopening (the state kept), a STOP_COPY session differs from the first at byte ${d}`,
+      ]);
+    } else {
+      session = pass(
+        "reopen-session",
+        `a session after reopening gave all ${again.size} bytes${
+          d === null ? ", identical" : " (the device was reset)"
+        }`,
+      );
+    }
+  } finally {
+    again.close();
+  }
+  if (after !== STOP) s.loadImage(); // the open reset it: its own image back
+  return [session, state];
 }
 
 function checkFinalState(s: CheckSession): CheckResult {

@@ -89,7 +89,7 @@ export interface CaptureResult {
 }
 
 export class CheckSession {
-  readonly sys: Sys;
+  sys: Sys;
   readonly flags: number;
   /** The device's own STOP_COPY image, fed into every RESUMING session the checks open. */
   image: MigrationImage | null = null;
@@ -98,10 +98,53 @@ export class CheckSession {
   readonly resetReasons: string[] = [];
   /** The device is RESUMING and its data_fd received the whole image. */
   #resumeFed = false;
+  /** Sessions the device ended on its own (a data_fd answering ENODEV with no reset asked). */
+  readonly spontaneous: string[] = [];
+  /** Sessions the checks opened (for the spontaneous-reset report). */
+  sessions = 0;
 
-  constructor(readonly dev: VfioDevice, flags?: number) {
+  constructor(public dev: VfioDevice, flags?: number) {
     this.sys = dev.sys;
     this.flags = flags ?? dev.migration.migrationFlags();
+  }
+
+  /** Goes on with a reopened device (the same device, a new open of it). */
+  replaceDevice(dev: VfioDevice): void {
+    this.dev = dev;
+    this.sys = dev.sys;
+    this.#resumeFed = false;
+  }
+
+  /**
+   * Notes a data_fd that answered `errno` where the checks asked for no reset: ENODEV is
+   * a session the device ended itself (uAPI: the state changes only on a SET or a reset).
+   */
+  noteFailure(where: string, errno: string): void {
+    if (errno !== "ENODEV") return;
+    const line = `${where}: the data_fd answered ENODEV and the device is ${this.stateText()}`;
+    if (!this.spontaneous.includes(line)) this.spontaneous.push(line);
+  }
+
+  /** VFIO_DEVICE_RESET the checks make on purpose (not counted as a recovery). */
+  deliberateReset(): string | null {
+    this.#resumeFed = false;
+    try {
+      this.dev.migration.reset();
+      return null;
+    } catch (e) {
+      return sysErrno(e);
+    }
+  }
+
+  /**
+   * Loads the device's own image back: RESUMING, the image, RESUMING -> STOP. Returns
+   * the errno of the step that failed, or null (the device is then STOP).
+   */
+  loadImage(): string | null {
+    if (!this.image) return "no image";
+    if (!this.reach(RESUMING)) return `cannot reach RESUMING (the device is ${this.stateText()})`;
+    const r = this.request(STOP, RESUMING);
+    return r.errno;
   }
 
   /** GET MIG_DEVICE_STATE; null when even that fails. */
@@ -165,19 +208,24 @@ export class CheckSession {
   #settle(fd: number, to: DeviceState): void {
     try {
       if (to === RESUMING && this.image) {
+        this.sessions++;
         this.image.writeTo(fd);
         this.#resumeFed = true;
       }
-    } catch { /* leaving RESUMING will then fail, and show it */ }
+    } catch (e) {
+      // Leaving RESUMING will then fail, and show it.
+      if (e instanceof SysError) this.noteFailure("writing the image into a RESUMING data_fd", e.code);
+    }
     this.closeFd(fd);
   }
 
   /**
-   * Brings the device to `target` through the kernel's own paths, going via STOP
-   * instead of the forbidden arcs, resetting when stuck. False when it cannot.
+   * Brings the device to `target` along the kernel's own paths, one arc per request,
+   * going via STOP instead of the forbidden arcs, resetting when stuck. False when it
+   * cannot.
    */
   reach(target: DeviceState): boolean {
-    for (let step = 0; step < 6; step++) {
+    for (let step = 0; step < 12; step++) {
       const cur = this.state();
       if (cur === null || cur === ERROR) {
         if (this.resets > 64) return false;
@@ -190,8 +238,11 @@ export class CheckSession {
         continue;
       }
       if (cur === target) return true;
-      // Where the kernel's table has no path (STOP_COPY -> PRE_COPY*), go through STOP.
-      const via = resolvePath(this.flags, cur, target) === null ? STOP : target;
+      // One arc at a time, so that a driver failing multi-arc requests is still driven;
+      // where the kernel's table has no path (STOP_COPY -> PRE_COPY*), go through STOP.
+      const path = resolvePath(this.flags, cur, target) ?? resolvePath(this.flags, cur, STOP);
+      if (!path?.length) return false;
+      const via = path[0];
       const r = this.request(via, cur);
       const now = r.errno === null ? this.state() : null;
       if (r.errno !== null) {
@@ -208,26 +259,30 @@ export class CheckSession {
 
   /**
    * From STOP: STOP -> STOP_COPY, reads the data_fd to its end (and a little beyond,
-   * to see that the end is permanent), then back to STOP.
+   * to see that the end is permanent), then back to STOP. `readSizes` (cycled) gives the
+   * size of each read; by default every read asks for 1 MiB.
    */
-  capture(maxBytes: number): CaptureResult {
+  capture(maxBytes: number, readSizes: readonly number[] = [IO_CHUNK]): CaptureResult {
     if (!this.reach(STOP)) throw new StepError(`cannot bring the device to STOP (it is ${this.stateText()})`);
     const r = this.set(STOP_COPY, STOP);
     if (r.errno) throw new StepError(`STOP -> STOP_COPY failed with ${r.errno}`);
     if (r.fd === null) throw new StepError("STOP -> STOP_COPY returned no data_fd");
+    this.sessions++;
     let dataFd: number | null = r.fd;
     const memfd = this.sys.memfd("vfio-mig-check", MFD_CLOEXEC);
     let ok = false;
     try {
       const hash = createHash("sha256");
-      const buf = new Uint8Array(IO_CHUNK);
+      const buf = new Uint8Array(Math.max(IO_CHUNK, ...readSizes));
       let size = 0;
-      for (;;) {
+      for (let i = 0;; i++) {
         let n: number;
         try {
-          n = readSome(this.sys, dataFd, buf);
+          n = readSome(this.sys, dataFd, buf.subarray(0, readSizes[i % readSizes.length]));
         } catch (e) {
-          throw new StepError(`read() of the STOP_COPY data_fd failed with ${sysErrno(e)} after ${size} bytes`);
+          const errno = sysErrno(e);
+          this.noteFailure(`a STOP_COPY session, after ${size} bytes`, errno);
+          throw new StepError(`read() of the STOP_COPY data_fd failed with ${errno} after ${size} bytes`);
         }
         if (n === 0) break;
         writeAll(this.sys, memfd, buf.subarray(0, n));

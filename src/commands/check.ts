@@ -76,13 +76,16 @@ fix. Any data_fd is closed at once; a RESUMING one is first fed the device's own
 STOP_COPY image, so leaving RESUMING loads valid data. WARN does not fail the check
 (e.g. a device producing more than its MIG_DATA_SIZE estimate).
 
-The check drives the device through every state: run it only on a device nobody
-uses. It ends RUNNING, with its own saved state loaded back (a reset, needed only
-when the driver misbehaves, may lose it).
+The check drives the device through every state, resets it (reset-ends-session,
+config-after-reset: the command register and MSI/MSI-X enables are set, then put
+back), and closes and reopens it (reopen-*): run it only on a device nobody uses. It
+ends RUNNING, with its own saved state loaded back (a device that loses it at a reset or
+an open gets it back).
 
 Options:
   -d, --device D   as for save (default: $VFIO_MIG_DEVICE or the only candidate)
-      --json       machine-readable report (includes the arc table)
+      --json       machine-readable report: every check, the findings (its FAILs and
+                   WARNs) and the arc table
       --arcs       also print the arc table
   -h, --help       this help
 
@@ -102,9 +105,19 @@ not openable or not migratable.`,
       throw new VfioMigError(`check: unexpected argument ${positionals[0]} (use --device)`, "usage");
     }
     const spec = values.device ?? defaultDeviceSpec(systemFor([]));
-    const dev = openDevice(systemFor([spec]), spec);
+    const sys = systemFor([spec]);
+    const dev = openDevice(sys, spec);
+    // A borrowed (pid:) or inherited (fd:) device cannot be opened again by us.
+    const reopenable = !/^(pid|fd):/.test(spec);
     try {
-      const r = runChecks(dev);
+      const r = runChecks(dev, {
+        reopen: reopenable
+          ? (old) => {
+            old.close();
+            return openDevice(sys, spec);
+          }
+          : undefined,
+      });
       if (values.json) printJson(r);
       else console.log(formatCheck(r, values.arcs));
       if (!r.migratable) return Promise.resolve(EXIT.DEVICE);

@@ -3,16 +3,25 @@ import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
 import { stateName } from "../migration/state_machine.ts";
-import { MODEL_NAMES, type ModelName } from "../sim/models.ts";
-import { SimStore } from "../sim/store.ts";
-import { parseQuirks, QUIRK_NAMES } from "../sim/quirks.ts";
+import { defaultFamily, MODEL_NAMES, type ModelName, stopCopyBytes } from "../sim/models.ts";
+import { familyOf, type QuirkOptions, SimStore } from "../sim/store.ts";
+import { parseQuirks, QUIRK_NAMES, quirkMismatch, type QuirkName, QUIRKS } from "../sim/quirks.ts";
+import { DEFAULT_READ_DELAY_MS } from "../sim/quirks/blocking_read.ts";
+import { RESET_PHASES } from "../sim/quirks/reset_mid_session.ts";
 import { V1_SPARSE, type V1Sparse } from "../sim/v1_device.ts";
 import { v1StateName } from "../migration/v1.ts";
 import { type Command, parse, printJson } from "./command.ts";
 
-/** SHA-256 of a simulated device's state, streamed (constant memory). */
+/**
+ * SHA-256 of a simulated device's state, streamed (constant memory). An xe device stores
+ * no data (it is a function of its content seed): the hash is of what defines it.
+ */
 export function stateHash(sys: Sys, store: SimStore): string {
   const h = createHash("sha256");
+  const meta = store.readMeta();
+  if (meta.model === "xe") {
+    return h.update(`xe:${meta.size}:${meta.contentSeed ?? meta.seed}`).digest("hex");
+  }
   const fd = sys.open(store.statePath, O.RDONLY | O.CLOEXEC);
   try {
     const buf = new Uint8Array(1 << 20);
@@ -71,14 +80,73 @@ function v1Options(protocol?: string, dataSize?: string, sparse?: string) {
   };
 }
 
-/** --quirk NAME (repeatable): deliberate non-conformance for `vfio-mig check` tests. */
-function quirksOf(names: string[] | undefined): string[] | undefined {
+/** --quirk NAME (repeatable): driver behaviours (quirks.ts), checked against the model. */
+function quirksOf(names: string[] | undefined, model: ModelName, v1: boolean): QuirkName[] | undefined {
   if (!names?.length) return undefined;
+  let quirks: QuirkName[];
   try {
-    return parseQuirks(names.flatMap((n) => n.split(",")).map((n) => n.trim()).filter((n) => n));
+    quirks = parseQuirks(names.flatMap((n) => n.split(",")).map((n) => n.trim()).filter((n) => n));
   } catch (e) {
     throw new VfioMigError(`sim create: ${(e as Error).message}`, "usage");
   }
+  for (const q of quirks) {
+    const why = quirkMismatch(q, model, v1);
+    if (why) throw new VfioMigError(`sim create: ${why}`, "usage");
+  }
+  return quirks;
+}
+
+/** --reset-at, --reset-to, --fail-leaves, --read-delay: each needs its quirk. */
+function quirkOptionsOf(
+  quirks: readonly QuirkName[],
+  v: { "reset-at"?: string; "reset-to"?: string; "fail-leaves"?: string; "read-delay"?: string },
+): QuirkOptions {
+  const need = (opt: string, quirk: QuirkName) => {
+    if (!quirks.includes(quirk)) throw new VfioMigError(`sim create: --${opt} needs --quirk ${quirk}`, "usage");
+  };
+  const o: QuirkOptions = {};
+  if (v["reset-at"] !== undefined || v["reset-to"] !== undefined) {
+    need(v["reset-at"] !== undefined ? "reset-at" : "reset-to", "reset-mid-session");
+  }
+  if (quirks.includes("reset-mid-session")) {
+    const [phase, bytes] = (v["reset-at"] ?? "stop-copy").split(":");
+    if (!RESET_PHASES.includes(phase as never)) {
+      throw new VfioMigError(`sim create: --reset-at takes ${RESET_PHASES.join(", ")}[:BYTES] (not ${phase})`, "usage");
+    }
+    const to = v["reset-to"] ?? "error";
+    if (to !== "error" && to !== "running") {
+      throw new VfioMigError(`sim create: --reset-to takes error or running (not ${to})`, "usage");
+    }
+    o.resetAt = {
+      phase: phase as "pre-copy" | "stop-copy" | "resuming",
+      after: bytes === undefined ? 0 : parseSize(bytes),
+      to,
+    };
+  }
+  if (v["fail-leaves"] !== undefined) {
+    need("fail-leaves", "fails-mid-path");
+    if (v["fail-leaves"] !== "intermediate" && v["fail-leaves"] !== "error") {
+      throw new VfioMigError(
+        `sim create: --fail-leaves takes intermediate or error (not ${v["fail-leaves"]})`,
+        "usage",
+      );
+    }
+    o.failLeaves = v["fail-leaves"];
+  }
+  if (v["read-delay"] !== undefined) {
+    need("read-delay", "blocking-read");
+    const ms = Number(v["read-delay"]);
+    if (!Number.isFinite(ms) || ms < 0) {
+      throw new VfioMigError(`sim create: --read-delay takes milliseconds (not ${v["read-delay"]})`, "usage");
+    }
+    o.readDelay = ms;
+  }
+  return o;
+}
+
+function familyOption(s: string | undefined): "pci" | "mdev" | undefined {
+  if (s === undefined || s === "pci" || s === "mdev") return s;
+  throw new VfioMigError(`sim create: --family takes pci or mdev (not ${s})`, "usage");
 }
 
 function show(sys: Sys, path: string) {
@@ -87,14 +155,20 @@ function show(sys: Sys, path: string) {
   return {
     device: `sim:${path}`,
     model: m.model,
+    family: familyOf(m),
     migrationFlags: m.flags,
-    size: sys.stat(store.statePath).size,
+    /** Bytes of device state (state.bin; xe: generated, never stored). */
+    size: m.model === "xe" ? m.size : sys.stat(store.statePath).size,
+    /** Bytes a STOP_COPY session produces (mtty: the 24-byte header and the ports). */
+    migrationData: stopCopyBytes(m.model, m.size),
     seed: m.seed,
+    ...(m.contentSeed !== undefined ? { contentSeed: m.contentSeed } : {}),
     rate: m.rate,
     ...(m.yieldRate ? { yieldRate: m.yieldRate } : {}),
     state: m.v1 ? v1StateName(m.v1.state) : stateName(m.state),
     ...(m.v1 ? { protocol: "v1", dataSection: m.v1.dataSize, sparse: m.v1.sparse } : {}),
     ...(m.quirks?.length ? { quirks: m.quirks.join(",") } : {}),
+    ...(m.quirkOptions ? { quirkOptions: JSON.stringify(m.quirkOptions) } : {}),
     ...(m.precopyV2 ? { precopyInfoV2: true } : {}),
     ...(m.reinitAfter !== undefined ? { reinitAfter: m.reinitAfter } : {}),
     sha256: stateHash(sys, store),
@@ -102,24 +176,45 @@ function show(sys: Sys, path: string) {
 }
 
 const HELP = `Usage:
-  vfio-mig sim create PATH [--model mtty-1|mtty-2|bulk] [--size N] [--flags LIST]
-                           [--seed S] [--rate BYTES_PER_SEC] [--yield-rate BYTES_PER_SEC]
-                           [--quirk NAME]... [--precopy-v2] [--reinit-after BYTES]
+  vfio-mig sim create PATH [--model mtty-1|mtty-2|bulk|xe] [--family pci|mdev] [--size N]
+                           [--flags LIST] [--seed S] [--rate BYTES_PER_SEC]
+                           [--yield-rate BYTES_PER_SEC] [--precopy-v2] [--reinit-after BYTES]
+                           [--quirk NAME]... [--reset-at PHASE[:BYTES]] [--reset-to error|running]
+                           [--fail-leaves intermediate|error] [--read-delay MS]
                            [--protocol v1|v2 [--data-size N] [--sparse full|partial|none]]
   vfio-mig sim show PATH [--json]
   vfio-mig sim compare A B [--json]
 
 Simulated VFIO devices for tests, demos and benchmarks. A device is a folder (PATH)
-that any process can open as --device sim:PATH; its migration state persists like a
-real device's. Models: mtty-1 / mtty-2 (the kernel's mtty sample: 60 / 96 bytes of
-state, 0-byte read at the end of pre-copy data) and bulk (--size bytes of seeded
-state, default 1M, that changes at --rate bytes/s while running).
+that any process can open as --device sim:PATH; one process at a time holds it (EBUSY
+otherwise), and another may borrow the holder's fd. Its migration state persists like a
+real device's.
+
+Models (drivers, src/sim/drivers/):
+  mtty-1, mtty-2  the kernel's mtty sample: 36 / 72 bytes of device state (one or two
+                  ports of UART registers); its migration data, and its MIG_DATA_SIZE,
+                  is 60 / 96 bytes: a 24-byte header plus the ports. PRE_COPY offers the
+                  header, then read() returns 0.
+  bulk            --size bytes of seeded state (default 1M) that changes at --rate
+                  bytes/s while running; migration data is a 32-byte header, a 16-byte
+                  record header and the state, then dirty pages as further records.
+  xe              an Intel xe GPU VF: no PRE_COPY (flags stop-copy,p2p), --size bytes
+                  of state (default 256M, any size: generated from the seed as it is
+                  read, verified as it is written back, never stored), a MIG_DATA_SIZE
+                  that under-estimates (15/16 of the data). Family pci.
+
+--family pci: as vfio-pci-core does, the device is reset to its power-on state
+(RUNNING, its data back to its seeded content, command register and MSI/MSI-X
+enables cleared) at the first open and at the last close, and VFIO_DEVICE_RESET
+(an FLR) loses its data. --family mdev: the state is kept across opens and resets
+(mtty's reset only ends the session). Default: pci for xe, mdev for the others.
 --yield-rate: the device yields its migration data at most this fast (e.g. 256M):
 data_fd reads block until data is due, or fail with EAGAIN when the reader set
 O_NONBLOCK (as mlx5's do). Default: as fast as it is read.
 --flags: comma list of stop-copy, p2p, pre-copy, or none (not migratable: ENOTTY).
-Default stop-copy,p2p,pre-copy. 'show' prints the state and a SHA-256 of the device's
-state; 'compare' exits 0 when two devices hold equal state, 1 otherwise.
+Default stop-copy,p2p,pre-copy (xe: stop-copy,p2p). 'show' prints the state and a
+SHA-256 of the device's state; 'compare' exits 0 when two devices hold equal state, 1
+otherwise.
 --protocol v1: a device speaking the deprecated v1 region protocol (docs/protocol-v1.md)
 instead of uAPI v2: region 9 holds the migration registers and a --data-size data
 section (default 1M, a multiple of 4096) backed by a memfd; --sparse says what of it
@@ -143,8 +238,40 @@ VFIO_PRECOPY_INFO_REINIT once (initial_bytes grows, dirty_bytes drops to 0). Wit
 the opt-in those bytes show as dirty_bytes instead. With BYTES = the initial data's
 size (--size + 48) the reader first sees initial_bytes 0, then REINIT.
 
-Non-conformant drivers (for 'vfio-mig check' tests): --quirk NAME, repeatable, one of
-${QUIRK_NAMES.join(", ")} (src/sim/quirks.ts). Default: none.`;
+Driver behaviours (--quirk NAME, repeatable; src/sim/quirks/, each from a real driver's
+fix or documented behaviour). Conformant ones are real, allowed behaviours a tool must
+cope with; the others are bugs 'vfio-mig check' must catch:
+${quirkHelp()}
+Settings: --reset-at PHASE[:BYTES] (reset-mid-session: pre-copy, stop-copy or resuming,
+after BYTES of that phase moved; default stop-copy:0), --reset-to error|running (the
+state it leaves; default error, as pds's device-initiated reset; a v1 device reads
+RUNNING), --fail-leaves intermediate|error (fails-mid-path; default intermediate),
+--read-delay MS (blocking-read: a phase's data is ready MS after it starts; default
+${DEFAULT_READ_DELAY_MS}).`;
+
+function quirkHelp(): string {
+  const width = Math.max(...QUIRK_NAMES.map((n) => n.length));
+  const indent = " ".repeat(width + 4);
+  return QUIRK_NAMES.map((n) => {
+    const q = QUIRKS[n];
+    const models = "models" in q && q.models ? `, ${q.models.join(", ")} only` : "";
+    const head = `  ${n.padEnd(width)}  ${q.conformant ? "conformant" : "NOT conformant"}${models} (${q.source})`;
+    return [head, ...wrap(q.summary, 88 - indent.length).map((l) => indent + l)].join("\n");
+  }).join("\n");
+}
+
+function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
+}
 
 export const simCommand: Command = {
   name: "sim",
@@ -160,6 +287,11 @@ export const simCommand: Command = {
       rate: { type: "string" },
       "yield-rate": { type: "string" },
       quirk: { type: "string", multiple: true },
+      family: { type: "string" },
+      "reset-at": { type: "string" },
+      "reset-to": { type: "string" },
+      "fail-leaves": { type: "string" },
+      "read-delay": { type: "string" },
       protocol: { type: "string" },
       "data-size": { type: "string" },
       sparse: { type: "string" },
@@ -180,23 +312,31 @@ export const simCommand: Command = {
           throw new VfioMigError(`sim create: unknown model ${model} (${MODEL_NAMES.join(", ")})`, "usage");
         }
         const store = new SimStore(sys, positionals[0]);
+        const v1 = v1Options(values.protocol, values["data-size"], values.sparse);
+        const quirks = quirksOf(values.quirk, model, v1.protocol === "v1");
         store.create({
           model,
+          family: familyOption(values.family),
           flags: values.flags === undefined ? undefined : parseFlags(values.flags),
           size: values.size === undefined ? undefined : parseSize(values.size),
           seed: values.seed === undefined ? undefined : Number(values.seed),
           rate: values.rate === undefined ? undefined : parseSize(values.rate),
           yieldRate: values["yield-rate"] === undefined ? undefined : parseSize(values["yield-rate"]),
-          quirks: quirksOf(values.quirk),
+          quirks,
+          quirkOptions: quirkOptionsOf(quirks ?? [], values),
           precopyV2: values["precopy-v2"],
           reinitAfter: values["reinit-after"] === undefined ? undefined : parseSize(values["reinit-after"]),
-          ...v1Options(values.protocol, values["data-size"], values.sparse),
+          ...v1,
         });
         const s = show(sys, positionals[0]);
         if (values.json) printJson(s);
-        else {console.log(
-            `created ${s.device}: ${s.model}, ${s.size} bytes of state, flags 0x${s.migrationFlags.toString(16)}`,
-          );}
+        else {
+          console.log(
+            `created ${s.device}: ${s.model}, ${s.size} bytes of state (${s.migrationData} bytes of migration ` +
+              `data), flags 0x${s.migrationFlags.toString(16)}, family ${s.family}` +
+              `${s.family === defaultFamily(model) ? "" : " (not the model's default)"}`,
+          );
+        }
         return Promise.resolve(0);
       }
       case "show": {

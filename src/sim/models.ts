@@ -9,12 +9,26 @@
 // bulk is N bytes of seeded state: a 32-byte header then records {u64 offset,
 // u64 length, bytes}. Pre-copy offers the whole state as initial data and pages
 // dirtied while running as further records, so a live save stays correct.
+//
+// xe stands for an Intel xe GPU VF (drivers/vfio/pci/xe): no PRE_COPY, a state of any
+// size (VRAM included) that is never stored: it is generated from a seed, page by page,
+// as it is read, and verified against the same generator as it is written back. A
+// 32-byte header (magic "VFIMXEVF", u32 version, u32 seed, u64 size) then the data.
 
 import type { PciIdentity } from "../device/open.ts";
 import { Errno, SysError } from "../../ffi/errno.ts";
 
-export type ModelName = "mtty-1" | "mtty-2" | "bulk";
-export const MODEL_NAMES: readonly ModelName[] = ["mtty-1", "mtty-2", "bulk"];
+export type ModelName = "mtty-1" | "mtty-2" | "bulk" | "xe";
+export const MODEL_NAMES: readonly ModelName[] = ["mtty-1", "mtty-2", "bulk", "xe"];
+
+/**
+ * The family a model stands for when `sim create` is not told: "pci" for models of PCI
+ * variant drivers (reset at first open and last close, as vfio-pci-core does), "mdev"
+ * for mediated devices and the tests' bulk model (state kept across opens).
+ */
+export function defaultFamily(name: ModelName): "pci" | "mdev" {
+  return name === "xe" ? "pci" : "mdev";
+}
 
 export const MTTY_MAGIC = 0x7e9d09898c3e2c4en;
 export const MTTY_HEADER_SIZE = 24;
@@ -25,6 +39,9 @@ export const BULK_MAGIC = 0x4b4c55424d494656n; // "VFIMBULK" little-endian
 export const BULK_HEADER_SIZE = 32;
 export const BULK_RECORD_HEADER = 16;
 export const BULK_PAGE = 4096;
+
+export const XE_MAGIC = 0x46564558564d4946n; // "VFIMXEVF" little-endian
+export const XE_HEADER_SIZE = 32;
 
 export interface ModelInfo {
   name: ModelName;
@@ -91,6 +108,26 @@ export function modelInfo(name: ModelName): ModelInfo {
         msi: true,
         msix: { bar: 2, entries: 4, tableOffset: 0, pbaOffset: 0x800 },
       };
+    case "xe":
+      return {
+        name,
+        driver: "xe-vfio-pci",
+        identity: {
+          vendor: 0x8086,
+          device: 0xe212, // a Battlemage VF id; only identity matters here
+          subsystemVendor: 0x8086,
+          subsystemDevice: 0x1100,
+          classCode: 0x030000,
+          revision: 0,
+        },
+        deviceFlags: PCI | RESET,
+        bars: [0, 0, 0x1000, 0, 0, 0], // BAR2: the MSI-X table and PBA
+        configSize: 256,
+        defaultMigrationFlags: 0x3, // STOP_COPY | P2P: no PRE_COPY
+        dmaLogging: false,
+        msi: false,
+        msix: { bar: 2, entries: 8, tableOffset: 0, pbaOffset: 0x800 },
+      };
   }
 }
 
@@ -98,9 +135,21 @@ export function mttyPorts(name: ModelName): number {
   return name === "mtty-2" ? 2 : 1;
 }
 
-/** Size of the device's internal state file. */
+/** Size of the device's internal state (bulk and xe: the --size given). */
 export function stateSize(name: ModelName, bulkSize: number): number {
-  return name === "bulk" ? bulkSize : mttyPorts(name) * MTTY_PORT_SIZE;
+  return name === "bulk" || name === "xe" ? bulkSize : mttyPorts(name) * MTTY_PORT_SIZE;
+}
+
+/**
+ * Bytes a STOP_COPY session of a device produces from STOP: mtty's 24-byte header and 36
+ * bytes per port (60 / 96, what mtty's MIG_DATA_SIZE reports), bulk's header, one record
+ * header and its state, xe's header and its state (xe's MIG_DATA_SIZE is an estimate
+ * below this).
+ */
+export function stopCopyBytes(model: ModelName, size: number): number {
+  if (model === "bulk") return BULK_HEADER_SIZE + BULK_RECORD_HEADER + size;
+  if (model === "xe") return XE_HEADER_SIZE + size;
+  return MTTY_HEADER_SIZE + mttyPorts(model) * MTTY_PORT_SIZE;
 }
 
 /** Fills a fresh state: mtty ports with max_fifo_size set and seeded registers. */
@@ -216,6 +265,20 @@ export function configWritable(info: ModelInfo, at: number): boolean {
   return false;
 }
 
+/**
+ * What a PCI function's reset does to the config space that matters to a VMM: command
+ * register 0, MSI and MSI-X disabled (MSI-X function mask cleared). Returns whether
+ * anything changed.
+ */
+export function clearCommandAndEnables(info: ModelInfo, cfg: Uint8Array): boolean {
+  const before = cfg.slice();
+  cfg[0x04] = 0;
+  cfg[0x05] = 0;
+  if (info.msi) cfg[CAP_MSI_AT + 2] &= ~0x01;
+  if (info.msix) cfg[CAP_MSIX_AT + 3] &= 0x3f;
+  return before.some((b, i) => b !== cfg[i]);
+}
+
 /** xorshift32: small, fast, seeded; enough to make states distinct and reproducible. */
 export function prng(seed: number): () => number {
   let x = (seed >>> 0) || 0x9e3779b9;
@@ -240,6 +303,60 @@ export function fillBulk(out: Uint8Array, seed: number, offset: number): void {
     words[i] = x;
   }
   for (let i = words.length * 4; i < out.length; i++) out[i] = i & 0xff;
+}
+
+export function xeHeader(seed: number, size: number): Uint8Array {
+  const b = new Uint8Array(XE_HEADER_SIZE);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, XE_MAGIC, true);
+  v.setUint32(8, 1, true); // version
+  v.setUint32(12, seed >>> 0, true);
+  v.setBigUint64(16, BigInt(size), true);
+  return b;
+}
+
+/** The seed of a valid xe header for a device of `size` bytes, or null. */
+export function parseXeHeader(size: number, h: Uint8Array): number | null {
+  const v = new DataView(h.buffer, h.byteOffset, h.byteLength);
+  const ok = v.getBigUint64(0, true) === XE_MAGIC && v.getUint32(8, true) === 1 &&
+    Number(v.getBigUint64(16, true)) === size;
+  return ok ? v.getUint32(12, true) : null;
+}
+
+const XE_SCRATCH = new Uint32Array(BULK_PAGE / 4);
+
+/** One 4 KiB page of xe data: a function of (seed, page index) only, whatever the read size. */
+function xePage(words: Uint32Array, seed: number, page: number): void {
+  let x = ((seed ^ Math.imul(page + 1, 0x9e3779b1)) >>> 0) || 1;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x;
+  }
+}
+
+/**
+ * Fills `out` with the xe data at byte `offset` of a device seeded `seed`: generated, not
+ * stored, so a state of any size streams in constant memory.
+ */
+export function fillXe(out: Uint8Array, seed: number, offset: number): void {
+  const scratch = new Uint8Array(XE_SCRATCH.buffer);
+  let done = 0;
+  while (done < out.length) {
+    const at = offset + done;
+    const page = Math.floor(at / BULK_PAGE);
+    const inPage = at - page * BULK_PAGE;
+    const take = Math.min(out.length - done, BULK_PAGE - inPage);
+    const dst = out.subarray(done, done + take);
+    if (inPage === 0 && take === BULK_PAGE && (dst.byteOffset & 3) === 0) {
+      xePage(new Uint32Array(dst.buffer, dst.byteOffset, BULK_PAGE / 4), seed, page);
+    } else {
+      xePage(XE_SCRATCH, seed, page);
+      dst.set(scratch.subarray(inPage, inPage + take));
+    }
+    done += take;
+  }
 }
 
 export function sysErr(op: string, name: keyof typeof Errno, detail?: string): SysError {

@@ -1,14 +1,24 @@
 // A simulated device lives in a folder, so that two processes (the ends of a pipe,
 // or of ssh) can save from one and load into another:
 //   device.json  model, migration flags, size, seed, rate, current migration state
-//   state.bin    the device's internal state (what migration moves)
-//   lock         flock'ed while a process has the device open (EBUSY otherwise)
+//   state.bin    the device's internal state (what migration moves; none for xe, whose
+//                state is generated from its seed)
+//   lock         flock'ed while a process has the device open (EBUSY otherwise); a
+//                process that borrows the device fd shares the holder's lock
 // All file I/O goes through the libc Sys, so --allow-ffi is the only permission.
 
 import { O, type Sys } from "../../ffi/sys.ts";
 import { isErrno } from "../../ffi/errno.ts";
 import { DeviceState } from "../migration/state_machine.ts";
-import { fillBulk, initialMttyState, MODEL_NAMES, modelInfo, type ModelName, stateSize } from "./models.ts";
+import {
+  defaultFamily,
+  fillBulk,
+  initialMttyState,
+  MODEL_NAMES,
+  modelInfo,
+  type ModelName,
+  stateSize,
+} from "./models.ts";
 import { VfioMigError } from "../errors.ts";
 import { V1_DEFAULT_DATA_SIZE, type V1Meta, type V1Sparse } from "./v1_device.ts";
 import { readSmallFile, writeAll } from "../io.ts";
@@ -47,6 +57,37 @@ export interface SimDeviceMeta {
    * that opted in; without the opt-in the bytes show as dirty_bytes).
    */
   reinitAfter?: number;
+  /**
+   * "pci": reset to power-on at the first open and the last close, and VFIO_DEVICE_RESET
+   * loses the device's data (vfio-pci-core); "mdev": state kept (mtty). Absent: the
+   * model's default (models.ts defaultFamily).
+   */
+  family?: "pci" | "mdev";
+  /** Settings of the quirks that take any (quirks.ts). */
+  quirkOptions?: QuirkOptions;
+  /** What a quirk keeps in device memory across opens (stale-after-reopen's flag). */
+  quirkState?: { migrated?: boolean };
+  /** pci family: the device's data is its power-on content (nothing to regenerate). */
+  pristine?: boolean;
+  /** mtty: the seed its power-on registers came from, when not `seed` (created without one). */
+  initSeed?: number;
+  /** xe: the seed of the data it holds now (a load changes it); absent = `seed`. */
+  contentSeed?: number;
+}
+
+/** Settings of the quirks that take any (sim create --reset-at, --fail-leaves, --read-delay). */
+export interface QuirkOptions {
+  /** reset-mid-session: the phase, after how many bytes of it, and the state it leaves. */
+  resetAt?: { phase: "pre-copy" | "stop-copy" | "resuming"; after: number; to: "error" | "running" };
+  /** fails-mid-path: a failed SET leaves the device one arc in, or in ERROR. */
+  failLeaves?: "intermediate" | "error";
+  /** blocking-read: ms after a phase starts until its data is ready. */
+  readDelay?: number;
+}
+
+/** A device's family: its own, or its model's default. */
+export function familyOf(meta: SimDeviceMeta): "pci" | "mdev" {
+  return meta.family ?? defaultFamily(meta.model);
 }
 
 const enc = new TextEncoder();
@@ -108,6 +149,11 @@ export class SimStore {
   }
 
   readMeta(): SimDeviceMeta {
+    return this.readMetaText().meta;
+  }
+
+  /** device.json, parsed and as text (to notice when another process rewrote it). */
+  readMetaText(): { meta: SimDeviceMeta; text: string } {
     let raw: Uint8Array;
     try {
       raw = readSmallFile(this.sys, this.metaPath);
@@ -120,15 +166,19 @@ export class SimStore {
       }
       throw e;
     }
-    const m = JSON.parse(dec.decode(raw)) as SimDeviceMeta;
+    const text = dec.decode(raw);
+    const m = JSON.parse(text) as SimDeviceMeta;
     if (m.format !== 1 || !MODEL_NAMES.includes(m.model)) {
       throw new VfioMigError(`${this.metaPath}: not a vfio-mig simulated device`, "device");
     }
-    return m;
+    return { meta: m, text };
   }
 
-  writeMeta(m: SimDeviceMeta): void {
-    writeFileAtomic(this.sys, this.metaPath, enc.encode(JSON.stringify(m, null, 2) + "\n"));
+  /** Writes device.json; returns the text written. */
+  writeMeta(m: SimDeviceMeta): string {
+    const text = JSON.stringify(m, null, 2) + "\n";
+    writeFileAtomic(this.sys, this.metaPath, enc.encode(text));
+    return text;
   }
 
   /** Creates the device folder, its metadata and its initial state. */
@@ -143,6 +193,8 @@ export class SimStore {
       precopyV2?: boolean;
       reinitAfter?: number;
       quirks?: string[];
+      quirkOptions?: QuirkOptions;
+      family?: "pci" | "mdev";
       /** "v1": the deprecated region protocol, with this data section. */
       protocol?: "v1" | "v2";
       dataSize?: number;
@@ -150,11 +202,12 @@ export class SimStore {
     },
   ): SimDeviceMeta {
     const info = modelInfo(opts.model);
+    const sized = opts.model === "bulk" || opts.model === "xe";
     const meta: SimDeviceMeta = {
       format: 1,
       model: opts.model,
       flags: opts.flags ?? info.defaultMigrationFlags,
-      size: opts.model === "bulk" ? (opts.size ?? 1 << 20) : stateSize(opts.model, 0),
+      size: sized ? (opts.size ?? (opts.model === "xe" ? 256 << 20 : 1 << 20)) : stateSize(opts.model, 0),
       seed: opts.seed ?? 1,
       rate: opts.rate ?? 0,
       state: DeviceState.RUNNING,
@@ -163,7 +216,18 @@ export class SimStore {
       ...(opts.yieldRate ? { yieldRate: opts.yieldRate } : {}),
       ...(opts.precopyV2 ? { precopyV2: true } : {}),
       ...(opts.reinitAfter !== undefined ? { reinitAfter: opts.reinitAfter } : {}),
+      ...(opts.family ? { family: opts.family } : {}),
+      ...(opts.quirkOptions && Object.keys(opts.quirkOptions).length ? { quirkOptions: opts.quirkOptions } : {}),
     };
+    // mtty's registers start from seed 0 unless one is given (meta.seed says 1).
+    if (opts.model === "mtty-1" || opts.model === "mtty-2") {
+      if ((opts.seed ?? 0) !== meta.seed) meta.initSeed = opts.seed ?? 0;
+    }
+    if (familyOf(meta) === "pci") meta.pristine = true;
+    if (opts.model === "xe") {
+      if (meta.flags & 0x4) throw new VfioMigError("the xe model has no PRE_COPY (flags stop-copy, p2p)", "usage");
+      if (opts.protocol === "v1") throw new VfioMigError("the xe model speaks uAPI v2 only", "usage");
+    }
     if (opts.reinitAfter !== undefined && (opts.model !== "bulk" || opts.protocol === "v1")) {
       throw new VfioMigError("--reinit-after needs the bulk model with uAPI v2", "usage");
     }
@@ -180,9 +244,34 @@ export class SimStore {
     } catch (e) {
       if (!isErrno(e, "EEXIST")) throw e;
     }
+    this.writeInitialState(meta);
+    for (const stale of [this.incomingPath, this.configPath, this.msixPath]) this.remove(stale);
+    this.writeMeta(meta);
+    return meta;
+  }
+
+  /** Unlinks a file; absent is fine. */
+  remove(path: string): void {
+    try {
+      this.sys.unlink(path);
+    } catch (e) {
+      if (!isErrno(e, "ENOENT")) throw e;
+    }
+  }
+
+  /**
+   * Writes the device's power-on data (state.bin) from its seed: bulk's seeded pattern,
+   * mtty's registers. xe stores nothing: its data is a function of its seed.
+   */
+  writeInitialState(meta: SimDeviceMeta): void {
+    if (meta.model === "xe") {
+      delete meta.contentSeed;
+      this.remove(this.statePath);
+      return;
+    }
     const fd = this.sys.open(this.statePath, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
     try {
-      if (opts.model === "bulk") {
+      if (meta.model === "bulk") {
         const block = new Uint8Array(Math.min(1 << 20, Math.max(meta.size, 1)));
         for (let off = 0; off < meta.size; off += block.length) {
           const part = block.subarray(0, Math.min(block.length, meta.size - off));
@@ -190,19 +279,10 @@ export class SimStore {
           writeAll(this.sys, fd, part);
         }
       } else {
-        writeAll(this.sys, fd, initialMttyState(opts.model, opts.seed ?? 0));
+        writeAll(this.sys, fd, initialMttyState(meta.model, meta.initSeed ?? meta.seed));
       }
     } finally {
       this.sys.close(fd);
     }
-    for (const stale of [this.incomingPath, this.configPath, this.msixPath]) {
-      try {
-        this.sys.unlink(stale);
-      } catch (e) {
-        if (!isErrno(e, "ENOENT")) throw e;
-      }
-    }
-    this.writeMeta(meta);
-    return meta;
   }
 }

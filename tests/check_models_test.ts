@@ -1,0 +1,170 @@
+// `vfio-mig check` against each simulated driver model: every non-conformant quirk gets
+// its named finding (and the conformant ones none that fails): read-size for
+// ignores-offset, reopen-session for stale-after-reopen, precopy-info-accuracy for
+// dirty-underreport, spontaneous-reset for reset-mid-session, arc-states for
+// fails-mid-path, reopen-state for open-resets-state, config-after-reset for
+// reset-clears-config, data-size and reopen-state for xe; nothing for blocking-read.
+
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
+import { libc } from "../ffi/libc.ts";
+import { type CheckReport, runChecks } from "../src/check/conformance.ts";
+import { openDevice, type VfioDevice } from "../src/device/open.ts";
+import { SimKernel } from "../src/sim/kernel.ts";
+import type { SimStore } from "../src/sim/store.ts";
+import { withStore } from "./sim_helpers.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+type Create = Parameters<SimStore["create"]>[0];
+
+/** Runs every check on a new device made with `opts`, reopening it as the CLI does. */
+function check(opts: Create): Promise<CheckReport> {
+  return withStore(opts, (dir) => {
+    const sys = new SimKernel(libc());
+    const spec = `sim:${dir}`;
+    const dev = openDevice(sys, spec);
+    try {
+      const r = runChecks(dev, {
+        reopen: (old: VfioDevice) => {
+          old.close();
+          return openDevice(sys, spec);
+        },
+      });
+      assertEquals(sys.forbiddenArcs, [], "STOP_COPY -> PRE_COPY* is never requested");
+      assertEquals(r.finalState, "RUNNING", "the device ends RUNNING");
+      return r;
+    } finally {
+      dev.close();
+    }
+  });
+}
+
+function statusOf(r: CheckReport): Record<string, string> {
+  return Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
+}
+
+function detailOf(r: CheckReport, id: string): string {
+  return r.checks.find((c) => c.id === id)?.detail ?? "";
+}
+
+/** The findings as id: status, in report order. */
+function findings(r: CheckReport): string[] {
+  return r.findings.map((c) => `${c.id}: ${c.status}`);
+}
+
+Deno.test("check on ignores-offset: read-size FAILs (odd-sized reads give other bytes), nothing else", async () => {
+  const r = await check({ model: "mtty-2", seed: 3, quirks: ["ignores-offset"] });
+  assertEquals(findings(r), ["read-size: FAIL"]);
+  assertMatch(detailOf(r, "read-size"), /differs from 1 MiB reads \(96 bytes\) at byte 7: the driver ignores the file/);
+  assertStringIncludes(detailOf(r, "read-size"), "hisi_acc be12ad45e15b");
+});
+
+Deno.test("check on stale-after-reopen: reopen-session FAILs with the sizes of both sessions", async () => {
+  const r = await check({ model: "bulk", size: 64 * 1024, quirks: ["stale-after-reopen"] });
+  assertEquals(findings(r), ["reopen-session: FAIL"]);
+  assertStringIncludes(detailOf(r, "reopen-session"), "gave 32 bytes where the first gave 65584");
+});
+
+Deno.test("check on dirty-underreport: precopy-info-accuracy WARNs with the numbers; a tidy dirtying device does not", async () => {
+  const dev = { model: "bulk" as const, size: 8 << 20, rate: 8 << 20 };
+  const bad = await check({ ...dev, quirks: ["dirty-underreport"] });
+  assertEquals(findings(bad), ["precopy-info-accuracy: WARN"]);
+  assertMatch(
+    detailOf(bad, "precopy-info-accuracy"),
+    /^PRECOPY_INFO said \d+ bytes were left \(initial \+ dirty\) but \d+ came before ENOMSG, \d+ more than reported/,
+  );
+  assertEquals(bad.ok, true, "a WARN does not fail the check");
+  const good = await check(dev);
+  assertEquals(findings(good), [], detailOf(good, "precopy-info-accuracy"));
+  assertStringIncludes(detailOf(good, "precopy-info-accuracy"), "initial + dirty covered what was read until ENOMSG");
+});
+
+Deno.test("check on reset-mid-session: spontaneous-reset FAILs, whichever phase the device resets in", async () => {
+  for (
+    const resetAt of [
+      { phase: "stop-copy" as const, after: 0, to: "error" as const },
+      { phase: "pre-copy" as const, after: 4096, to: "error" as const },
+      { phase: "resuming" as const, after: 0, to: "running" as const },
+    ]
+  ) {
+    const r = await check({ model: "bulk", size: 64 * 1024, quirks: ["reset-mid-session"], quirkOptions: { resetAt } });
+    assertEquals(statusOf(r)["spontaneous-reset"], "FAIL", resetAt.phase);
+    assertMatch(detailOf(r, "spontaneous-reset"), /: the data_fd answered ENODEV and the device is (ERROR|RUNNING)/);
+    assertEquals(r.ok, false);
+  }
+});
+
+Deno.test("check on fails-mid-path: arc-states FAILs, naming where each failed request left the device", async () => {
+  const r = await check({ model: "mtty-1", quirks: ["fails-mid-path"] });
+  assertEquals(statusOf(r)["arc-states"], "FAIL");
+  assertStringIncludes(detailOf(r, "arc-states"), "RUNNING -> STOP: failed with EIO, ended in RUNNING_P2P");
+  assertEquals(statusOf(r)["round-trip"], "PASS", "states are still reached one arc at a time");
+  const e = await check({ model: "mtty-1", quirks: ["fails-mid-path"], quirkOptions: { failLeaves: "error" } });
+  assertStringIncludes(detailOf(e, "arc-states"), "RUNNING -> STOP: failed with EIO, ended in ERROR");
+});
+
+Deno.test("check on open-resets-state: reopen-state WARNs; the data survives (reopen-session passes)", async () => {
+  const r = await check({ model: "mtty-1", quirks: ["open-resets-state"] });
+  assertEquals(findings(r), ["reopen-state: WARN"]);
+  assertStringIncludes(detailOf(r, "reopen-state"), "was STOP when closed and is RUNNING after reopening");
+  assertEquals(statusOf(r)["reopen-session"], "PASS");
+});
+
+Deno.test("check on blocking-read (conformant, mlx5): no finding", async () => {
+  const r = await check({ model: "bulk", size: 64 * 1024, quirks: ["blocking-read"], quirkOptions: { readDelay: 30 } });
+  assertEquals(findings(r), []);
+  assertEquals(r.summary.SKIP, 0);
+});
+
+Deno.test("check on reset-clears-config (conformant): config-after-reset WARNs, naming what the reset cleared", async () => {
+  const r = await check({ model: "bulk", size: 64 * 1024, quirks: ["reset-clears-config"] });
+  assertEquals(findings(r), ["config-after-reset: WARN"]);
+  assertStringIncludes(
+    detailOf(r, "config-after-reset"),
+    "cleared command register (0x6 -> 0x0), MSI enable (0x1 -> 0x0), MSI-X enable (0x8000 -> 0x0)",
+  );
+  const plain = await check({ model: "bulk", size: 64 * 1024 });
+  assertEquals(statusOf(plain)["config-after-reset"], "PASS");
+  assertStringIncludes(detailOf(plain, "config-after-reset"), "VFIO_DEVICE_RESET kept command register");
+});
+
+Deno.test("check on xe: data-size WARNs (the stream exceeds MIG_DATA_SIZE), reopen-state WARNs (pci family)", async () => {
+  const r = await check({ model: "xe", size: 4 << 20, seed: 9 });
+  assertEquals(findings(r), ["data-size: WARN", "reopen-state: WARN"]);
+  assertMatch(detailOf(r, "data-size"), /^STOP_COPY produced 4194336 bytes, 262144 more than MIG_DATA_SIZE 3932192/);
+  assertEquals(
+    r.checks.filter((c) => c.status === "SKIP").map((c) => c.id),
+    ["precopy-initial-bytes", "precopy-info-accuracy"],
+    "no PRE_COPY",
+  );
+});
+
+Deno.test("check --json lists the findings; exit 1 on a FAIL, 0 on WARNs only", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "vfio-mig-checkm-" });
+  const run = async (args: string[]) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-ffi", CLI, ...args],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return { code: out.code, out: new TextDecoder().decode(out.stdout), err: new TextDecoder().decode(out.stderr) };
+  };
+  try {
+    for (
+      const [name, args, code, want] of [
+        ["stale", ["--model", "mtty-2", "--quirk", "stale-after-reopen"], 1, ["reopen-session:FAIL"]],
+        ["cfg", ["--size", "64K", "--quirk", "reset-clears-config"], 0, ["config-after-reset:WARN"]],
+      ] as const
+    ) {
+      const made = await run(["sim", "create", `${tmp}/${name}`, ...args]);
+      assertEquals(made.code, 0, made.err);
+      const r = await run(["check", "--json", "--device", `sim:${tmp}/${name}`]);
+      assertEquals(r.code, code, r.err);
+      const rep = JSON.parse(r.out) as CheckReport;
+      assertEquals(rep.findings.map((f) => `${f.id}:${f.status}`), want);
+      assert(rep.findings.every((f) => f.detail.length > 0), "each finding says why");
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
