@@ -241,7 +241,15 @@ Deno.test("EBUSY names the holder: group, cdev and several holders; none visible
     const h = findHolders(new Procfs(libc(), proc), { group: "13" }, 1);
     assertEquals(borrowHint(h[0]), "--device pid:5001:FD (its VFIO device fds: 4, 5)");
     const none = busyError(sys, "0000:5e:00.0", { group: "99" });
-    assertEquals(none.holders, []);
+    // A process handed the device fd alone (its group and container closed at exec) may be it.
+    await fakeProc(proc, { 6000: { comm: "sh", fds: { 0: "/dev/null", 7: "anon_inode:[vfio-device]" } } });
+    const handed = busyError(sys, "0000:5e:00.0", { group: "99" });
+    assertEquals(handed.holders.map((h) => [h.pid, h.certain]), [[6000, false]]);
+    assertEquals(
+      handed.message,
+      "0000:5e:00.0 is probably held by sh (pid 6000); to save its state while it is paused: --device pid:6000",
+    );
+    assertEquals(none.holders, [], "every process with a device fd also holds a group");
     assertMatch(none.message, /^0000:5e:00\.0 is busy: another process has it open, and none .* holds it/);
   });
 });

@@ -7,6 +7,7 @@ import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { decode, encode, FEATURE, GROUP_FLAGS, IOCTL, MIGRATION_FLAGS, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { DeviceBusyError, openDevice, type VfioDevice } from "../device/open.ts";
+import { busyError } from "../device/busy.ts";
 import {
   type DeviceFamily,
   realResetBehaviour,
@@ -274,8 +275,11 @@ export function listDevices(opts: ListOptions = {}): ListResult {
         item.kernelViable = g.viable;
         item.groupNote = g.note;
       }
-      if (item.groupNote?.startsWith("busy")) item.access = "busy";
-      else query(sys, d.name, item);
+      if (item.groupNote?.startsWith("busy")) {
+        item.access = "busy";
+        item.holders = busyError(sys, d.name, { group: d.group, cdev: d.cdev }).holders
+          .map((h) => ({ pid: h.pid, command: h.command }));
+      } else query(sys, d.name, item);
     } else item.unavailable = NOT_OPENED;
     devices.push(item);
   }

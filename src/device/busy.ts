@@ -23,6 +23,12 @@ export interface BusyTarget {
 export interface BusyHolder {
   pid: number;
   command: string;
+  /**
+   * false when the process holds a group-path device fd but not the device's group: the
+   * fd may be that device's (a process that was handed the device fd alone, e.g. by
+   * `load --exec`), or another's.
+   */
+  certain: boolean;
   /** The fds to borrow: exact for a cdev or sim device; for a group, the holder's device fds. */
   deviceFds: number[];
   /** How many device fds the holder has in all (pid:PID alone picks the only one). */
@@ -45,16 +51,32 @@ function holds(p: VfioProcess, t: BusyTarget): VfioFd[] {
   );
 }
 
-/** The processes holding the device (from /proc), with the fds to borrow. */
+/**
+ * The processes holding the device (from /proc), with the fds to borrow: those with its
+ * group, cdev or sim lock file open; when there are none and the device has a group,
+ * those holding a group-path device fd without any group open (`certain` false), since
+ * a device fd keeps its group open by itself (drivers/vfio/group.c: device fds hold a
+ * group file reference) and may have been handed down alone.
+ */
 export function findHolders(procfs: Procfs, t: BusyTarget, self: number): BusyHolder[] {
   const out: BusyHolder[] = [];
-  for (const p of procfs.scan(self)) {
+  const procs = procfs.scan(self);
+  const count = (p: VfioProcess) => p.fds.filter(isDeviceFd).length;
+  for (const p of procs) {
     const matched = holds(p, t);
     if (matched.length === 0) continue;
     // A cdev or sim fd is the device fd itself; a group's devices are its anon device fds.
     const direct = matched.filter((f) => f.kind !== "group").map((f) => f.fd);
     const deviceFds = direct.length ? direct : p.fds.filter((f) => f.kind === "device").map((f) => f.fd);
-    out.push({ pid: p.pid, command: p.command, deviceFds, allDeviceFds: p.fds.filter(isDeviceFd).length });
+    out.push({ pid: p.pid, command: p.command, certain: true, deviceFds, allDeviceFds: count(p) });
+  }
+  if (out.length || !t.group) return out;
+  for (const p of procs) {
+    if (p.fds.some((f) => f.kind === "group")) continue;
+    const deviceFds = p.fds.filter((f) => f.kind === "device").map((f) => f.fd);
+    if (deviceFds.length) {
+      out.push({ pid: p.pid, command: p.command, certain: false, deviceFds, allDeviceFds: count(p) });
+    }
   }
   return out;
 }
@@ -84,9 +106,10 @@ export function busyError(sys: Sys, spec: string, t: BusyTarget): DeviceBusyErro
       [],
     );
   }
-  const who = holders.map((h) => `${h.command} (pid ${h.pid})`).join(" and ");
+  const who = holders.map((h) => `${h.command} (pid ${h.pid})`).join(holders[0].certain ? " and " : " or ");
+  const held = holders[0].certain ? "is held by" : "is probably held by";
   return new DeviceBusyError(
-    `${spec} is held by ${who}; to save its state while it is paused: ${borrowHint(holders[0])}`,
+    `${spec} ${held} ${who}; to save its state while it is paused: ${borrowHint(holders[0])}`,
     holders,
   );
 }
