@@ -34,6 +34,20 @@ export {
   summarizeConfig,
 } from "./src/migrate/config_state.ts";
 export { defaultDeviceSpec, openDevice, systemFor, VfioDevice } from "./src/device/open.ts";
+export {
+  borrowDevice,
+  type DeviceAccess,
+  DeviceBusyError,
+  type DeviceFamily,
+  type DeviceHolder,
+  type ExecOptions,
+  execWithDeviceFd,
+  freshOpenWarnings,
+  openDeviceFd,
+  type OpenFdOptions,
+  parseFdSpec,
+  type ResetBehaviour,
+} from "./src/device/open.ts";
 export { save, type SaveOptions, type SaveResult } from "./src/migrate/save.ts";
 export { load, type LoadOptions, type LoadResult } from "./src/migrate/load.ts";
 export {

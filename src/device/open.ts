@@ -26,7 +26,16 @@ export {
   VfioDevice,
   type VfioDeviceOptions,
 } from "./device.ts";
-export { DeviceBusyError } from "./busy.ts";
+export { type BusyHolder, DeviceBusyError } from "./busy.ts";
+export { borrowDevice, type FdSpec, openDeviceFd, type OpenFdOptions, parseFdSpec } from "./borrow.ts";
+export { DEVICE_FD_ENV, DEVICE_NAME_ENV, type ExecOptions, execWithDeviceFd } from "./exec.ts";
+export {
+  type DeviceFamily,
+  type DeviceOperation,
+  freshOpenWarnings,
+  type ResetBehaviour,
+  survivesCloseText,
+} from "./family.ts";
 
 /**
  * The syscall layer for a set of device specs: the simulated kernel when any is
