@@ -479,3 +479,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test("list and info show the family and whether state survives a close, in text and --json", async () => {
+  await withTrees(async (_proc, sysRoot) => {
+    const r = await run(["list", "--sysfs", sysRoot, "--no-open", "--json"]);
+    assertEquals(r.code, 0, r.stderr);
+    const by = Object.fromEntries(
+      JSON.parse(r.stdout).devices.map((d: { device: string }) => [d.device, d]),
+    );
+    const facts = (n: string) => [by[n].family, by[n].stateSurvivesClose, by[n].resetReason];
+    assertEquals(facts("0000:3b:00.1"), ["vfio-pci", false, "vfio-pci resets the function"]);
+    assertEquals(facts("0000:5e:00.0"), [
+      "vfio-pci",
+      true,
+      "vfio-pci, but the function has no reset method: its state is kept",
+    ]);
+    assertEquals(facts(MDEV_A), ["mdev", true, "mdev: its parent driver keeps it"]);
+    const text = await run(["list", "--sysfs", sysRoot, "--no-open"]);
+    assertMatch(
+      text.stdout,
+      /0000:3b:00\.1 .*\n(.*\n)*? {2}close {8}state survives close: no \(vfio-pci resets the function\)/,
+    );
+    assertMatch(text.stdout, new RegExp(`${MDEV_A} .*\\n(.*\\n)*?  close {8}state survives close: yes \\(mdev`));
+  });
+  const dir = await Deno.makeTempDir({ prefix: "vfio-mig-family-" });
+  try {
+    const mk = await run(["sim", "create", `${dir}/a`, "--model", "mtty-2"]);
+    assertEquals(mk.code, 0, mk.stderr);
+    const info = JSON.parse((await run(["info", "--json", "--device", `sim:${dir}/a`])).stdout);
+    assertEquals(
+      [info.access, info.path, info.holder, info.openedFresh, info.family, info.stateSurvivesClose],
+      ["sim", "sim", null, true, "sim-mdev", true],
+    );
+    const text = (await run(["info", "--device", `sim:${dir}/a`])).stdout;
+    assertStringIncludes(text, "family:          sim-mdev; state survives close: yes (simulated mdev: state kept)");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
