@@ -15,11 +15,9 @@
 //   quit                       closes the device and exits 0
 // An error answers {"error":"…"} and the holder goes on.
 
-import { decode, encode, IOCTL, STRUCTS } from "../../../ffi/vfio_uapi.ts";
 import { openDevice, systemFor } from "../../../src/device/open.ts";
 import { parseState, stateName } from "../../../src/migration/state_machine.ts";
-
-const SCR = 7, TX = 0, LSR = 5;
+import { programPort, readPort, uartRegisters } from "./uart.ts";
 
 const spec = Deno.args[0];
 if (!spec) {
@@ -28,23 +26,7 @@ if (!spec) {
 }
 const sys = systemFor([spec]);
 const dev = openDevice(sys, spec);
-const offsets = new Map<number, number>();
-
-function rw(bar: number, reg: number, v?: number): number {
-  if (!offsets.has(bar)) {
-    const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: bar });
-    sys.ioctl(dev.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
-    offsets.set(bar, decode(STRUCTS.vfio_region_info, ri).offset);
-  }
-  const b = new Uint8Array(1);
-  if (v === undefined) {
-    sys.pread(dev.fd, b, offsets.get(bar)! + reg);
-    return b[0];
-  }
-  b[0] = v;
-  sys.pwrite(dev.fd, b, offsets.get(bar)! + reg);
-  return v;
-}
+const rw = uartRegisters(sys, dev.fd);
 
 function answer(line: string): unknown {
   const [cmd, ...args] = line.trim().split(/\s+/);
@@ -56,20 +38,11 @@ function answer(line: string): unknown {
       if (r.dataFd !== null) sys.close(r.dataFd);
       return { state: stateName(dev.migration.getState()) };
     }
-    case "program": {
-      const port = Number(args[0]);
-      for (let i = 0; i < 16 && (rw(port, LSR) & 1); i++) rw(port, TX);
-      rw(port, SCR, Number(args[1]));
-      for (const b of (args[2] ?? "").split(",").filter((x) => x)) rw(port, TX, Number(b));
+    case "program":
+      programPort(rw, Number(args[0]), Number(args[1]), (args[2] ?? "").split(",").filter((x) => x).map(Number));
       return { ok: true };
-    }
-    case "read": {
-      const port = Number(args[0]);
-      const scratch = rw(port, SCR);
-      const fifo: number[] = [];
-      for (let i = 0; i < 16 && (rw(port, LSR) & 1); i++) fifo.push(rw(port, TX));
-      return { scratch, fifo };
-    }
+    case "read":
+      return readPort(rw, Number(args[0]));
     default:
       return { error: `unknown command ${cmd}` };
   }
