@@ -42,6 +42,20 @@ export {
 } from "./src/migrate/config_state.ts";
 export { defaultDeviceSpec, openDevice, systemFor, VfioDevice } from "./src/device/open.ts";
 export {
+  borrowDevice,
+  type DeviceAccess,
+  DeviceBusyError,
+  type DeviceFamily,
+  type DeviceHolder,
+  type ExecOptions,
+  execWithDeviceFd,
+  freshOpenWarnings,
+  openDeviceFd,
+  type OpenFdOptions,
+  parseFdSpec,
+  type ResetBehaviour,
+} from "./src/device/open.ts";
+export {
   type DeviceSaveResult,
   openSaveSession,
   probeMigration,

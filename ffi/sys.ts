@@ -23,9 +23,13 @@ export const F = {
   SETFD: 2,
   GETFL: 3,
   SETFL: 4,
+  /** F_DUPFD_CLOEXEC: a duplicate >= arg with FD_CLOEXEC set. */
+  DUPFD_CLOEXEC: 1030,
   SETPIPE_SZ: 1031,
   GETPIPE_SZ: 1032,
 } as const;
+/** FD_CLOEXEC, the one fd flag (F_GETFD / F_SETFD). */
+export const FD_CLOEXEC = 1;
 export const SEEK = { SET: 0, CUR: 1, END: 2 } as const;
 export const LOCK = { SH: 1, EX: 2, NB: 4, UN: 8 } as const;
 /** poll(2) event bits (asm-generic/poll.h). */

@@ -180,6 +180,7 @@ Deno.test("list: --include-sim shows simulated devices' migration facts, and 'bu
         dirtyTracking: "dma-logging",
       });
       assertEquals([b.access, b.unavailable, b.migration], ["busy", null, null], "held open by this test");
+      assertEquals(b.holders.map((h: { pid: number }) => h.pid), [Deno.pid], "the holder is this test");
       assertEquals(c.migration.migratable, false);
       assertEquals(c.migration.dirtyTracking, "none");
 
@@ -189,7 +190,10 @@ Deno.test("list: --include-sim shows simulated devices' migration facts, and 'bu
         text.out,
         /migration {4}flags 0x7 \(STOP_COPY P2P PRE_COPY\), MIG_DATA_SIZE 96, state RUNNING, dirty tracking DMA logging/,
       );
-      assertMatch(text.out, /migration {4}busy \(another process has it open\)/);
+      assertMatch(
+        text.out,
+        new RegExp(`migration {4}busy: held by deno \\(pid ${Deno.pid}\\); borrow it with --device pid:${Deno.pid}`),
+      );
       assertMatch(text.out, /2 devices: 1 migratable, 1 busy/);
     } finally {
       held.close();

@@ -1,6 +1,7 @@
 import { isErrno } from "../../ffi/errno.ts";
 import { DEVICE_FLAGS, FEATURE, MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
-import { defaultDeviceSpec, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
+import { type DeviceFamily, survivesCloseText } from "../device/family.ts";
+import { defaultDeviceSpec, type DeviceHolder, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { parseState, stateName, supportedStates } from "../migration/state_machine.ts";
 import { recoverDevice } from "../migrate/session.ts";
@@ -12,7 +13,23 @@ import { type Command, EXIT_CODES_HELP, hex, parse, printJson } from "./command.
 
 export interface DeviceReport {
   device: string;
+  /** How this process got the fd: group, cdev, sim (opened here), borrowed (pid:), inherited (fd:). */
   access: string;
+  /** How the device file was opened (here, or by the holder): group, cdev or sim. */
+  path: string;
+  /** The sysfs name (PCI address, mdev UUID) or sim folder; the spec when it could not be told. */
+  name: string;
+  /** For an fd sysfs could not tell apart: the devices it may be. */
+  candidates: string[];
+  /** The process a borrowed fd was taken from. */
+  holder: DeviceHolder | null;
+  /** This process performed the device's first open (a vfio-pci function was reset by it). */
+  openedFresh: boolean;
+  /** vfio-pci, mdev, sim-pci, sim-mdev or unknown: decides whether state survives a close. */
+  family: DeviceFamily;
+  /** false when the device is reset at its last close (vfio-pci with a working reset). */
+  stateSurvivesClose: boolean;
+  resetReason: string;
   kind: string;
   driver: string | null;
   mdevType: string | null;
@@ -69,6 +86,14 @@ export function describeDevice(d: VfioDevice, want: ProtocolChoice = "auto"): De
   return {
     device: d.label,
     access: d.access,
+    path: d.path,
+    name: d.info.name,
+    candidates: d.candidates,
+    holder: d.holder,
+    openedFresh: d.openedFresh,
+    family: d.family,
+    stateSurvivesClose: !d.resetsOnClose,
+    resetReason: d.reset.reason,
     kind: d.info.kind,
     driver: d.info.driver,
     mdevType: d.info.mdevType,
@@ -100,6 +125,13 @@ export function describeDevice(d: VfioDevice, want: ProtocolChoice = "auto"): De
   };
 }
 
+/** What --device takes, for the help of the commands that open one device. */
+export const DEVICE_OPTION_HELP = `PCI address (0000:3b:00.1), mdev UUID, sysfs path,
+                   /dev/vfio/devices/vfioN, sim:PATH; pid:PID[:FD] borrows the
+                   device fd process PID holds (needs ptrace rights over it: root,
+                   or its user); fd:N uses an fd this process inherited.
+                   Default: $VFIO_MIG_DEVICE, else the only migratable device.`;
+
 export const infoCommand: Command = {
   name: "info",
   summary: "show a device's identity, migration flags, data size and state",
@@ -109,11 +141,14 @@ Opens the device and reports its identity (driver, mdev type, PCI ids), whether 
 driver supports migration (uAPI v2, or the deprecated v1 region protocol), the
 migration flags (STOP_COPY, P2P, PRE_COPY), MIG_DATA_SIZE, the current migration state
 and DMA logging support; for v1, the migration region's size, the data section's
-mmap-able areas and device_state; and the decoded PCI config space header (command
-register, capabilities, MSI/MSI-X state). Changes nothing.
+mmap-able areas and device_state; the decoded PCI config space header (command
+register, capabilities, MSI/MSI-X state); and whether the device's state survives a
+close (an mdev keeps it; vfio-pci resets the function at the first open and the last
+close). Changes nothing, except that opening a vfio-pci function nobody holds resets
+it (as every first open does).
 
 Options:
-  -d, --device D   as for save (default: $VFIO_MIG_DEVICE or the only candidate)
+  -d, --device D   ${DEVICE_OPTION_HELP}
       --protocol P describe migration through auto (v2 when present, else v1), v1 or v2
       --json       machine-readable output
   -h, --help       this help
@@ -135,7 +170,7 @@ ${EXIT_CODES_HELP}`,
       const r = describeDevice(dev, parseProtocol(values.protocol, "info"));
       if (values.json) printJson(r);
       else {
-        console.log(`device:          ${r.device} (${r.kind}, opened via ${r.access})`);
+        console.log(`device:          ${describeAccess(r)}`);
         console.log(`driver:          ${r.driver ?? "?"}${r.mdevType ? `, mdev type ${r.mdevType}` : ""}`);
         console.log(
           `PCI ids:         ${hex(r.vendor)}:${hex(r.deviceId)} subsystem ${hex(r.subsystemVendor)}:${
@@ -163,6 +198,11 @@ ${EXIT_CODES_HELP}`,
           console.log(`DMA logging:     ${r.dmaLogging ? "yes" : "no"}`);
           if (r.v1) console.log(`v1 region:       also present (region ${r.v1.regionIndex}); --protocol v1 uses it`);
         }
+        console.log(
+          `family:          ${r.family}; state survives close: ${
+            survivesCloseText({ family: r.family, resetsOnClose: !r.stateSurvivesClose, reason: r.resetReason })
+          }`,
+        );
         if (r.config) {
           const [first, ...rest] = describeConfig(r.config);
           console.log(`config space:    ${first}`);
@@ -186,6 +226,10 @@ RUNNING_P2P, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P) requests it with
 MIG_DEVICE_STATE SET and prints the state reached; a data_fd the kernel hands out is
 closed at once (its session is then abandoned). STOP_COPY -> PRE_COPY* is refused
 without asking the kernel (it hangs kernels 6.2 until the 2026 fix).
+
+Options:
+  -d, --device D   ${DEVICE_OPTION_HELP}
+  -h, --help       this help
 
 ${EXIT_CODES_HELP}`,
   run(args) {
@@ -222,7 +266,12 @@ export const resetCommand: Command = {
   help: `Usage: vfio-mig reset [--device D]
 
 Issues VFIO_DEVICE_RESET. The migration state becomes RUNNING and any open migration
-data_fd stops working; the device's internal state is lost.
+data_fd stops working; the device's internal state is lost (for a borrowed device,
+the state of the process holding it).
+
+Options:
+  -d, --device D   ${DEVICE_OPTION_HELP}
+  -h, --help       this help
 
 ${EXIT_CODES_HELP}`,
   run(args) {
@@ -241,6 +290,20 @@ ${EXIT_CODES_HELP}`,
     }
   },
 };
+
+/**
+ * "0000:3b:00.1 (pci, opened via group)", or for a borrowed fd "pid:4242 = 0000:3b:00.1
+ * (pci, borrowed from qemu-system-x86 (pid 4242) fd 31, opened there via group)".
+ */
+export function describeAccess(r: DeviceReport): string {
+  const name = r.name !== r.device ? ` = ${r.name}` : r.candidates.length ? ` = one of ${r.candidates.join(", ")}` : "";
+  if (r.access === "borrowed" && r.holder) {
+    const who = `${r.holder.command ?? "?"} (pid ${r.holder.pid}) fd ${r.holder.fd}`;
+    return `${r.device}${name} (${r.kind}, borrowed from ${who}, opened there via ${r.path})`;
+  }
+  if (r.access === "inherited") return `${r.device}${name} (${r.kind}, inherited fd, opened via ${r.path})`;
+  return `${r.device} (${r.kind}, opened via ${r.access})`;
+}
 
 /** "mmap'd 4096+1048576" or "trapped (pread/pwrite only)". */
 function describeAreas(areas: { offset: number; size: number }[], regionSize: number): string {

@@ -6,7 +6,15 @@ import { isErrno, SysError } from "../../ffi/errno.ts";
 import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { decode, encode, FEATURE, GROUP_FLAGS, IOCTL, MIGRATION_FLAGS, STRUCTS } from "../../ffi/vfio_uapi.ts";
-import { openDevice, type VfioDevice } from "../device/open.ts";
+import { DeviceBusyError, openDevice, type VfioDevice } from "../device/open.ts";
+import { busyError } from "../device/busy.ts";
+import {
+  type DeviceFamily,
+  realResetBehaviour,
+  type ResetBehaviour,
+  simResetBehaviour,
+  survivesCloseText,
+} from "../device/family.ts";
 import { isVfioDriver, Sysfs, type SysfsDevice, UUID } from "../device/sysfs.ts";
 import { VfioMigError } from "../errors.ts";
 import { stateName } from "../migration/state_machine.ts";
@@ -51,7 +59,18 @@ export interface ListedDevice {
   /** "ok": opened and queried; "busy": someone else has it open; "unavailable": see `unavailable`. */
   access: "ok" | "busy" | "unavailable";
   unavailable: string | null;
+  /** The processes holding a busy device, from /proc (borrow with --device pid:PID). */
+  holders: { pid: number; command: string }[];
   migration: ListedMigration | null;
+  /**
+   * The driver family: vfio-pci (vfio-pci-core and its variant drivers), mdev, or a
+   * simulated device's (sim-pci, sim-mdev); it decides whether state survives a close.
+   */
+  family: DeviceFamily;
+  /** false when the device is reset at its first open and last close (vfio-pci with a working reset). */
+  stateSurvivesClose: boolean;
+  /** Why, in a few words ("vfio-pci resets the function"). */
+  resetReason: string;
 }
 
 export interface ListOptions {
@@ -96,7 +115,14 @@ function reasonOf(e: unknown): string {
 }
 
 function isBusy(e: unknown): boolean {
-  return isErrno(e, "EBUSY") || (e instanceof VfioMigError && /\bbusy\b/.test(e.message));
+  return e instanceof DeviceBusyError || isErrno(e, "EBUSY") ||
+    (e instanceof VfioMigError && /\bbusy\b/.test(e.message));
+}
+
+function setReset(out: ListedDevice, r: ResetBehaviour): void {
+  out.family = r.family;
+  out.stateSurvivesClose = !r.resetsOnClose;
+  out.resetReason = r.reason;
 }
 
 function listDir(sys: Sys, path: string): string[] {
@@ -168,8 +194,10 @@ function query(sys: Sys, spec: string, out: ListedDevice): void {
   try {
     d = openDevice(sys, spec);
   } catch (e) {
-    if (isBusy(e)) out.access = "busy";
-    else {
+    if (isBusy(e)) {
+      out.access = "busy";
+      if (e instanceof DeviceBusyError) out.holders = e.holders.map((h) => ({ pid: h.pid, command: h.command }));
+    } else {
       out.access = "unavailable";
       // openDevice's messages start with the spec, which the listing already shows.
       const why = reasonOf(e);
@@ -178,6 +206,7 @@ function query(sys: Sys, spec: string, out: ListedDevice): void {
     return;
   }
   try {
+    setReset(out, d.reset); // refined by VFIO_DEVICE_GET_INFO's RESET flag
     out.migration = migrationFacts(d);
     out.access = "ok";
   } catch (e) {
@@ -192,6 +221,7 @@ function query(sys: Sys, spec: string, out: ListedDevice): void {
 
 function fromSysfs(sysfs: Sysfs, d: SysfsDevice): ListedDevice {
   const members = d.group ? sysfs.groupMembers(d.group) : [];
+  const reset = realResetBehaviour(sysfs, d);
   return {
     device: d.name,
     kind: d.kind,
@@ -205,7 +235,11 @@ function fromSysfs(sysfs: Sysfs, d: SysfsDevice): ListedDevice {
     cdev: d.cdev ? `/dev/vfio/devices/${d.cdev}` : null,
     access: "unavailable",
     unavailable: null,
+    holders: [],
     migration: null,
+    family: reset.family,
+    stateSurvivesClose: !reset.resetsOnClose,
+    resetReason: reset.reason,
   };
 }
 
@@ -241,8 +275,11 @@ export function listDevices(opts: ListOptions = {}): ListResult {
         item.kernelViable = g.viable;
         item.groupNote = g.note;
       }
-      if (item.groupNote?.startsWith("busy")) item.access = "busy";
-      else query(sys, d.name, item);
+      if (item.groupNote?.startsWith("busy")) {
+        item.access = "busy";
+        item.holders = busyError(sys, d.name, { group: d.group, cdev: d.cdev }).holders
+          .map((h) => ({ pid: h.pid, command: h.command }));
+      } else query(sys, d.name, item);
     } else item.unavailable = NOT_OPENED;
     devices.push(item);
   }
@@ -272,9 +309,14 @@ export function listDevices(opts: ListOptions = {}): ListResult {
           cdev: null,
           access: "unavailable",
           unavailable: null,
+          holders: [],
           migration: null,
+          family: "sim-mdev",
+          stateSurvivesClose: true,
+          resetReason: "",
         };
         const info = modelInfo(meta.model);
+        setReset(item, simResetBehaviour(meta, (info as { family?: string }).family));
         item.driver = info.driver;
         item.mdevType = info.mdevType ?? null;
         if (!opts.noOpen) query(simSys, item.device, item);
@@ -299,7 +341,12 @@ function describeGroup(d: ListedDevice): string {
 }
 
 function describeMigration(d: ListedDevice): string {
-  if (d.access === "busy") return "busy (another process has it open)";
+  if (d.access === "busy") {
+    return d.holders.length
+      ? `busy: held by ${d.holders.map((h) => `${h.command} (pid ${h.pid})`).join(", ")}; borrow it with ` +
+        `--device pid:${d.holders[0].pid}`
+      : "busy (another process has it open)";
+  }
   if (d.access === "unavailable") return `unavailable: ${d.unavailable ?? "not opened"}`;
   const m = d.migration!;
   if (!m.migratable) return "not supported by this driver (ENOTTY)";
@@ -319,6 +366,11 @@ export function formatList(r: ListResult): string {
     if (d.kind !== "sim") lines.push(`  IOMMU group  ${describeGroup(d)}`);
     if (d.cdev) lines.push(`  cdev         ${d.cdev}`);
     lines.push(`  migration    ${describeMigration(d)}`);
+    lines.push(
+      `  close        state survives close: ${
+        survivesCloseText({ family: d.family, resetsOnClose: !d.stateSurvivesClose, reason: d.resetReason })
+      }`,
+    );
   }
   const migratable = r.devices.filter((d) => d.migration?.migratable).length;
   const busy = r.devices.filter((d) => d.access === "busy").length;
@@ -338,10 +390,16 @@ Lists every PCI device bound to vfio-pci or a vfio variant driver, and every mde
 device, from sysfs: its driver, IOMMU group, the other devices in the group and
 whether the group is viable (every member bound to a vfio driver, pci-stub, pcieport,
 or unbound; the kernel's own answer from GROUP_GET_STATUS when the group can be
-opened), and its cdev node. Devices nobody has open are opened to read, without
-changing anything, their migration flags, MIG_DATA_SIZE, state and whether DMA
-logging (device dirty tracking) is available. A device in use shows "busy"; one that
-cannot be opened shows "unavailable: <reason>".
+opened), and its cdev node. Devices nobody has open are opened to read, with GET and
+PROBE calls only, their migration flags, MIG_DATA_SIZE, state and whether DMA
+logging (device dirty tracking) is available. A device in use shows "busy" and the
+process holding it (from /proc: borrow it with --device pid:PID); one that cannot be
+opened shows "unavailable: <reason>".
+
+Each device's family says whether its state survives a close: an mdev's parent
+driver keeps it; vfio-pci and its variant drivers (vfio-pci-core) reset the function
+at the first open and at the last close when it has a reset method, so a device
+nobody holds is already in its post-reset state (opening it here resets it again).
 
 Options:
       --json             machine-readable output

@@ -1,149 +1,70 @@
 // Opening a VFIO device: the legacy group/container path, the iommufd cdev path,
-// and simulated devices ("sim:PATH"). Every failure becomes one clear line.
+// simulated devices ("sim:PATH"), and fds another process holds (pid:PID[:FD],
+// borrowed) or handed down (fd:N, inherited: borrow.ts). Every failure becomes one
+// clear line; a device another process has open names that process.
 
 import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
 import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
-import {
-  decode,
-  encode,
-  GROUP_FLAGS,
-  IOCTL,
-  IOMMU_TYPE,
-  PCI_REGION,
-  STRUCTS,
-  VFIO_API_VERSION,
-} from "../../ffi/vfio_uapi.ts";
+import { decode, encode, GROUP_FLAGS, IOCTL, IOMMU_TYPE, STRUCTS, VFIO_API_VERSION } from "../../ffi/vfio_uapi.ts";
 import { VfioMigError } from "../errors.ts";
-import { MigrationV2 } from "../migration/v2.ts";
 import { SimKernel } from "../sim/kernel.ts";
-import { SimStore } from "../sim/store.ts";
-import { modelInfo } from "../sim/models.ts";
+import { borrowDevice, fdSpecIsSim, openDeviceFd, parseFdSpec } from "./borrow.ts";
+import { busyError } from "./busy.ts";
+import { deviceError, type DeviceIdentityInfo, VfioDevice, withIdentity } from "./device.ts";
+import { realResetBehaviour } from "./family.ts";
+import { bindIommufd, explainOpen, openOrExplain } from "./iommufd.ts";
+import { simDeviceFacts } from "./sim.ts";
 import { CDEV, isVfioDriver, PCI_ADDR, Sysfs, type SysfsDevice, UUID } from "./sysfs.ts";
 
-export interface PciIdentity {
-  vendor: number;
-  device: number;
-  subsystemVendor: number;
-  subsystemDevice: number;
-  classCode: number;
-  revision: number;
-}
+export {
+  type DeviceAccess,
+  type DeviceHolder,
+  type DeviceIdentityInfo,
+  type PciIdentity,
+  pciIdentityFromConfig,
+  VfioDevice,
+  type VfioDeviceOptions,
+} from "./device.ts";
+export { type BusyHolder, DeviceBusyError } from "./busy.ts";
+export { borrowDevice, type FdSpec, openDeviceFd, type OpenFdOptions, parseFdSpec } from "./borrow.ts";
+export { DEVICE_FD_ENV, DEVICE_NAME_ENV, type ExecOptions, execWithDeviceFd } from "./exec.ts";
+export {
+  type DeviceFamily,
+  type DeviceOperation,
+  freshOpenWarnings,
+  type ResetBehaviour,
+  survivesCloseText,
+} from "./family.ts";
 
-export interface DeviceIdentityInfo {
-  /** How the device was reached: pci, mdev, sim. */
-  kind: "pci" | "mdev" | "sim";
-  name: string;
-  driver: string | null;
-  mdevType: string | null;
-  pci: PciIdentity | null;
-  /** Simulated model, for sim devices. */
-  model?: string;
-}
-
-/** An open device fd and everything needed to drive its migration. */
-export class VfioDevice {
-  readonly migration: MigrationV2;
-  #fds: number[];
-  #closed = false;
-
-  constructor(
-    readonly sys: Sys,
-    readonly fd: number,
-    readonly spec: string,
-    readonly info: DeviceIdentityInfo,
-    /** Container, group or iommufd fds to close after the device fd. */
-    extraFds: number[],
-    readonly access: "group" | "cdev" | "sim",
-  ) {
-    this.#fds = extraFds;
-    this.migration = new MigrationV2(sys, fd, spec);
-  }
-
-  get label(): string {
-    return this.spec;
-  }
-
-  /** Reads the PCI config space through the VFIO config region. */
-  readConfig(): Uint8Array | null {
-    const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: PCI_REGION.CONFIG });
-    try {
-      this.sys.ioctl(this.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
-    } catch (e) {
-      // No config region (EINVAL: no such index; ENOTTY). Any other error is a failure,
-      // not an absence: a save must not silently drop the identity or config space.
-      if (isErrno(e, "EINVAL") || isErrno(e, "ENOTTY")) return null;
-      throw e;
-    }
-    const r = decode(STRUCTS.vfio_region_info, ri);
-    if (r.size < 0x30) return null;
-    const buf = new Uint8Array(Math.min(r.size, 4096));
-    const n = this.sys.pread(this.fd, buf, r.offset);
-    return buf.subarray(0, n);
-  }
-
-  deviceInfo(): { flags: number; numRegions: number; numIrqs: number } {
-    const b = encode(STRUCTS.vfio_device_info, { argsz: 24 });
-    this.sys.ioctl(this.fd, IOCTL.DEVICE_GET_INFO, b);
-    const d = decode(STRUCTS.vfio_device_info, b);
-    return { flags: d.flags, numRegions: d.num_regions, numIrqs: d.num_irqs };
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    // Best effort: Linux releases an fd even when close() fails, there is nothing to
-    // retry, and an error here must not turn a completed save or load into a failure.
-    for (const fd of [this.fd, ...this.#fds]) {
-      try {
-        this.sys.close(fd);
-      } catch { /* released anyway */ }
-    }
-  }
-}
-
-export function pciIdentityFromConfig(cfg: Uint8Array): PciIdentity {
-  const v = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
-  return {
-    vendor: v.getUint16(0, true),
-    device: v.getUint16(2, true),
-    revision: v.getUint8(8),
-    classCode: v.getUint8(9) | (v.getUint16(10, true) << 8),
-    subsystemVendor: cfg.length >= 0x30 ? v.getUint16(0x2c, true) : 0,
-    subsystemDevice: cfg.length >= 0x30 ? v.getUint16(0x2e, true) : 0,
-  };
-}
-
-/** The syscall layer for a set of device specs: the simulator when any is simulated. */
+/**
+ * The syscall layer for a set of device specs: the simulated kernel when any is
+ * simulated (sim:PATH, or a pid:/fd: spec whose fd is a simulated device's), else libc.
+ */
 export function systemFor(specs: string[]): Sys {
   const host = libc();
-  return specs.some((s) => s.startsWith("sim:")) ? SimKernel.fromEnv(host) : host;
-}
-
-function deviceError(spec: string, what: string): VfioMigError {
-  return new VfioMigError(`${spec}: ${what}`, "device");
-}
-
-function openOrExplain(sys: Sys, path: string, spec: string, flags = O.RDWR | O.CLOEXEC): number {
-  try {
-    return sys.open(path, flags);
-  } catch (e) {
-    if (isErrno(e, "EACCES") || isErrno(e, "EPERM")) {
-      throw deviceError(spec, `permission denied opening ${path}: run as root or give your user access to it`);
+  const sim = specs.some((s) => {
+    if (s.startsWith("sim:")) return true;
+    try {
+      const fdSpec = parseFdSpec(s);
+      return fdSpec !== null && fdSpecIsSim(host, fdSpec);
+    } catch {
+      return false; // malformed: openDevice says so
     }
-    if (isErrno(e, "EBUSY")) {
-      throw deviceError(spec, `${path} is busy: another process (a VM, or another vfio-mig) has it open`);
-    }
-    if (isErrno(e, "ENOENT")) throw deviceError(spec, `${path} does not exist (is the vfio module loaded?)`);
-    throw e;
-  }
+  });
+  return sim ? SimKernel.fromEnv(host) : host;
 }
 
 /**
- * Opens a device from a spec: sim:PATH, PCI address, mdev UUID, sysfs path or cdev node.
- * Without `sys`, the syscall layer the spec needs is chosen (systemFor). Close it with
- * close(). Throws VfioMigError: usage (2) for a spec that names no device, device (3)
- * when it is missing, busy, not bound to vfio or not permitted.
+ * Opens a device from a spec: sim:PATH, a PCI address, an mdev UUID, a sysfs path, a
+ * cdev node (/dev/vfio/devices/vfioN), pid:PID[:FD] (borrow the fd process PID holds:
+ * borrow.ts) or fd:N (an fd this process inherited). Without `sys`, the syscall layer
+ * the spec needs is chosen (systemFor). Close it with close().
+ *
+ * A device another process has open fails with DeviceBusyError (exit 3), which names
+ * the holder and how to borrow from it. Other failures are VfioMigError with exit code
+ * 2 (usage: not a device name) or 3 (device: not found, not bound to vfio, group not
+ * viable, no permission).
  */
 export function openDevice(spec: string): VfioDevice;
 export function openDevice(sys: Sys, spec: string): VfioDevice;
@@ -151,15 +72,18 @@ export function openDevice(a: Sys | string, b?: string): VfioDevice {
   const sys = typeof a === "string" ? systemFor([a]) : a;
   const spec = typeof a === "string" ? a : b!;
   if (spec.startsWith("sim:")) return openSimDevice(sys, spec);
+  const fdSpec = parseFdSpec(spec);
+  if (fdSpec?.kind === "pid") return borrowDevice(sys, spec);
+  if (fdSpec?.kind === "fd") return openDeviceFd(sys, fdSpec.fd, { label: spec });
   const sysfs = Sysfs.fromEnv(sys);
   const cdev = CDEV.exec(spec);
   const dev = cdev ? sysfs.findByCdev(cdev[1]) : sysfs.find(spec);
-  if (cdev) return openCdev(sys, spec, dev);
+  if (cdev) return openCdev(sys, spec, dev, cdev[1], sysfs);
   if (!dev) {
     if (!PCI_ADDR.test(spec) && !UUID.test(spec) && !spec.startsWith("/sys/")) {
       throw new VfioMigError(
         `${spec}: not a device name: give a PCI address (0000:3b:00.1), an mdev UUID, a sysfs path, ` +
-          `/dev/vfio/devices/vfioN or sim:PATH`,
+          `/dev/vfio/devices/vfioN, sim:PATH, pid:PID[:FD] or fd:N`,
         "usage",
       );
     }
@@ -178,10 +102,15 @@ function infoOf(dev: SysfsDevice | null, spec: string): DeviceIdentityInfo {
   };
 }
 
-function withIdentity(d: VfioDevice): VfioDevice {
-  const cfg = d.readConfig();
-  if (cfg) d.info.pci = pciIdentityFromConfig(cfg);
-  return d;
+/** VFIO_DEVICE_GET_INFO flags (for the reset family), or null when the device does not answer. */
+function flagsOf(sys: Sys, fd: number): number | null {
+  try {
+    const b = encode(STRUCTS.vfio_device_info, { argsz: 24 });
+    sys.ioctl(fd, IOCTL.DEVICE_GET_INFO, b);
+    return decode(STRUCTS.vfio_device_info, b).flags;
+  } catch {
+    return null;
+  }
 }
 
 function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): VfioDevice {
@@ -201,13 +130,22 @@ function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): Vfio
       } catch { /* already failing */ }
     }
   };
+  const busy = () => busyError(sys, spec, { group: dev.group, cdev: dev.cdev });
   try {
     const container = openOrExplain(sys, "/dev/vfio/vfio", spec);
     fds.push(container);
     const api = sys.ioctl(container, IOCTL.GET_API_VERSION, null);
     if (api !== VFIO_API_VERSION) throw deviceError(spec, `unknown VFIO API version ${api}`);
     const groupPath = `/dev/vfio/${dev.group}`;
-    const group = openOrExplain(sys, groupPath, spec);
+    let group: number;
+    try {
+      group = sys.open(groupPath, O.RDWR | O.CLOEXEC);
+    } catch (e) {
+      // A group is open in one process at a time (drivers/vfio/group.c vfio_group_fops_open),
+      // and not at all while a device of it is bound through its cdev.
+      if (isErrno(e, "EBUSY")) throw busy();
+      throw explainOpen(e, groupPath, spec);
+    }
     fds.push(group);
     const st = encode(STRUCTS.vfio_group_status, { argsz: 8 });
     sys.ioctl(group, IOCTL.GROUP_GET_STATUS, st);
@@ -231,42 +169,37 @@ function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): Vfio
     try {
       fd = sys.ioctl(group, IOCTL.GROUP_GET_DEVICE_FD, name);
     } catch (e) {
-      if (isErrno(e, "EBUSY")) throw deviceError(spec, "is busy: another process (a VM?) has it open");
+      if (isErrno(e, "EBUSY")) throw busy();
       throw e;
     }
     fds.push(fd); // closed with the others if reading the identity fails
-    const d = new VfioDevice(sys, fd, spec, infoOf(dev, spec), [group, container], "group");
-    return withIdentity(d);
+    const flags = flagsOf(sys, fd);
+    return withIdentity(
+      new VfioDevice(sys, fd, spec, infoOf(dev, spec), [group, container], "group", {
+        path: "group",
+        reset: realResetBehaviour(sysfs, dev, flags),
+        openedFresh: true,
+      }),
+    );
   } catch (e) {
     cleanup();
-    if (e instanceof SysError && e.errno === Errno.EBUSY) {
-      throw deviceError(spec, "is busy: another process (a VM?) has its group or device open");
-    }
+    if (e instanceof SysError && e.errno === Errno.EBUSY) throw busy();
     throw e;
   }
 }
 
-function openCdev(sys: Sys, spec: string, dev: SysfsDevice | null): VfioDevice {
+function openCdev(sys: Sys, spec: string, dev: SysfsDevice | null, node: string, sysfs: Sysfs): VfioDevice {
   const fd = openOrExplain(sys, spec, spec);
   let iommufd = -1;
   try {
-    iommufd = openOrExplain(sys, "/dev/iommu", spec);
-    const bind = encode(STRUCTS.vfio_device_bind_iommufd, { argsz: 24, flags: 0, iommufd });
-    try {
-      sys.ioctl(fd, IOCTL.DEVICE_BIND_IOMMUFD, bind);
-    } catch (e) {
-      if (isErrno(e, "EBUSY")) throw deviceError(spec, "is busy: another process (a VM?) has it bound");
-      throw e;
-    }
-    const alloc = encode(STRUCTS.iommu_ioas_alloc, { size: 12, flags: 0 });
-    sys.ioctl(iommufd, IOCTL.IOMMU_IOAS_ALLOC, alloc);
-    const ioas = decode(STRUCTS.iommu_ioas_alloc, alloc).out_ioas_id;
-    sys.ioctl(
-      fd,
-      IOCTL.DEVICE_ATTACH_IOMMUFD_PT,
-      encode(STRUCTS.vfio_device_attach_iommufd_pt, { argsz: 16, pt_id: ioas }),
+    iommufd = bindIommufd(sys, fd, spec, node, dev?.group ?? null);
+    return withIdentity(
+      new VfioDevice(sys, fd, spec, infoOf(dev, spec), [iommufd], "cdev", {
+        path: "cdev",
+        reset: realResetBehaviour(sysfs, dev, flagsOf(sys, fd)),
+        openedFresh: true,
+      }),
     );
-    return withIdentity(new VfioDevice(sys, fd, spec, infoOf(dev, spec), [iommufd], "cdev"));
   } catch (e) {
     if (iommufd >= 0) sys.close(iommufd);
     sys.close(fd);
@@ -279,31 +212,15 @@ function openSimDevice(sys: Sys, spec: string): VfioDevice {
   if (!(sys instanceof SimKernel)) {
     throw new VfioMigError(`${spec}: simulated devices need the simulated kernel (use systemFor)`, "usage");
   }
-  const store = new SimStore(sys, path);
-  const meta = store.readMeta(); // clear error when it does not exist
+  const { info, reset } = simDeviceFacts(sys, path); // clear error when it does not exist
   let fd: number;
   try {
     fd = sys.open(spec, O.RDWR | O.CLOEXEC);
   } catch (e) {
-    if (isErrno(e, "EBUSY")) throw deviceError(spec, "is busy: another process has this simulated device open");
+    if (isErrno(e, "EBUSY")) throw busyError(sys, spec, { simDir: absolutePath(sys, path) });
     throw e;
   }
-  const info = modelInfo(meta.model);
-  const d = new VfioDevice(
-    sys,
-    fd,
-    spec,
-    {
-      kind: "sim",
-      name: path,
-      driver: info.driver,
-      mdevType: info.mdevType ?? null,
-      pci: null,
-      model: meta.model,
-    },
-    [],
-    "sim",
-  );
+  const d = new VfioDevice(sys, fd, spec, info, [], "sim", { path: "sim", reset, openedFresh: true });
   try {
     return withIdentity(d);
   } catch (e) {
@@ -312,6 +229,25 @@ function openSimDevice(sys: Sys, spec: string): VfioDevice {
     } catch { /* already failing */ }
     throw e;
   }
+}
+
+/** `p` made absolute against our working directory (/proc/self/cwd), without "." parts. */
+function absolutePath(sys: Sys, p: string): string {
+  let full = p;
+  if (!p.startsWith("/")) {
+    try {
+      full = `${sys.readlink("/proc/self/cwd")}/${p}`;
+    } catch {
+      return p;
+    }
+  }
+  const parts: string[] = [];
+  for (const part of full.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return "/" + parts.join("/");
 }
 
 /** The device to use when none is given: $VFIO_MIG_DEVICE, else the only migratable one. */

@@ -1,8 +1,9 @@
 // What sysfs says about a device: its kind, driver, IOMMU group and cdev node.
 // The sysfs root can be moved (VFIO_MIG_SYSFS) for tests with a fake tree.
 
-import { isErrno } from "../../ffi/errno.ts";
+import { isErrno, SysError } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
+import { readSmallFile } from "../io.ts";
 
 // Domains are 4 hex digits, or 5+ behind a VMD controller (10000:00:01.0).
 export const PCI_ADDR = /^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$/;
@@ -23,6 +24,16 @@ export interface SysfsDevice {
 
 function basename(p: string): string {
   return p.slice(p.lastIndexOf("/") + 1);
+}
+
+/** A PCI function's ids as sysfs shows them (drivers/pci/pci-sysfs.c: vendor, device, …). */
+export interface SysfsPciIds {
+  vendor: number;
+  device: number;
+  subsystemVendor: number | null;
+  subsystemDevice: number | null;
+  /** 24-bit class code (class << 16 | subclass << 8 | prog-if). */
+  classCode: number | null;
 }
 
 export class Sysfs {
@@ -105,6 +116,46 @@ export class Sysfs {
     })();
     if (!link) return null;
     return this.find(basename(link));
+  }
+
+  /** A small sysfs attribute's text, trimmed; null when it does not exist or cannot be read. */
+  attribute(path: string): string | null {
+    try {
+      return new TextDecoder().decode(readSmallFile(this.sys, path, 4096)).trim();
+    } catch (e) {
+      if (e instanceof SysError) return null;
+      throw e;
+    }
+  }
+
+  /** The PCI ids of a PCI function (null for an mdev, or when sysfs lacks them). */
+  pciIds(dev: SysfsDevice): SysfsPciIds | null {
+    if (dev.kind !== "pci") return null;
+    const num = (name: string) => {
+      const t = this.attribute(`${dev.path}/${name}`);
+      return t !== null && /^0x[0-9a-fA-F]+$/.test(t) ? parseInt(t, 16) : null;
+    };
+    const vendor = num("vendor"), device = num("device");
+    if (vendor === null || device === null) return null;
+    return {
+      vendor,
+      device,
+      subsystemVendor: num("subsystem_vendor"),
+      subsystemDevice: num("subsystem_device"),
+      classCode: num("class"),
+    };
+  }
+
+  /**
+   * Whether the PCI core has a reset method for the function: the `reset` attribute is
+   * visible only then (drivers/pci/pci-sysfs.c pci_dev_reset_attr_is_visible), and
+   * `reset_method` lists them (Linux >= 5.15). null when sysfs does not say (an mdev).
+   */
+  resetMethods(dev: SysfsDevice): string[] | null {
+    if (dev.kind !== "pci") return null;
+    const methods = this.attribute(`${dev.path}/reset_method`);
+    if (methods !== null) return methods.split(/\s+/).filter((m) => m);
+    return this.#exists(`${dev.path}/reset`) ? ["unknown"] : [];
   }
 
   /** Other devices in an IOMMU group, with their drivers. */

@@ -3,8 +3,8 @@
 // registers. tests/kernel/suite.ts and every group in tests/kernel/groups/ use it.
 
 import { libc } from "../../../ffi/libc.ts";
-import { decode, encode, IOCTL, STRUCTS } from "../../../ffi/vfio_uapi.ts";
 import { openDevice } from "../../../src/device/open.ts";
+import { programPort, readPort, uartRegisters, type UartRw } from "../guest/uart.ts";
 
 export const ROOT = new URL("../../../", import.meta.url).pathname;
 export const CLI = `${ROOT}cli.ts`;
@@ -101,49 +101,24 @@ export async function stateOf(uuid: string): Promise<string> {
 }
 
 /** Opens the device through the library to touch its UART registers (BARn = port n). */
-export function withDevice<T>(uuid: string, fn: (rw: (bar: number, reg: number, v?: number) => number) => T): T {
+export function withDevice<T>(uuid: string, fn: (rw: UartRw) => T): T {
   const sys = libc();
   const dev = openDevice(sys, spec(uuid));
   try {
-    const offsets = new Map<number, number>();
-    const rw = (bar: number, reg: number, v?: number): number => {
-      if (!offsets.has(bar)) {
-        const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: bar });
-        sys.ioctl(dev.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
-        offsets.set(bar, decode(STRUCTS.vfio_region_info, ri).offset);
-      }
-      const b = new Uint8Array(1);
-      if (v === undefined) {
-        sys.pread(dev.fd, b, offsets.get(bar)! + reg);
-        return b[0];
-      }
-      b[0] = v;
-      sys.pwrite(dev.fd, b, offsets.get(bar)! + reg);
-      return v;
-    };
-    return fn(rw);
+    return fn(uartRegisters(sys, dev.fd));
   } finally {
     dev.close();
   }
 }
 
-export const SCR = 7, TX = 0, LSR = 5;
+export { LSR, SCR, TX } from "../guest/uart.ts";
 
 /** Empties the RX FIFO, then writes the scratch register and bytes into the FIFO (mtty loops TX into RX). */
 export function program(uuid: string, port: number, scratch: number, bytes: number[]): void {
-  withDevice(uuid, (rw) => {
-    for (let i = 0; i < 16 && (rw(port, LSR) & 1); i++) rw(port, TX);
-    rw(port, SCR, scratch);
-    for (const b of bytes) rw(port, TX, b);
-  });
+  withDevice(uuid, (rw) => programPort(rw, port, scratch, bytes));
 }
 
 /** Reads the scratch register and drains the RX FIFO. */
 export function readBack(uuid: string, port: number): { scratch: number; fifo: number[] } {
-  return withDevice(uuid, (rw) => {
-    const scratch = rw(port, SCR);
-    const fifo: number[] = [];
-    for (let i = 0; i < 16 && (rw(port, LSR) & 1); i++) fifo.push(rw(port, TX));
-    return { scratch, fifo };
-  });
+  return withDevice(uuid, (rw) => readPort(rw, port));
 }
