@@ -6,7 +6,7 @@
 // way. An old-style section (save_state, no vmsd: VFIO's config section among them)
 // has one "size" for its whole body.
 
-import type { Sys } from "../../ffi/sys.ts";
+import { O, type Sys } from "../../ffi/sys.ts";
 import { StreamError } from "../errors.ts";
 import { SECTION } from "./format.ts";
 
@@ -132,4 +132,28 @@ function preadFull(sys: Sys, fd: number, buf: Uint8Array, at: number): number {
     off += n;
   }
   return off;
+}
+
+/**
+ * The VM description at the end of the regular file `path`; null for anything else
+ * (a pipe, "-"), when there is none, or when it cannot be read (the walk then meets
+ * whatever is wrong with it where it is).
+ */
+export function readFileDescription(sys: Sys, path: string): VmDescription | null {
+  if (path === "-") return null;
+  let fd: number;
+  try {
+    fd = sys.open(path, O.RDONLY | O.CLOEXEC);
+  } catch {
+    return null;
+  }
+  try {
+    const st = sys.fstat(fd);
+    if (!st.isRegular) return null;
+    return readDescriptionAtEnd(sys, fd, st.size)?.description ?? null;
+  } catch {
+    return null;
+  } finally {
+    sys.close(fd);
+  }
 }

@@ -556,7 +556,9 @@ export class QemuStreamParser {
           return b.offset - start;
         }
       }
-      if (atEnd) throw new StreamError(`section ${s.idstr}: no footer found before the end of the stream`, s.offset);
+      if (atEnd) {
+        throw new StreamError(`truncated: the stream ends inside section ${s.idstr} (no footer found)`, s.offset);
+      }
       await b.stream(limit, `section ${s.idstr}`, null);
     }
   }
@@ -661,6 +663,22 @@ export class QemuStreamParser {
     const n = body.pendingData;
     body.pendingData = 0;
     await this.bytes.stream(n, "DEV_DATA_STATE data", fn);
+  }
+
+  /** Data of the current DEV_DATA_STATE record not read yet. */
+  get vfioDataLeft(): number {
+    return this.#body?.pendingData ?? 0;
+  }
+
+  /**
+   * The next at most `max` bytes (<= 1 MiB) of the current DEV_DATA_STATE record; a view
+   * valid until the next call. Empty when the record's data is all read.
+   */
+  async vfioDataPart(max: number): Promise<Uint8Array> {
+    const body = this.#vfioBody("vfioDataPart");
+    const n = Math.min(body.pendingData, max);
+    body.pendingData -= n;
+    return await this.bytes.take(n, "DEV_DATA_STATE data");
   }
 
   /** The DEV_CONFIG_STATE payload vfioRecord just announced (a copy; at most ~40 KiB). */

@@ -88,6 +88,7 @@ main() {
         step "kernel packages" kernel_debs "$DEB_IMAGE" "$DEB_HEADERS" "$DEB_HEADERS_COMMON" "$DEB_KBUILD" "$DEB_SOURCE"
         step "unpack kernel" unpack_kernel
         step "mtty.ko" build_mtty
+        step "mtty_v1.ko" build_mtty_v1
         step "QEMU roots" qemu_roots
         KERNEL=$VMLINUZ
     else
