@@ -12,6 +12,7 @@ import { simCommand } from "./src/commands/sim.ts";
 import { listCommand } from "./src/commands/list.ts";
 import { checkCommand } from "./src/commands/check.ts";
 import { inspectCommand } from "./src/commands/inspect.ts";
+import { qemuSpliceCommand } from "./src/commands/qemu_splice.ts";
 import { EXIT, VfioMigError } from "./src/errors.ts";
 import { VERSION } from "./src/version.ts";
 
@@ -25,6 +26,7 @@ const COMMANDS: Command[] = [
   listCommand,
   checkCommand,
   inspectCommand,
+  qemuSpliceCommand,
 ];
 
 function usage(): string {

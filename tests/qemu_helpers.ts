@@ -66,6 +66,8 @@ export interface SynthDevice {
   stopCopy: Uint8Array[];
   vendor?: number;
   device?: number;
+  /** Its SECTION_FULL with DEV_CONFIG_STATE (default true). */
+  config?: boolean;
 }
 
 export interface SynthOptions {
@@ -160,6 +162,7 @@ export function synthQemuStream(o: SynthOptions): Uint8Array {
     });
   }
   o.devices.forEach((d, i) => {
+    if (d.config === false) return;
     const cfg = vfioConfigVmstate(d.vendor ?? 0x4348, d.device ?? 0x3253);
     push(0x04, ...be32(ids[i]), ...str8(d.idstr), ...be32(0), ...be32(1));
     push(...be64(TAG.DEV_CONFIG_STATE), ...cfg, ...be64(TAG.END_OF_STATE));
