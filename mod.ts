@@ -1,5 +1,12 @@
-// vfio-mig as a library: open devices, save and load their migration state, drive
-// the v2 state machine, read and write streams, and run the simulated VFIO kernel.
+// vfio-mig as a library: open devices, save and load their migration state (one
+// device or several, one call each), drive the v2 state machine, read and write
+// streams, and run the simulated VFIO kernel. The README's "Library" section has a
+// first example:
+//
+//   const a = openDevice("sim:/tmp/a"), b = openDevice("sim:/tmp/b");
+//   await save(a, "/tmp/a.vfmig");        // a file, "-", or a Sink (tcp.ts)
+//   await load(b, "/tmp/a.vfmig");        // a file, "-", or a StreamSource
+//   a.close(); b.close();
 
 export { Errno, errnoName, isErrno, SysError } from "./ffi/errno.ts";
 export { libc, LibcSys } from "./ffi/libc.ts";
@@ -34,20 +41,18 @@ export {
   summarizeConfig,
 } from "./src/migrate/config_state.ts";
 export { defaultDeviceSpec, openDevice, systemFor, VfioDevice } from "./src/device/open.ts";
-export { save, type SaveOptions, type SaveResult } from "./src/migrate/save.ts";
-export { load, type LoadOptions, type LoadResult } from "./src/migrate/load.ts";
 export {
-  loadMulti,
-  type MultiLoadOptions,
-  type MultiLoadResult,
-  type MultiLoadTarget,
-  type MultiSaveOptions,
-  type MultiSaveResult,
-  saveMulti,
-} from "./src/migrate/multi.ts";
+  type DeviceSaveResult,
+  openSaveSession,
+  probeMigration,
+  save,
+  type SaveOptions,
+  type SaveResult,
+} from "./src/migrate/save.ts";
+export { type DeviceLoadResult, load, type LoadOptions, type LoadResult, type LoadTarget } from "./src/migrate/load.ts";
 export { Cancellation } from "./src/migrate/session.ts";
-export { openSink, openSource, type Sink, type Source } from "./src/transport/transport.ts";
-export { StreamReader } from "./src/stream/reader.ts";
+export { openSink, openSource, type Sink, type Source, type StreamSource } from "./src/transport/transport.ts";
+export { type RecordReader, StreamReader } from "./src/stream/reader.ts";
 export { StreamWriter } from "./src/stream/writer.ts";
 export * as streamFormat from "./src/stream/format.ts";
 export { parseFaults, SimKernel } from "./src/sim/kernel.ts";

@@ -11,12 +11,12 @@ import { assert, assertEquals, assertMatch, assertRejects, assertStringIncludes,
 import {
   isErrno,
   libc,
-  loadMulti,
+  load,
   openDevice,
   openSink,
   openSource,
   parseFaults,
-  saveMulti,
+  save,
   SimKernel,
   SimStore,
   type VfioDevice,
@@ -633,7 +633,7 @@ Deno.test("damaged multi-device streams: inspect and load say which device and w
   });
 });
 
-Deno.test("no fd leaks: library saveMulti + loadMulti, and failed ones, close everything they open", async () => {
+Deno.test("no fd leaks: library save + load of several devices, and failed ones, close everything they open", async () => {
   await withTemp(async (t) => {
     const host = libc();
     const src = [`${t}/a`, `${t}/b`];
@@ -651,12 +651,12 @@ Deno.test("no fd leaks: library saveMulti + loadMulti, and failed ones, close ev
     };
     const saveOnce = (faults?: string) => {
       const k = new SimKernel(host, { faults: parseFaults(faults) });
-      return withDevices(k, src, (devs) => saveMulti(devs, openSink(k, file), { resume: true }));
+      return withDevices(k, src, (devs) => save(devs, openSink(k, file), { resume: true }));
     };
     const loadOnce = (path: string, faults?: string) => {
       const k = new SimKernel(host, { faults: parseFaults(faults) });
       const s = openSource(k, path);
-      return withDevices(k, dst, (devs) => loadMulti(devs.map((device) => ({ device })), s)).finally(() => s.close());
+      return withDevices(k, dst, (devs) => load(devs.map((device) => ({ device })), s)).finally(() => s.close());
     };
     const fds = () => host.readdir("/proc/self/fd").length;
     await saveOnce();

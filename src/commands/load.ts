@@ -1,6 +1,6 @@
 import { defaultDeviceSpec, systemFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { load } from "../migrate/load.ts";
+import { load, type LoadResult } from "../migrate/load.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import {
@@ -12,8 +12,25 @@ import {
 } from "../transport/tcp.ts";
 import { openSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
-import { closeDevices, loadSeveral, MULTI_LOAD_HELP, openDevices, parseMaps } from "./multi.ts";
+import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
+
+/** The text summary of a load: one line, and with several devices one line each. */
+export function loadSummary(r: LoadResult): string[] {
+  if (r.devices.length === 1) {
+    return [
+      `loaded ${formatBytes(r.bytes)} into ${r.device} in ${r.seconds.toFixed(2)}s ` +
+      `(${formatBytes(r.throughput)}/s); device is ${r.finalState}`,
+    ];
+  }
+  return [
+    `loaded ${formatBytes(r.bytes)} into ${r.devices.length} devices in ${r.seconds.toFixed(2)}s ` +
+    `(${formatBytes(r.throughput)}/s)`,
+    ...r.devices.map((d) =>
+      `  ${d.index}  ${d.source} -> ${d.device}: ${formatBytes(d.bytes)}; device is ${d.finalState}`
+    ),
+  ];
+}
 
 export const loadCommand: Command = {
   name: "load",
@@ -99,7 +116,6 @@ ${EXIT_CODES_HELP}`,
     const cancel = new Cancellation().install();
     try {
       const devs = openDevices(sys, specs);
-      const dev = devs[0];
       try {
         if (values.listen !== undefined) {
           // The device is open (so nobody takes it meanwhile) but untouched until a
@@ -133,30 +149,16 @@ ${EXIT_CODES_HELP}`,
           const s = source;
           cancel.abortSignal.addEventListener("abort", () => s.close(), { once: true });
         }
-        if (devs.length > 1 || maps.length) {
-          return await loadSeveral(devs.map((d, i) => ({ device: d, source: maps[i]?.source })), source!, from, {
-            noStart: values["no-start"],
-            noConfig: values["no-config"],
-            protocol: parseProtocol(values.protocol, "load"),
-            progress: !values.quiet && !values.json,
-            cancel,
-            noP2p: values["no-p2p"],
-          }, { json: values.json, quiet: values.quiet });
-        }
-        const r = await load(dev, source!, {
+        const r = await load(devs.map((d, i) => ({ device: d, source: maps[i]?.source })), source!, {
           noStart: values["no-start"],
           noConfig: values["no-config"],
           protocol: parseProtocol(values.protocol, "load"),
           progress: !values.quiet && !values.json,
           cancel,
+          noP2p: values["no-p2p"],
         });
         if (values.json) printJson({ command: "load", input: from, ...r });
-        else if (!values.quiet) {
-          console.error(
-            `loaded ${formatBytes(r.bytes)} into ${r.device} in ${r.seconds.toFixed(2)}s ` +
-              `(${formatBytes(r.throughput)}/s); device is ${r.finalState}`,
-          );
-        }
+        else if (!values.quiet) { for (const line of loadSummary(r)) console.error(line); }
         return 0;
       } finally {
         closeDevices(devs);

@@ -7,7 +7,7 @@ import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/pr
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
 import { openSink, type Sink } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
-import { closeDevices, MULTI_SAVE_HELP, openDevices, saveSeveral } from "./multi.ts";
+import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
 
 function ms(n: number): string {
@@ -27,6 +27,28 @@ export function liveSummary(r: SaveResult): string {
   return `pre-copy: ${r.iterations} iterations, ${formatBytes(r.precopyBytes)}${bw}${reinit}, ${why}; ` +
     `stop-copy ${formatBytes(r.stopCopyBytes)}; downtime ${ms(r.downtimeMs)}` +
     `${r.downtimeLimitMs !== null && r.downtimeMs > r.downtimeLimitMs ? " (above the limit)" : ""}${toRunning}`;
+}
+
+/** The text summary of a save: one line, the live line, and with several devices one line each. */
+export function saveSummary(r: SaveResult, target: string): string[] {
+  const to = target === "-" ? "standard output" : target;
+  const lines: string[] = [];
+  if (r.devices.length === 1) {
+    lines.push(
+      `saved ${formatBytes(r.bytes)} from ${r.device} to ${to} in ${r.seconds.toFixed(2)}s ` +
+        `(${formatBytes(r.throughput)}/s); device is ${r.finalState}`,
+    );
+  } else {
+    lines.push(
+      `saved ${formatBytes(r.bytes)} from ${r.devices.length} devices to ${to} in ${r.seconds.toFixed(2)}s ` +
+        `(${formatBytes(r.throughput)}/s), downtime ${Math.round(r.downtimeMs)} ms`,
+    );
+    for (const d of r.devices) {
+      lines.push(`  ${d.index}  ${d.device}: ${formatBytes(d.bytes)}, ${d.chunks} chunks; device is ${d.finalState}`);
+    }
+  }
+  if (r.switchReason) lines.push(liveSummary(r));
+  return lines;
 }
 
 /** What to say when pre-copy had to give up: the limit could not be met. */
@@ -130,7 +152,6 @@ ${EXIT_CODES_HELP}`,
       );
     }
     const devs = openDevices(sys, specs);
-    const dev = devs[0];
     const cancel = new Cancellation().install();
     if (sink instanceof TcpSink) {
       // A signal ends a wait on a destination that stopped reading (the save then recovers the device).
@@ -139,19 +160,7 @@ ${EXIT_CODES_HELP}`,
     }
     try {
       sink ??= openSink(sys, target);
-      if (devs.length > 1) {
-        return await saveSeveral(devs, sink, target, {
-          resume: values.resume,
-          live: values.live,
-          maxPrecopyMs: maxPrecopy,
-          downtimeLimitMs: downtimeLimit,
-          protocol: parseProtocol(values.protocol, "save"),
-          progress: !values.quiet && !values.json,
-          cancel,
-          noP2p: values["no-p2p"],
-        }, { json: values.json, quiet: values.quiet });
-      }
-      const r = await save(dev, sink, {
+      const r = await save(devs, sink, {
         resume: values.resume,
         live: values.live,
         maxPrecopyMs: maxPrecopy,
@@ -159,14 +168,11 @@ ${EXIT_CODES_HELP}`,
         protocol: parseProtocol(values.protocol, "save"),
         progress: !values.quiet && !values.json,
         cancel,
+        noP2p: values["no-p2p"],
       });
       if (values.json) printJson({ command: "save", output: target, ...r }, target === "-");
       else if (!values.quiet) {
-        console.error(
-          `saved ${formatBytes(r.bytes)} from ${r.device} to ${target === "-" ? "standard output" : target} in ` +
-            `${r.seconds.toFixed(2)}s (${formatBytes(r.throughput)}/s); device is ${r.finalState}`,
-        );
-        if (r.switchReason) console.error(liveSummary(r));
+        for (const line of saveSummary(r, target)) console.error(line);
       }
       // Not converging is worth a word even with --json (unless the JSON itself goes to stderr).
       if (r.switchReason === "max-precopy" && !values.quiet && !(values.json && target === "-")) {

@@ -139,8 +139,17 @@ function openOrExplain(sys: Sys, path: string, spec: string, flags = O.RDWR | O.
   }
 }
 
-/** Opens a device from a spec: sim:PATH, PCI address, mdev UUID, sysfs path or cdev node. */
-export function openDevice(sys: Sys, spec: string): VfioDevice {
+/**
+ * Opens a device from a spec: sim:PATH, PCI address, mdev UUID, sysfs path or cdev node.
+ * Without `sys`, the syscall layer the spec needs is chosen (systemFor). Close it with
+ * close(). Throws VfioMigError: usage (2) for a spec that names no device, device (3)
+ * when it is missing, busy, not bound to vfio or not permitted.
+ */
+export function openDevice(spec: string): VfioDevice;
+export function openDevice(sys: Sys, spec: string): VfioDevice;
+export function openDevice(a: Sys | string, b?: string): VfioDevice {
+  const sys = typeof a === "string" ? systemFor([a]) : a;
+  const spec = typeof a === "string" ? a : b!;
   if (spec.startsWith("sim:")) return openSimDevice(sys, spec);
   const sysfs = Sysfs.fromEnv(sys);
   const cdev = CDEV.exec(spec);

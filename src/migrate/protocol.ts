@@ -1,15 +1,15 @@
 // One interface for a migration protocol's save and resume sessions, with uAPI v2
 // (v2_session.ts) and the deprecated v1 region protocol (v1_session.ts) behind it,
-// so save.ts and load.ts run the same phases for both, as the seed's SaveVMHandlers:
-// save_setup, save_live_iterate, save_live_complete_precopy, cleanup; load_setup,
-// load_state, and the migration notifier on failure.
+// so save.ts and load.ts run the same phases for both and for any number of devices,
+// as the seed's SaveVMHandlers: save_setup, save_live_iterate,
+// save_live_complete_precopy, cleanup; load_setup, load_state, and the migration
+// notifier on failure.
 
 import { isErrno } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { MigrationV1 } from "../migration/v1.ts";
 import type { StreamWriter } from "../stream/writer.ts";
-import type { Cancellation, Progress } from "./session.ts";
 
 export type Protocol = "v1" | "v2";
 export type ProtocolChoice = Protocol | "auto";
@@ -36,6 +36,12 @@ export interface IterationResult {
   reinit?: boolean;
 }
 
+export type SavePhase = "pre-copy" | "stop-copy";
+
+/**
+ * One device's save, phase by phase (the seed's SaveVMHandlers). The orchestration
+ * (save.ts) calls the same methods for every device and protocol, N >= 1 devices.
+ */
 export interface SaveSession {
   readonly protocol: Protocol;
   /** v2 migration flags (0 for v1). */
@@ -46,10 +52,20 @@ export interface SaveSession {
   readonly headerExtra: Record<string, unknown>;
   /** True when a live save opted in to precopy-info v2 (Linux 7.1) and the device took it. */
   readonly precopyInfoV2?: boolean;
+  /** The device has the P2P states (RUNNING_P2P, PRE_COPY_P2P): it can be quiesced before any device stops. */
+  readonly p2p: boolean;
   /** save_setup: DEV_SETUP_STATE, enter the saving state (still running when live), END_OF_STATE. */
   setup(w: StreamWriter, live: boolean): void;
-  /** save_live_iterate: one pre-copy iteration. */
-  iterate(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<IterationResult>;
+  /**
+   * save_live_iterate / save_live_complete_precopy, one step: emits what the device has
+   * now, at most one chunk (v2: one buffer of non-blocking data_fd reads) or one
+   * transaction (v1: data_offset, data_size, the data). Returns its bytes; 0 when the
+   * device has nothing more in this pre-copy iteration or the stop-copy data ended;
+   * null when a read would block (try again later).
+   */
+  readChunk(w: StreamWriter, phase: SavePhase): number | null;
+  /** A pre-copy iteration's reads are done (`bytes` read): what the device says is left. */
+  precopyStatus(bytes: number): IterationResult;
   /** The stop-copy size as the device reports it now, or null (for a pre-copy policy). */
   exactSize(): number | null;
   /**
@@ -58,37 +74,47 @@ export interface SaveSession {
    * Returns false where the protocol has no such marker (v1).
    */
   initDataSent(w: StreamWriter): boolean;
-  /** Pre-copy ends: `converged` when the last iteration reported nothing pending. */
-  endPrecopy(w: StreamWriter, converged: boolean): void;
-  /** save_live_complete_precopy, first half: leave RUNNING for the stop-and-copy state. */
+  /** Pre-copy ends. */
+  endPrecopy(w: StreamWriter): void;
+  /**
+   * The VM-stop prepare step (QEMU's vfio_vmstate_change_prepare), for every device
+   * before any stops: with P2P, RUNNING -> RUNNING_P2P or PRE_COPY -> PRE_COPY_P2P, so
+   * none starts peer-to-peer DMA into a device already stopped. A no-op without P2P.
+   */
+  prepareStop(): void;
+  /** save_live_complete_precopy, first half: leave RUNNING (or RUNNING_P2P) for the stop-and-copy state. */
   stop(w: StreamWriter): void;
-  /** save_live_complete_precopy, second half: drain the device; returns its bytes. Ends with END_OF_STATE. */
-  drain(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<number>;
+  /** save_live_complete_precopy, end: readChunk returned 0 in stop-copy; END_OF_STATE. */
+  endStopCopy(w: StreamWriter): void;
   /** save_cleanup after a complete stream: the final state (RUNNING when `resume`), its name. */
   finish(resume: boolean): string;
+  /** After finish(false), for every device before any starts: STOP -> RUNNING_P2P (a no-op without P2P). */
+  prepareStart(): void;
+  /** After finish(false) and prepareStart(): start the device again (RUNNING). Returns the state's name. */
+  start(): string;
+  /**
+   * After a failure, for every device before any is put back: a device found running
+   * that is now stopped rejoins RUNNING_P2P (so none runs while another may still be
+   * stopped). Best effort: abort() recovers what this could not. A no-op without P2P.
+   */
+  prepareRecovery(): void;
   /** Failure or cancel (the seed's migration notifier): release and put the device back. */
   abort(): string;
   statesVisited(): string[];
-  /**
-   * Several devices in one stream (multi.ts) interleave their data one chunk at a time:
-   * one read of the data_fd, made non-blocking, emitted as a chunk. Returns its bytes;
-   * 0 when the device has nothing now (pre-copy) or nothing more (stop-copy; the caller
-   * writes END_OF_STATE); null when the read would block. Without it (v1), a device's
-   * iteration or stop-copy data goes whole, in its turn.
-   */
-  readChunk?(w: StreamWriter, phase: "pre-copy" | "stop-copy"): number | null;
-  /** With readChunk: a pre-copy iteration's result once its reads are done (`bytes` read). */
-  precopyStatus?(bytes: number): IterationResult;
 }
 
 export interface ResumeSession {
   readonly protocol: Protocol;
+  /** The device has the P2P states. */
+  readonly p2p: boolean;
   /** load_setup: enter RESUMING (after the stream's setup section). */
   begin(): void;
   /** One DEV_DATA_STATE record, written to the device as one transaction (v1) or in order (v2). */
   data(bytes: Uint8Array): void;
   /** All data written: let the driver take it (v2: RESUMING -> STOP; v1: nothing yet). */
   endData(): void;
+  /** For every device before any starts (unless noStart): STOP -> RUNNING_P2P (a no-op without P2P). */
+  prepareStart(): void;
   /** The device's final state: RUNNING, or stopped with `noStart`. Returns its name. */
   finish(noStart: boolean): string;
   /** After a failure: abort the session (reset where needed). Returns where the device is. */

@@ -1,24 +1,59 @@
-// Saving a device's migration state into a stream. One function per phase, as the
-// seed's SaveVMHandlers: setup, pre-copy (live only), stop-copy, cleanup.
+// Saving the migration state of one or several devices into one stream: one road for
+// N >= 1 devices, as QEMU's migration loop (migration/savevm.c) walks every device's
+// handlers in each phase. Phases, each a function below:
+//
+//   open       every device checked (migratable with the protocol asked for; P2P on all
+//              when there are several, unless noP2p) before any is touched
+//   setup      header, then each device's save_setup (DEV_SETUP_STATE ... END_OF_STATE)
+//   pre-copy   (live) rounds of non-blocking reads of every device in turn, one chunk
+//              at a time, until each has nothing now; one policy judges what all of
+//              them report against the downtime limit (precopy.ts)
+//   stop-copy  several devices: every one quiesced (RUNNING_P2P / PRE_COPY_P2P) before
+//              any stops; then each enters STOP_COPY and their data is drained
+//              round-robin
+//   config     each device's DEV_CONFIG_STATE (vfio_save_state), then the trailer
+//   finish     each session ends in STOP; with `resume`, several devices all go
+//              RUNNING_P2P before any goes RUNNING
+//
+// A failure of any device puts every device back in the state it was found in (those
+// found running rejoin RUNNING_P2P first), and leaves no complete-looking output.
+// Per-protocol work is in the sessions (v2_session.ts, v1_session.ts); this file never
+// branches on the protocol. One device writes a single-device stream (no DEVICE tags);
+// several write the layout of docs/stream-format.md, "Several devices".
 
 import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
+import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
-import { FORMAT_VERSION, type StreamHeader, TAG } from "../stream/format.ts";
+import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
-import type { Sink } from "../transport/transport.ts";
+import { openSink, type Sink } from "../transport/transport.ts";
 import { VERSION } from "../version.ts";
 import { encodeConfigState, readConfigState } from "./config_state.ts";
+import { checkDeviceSet, operationName, requireP2p } from "./group.ts";
 import { PrecopyPolicy, type SwitchReason } from "./precopy.ts";
-import { chooseProtocol, type Protocol, type ProtocolChoice, type SaveSession, v1Of } from "./protocol.ts";
+import {
+  chooseProtocol,
+  type IterationResult,
+  type Protocol,
+  type ProtocolChoice,
+  type SavePhase,
+  type SaveSession,
+  v1Of,
+} from "./protocol.ts";
 import { Cancellation, failure, pausePoint, Progress, streamIdentity } from "./session.ts";
 import { V1SaveSession } from "./v1_session.ts";
 import { V2SaveSession } from "./v2_session.ts";
 
+/** Longest pre-copy round (all devices together) before the policy is asked again, ms. */
+const ITERATION_MS = 100;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 export interface SaveOptions {
-  /** Leave the device RUNNING after a successful save (default: STOP). */
+  /** Leave the devices RUNNING after a successful save (default: STOP). */
   resume?: boolean;
-  /** Pre-copy while the device runs before stopping it (needs PRE_COPY). */
+  /** Pre-copy while the devices run before stopping them (needs PRE_COPY). */
   live?: boolean;
   /** Upper bound of the pre-copy phase, in ms (default 60 s). */
   maxPrecopyMs?: number;
@@ -31,11 +66,41 @@ export interface SaveOptions {
   protocol?: ProtocolChoice;
   /** The header's creation time (default now; fixed for reproducible streams). */
   created?: Date;
+  /** Several devices: allow devices without P2P (they must do no peer-to-peer DMA). */
+  noP2p?: boolean;
 }
 
+/** What the save did with one device. */
+export interface DeviceSaveResult {
+  /** The device's index in the stream (DEVICE tag). */
+  index: number;
+  device: string;
+  protocol: Protocol;
+  bytes: number;
+  precopyBytes: number;
+  stopCopyBytes: number;
+  /** DEV_DATA_STATE records of this device. */
+  chunks: number;
+  /** The device went through RUNNING_P2P / PRE_COPY_P2P. */
+  p2p: boolean;
+  statesVisited: string[];
+  finalState: string;
+  migrationFlags: number;
+  sizeEstimate: number | null;
+  /** Bytes of PCI config space in its DEV_CONFIG_STATE section (0: none). */
+  configBytes: number;
+}
+
+/**
+ * The result of a save. The per-device fields at the top (device, protocol,
+ * statesVisited, finalState, migrationFlags, sizeEstimate, configBytes) are the first
+ * device's, as in the stream header; `devices` has each device's, in stream order.
+ */
 export interface SaveResult {
   device: string;
   protocol: Protocol;
+  mode: "offline" | "live";
+  /** Device data bytes, all devices. */
   bytes: number;
   streamBytes: number;
   precopyBytes: number;
@@ -43,36 +108,55 @@ export interface SaveResult {
   seconds: number;
   /** Bytes per second of device data. */
   throughput: number;
-  /** Time from leaving RUNNING to the last byte written, ms. */
+  /** Time from the first device leaving RUNNING to the last byte written, ms. */
   downtimeMs: number;
   /** Time from leaving RUNNING until the destination reported RUNNING (two-way transports), ms. */
   downtimeToRunningMs: number | null;
+  /** Stop-copy: from the first STOP_COPY request until every device's data was read, ms. */
+  stopCopyMs: number;
   /** Pre-copy iterations (live saves). */
   iterations: number;
   /** Why pre-copy ended: converged, max-precopy, requested (SIGUSR1); null for offline saves. */
   switchReason: SwitchReason | null;
-  /** Measured pre-copy bandwidth, bytes/s, or null. */
+  /** Measured pre-copy bandwidth the switchover was judged by, bytes/s, or null. */
   bandwidth: number | null;
   /** The downtime limit aimed for, ms (live saves). */
   downtimeLimitMs: number | null;
-  /** Live v2 saves: whether the device took the precopy-info v2 opt-in (Linux 7.1); null otherwise. */
+  /** Live v2 saves: whether the first device took the precopy-info v2 opt-in (Linux 7.1); null otherwise. */
   precopyInfoV2: boolean | null;
-  /** How many times the device reported VFIO_PRECOPY_INFO_REINIT (new initial data). */
+  /** How many times a device reported VFIO_PRECOPY_INFO_REINIT (new initial data). */
   reinits: number;
-  /** DEV_INIT_DATA_SENT markers written (one per time the initial data was all sent). */
+  /** DEV_INIT_DATA_SENT markers written (one per device per time its initial data was all sent). */
   initDataSent: number;
   /** Over a two-way transport: how many of them the destination acknowledged; else null. */
   initAcks: number | null;
   /** What stop-copy was expected to send when pre-copy ended (bytes, transport backlog included), live saves. */
   estimateAtSwitch: number | null;
-  /** Bytes the transport still held unsent when the device left RUNNING. */
+  /** Bytes the transport still held unsent when the devices left RUNNING. */
   backlogAtSwitch: number;
   statesVisited: string[];
   finalState: string;
   migrationFlags: number;
   sizeEstimate: number | null;
-  /** Bytes of PCI config space in the DEV_CONFIG_STATE section (0: none). */
   configBytes: number;
+  devices: DeviceSaveResult[];
+}
+
+/** One device in a save: its session and what moved. */
+interface Unit {
+  i: number;
+  d: VfioDevice;
+  s: SaveSession;
+  precopyBytes: number;
+  stopCopyBytes: number;
+  chunks: number;
+  configBytes: number;
+  finalState: string;
+  initSent: boolean;
+  reinits: number;
+  /** This pre-copy round. */
+  iterBytes: number;
+  status: IterationResult | null;
 }
 
 function notMigratable(d: VfioDevice, e: unknown): VfioMigError {
@@ -98,175 +182,6 @@ export function probeMigration(d: VfioDevice): number {
   }
 }
 
-export async function save(d: VfioDevice, sink: Sink, opts: SaveOptions = {}): Promise<SaveResult> {
-  const t0 = performance.now();
-  const cancel = opts.cancel ?? new Cancellation();
-  const live = !!opts.live;
-  let session: SaveSession;
-  try {
-    session = openSaveSession(d, opts.protocol ?? "auto", live);
-  } catch (e) {
-    sink.abort(); // nothing was changed on the device; leave no partial output either
-    throw e;
-  }
-  const progress = new Progress(!!opts.progress, session.sizeEstimate);
-  const w = new StreamWriter(sink, opts.chunkSize);
-  let precopyBytes = 0;
-  let policy: PrecopyPolicy | null = null;
-  let switchReason: SwitchReason | null = null;
-  let reinits = 0;
-  let initMarkers = 0;
-  let backlogAtSwitch = 0;
-
-  try {
-    // setup
-    const header: StreamHeader = {
-      format: "vfio-mig",
-      version: FORMAT_VERSION,
-      tool: `vfio-mig ${VERSION}`,
-      protocol: session.protocol,
-      created: (opts.created ?? new Date()).toISOString(),
-      source: d.label,
-      device: streamIdentity(d),
-      migrationFlags: session.migrationFlags,
-      sizeEstimate: session.sizeEstimate,
-      mode: live ? "live" : "offline",
-      ...session.headerExtra,
-    };
-    w.header(header);
-    session.setup(w, live);
-    progress.update("setup", 0, true);
-    const getenv = (n: string) => d.sys.getenv(n);
-    await pausePoint(getenv, "setup", cancel);
-
-    // pre-copy: iterations while the device runs, until the rest fits the downtime limit
-    if (live) {
-      await pausePoint(getenv, "pre-copy", cancel);
-      policy = new PrecopyPolicy(opts.downtimeLimitMs, opts.maxPrecopyMs);
-      const p = policy;
-      const onUsr1 = () => p.requested = true;
-      try {
-        Deno.addSignalListener("SIGUSR1", onUsr1);
-      } catch { /* no SIGUSR1 here */ }
-      try {
-        let initSent = false;
-        for (;;) {
-          const t = performance.now();
-          const it = await session.iterate(w, cancel, progress);
-          precopyBytes += it.bytes;
-          if (it.bytes > 0) p.meter.add(it.bytes, performance.now() - t);
-          if (it.reinit) {
-            // New initial data (Linux 7.1 REINIT): send it all, mark it again and, over
-            // a two-way transport, wait for the destination to acknowledge that marker.
-            reinits++;
-            initSent = false;
-          }
-          if (!initSent && it.initialBytes === 0) {
-            if (session.initDataSent(w)) initMarkers++;
-            initSent = true;
-          }
-          switchReason = p.decide({
-            initialBytes: it.initialBytes,
-            dirtyBytes: it.dirtyBytes,
-            done: it.done,
-            exact: () => session.exactSize(),
-            initAcked: initAcked(sink, initMarkers),
-            backlogBytes: sink.queuedBytes ?? 0,
-          });
-          if (switchReason) {
-            session.endPrecopy(w, it.done);
-            break;
-          }
-          progress.update("pre-copy", w.dataBytes, false, `iteration ${p.iterations}`);
-          // Nothing new this round: give the device time to dirty more (or the peer to ack).
-          if (it.bytes === 0) await new Promise((r) => setTimeout(r, 5));
-        }
-      } finally {
-        try {
-          Deno.removeSignalListener("SIGUSR1", onUsr1);
-        } catch { /* was not added */ }
-      }
-    }
-
-    // stop-copy
-    backlogAtSwitch = sink.queuedBytes ?? 0;
-    const leftRunning = performance.now();
-    session.stop(w);
-    await pausePoint(getenv, "stop-copy", cancel);
-    await session.drain(w, cancel, progress);
-
-    // config state (vfio_save_state), after the device data
-    const config = readConfigState(d);
-    if (config) {
-      w.sized(TAG.DEV_CONFIG_STATE, encodeConfigState(config));
-      w.tag(TAG.END_OF_STATE);
-    }
-    w.end();
-    await w.flowControl();
-    // The last byte is written (a file's fsync and rename in commit() come after the downtime).
-    const wroteAt = performance.now();
-
-    // cleanup: end the session, then make the output visible (over TCP: wait for
-    // the destination's result)
-    await pausePoint(getenv, "finish", cancel);
-    const finalState = session.finish(!!opts.resume);
-    cancel.check();
-    await sink.commit();
-    const downtimeMs = (sink.lastByteAt ?? wroteAt) - leftRunning;
-    progress.update("done", w.dataBytes, true);
-    progress.finish();
-    const seconds = (performance.now() - t0) / 1000;
-    return {
-      device: d.label,
-      protocol: session.protocol,
-      bytes: w.dataBytes,
-      streamBytes: w.written,
-      precopyBytes,
-      stopCopyBytes: w.dataBytes - precopyBytes,
-      seconds,
-      throughput: seconds > 0 ? w.dataBytes / seconds : 0,
-      downtimeMs,
-      downtimeToRunningMs: sink.peerDoneAt ? sink.peerDoneAt - leftRunning : null,
-      iterations: policy?.iterations ?? 0,
-      switchReason,
-      bandwidth: policy?.lastRate ? policy.lastRate * 1000 : null, // what the switchover was judged by
-      downtimeLimitMs: policy ? policy.downtimeLimitMs : null,
-      precopyInfoV2: live ? session.precopyInfoV2 ?? null : null,
-      reinits,
-      initDataSent: initMarkers,
-      initAcks: sink.initAcks ?? null,
-      estimateAtSwitch: policy ? policy.lastEstimate : null,
-      backlogAtSwitch,
-      statesVisited: session.statesVisited(),
-      finalState,
-      migrationFlags: session.migrationFlags,
-      sizeEstimate: session.sizeEstimate,
-      configBytes: config ? config.config.length : 0,
-    };
-  } catch (e) {
-    progress.finish();
-    sink.abort();
-    const where = session.abort();
-    const cause = cancel.signal && !(e instanceof InterruptedError)
-      ? new InterruptedError(cancel.signal) // the signal closed the connection: say so, exit 130
-      : e instanceof SysError && e.errno === Errno.EPIPE
-      ? new VfioMigError(`${sink.label}: the reading end went away (broken pipe)`)
-      : e;
-    throw failure(`save from ${d.label} failed`, cause, where);
-  }
-}
-
-/**
- * Switchover-ack: true when every DEV_INIT_DATA_SENT marker written so far was
- * acknowledged. One-way sinks (files, pipes) cannot acknowledge: true. A protocol
- * without the marker (v1) needs no acknowledgement.
- */
-function initAcked(sink: Sink, markers: number): boolean {
-  if (markers === 0) return true; // nothing to acknowledge (the policy still waits for initial_bytes 0)
-  if (sink.initAcks !== undefined) return sink.initAcks >= markers;
-  return sink.initAcked ?? true;
-}
-
 /** Chooses the protocol and checks the device can be saved; nothing is changed when it throws. */
 export function openSaveSession(d: VfioDevice, want: ProtocolChoice, live: boolean): SaveSession {
   const protocol = chooseProtocol(d, want);
@@ -275,4 +190,386 @@ export function openSaveSession(d: VfioDevice, want: ProtocolChoice, live: boole
   }
   probeMigration(d);
   return V2SaveSession.open(d, live);
+}
+
+/**
+ * Checks every device before any is touched, then opens the sessions (a session that
+ * cannot open undoes the ones opened before it). Throws VfioMigError: usage (2) for a
+ * device given twice or more than MAX_DEVICES, device (3) for one that cannot migrate
+ * or lacks P2P among several.
+ */
+function openUnits(devs: VfioDevice[], opts: SaveOptions, live: boolean): Unit[] {
+  checkDeviceSet(devs, "save");
+  const want = opts.protocol ?? "auto";
+  requireP2p(
+    devs.map((d) => {
+      const protocol = chooseProtocol(d, want);
+      const flags = protocol === "v2" ? probeMigration(d) : 0;
+      return { label: d.label, protocol, flags, p2p: (flags & MIGRATION_FLAGS.P2P) !== 0 };
+    }),
+    !!opts.noP2p,
+  );
+  const units: Unit[] = [];
+  try {
+    devs.forEach((d, i) => {
+      units.push({
+        i,
+        d,
+        s: openSaveSession(d, want, live),
+        precopyBytes: 0,
+        stopCopyBytes: 0,
+        chunks: 0,
+        configBytes: 0,
+        finalState: "",
+        initSent: false,
+        reinits: 0,
+        iterBytes: 0,
+        status: null,
+      });
+    });
+  } catch (e) {
+    recover(units);
+    throw e;
+  }
+  return units;
+}
+
+/** The stream header: the first device's fields, and with several devices every one in `devices`. */
+function streamHeader(units: Unit[], live: boolean, created: Date): StreamHeader {
+  const entries: StreamDeviceEntry[] = units.map((u) => ({
+    source: u.d.label,
+    device: streamIdentity(u.d),
+    protocol: u.s.protocol,
+    migrationFlags: u.s.migrationFlags,
+    sizeEstimate: u.s.sizeEstimate,
+    ...u.s.headerExtra,
+  }));
+  const first = entries[0];
+  return {
+    format: "vfio-mig",
+    version: FORMAT_VERSION,
+    tool: `vfio-mig ${VERSION}`,
+    protocol: first.protocol,
+    created: created.toISOString(),
+    source: first.source,
+    device: first.device,
+    migrationFlags: first.migrationFlags,
+    sizeEstimate: first.sizeEstimate,
+    mode: live ? "live" : "offline",
+    ...units[0].s.headerExtra,
+    ...(units.length > 1 ? { devices: entries } : {}),
+  };
+}
+
+/**
+ * After a failure: every device back where it was found. Devices found running that
+ * were stopped rejoin RUNNING_P2P together first, so none runs while another is still
+ * stopped. Returns where each device is left, for the error line.
+ */
+function recover(units: Unit[]): string {
+  if (units.length > 1) { for (const u of units) u.s.prepareRecovery(); }
+  return units.map((u) => u.s.abort()).join(", ");
+}
+
+/**
+ * Saves the migration state of one device, or of several into one stream
+ * (docs/stream-format.md), to `output`: a Sink (transport.ts, tcp.ts), or a path (a
+ * file written under a temporary name and renamed when complete; "-" is standard
+ * output). The devices must be open; they are left in STOP (RUNNING with `resume`). Throws VfioMigError (the message names the devices' states; exit
+ * code by kind), InterruptedError when `opts.cancel` caught a signal.
+ */
+export async function save(
+  devices: VfioDevice | readonly VfioDevice[],
+  output: Sink | string,
+  opts: SaveOptions = {},
+): Promise<SaveResult> {
+  const devs = Array.isArray(devices) ? [...devices] : [devices as VfioDevice];
+  if (devs.length === 0) throw new VfioMigError("save: give at least one device", "usage");
+  const sink = typeof output === "string" ? openSink(devs[0].sys, output) : output;
+  const t0 = performance.now();
+  const cancel = opts.cancel ?? new Cancellation();
+  const live = !!opts.live;
+  const what = operationName("save from", devs.map((d) => d.label));
+  let units: Unit[];
+  try {
+    units = openUnits(devs, opts, live);
+  } catch (e) {
+    sink.abort(); // nothing was changed on any device; leave no partial output either
+    // One device: its own error says what is wrong. Several: which operation, and that none changed.
+    throw devs.length === 1 ? e : failure(`${what} refused`, e, "no device was changed");
+  }
+  const estimates = units.map((u) => u.s.sizeEstimate);
+  const progress = new Progress(
+    !!opts.progress,
+    estimates.every((x) => x !== null) ? estimates.reduce((a, b) => a! + b!, 0) : null,
+  );
+  const w = new StreamWriter(sink, opts.chunkSize, units.length);
+  const getenv = (n: string) => devs[0].sys.getenv(n);
+  let policy: PrecopyPolicy | null = null;
+  let switchReason: SwitchReason | null = null;
+  let markers = 0;
+  try {
+    // setup
+    w.header(streamHeader(units, live, opts.created ?? new Date()));
+    for (const u of units) {
+      w.selectDevice(u.i);
+      u.s.setup(w, live);
+    }
+    progress.update("setup", 0, true);
+    await pausePoint(getenv, "setup", cancel);
+
+    // pre-copy: rounds while the devices run, until what is left fits the downtime limit
+    if (live) {
+      await pausePoint(getenv, "pre-copy", cancel);
+      policy = new PrecopyPolicy(opts.downtimeLimitMs, opts.maxPrecopyMs);
+      const r = await precopy(units, w, sink, policy, cancel, progress);
+      switchReason = r.reason;
+      markers = r.markers;
+    }
+
+    // stop-copy: every device quiesced before any stops, then drained together
+    const backlogAtSwitch = sink.queuedBytes ?? 0;
+    const leftRunning = performance.now();
+    // Quiescing orders devices against each other; one device is left to the kernel's own
+    // path (RUNNING -> STOP_COPY walks through RUNNING_P2P by itself).
+    const group = units.length > 1;
+    if (group) { for (const u of units) u.s.prepareStop(); }
+    const stopAt = performance.now();
+    for (const u of units) {
+      w.selectDevice(u.i);
+      u.s.stop(w);
+    }
+    await pausePoint(getenv, "stop-copy", cancel);
+    await readRound(units, w, "stop-copy", Infinity, cancel, progress);
+    const stopCopyMs = performance.now() - stopAt;
+
+    // config state of each device, after all device data (vfio_save_state); the trailer
+    for (const u of units) {
+      const config = readConfigState(u.d);
+      if (!config) continue;
+      w.selectDevice(u.i);
+      w.sized(TAG.DEV_CONFIG_STATE, encodeConfigState(config));
+      w.tag(TAG.END_OF_STATE);
+      u.configBytes = config.config.length;
+    }
+    w.end();
+    await w.flowControl();
+    // The last byte is written (a file's fsync and rename in commit() come after the downtime).
+    const wroteAt = performance.now();
+
+    // finish: every session ends in STOP; with resume, all RUNNING_P2P before any RUNNING.
+    // Then the output is made visible (over TCP: the destination's result is awaited).
+    await pausePoint(getenv, "finish", cancel);
+    const resume = !!opts.resume;
+    for (const u of units) u.finalState = u.s.finish(resume && !group);
+    if (resume && group) {
+      for (const u of units) u.s.prepareStart();
+      for (const u of units) u.finalState = u.s.start();
+    }
+    cancel.check();
+    await sink.commit();
+    const downtimeMs = (sink.lastByteAt ?? wroteAt) - leftRunning;
+    progress.update("done", w.dataBytes, true);
+    progress.finish();
+    const seconds = (performance.now() - t0) / 1000;
+    const precopyBytes = units.reduce((a, u) => a + u.precopyBytes, 0);
+    const perDevice = units.map((u): DeviceSaveResult => ({
+      index: u.i,
+      device: u.d.label,
+      protocol: u.s.protocol,
+      bytes: u.precopyBytes + u.stopCopyBytes,
+      precopyBytes: u.precopyBytes,
+      stopCopyBytes: u.stopCopyBytes,
+      chunks: u.chunks,
+      p2p: u.s.p2p,
+      statesVisited: u.s.statesVisited(),
+      finalState: u.finalState,
+      migrationFlags: u.s.migrationFlags,
+      sizeEstimate: u.s.sizeEstimate,
+      configBytes: u.configBytes,
+    }));
+    const first = perDevice[0];
+    return {
+      device: first.device,
+      protocol: first.protocol,
+      mode: live ? "live" : "offline",
+      bytes: w.dataBytes,
+      streamBytes: w.written,
+      precopyBytes,
+      stopCopyBytes: w.dataBytes - precopyBytes,
+      seconds,
+      throughput: seconds > 0 ? w.dataBytes / seconds : 0,
+      downtimeMs,
+      downtimeToRunningMs: sink.peerDoneAt ? sink.peerDoneAt - leftRunning : null,
+      stopCopyMs,
+      iterations: policy?.iterations ?? 0,
+      switchReason,
+      bandwidth: policy?.lastRate ? policy.lastRate * 1000 : null, // what the switchover was judged by
+      downtimeLimitMs: policy ? policy.downtimeLimitMs : null,
+      precopyInfoV2: live ? units[0].s.precopyInfoV2 ?? null : null,
+      reinits: units.reduce((a, u) => a + u.reinits, 0),
+      initDataSent: markers,
+      initAcks: sink.initAcks ?? null,
+      estimateAtSwitch: policy ? policy.lastEstimate : null,
+      backlogAtSwitch,
+      statesVisited: first.statesVisited,
+      finalState: first.finalState,
+      migrationFlags: first.migrationFlags,
+      sizeEstimate: first.sizeEstimate,
+      configBytes: first.configBytes,
+      devices: perDevice,
+    };
+  } catch (e) {
+    progress.finish();
+    sink.abort();
+    const where = recover(units);
+    const cause = cancel.signal && !(e instanceof InterruptedError)
+      ? new InterruptedError(cancel.signal) // the signal closed the connection: say so, exit 130
+      : e instanceof SysError && e.errno === Errno.EPIPE
+      ? new VfioMigError(`${sink.label}: the reading end went away (broken pipe)`)
+      : e;
+    throw failure(`${what} failed`, cause, where);
+  }
+}
+
+/**
+ * Switchover-ack: true when every DEV_INIT_DATA_SENT marker written so far was
+ * acknowledged (QEMU waits for every device's). One-way sinks (files, pipes) cannot
+ * acknowledge: true. A protocol without the marker (v1) needs no acknowledgement.
+ */
+function initAcked(sink: Sink, markers: number): boolean {
+  if (markers === 0) return true; // nothing to acknowledge (the policy still waits for initial_bytes 0)
+  if (sink.initAcks !== undefined) return sink.initAcks >= markers;
+  return sink.initAcked ?? true;
+}
+
+/**
+ * Pre-copy: each round reads every device in turn, one chunk at a time, until each has
+ * nothing now (or ITERATION_MS passed); then one policy judges the sum of what the
+ * devices report (QEMU sums every device's estimate against one threshold). SIGUSR1
+ * asks for the switch at once. Returns why pre-copy ended and the DEV_INIT_DATA_SENT
+ * markers written.
+ */
+async function precopy(
+  units: Unit[],
+  w: StreamWriter,
+  sink: Sink,
+  policy: PrecopyPolicy,
+  cancel: Cancellation,
+  progress: Progress,
+): Promise<{ reason: SwitchReason; markers: number }> {
+  const onUsr1 = () => policy.requested = true;
+  try {
+    Deno.addSignalListener("SIGUSR1", onUsr1);
+  } catch { /* no SIGUSR1 here */ }
+  let markers = 0;
+  try {
+    for (;;) {
+      const t = performance.now();
+      for (const u of units) u.iterBytes = 0;
+      await readRound(units, w, "pre-copy", t + ITERATION_MS, cancel, progress, `iteration ${policy.iterations + 1}`);
+      for (const u of units) u.status = u.s.precopyStatus(u.iterBytes);
+      let bytes = 0;
+      let initial = 0;
+      let dirty = 0;
+      let done = true;
+      for (const u of units) {
+        const st = u.status!;
+        u.precopyBytes += u.iterBytes;
+        bytes += u.iterBytes;
+        initial += st.initialBytes;
+        dirty += st.dirtyBytes;
+        done &&= st.done;
+        if (st.reinit) {
+          // New initial data (Linux 7.1 REINIT): send it all, mark it again and, over a
+          // two-way transport, wait for the destination to acknowledge that marker.
+          u.reinits++;
+          u.initSent = false;
+        }
+        if (!u.initSent && st.initialBytes === 0) {
+          w.selectDevice(u.i);
+          if (u.s.initDataSent(w)) markers++;
+          u.initSent = true;
+        }
+      }
+      if (bytes > 0) policy.meter.add(bytes, performance.now() - t);
+      const reason = policy.decide({
+        initialBytes: initial,
+        dirtyBytes: dirty,
+        done,
+        exact: () => {
+          let sum = 0;
+          for (const u of units) {
+            const x = u.s.exactSize();
+            if (x === null) return null;
+            sum += x;
+          }
+          return sum;
+        },
+        initAcked: initAcked(sink, markers),
+        backlogBytes: sink.queuedBytes ?? 0,
+      });
+      if (reason) {
+        for (const u of units) {
+          w.selectDevice(u.i);
+          u.s.endPrecopy(w);
+        }
+        return { reason, markers };
+      }
+      progress.update("pre-copy", w.dataBytes, false, `iteration ${policy.iterations}`);
+      // Nothing new this round: give the devices time to dirty more (or the peer to ack).
+      if (bytes === 0) await sleep(5);
+    }
+  } finally {
+    try {
+      Deno.removeSignalListener("SIGUSR1", onUsr1);
+    } catch { /* was not added */ }
+  }
+}
+
+/**
+ * Reads every device in turn, one chunk at a time (SaveSession.readChunk), until each
+ * has nothing more in this phase or `until` (performance.now() ms) passed. A device
+ * whose read would block is passed over; when none had anything we wait a moment, so
+ * a device that yields its data slowly holds no other (and no signal) up. Bytes go to
+ * each unit's iterBytes (pre-copy) or stopCopyBytes (stop-copy, which ends each
+ * device's data with its END_OF_STATE).
+ */
+async function readRound(
+  units: Unit[],
+  w: StreamWriter,
+  phase: SavePhase,
+  until: number,
+  cancel: Cancellation,
+  progress: Progress,
+  detail = "",
+): Promise<void> {
+  const active = units.slice();
+  while (active.length > 0 && performance.now() < until) {
+    let moved = 0;
+    for (let k = 0; k < active.length;) {
+      const u = active[k];
+      w.selectDevice(u.i);
+      const chunks = w.chunks;
+      const n = u.s.readChunk(w, phase);
+      u.chunks += w.chunks - chunks;
+      if (n === null) {
+        k++;
+        continue;
+      }
+      if (n === 0) {
+        if (phase === "stop-copy") u.s.endStopCopy(w);
+        active.splice(k, 1);
+        continue;
+      }
+      if (phase === "pre-copy") u.iterBytes += n;
+      else u.stopCopyBytes += n;
+      moved += n;
+      k++;
+      await w.flowControl();
+      progress.update(phase, w.dataBytes, false, detail);
+    }
+    await cancel.checkpoint();
+    if (moved === 0 && active.length > 0) await sleep(1);
+  }
 }

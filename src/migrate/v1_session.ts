@@ -16,8 +16,7 @@ import { VfioMigError } from "../errors.ts";
 import { type MigrationV1, V1, v1StateIsError, v1StateName } from "../migration/v1.ts";
 import { MAX_CHUNK, TAG } from "../stream/format.ts";
 import type { StreamWriter } from "../stream/writer.ts";
-import type { IterationResult, ResumeSession, SaveSession } from "./protocol.ts";
-import type { Cancellation, Progress } from "./session.ts";
+import type { IterationResult, ResumeSession, SavePhase, SaveSession } from "./protocol.ts";
 
 const { RUNNING, SAVING, RESUMING, MASK } = V1;
 
@@ -68,7 +67,10 @@ export class V1SaveSession implements SaveSession {
   readonly migrationFlags = 0;
   readonly sizeEstimate: number | null = null;
   readonly headerExtra: Record<string, unknown>;
+  readonly p2p = false;
   #live = false;
+  /** This pre-copy round's iteration was made. */
+  #iterated = false;
   /** pending_bytes read at the start of the current iteration, or null. */
   #pending: number | null = null;
   #scratch = new Uint8Array(0);
@@ -147,18 +149,31 @@ export class V1SaveSession implements SaveSession {
     return size;
   }
 
-  async iterate(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<IterationResult> {
-    await cancel.checkpoint();
-    // save_live_pending reads pending_bytes; that starts an iteration.
-    if (this.#pending === null) this.#pending = this.m.pendingBytes();
-    if (this.#pending === 0) return { bytes: 0, done: true, initialBytes: 0, dirtyBytes: 0 };
-    const n = this.#saveBuffer(w);
-    w.tag(TAG.END_OF_STATE);
-    await w.flowControl();
-    progress.update("pre-copy", w.dataBytes);
-    // (f) of the documented loop: read pending_bytes again.
-    this.#pending = this.m.pendingBytes();
-    return { bytes: n, done: this.#pending === 0, initialBytes: 0, dirtyBytes: this.#pending };
+  /**
+   * Pre-copy: one iteration of the documented loop per pre-copy round (save_live_pending
+   * reads pending_bytes, which starts it; one buffer; END_OF_STATE; pending_bytes again).
+   * Stop-copy: one buffer while pending_bytes > 0 (vfio_save_complete_precopy).
+   */
+  readChunk(w: StreamWriter, phase: SavePhase): number | null {
+    if (phase === "pre-copy") {
+      if (this.#iterated) return 0; // this round's iteration is done
+      this.#iterated = true;
+      if (this.#pending === null) this.#pending = this.m.pendingBytes();
+      if (this.#pending === 0) return 0;
+      const n = this.#saveBuffer(w);
+      w.tag(TAG.END_OF_STATE);
+      // (f) of the documented loop: read pending_bytes again.
+      this.#pending = this.m.pendingBytes();
+      return n;
+    }
+    if (this.m.pendingBytes() === 0) return 0;
+    return this.#saveBuffer(w);
+  }
+
+  precopyStatus(bytes: number): IterationResult {
+    this.#iterated = false;
+    const pending = this.#pending ?? 0;
+    return { bytes, done: pending === 0, initialBytes: 0, dirtyBytes: pending };
   }
 
   exactSize(): number | null {
@@ -171,6 +186,8 @@ export class V1SaveSession implements SaveSession {
 
   endPrecopy(): void {}
 
+  prepareStop(): void {} // v1 has no P2P states
+
   stop(): void {
     // The VM stops (vfio_vmstate_change: RUNNING cleared), then
     // vfio_save_complete_precopy sets SAVING without RUNNING.
@@ -178,21 +195,9 @@ export class V1SaveSession implements SaveSession {
     this.m.setState(~RUNNING, SAVING, "set stop-and-copy");
   }
 
-  async drain(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<number> {
-    let total = 0;
-    let pending = this.m.pendingBytes();
-    while (pending > 0) {
-      await cancel.checkpoint();
-      const n = this.#saveBuffer(w);
-      total += n;
-      await w.flowControl();
-      progress.update("stop-copy", w.dataBytes);
-      if (n === 0) break;
-      pending = this.m.pendingBytes();
-    }
+  endStopCopy(w: StreamWriter): void {
     w.tag(TAG.END_OF_STATE);
     this.m.setState(~SAVING, 0, "set stopped");
-    return total;
   }
 
   finish(resume: boolean): string {
@@ -200,6 +205,15 @@ export class V1SaveSession implements SaveSession {
     if (resume) this.m.setState(~MASK, RUNNING, "set running");
     return v1StateName(this.m.readState());
   }
+
+  prepareStart(): void {}
+
+  start(): string {
+    this.m.setState(~MASK, RUNNING, "set running");
+    return v1StateName(this.m.readState());
+  }
+
+  prepareRecovery(): void {}
 
   abort(): string {
     this.m.unmap();
@@ -231,6 +245,7 @@ function pwriteAll(m: MigrationV1, buf: Uint8Array, at: number): void {
 
 export class V1ResumeSession implements ResumeSession {
   readonly protocol = "v1" as const;
+  readonly p2p = false;
   #touched = false;
   #resuming = false;
   /** Device transactions written (pieces of split chunks count one each). */
@@ -283,6 +298,8 @@ export class V1ResumeSession implements ResumeSession {
   }
 
   endData(): void {}
+
+  prepareStart(): void {}
 
   finish(noStart: boolean): string {
     this.m.unmap();

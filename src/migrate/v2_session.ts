@@ -2,20 +2,40 @@
 // Stream (docs/stream-format.md): SETUP/END, pre-copy data then INIT_DATA_SENT or
 // END_OF_STATE, SWITCHOVER, stop-copy data, END_OF_STATE.
 
-import { isErrno } from "../../ffi/errno.ts";
+import { isErrno, SysError } from "../../ffi/errno.ts";
 import { MIGRATION_FLAGS, PRECOPY_INFO_REINIT } from "../../ffi/vfio_uapi.ts";
 import { F, O } from "../../ffi/sys.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { readSome, writeAll } from "../io.ts";
+import { writeAll } from "../io.ts";
 import { DeviceState, isSavingState, stateName } from "../migration/state_machine.ts";
 import { TAG } from "../stream/format.ts";
 import type { StreamWriter } from "../stream/writer.ts";
-import type { IterationResult, ResumeSession, SaveSession } from "./protocol.ts";
-import { type Cancellation, type Progress, recoverDevice, tryGetState } from "./session.ts";
+import type { IterationResult, ResumeSession, SavePhase, SaveSession } from "./protocol.ts";
+import { recoverDevice, tryGetState } from "./session.ts";
 
-/** Longest single pre-copy iteration before the policy is asked again. */
-const ITERATION_MS = 100;
+/**
+ * The state a save or load starts from (a GET that fails is reported as it failed).
+ * ERROR needs a reset first; so does RESUMING: a load that was killed left it there,
+ * and SET RESUMING again would open no new data_fd. Throws VfioMigError (exit 3).
+ */
+function startState(d: VfioDevice): DeviceState {
+  const found = d.migration.getState();
+  if (found === DeviceState.ERROR) {
+    throw new VfioMigError(
+      `${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`,
+      "device",
+    );
+  }
+  if (found === DeviceState.RESUMING) {
+    throw new VfioMigError(
+      `${d.label} is RESUMING (a load is in progress or was abandoned): reset it first ` +
+        `('vfio-mig reset --device ${d.label}')`,
+      "device",
+    );
+  }
+  return found;
+}
 
 export class V2SaveSession implements SaveSession {
   readonly protocol = "v2" as const;
@@ -25,6 +45,7 @@ export class V2SaveSession implements SaveSession {
   #dataFd: number | null = null;
   #cur: DeviceState;
   readonly #restoreTo: DeviceState;
+  readonly p2p: boolean;
 
   private constructor(
     readonly d: VfioDevice,
@@ -34,6 +55,7 @@ export class V2SaveSession implements SaveSession {
   ) {
     this.#cur = found;
     this.#restoreTo = found;
+    this.p2p = (migrationFlags & MIGRATION_FLAGS.P2P) !== 0;
   }
 
   /** Checks the device can be saved (nothing changed when it throws). */
@@ -46,19 +68,7 @@ export class V2SaveSession implements SaveSession {
         "usage",
       );
     }
-    let found = d.migration.getState();
-    if (found === DeviceState.ERROR) {
-      throw new VfioMigError(
-        `${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`,
-        "device",
-      );
-    }
-    if (found === DeviceState.RESUMING) {
-      throw new VfioMigError(
-        `${d.label} is RESUMING (a load is in progress or was abandoned): reset it first`,
-        "device",
-      );
-    }
+    let found = startState(d);
     // A device left in a saving state by an interrupted save: end that session first,
     // so that STOP_COPY below opens a fresh data_fd.
     if (isSavingState(found)) {
@@ -84,46 +94,44 @@ export class V2SaveSession implements SaveSession {
     w.tag(TAG.END_OF_STATE);
   }
 
+  #nonBlockingFd = -1;
+
   /**
-   * Reads the data_fd into chunks. In stop-copy, until read() returns 0. In pre-copy,
-   * until there is nothing now (ENOMSG or 0) or ITERATION_MS passed: a device that
-   * dirties data as fast as it is read must still come back to the pre-copy policy.
-   * Short reads (a driver that hands out a dirty page at a time) are gathered into one
-   * chunk until the chunk is full or the device has nothing more now: one chunk header,
-   * CRC call and write per chunk, not per page.
+   * One buffer of the data_fd: reads, made non-blocking on first use (so a device that
+   * yields slowly holds no other device, and no signal, up), gathered into one chunk
+   * until it is full or the device has nothing more now: one chunk header, CRC and
+   * write per chunk, not per page of a driver that hands out a page at a time.
+   * Returns the chunk's bytes; 0 when there is nothing now (pre-copy: ENOMSG or 0)
+   * or the end (stop-copy: 0); null when the read would block with nothing gathered.
    */
-  async #readLoop(w: StreamWriter, phase: "pre-copy" | "stop-copy", cancel: Cancellation, progress: Progress) {
-    let total = 0;
-    let fill = 0;
+  readChunk(w: StreamWriter, phase: SavePhase): number | null {
+    const fd = this.#dataFd!;
+    if (this.#nonBlockingFd !== fd) {
+      this.d.sys.fcntl(fd, F.SETFL, this.d.sys.fcntl(fd, F.GETFL) | O.NONBLOCK);
+      this.#nonBlockingFd = fd;
+    }
     const payload = w.payload;
-    const flush = async () => {
-      if (fill === 0) return;
-      w.data(fill);
-      total += fill;
-      fill = 0;
-      await w.flowControl();
-      progress.update(phase, w.dataBytes);
-    };
-    const until = phase === "pre-copy" ? performance.now() + ITERATION_MS : Infinity;
-    while (performance.now() < until) {
-      await cancel.checkpoint();
+    let fill = 0;
+    while (fill < payload.length) {
       let n: number;
       try {
-        n = readSome(this.d.sys, this.#dataFd!, payload.subarray(fill));
+        n = this.d.sys.read(fd, payload.subarray(fill));
       } catch (e) {
+        if (isErrno(e, "EAGAIN") || isErrno(e, "EINTR")) {
+          if (fill === 0) return null;
+          break;
+        }
         if (phase === "pre-copy" && isErrno(e, "ENOMSG")) break; // nothing now
         throw e;
       }
       if (n === 0) break;
       fill += n;
-      if (fill === payload.length) await flush();
     }
-    await flush();
-    return total;
+    if (fill > 0) w.data(fill);
+    return fill;
   }
 
-  async iterate(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<IterationResult> {
-    const bytes = await this.#readLoop(w, "pre-copy", cancel, progress);
+  precopyStatus(bytes: number): IterationResult {
     const info = this.d.migration.precopyInfo(this.#dataFd!);
     // Without the opt-in, flags are reserved (old drivers echo what they were given: 0).
     const reinit = this.precopyInfoV2 && (info.flags & PRECOPY_INFO_REINIT) !== 0;
@@ -145,8 +153,20 @@ export class V2SaveSession implements SaveSession {
     return true;
   }
 
-  endPrecopy(w: StreamWriter, _converged: boolean): void {
+  endPrecopy(w: StreamWriter): void {
     w.tag(TAG.END_OF_STATE);
+  }
+
+  prepareStop(): void {
+    if (!this.p2p) return;
+    if (this.#cur === DeviceState.RUNNING) this.#set(DeviceState.RUNNING_P2P);
+    else if (this.#cur === DeviceState.PRE_COPY) this.#set(DeviceState.PRE_COPY_P2P);
+  }
+
+  #set(to: DeviceState): number | null {
+    const r = this.d.migration.setState(to, this.#cur);
+    this.#cur = to;
+    return r.dataFd;
   }
 
   stop(w: StreamWriter): void {
@@ -163,10 +183,8 @@ export class V2SaveSession implements SaveSession {
     if (this.#dataFd === null) throw new VfioMigError(`${this.d.label}: STOP_COPY returned no data_fd`);
   }
 
-  async drain(w: StreamWriter, cancel: Cancellation, progress: Progress): Promise<number> {
-    const n = await this.#readLoop(w, "stop-copy", cancel, progress);
+  endStopCopy(w: StreamWriter): void {
     w.tag(TAG.END_OF_STATE);
-    return n;
   }
 
   finish(resume: boolean): string {
@@ -174,9 +192,28 @@ export class V2SaveSession implements SaveSession {
     this.#dataFd = null; // a failed close still releases the fd: never close it twice
     this.d.sys.close(fd);
     const finalState = resume ? DeviceState.RUNNING : DeviceState.STOP;
-    this.d.migration.setState(finalState, this.#cur);
-    this.#cur = finalState;
+    this.#set(finalState);
     return stateName(finalState);
+  }
+
+  prepareStart(): void {
+    if (this.p2p && this.#cur === DeviceState.STOP) this.#set(DeviceState.RUNNING_P2P);
+  }
+
+  start(): string {
+    this.#set(DeviceState.RUNNING);
+    return stateName(DeviceState.RUNNING);
+  }
+
+  prepareRecovery(): void {
+    if (!this.p2p || (this.#restoreTo !== DeviceState.RUNNING && this.#restoreTo !== DeviceState.RUNNING_P2P)) return;
+    const now = tryGetState(this.d);
+    if (now === DeviceState.STOP || now === DeviceState.STOP_COPY || now === DeviceState.PRE_COPY_P2P) {
+      try {
+        this.d.migration.setState(DeviceState.RUNNING_P2P, now);
+        this.#cur = DeviceState.RUNNING_P2P;
+      } catch { /* abort() resets it */ }
+    }
   }
 
   abort(): string {
@@ -192,44 +229,6 @@ export class V2SaveSession implements SaveSession {
   statesVisited(): string[] {
     return this.d.migration.visited.map(stateName);
   }
-
-  #nonBlockingFd = -1;
-
-  /**
-   * Several devices in one stream (multi.ts): one read of the data_fd, made non-blocking
-   * on first use so a device that yields slowly holds no other up (EAGAIN: null), emitted
-   * as one chunk. 0: nothing now (pre-copy: ENOMSG or 0) or the end (stop-copy).
-   */
-  readChunk(w: StreamWriter, phase: "pre-copy" | "stop-copy"): number | null {
-    const fd = this.#dataFd!;
-    if (this.#nonBlockingFd !== fd) {
-      this.d.sys.fcntl(fd, F.SETFL, this.d.sys.fcntl(fd, F.GETFL) | O.NONBLOCK);
-      this.#nonBlockingFd = fd;
-    }
-    let n: number;
-    try {
-      n = this.d.sys.read(fd, w.payload);
-    } catch (e) {
-      if (isErrno(e, "EAGAIN") || isErrno(e, "EINTR")) return null;
-      if (phase === "pre-copy" && isErrno(e, "ENOMSG")) return 0;
-      throw e;
-    }
-    if (n > 0) w.data(n);
-    return n;
-  }
-
-  /** With readChunk: the result of a pre-copy iteration whose reads are done (as iterate()'s). */
-  precopyStatus(bytes: number): IterationResult {
-    const info = this.d.migration.precopyInfo(this.#dataFd!);
-    const reinit = this.precopyInfoV2 && (info.flags & PRECOPY_INFO_REINIT) !== 0;
-    return {
-      bytes,
-      done: info.initialBytes === 0,
-      initialBytes: info.initialBytes,
-      dirtyBytes: info.dirtyBytes,
-      reinit,
-    };
-  }
 }
 
 export class V2ResumeSession implements ResumeSession {
@@ -239,28 +238,14 @@ export class V2ResumeSession implements ResumeSession {
 
   readonly #visitedBefore: number;
 
-  private constructor(readonly d: VfioDevice, readonly found: DeviceState) {
+  private constructor(readonly d: VfioDevice, readonly found: DeviceState, readonly p2p: boolean) {
     this.#visitedBefore = d.migration.visited.length;
   }
 
   static open(d: VfioDevice): V2ResumeSession {
-    d.migration.migrationFlags();
-    const found = d.migration.getState(); // a GET that fails is reported as it failed
-    if (found === DeviceState.ERROR) {
-      throw new VfioMigError(
-        `${d.label} is in the ERROR state: recover it with 'vfio-mig reset --device ${d.label}' first`,
-        "device",
-      );
-    }
-    if (found === DeviceState.RESUMING) {
-      // A load that was killed: SET RESUMING again would open no new data_fd.
-      throw new VfioMigError(
-        `${d.label} is RESUMING (a load is in progress or was abandoned): reset it first ` +
-          `('vfio-mig reset --device ${d.label}')`,
-        "device",
-      );
-    }
-    return new V2ResumeSession(d, found);
+    const flags = d.migration.migrationFlags();
+    const found = startState(d);
+    return new V2ResumeSession(d, found, (flags & MIGRATION_FLAGS.P2P) !== 0);
   }
 
   get touched(): boolean {
@@ -276,8 +261,23 @@ export class V2ResumeSession implements ResumeSession {
     if (this.#dataFd === null) throw new VfioMigError(`${this.d.label}: RESUMING returned no data_fd`);
   }
 
+  /** Bytes written to the data_fd so far. */
+  #written = 0;
+
   data(bytes: Uint8Array): void {
-    writeAll(this.d.sys, this.#dataFd!, bytes);
+    try {
+      writeAll(this.d.sys, this.#dataFd!, bytes);
+    } catch (e) {
+      if (!(e instanceof SysError)) throw e;
+      // The data_fd's write is the driver's resume path: its errors are the driver's verdict.
+      throw new VfioMigError(
+        `${this.d.label}: the driver refused the migration data: writing ${bytes.length} bytes to the device's ` +
+          `data_fd (at byte ${this.#written} of the device's data) failed: ${e.message}`,
+        "failure",
+        { cause: e },
+      );
+    }
+    this.#written += bytes.length;
   }
 
   endData(): void {
@@ -290,9 +290,13 @@ export class V2ResumeSession implements ResumeSession {
     this.d.sys.close(fd);
   }
 
+  prepareStart(): void {
+    if (this.p2p) this.d.migration.setState(DeviceState.RUNNING_P2P, DeviceState.STOP);
+  }
+
   finish(noStart: boolean): string {
     const finalState = noStart ? DeviceState.STOP : DeviceState.RUNNING;
-    if (finalState !== DeviceState.STOP) this.d.migration.setState(finalState, DeviceState.STOP);
+    if (finalState !== DeviceState.STOP) this.d.migration.setState(finalState);
     return stateName(finalState);
   }
 

@@ -29,11 +29,28 @@ export type StreamRecord =
   | { kind: "data"; tag: "DEV_DATA_STATE" | "DEV_CONFIG_STATE"; bytes: Uint8Array; offset: number }
   | { kind: "end"; trailer: Trailer; offset: number };
 
+/**
+ * What the loader reads records from: a vfio-mig stream (StreamReader), or an adapter
+ * that presents another format's device records (a QEMU migration stream's VFIO
+ * section) the same way. Records come only after their framing (and checksum, where
+ * the format has one) was verified.
+ */
+export interface RecordReader {
+  /** Bytes of the input consumed so far. */
+  readonly offset: number;
+  /** DEV_DATA_STATE payload bytes returned so far. */
+  readonly dataBytes: number;
+  /** The header (first call only). Throws StreamError when it is damaged. */
+  readHeader(): Promise<StreamHeader>;
+  /** The next record; `end` after the last. Throws StreamError when the input is damaged or truncated. */
+  next(): Promise<StreamRecord>;
+}
+
 const INITIAL_BUFFER = 4 << 20;
 /** How far a read may go past the bytes the current record needs. */
 const READ_AHEAD = 64 << 10;
 
-export class StreamReader {
+export class StreamReader implements RecordReader {
   readonly #src: StreamSource;
   readonly #maxChunk: number;
   #buf: Uint8Array;

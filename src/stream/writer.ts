@@ -25,7 +25,11 @@ export class StreamWriter {
   /** Bytes written to the sink so far. */
   written = 0;
 
-  constructor(sink: Sink, chunkSize = DEFAULT_CHUNK) {
+  /**
+   * `devices`: how many devices the stream carries; with more than one, selectDevice()
+   * writes DEVICE tags (docs/stream-format.md, "Several devices").
+   */
+  constructor(sink: Sink, chunkSize = DEFAULT_CHUNK, readonly devices = 1) {
     this.#sink = sink;
     this.#buf = new Uint8Array(CHUNK_HEADER + chunkSize);
     this.#view = new DataView(this.#buf.buffer);
@@ -64,11 +68,11 @@ export class StreamWriter {
 
   /**
    * Multi-device streams: the device the following records belong to. A DEVICE tag is
-   * written before the next record whenever it differs from the last one written.
-   * Never called for a single-device stream, which therefore has no DEVICE tag.
+   * written before the next record whenever it differs from the last one written. A
+   * no-op for a single-device stream, which therefore has no DEVICE tag.
    */
   selectDevice(i: number): void {
-    this.#device = i;
+    if (this.devices > 1) this.#device = i;
   }
 
   #select(): void {

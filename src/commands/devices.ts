@@ -1,23 +1,10 @@
-// The command-line side of several devices in one stream (src/migrate/multi.ts):
-// `save --device A --device B … OUT` and `load --device B1 --device B2 … IN` or
-// `load --map SRC=DST …`. save.ts and load.ts hand over here when more than one
-// device is given.
+// The devices a save or load command works on: opening them (each once), closing
+// them, `--map SRC=DST` for a multi-device stream, and the help text for several
+// devices (`save --device A --device B … OUT`, `load --device B1 --device B2 … IN`).
 
 import type { Sys } from "../../ffi/sys.ts";
 import { openDevice, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import {
-  loadMulti,
-  type MultiLoadOptions,
-  type MultiLoadResult,
-  type MultiLoadTarget,
-  type MultiSaveOptions,
-  type MultiSaveResult,
-  saveMulti,
-} from "../migrate/multi.ts";
-import { formatBytes } from "../migrate/session.ts";
-import type { Sink, StreamSource } from "../transport/transport.ts";
-import { printJson } from "./command.ts";
 
 export const MULTI_SAVE_HELP = `
 Several devices: repeat --device to save them into one stream. They move together:
@@ -72,49 +59,4 @@ export function parseMaps(maps: string[]): { source: string; spec: string }[] {
     }
     return { source: m.slice(0, at), spec: m.slice(at + 1) };
   });
-}
-
-export async function saveSeveral(
-  devs: VfioDevice[],
-  sink: Sink,
-  target: string,
-  opts: MultiSaveOptions,
-  out: { json?: boolean; quiet?: boolean },
-): Promise<number> {
-  const r: MultiSaveResult = await saveMulti(devs, sink, opts);
-  if (out.json) printJson({ command: "save", output: target, ...r }, target === "-");
-  else if (!out.quiet) {
-    console.error(
-      `saved ${formatBytes(r.bytes)} from ${r.devices.length} devices to ${
-        target === "-" ? "standard output" : target
-      } in ${r.seconds.toFixed(2)}s (${formatBytes(r.throughput)}/s), downtime ${Math.round(r.downtimeMs)} ms`,
-    );
-    for (const d of r.devices) {
-      console.error(
-        `  ${d.index}  ${d.device}: ${formatBytes(d.bytes)}, ${d.chunks} chunks; device is ${d.finalState}`,
-      );
-    }
-  }
-  return 0;
-}
-
-export async function loadSeveral(
-  targets: MultiLoadTarget[],
-  source: StreamSource,
-  from: string,
-  opts: MultiLoadOptions,
-  out: { json?: boolean; quiet?: boolean },
-): Promise<number> {
-  const r: MultiLoadResult = await loadMulti(targets, source, opts);
-  if (out.json) printJson({ command: "load", input: from, ...r });
-  else if (!out.quiet) {
-    console.error(
-      `loaded ${formatBytes(r.bytes)} into ${r.devices.length} devices in ${r.seconds.toFixed(2)}s ` +
-        `(${formatBytes(r.throughput)}/s)`,
-    );
-    for (const d of r.devices) {
-      console.error(`  ${d.index}  ${d.source} -> ${d.device}: ${formatBytes(d.bytes)}; device is ${d.finalState}`);
-    }
-  }
-  return 0;
 }

@@ -1,0 +1,56 @@
+// The README's "Library" example, run as written (only /tmp/ and ./mod.ts are pointed at
+// a temporary folder and this checkout): a new user's first use of the library.
+
+import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
+import { BASE_ENV, CLI, DENO, ROOT } from "./proc_helpers.ts";
+
+async function run(args: string[], cwd?: string) {
+  const out = await new Deno.Command(DENO, { args, env: BASE_ENV, cwd, stdin: "null" }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** The first ```ts block after a heading. */
+function codeAfter(markdown: string, heading: string): string {
+  const at = markdown.indexOf(`\n${heading}\n`);
+  assert(at >= 0, `README has a "${heading}" section`);
+  const m = /```ts\n([\s\S]*?)```/.exec(markdown.slice(at));
+  assert(m, `a ts code block under "${heading}"`);
+  return m[1];
+}
+
+Deno.test("README Library example: open two devices by spec, save one to a file, load it into the other", async () => {
+  const t = await Deno.makeTempDir({ prefix: "vfio-mig-lib-" });
+  try {
+    const readme = await Deno.readTextFile(`${ROOT}README.md`);
+    const code = codeAfter(readme, "## Library")
+      .replaceAll('"./mod.ts"', JSON.stringify(`${ROOT}mod.ts`))
+      .replaceAll("/tmp/", `${t}/`);
+    // The devices, as the README's sentence before the example creates them.
+    for (const [dev, seed] of [["a", "1"], ["b", "2"]]) {
+      const r = await run([
+        "run",
+        "--allow-ffi",
+        CLI,
+        "sim",
+        "create",
+        `${t}/${dev}`,
+        "--model",
+        "mtty-2",
+        "--seed",
+        seed,
+      ]);
+      assertEquals(r.code, 0, r.stderr);
+    }
+    const before = await run(["run", "--allow-ffi", CLI, "sim", "compare", `${t}/a`, `${t}/b`]);
+    assertEquals(before.code, 1, "the two devices start with different state");
+    await Deno.writeTextFile(`${t}/example.ts`, code);
+    const r = await run(["run", "--allow-ffi", `${t}/example.ts`], t);
+    assertEquals(r.code, 0, `the example runs: ${r.stderr}`);
+    assertStringIncludes(r.stdout, "a is STOP, b is RUNNING");
+    const after = await run(["run", "--allow-ffi", CLI, "sim", "compare", `${t}/a`, `${t}/b`]);
+    assertEquals(after.code, 0, `b holds a's state: ${after.stdout}${after.stderr}`);
+  } finally {
+    await Deno.remove(t, { recursive: true });
+  }
+});
