@@ -25,10 +25,20 @@
 
 import { StreamError, VfioMigError } from "../errors.ts";
 import { type ConfigState, encodeConfigState } from "../migrate/config_state.ts";
-import { crc32, FORMAT_VERSION, MAX_CHUNK, type StreamHeader, type Trailer } from "../stream/format.ts";
-import type { StreamRecord } from "../stream/reader.ts";
-import type { Source } from "../transport/transport.ts";
+import {
+  crc32,
+  FORMAT_VERSION,
+  MAX_CHUNK,
+  type StreamHeader,
+  type StreamIdentity,
+  type Trailer,
+} from "../stream/format.ts";
+import type { RecordReader, StreamRecord } from "../stream/reader.ts";
+import type { Source, StreamSource } from "../transport/transport.ts";
 import type { Sys } from "../../ffi/sys.ts";
+import type { VfioDevice } from "../device/open.ts";
+import { chooseProtocol, type ProtocolChoice } from "../migrate/protocol.ts";
+import { failure, streamIdentity } from "../migrate/session.ts";
 import { configIdentity, inspectQemuStream, type QemuInspectReport } from "../inspect/qemu.ts";
 import { openSource } from "../transport/transport.ts";
 import type { ByteSource } from "./bytes.ts";
@@ -50,6 +60,14 @@ export interface QemuReaderOptions {
   prescan?: QemuInspectReport | null;
   /** Names the input in the header's `source`. */
   label?: string;
+  /**
+   * The destination's identity. A QEMU stream carries the device's PCI ids (in its
+   * config section) but no driver, mdev type or kind: those are taken from here, so
+   * that the loader's identity check compares what the stream knows. Without ids (a
+   * pipe) the destination's are taken too, and the config section's ids, checked by
+   * the loader when it arrives, decide.
+   */
+  destination?: StreamIdentity;
 }
 
 /** Extra header fields of a synthesized header. */
@@ -61,7 +79,7 @@ export interface QemuHeaderInfo {
   identity: "config section (pre-scan)" | "unknown until DEV_CONFIG_STATE (pipe)";
 }
 
-export class QemuRecordReader {
+export class QemuRecordReader implements RecordReader {
   readonly #p: QemuStreamParser;
   readonly #opts: QemuReaderOptions;
   #file: QemuFileHeader | null = null;
@@ -139,6 +157,16 @@ export class QemuRecordReader {
     this.#seen.start = true;
     const dev = pre?.vfio.find((d) => d.idstr === pick) ?? null;
     const ids = dev?.config?.decoded ? configIdentity(dev.config.decoded) : null;
+    const dest = this.#opts.destination;
+    const device: StreamIdentity = dest ? { ...dest, ...(ids ?? {}) } : {
+      kind: "qemu",
+      driver: null,
+      mdevType: null,
+      vendor: ids?.vendor ?? null,
+      device: ids?.device ?? null,
+      subsystemVendor: ids?.subsystemVendor ?? null,
+      subsystemDevice: ids?.subsystemDevice ?? null,
+    };
     return {
       format: "vfio-mig",
       version: FORMAT_VERSION,
@@ -146,15 +174,7 @@ export class QemuRecordReader {
       protocol: this.protocol,
       created: "",
       source: `${this.#opts.label ?? "QEMU stream"} ${pick}`,
-      device: {
-        kind: "qemu",
-        driver: null,
-        mdevType: null,
-        vendor: ids?.vendor ?? null,
-        device: ids?.device ?? null,
-        subsystemVendor: ids?.subsystemVendor ?? null,
-        subsystemDevice: ids?.subsystemDevice ?? null,
-      },
+      device,
       migrationFlags: 0,
       sizeEstimate: dev ? dev.dataBytes : null,
       mode: dev && dev.precopyBytes === 0 ? "offline" : "live",
@@ -298,10 +318,34 @@ export class QemuRecordReader {
 }
 
 /**
- * A QemuRecordReader over `source`, the opened `from` (a path or "-"). A regular file
- * is walked whole first (a second open of it): a damaged stream, a missing or
- * ambiguous device is refused here, before any device is touched, and the header gets
- * the device's ids from its config section. Throws StreamError / VfioMigError.
+ * The pre-scan of `from`: a regular file is walked whole once (a second open of it,
+ * constant memory), and a damaged stream is refused (StreamError) before any device
+ * is touched. Null for a pipe or standard input.
+ */
+export async function prescanQemuFile(
+  sys: Sys,
+  from: string,
+): Promise<{ description: VmDescription | null; prescan: QemuInspectReport | null }> {
+  const description = readFileDescription(sys, from);
+  if (from === "-" || !sys.stat(from).isRegular) return { description, prescan: null };
+  const again = openSource(sys, from);
+  let prescan: QemuInspectReport;
+  try {
+    prescan = await inspectQemuStream(again, { description });
+  } finally {
+    again.close();
+  }
+  if (!prescan.ok) {
+    const q = prescan.firstProblem!;
+    throw new StreamError(`damaged QEMU stream: ${q.message}`, q.offset);
+  }
+  return { description, prescan };
+}
+
+/**
+ * A QemuRecordReader over `source`, the opened `from` (a path or "-"), pre-scanned
+ * when it is a regular file (prescanQemuFile): the header then has the device's ids.
+ * Throws StreamError / VfioMigError.
  */
 export async function openQemuRecordReader(
   sys: Sys,
@@ -309,19 +353,41 @@ export async function openQemuRecordReader(
   source: Source,
   opts: Omit<QemuReaderOptions, "prescan" | "description"> = {},
 ): Promise<QemuRecordReader> {
-  const description = readFileDescription(sys, from);
-  let prescan: QemuInspectReport | null = null;
-  if (from !== "-" && sys.stat(from).isRegular) {
-    const again = openSource(sys, from);
-    try {
-      prescan = await inspectQemuStream(again, { description });
-    } finally {
-      again.close();
-    }
-    if (!prescan.ok) {
-      const q = prescan.firstProblem!;
-      throw new StreamError(`damaged QEMU stream: ${q.message}`, q.offset);
-    }
+  const pre = await prescanQemuFile(sys, from);
+  return new QemuRecordReader(source, { ...opts, ...pre, label: opts.label ?? from });
+}
+
+/**
+ * For `load`: the record reader of a QEMU stream (`from`, a path or "-") for one
+ * destination device. The protocol is the device's (--protocol, else v2 when it has
+ * it, else v1); a regular file is pre-scanned first. Returns the factory load() takes
+ * as `reader`. Throws VfioMigError (usage: several devices; device: not migratable;
+ * stream: damaged), all before any device call that changes anything.
+ */
+export async function qemuLoadReader(
+  sys: Sys,
+  from: string,
+  devices: VfioDevice[],
+  opts: { qemuId?: string; protocol?: ProtocolChoice } = {},
+): Promise<(src: StreamSource) => RecordReader> {
+  if (devices.length !== 1) {
+    throw new VfioMigError(`a QEMU stream is loaded into one --device (${devices.length} were given)`, "usage");
   }
-  return new QemuRecordReader(source, { ...opts, description, prescan, label: opts.label ?? from });
+  const d = devices[0];
+  let protocol: "v1" | "v2";
+  let pre: Awaited<ReturnType<typeof prescanQemuFile>>;
+  try {
+    protocol = chooseProtocol(d, opts.protocol ?? "auto");
+    pre = await prescanQemuFile(sys, from);
+  } catch (e) {
+    throw failure(`load into ${d.label} refused`, e, `${d.label} was not touched`);
+  }
+  return (src) =>
+    new QemuRecordReader(src, {
+      ...pre,
+      qemuId: opts.qemuId,
+      protocol,
+      destination: streamIdentity(d),
+      label: from === "-" ? "standard input" : from,
+    });
 }
