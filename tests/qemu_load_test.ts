@@ -170,3 +170,48 @@ Deno.test("load of a QEMU stream with two VFIO devices: --qemu-id picks one", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("QEMU 7.2's v1 stream: inspect, load into a simulated v1 mtty-2, and its v1 save spliced back", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const v1 = await fixture("qemu72-v1-paused.mig");
+    const q = `${dir}/v1.mig`;
+    await Deno.writeFile(q, v1);
+    const i = JSON.parse((await vfioMig(["inspect", "--json", q])).out);
+    assertEquals([i.ok, i.header.machine, i.vfio[0].precopyBytes, i.vfio[0].stopCopyBytes], [
+      true,
+      "pc-q35-7.2",
+      24,
+      72,
+    ]);
+    const m = await sim(dir, "m", "--model", "mtty-2", "--protocol", "v1", "--data-size", "4096");
+    const l = JSON.parse((await vfioMig(["load", "--json", "--device", `sim:${m}`, q])).out);
+    assertEquals([l.protocol, l.bytes, l.finalState], ["v1", 96, "running (001b)"]);
+    // The state went in whole: vfio-mig's v1 save of it has QEMU's data.
+    assertEquals((await vfioMig(["save", "--device", `sim:${m}`, `${dir}/m.vmig`])).code, 0);
+    const { QemuStreamParser } = await import("../src/qemu/stream.ts");
+    const { memory } = await import("./qemu_helpers.ts");
+    const { TAG } = await import("../src/stream/format.ts");
+    const qemuData: number[] = [];
+    const p = new QemuStreamParser(memory(v1));
+    await p.header();
+    for (;;) {
+      const it = await p.next();
+      if (it.kind === "eof") break;
+      if (it.kind !== "section" || !it.section.vfio || it.section.kind === "full") continue;
+      for (;;) {
+        const r = await p.vfioRecord();
+        if (r.tag === TAG.END_OF_STATE) break;
+        if (r.tag === TAG.DEV_DATA_STATE) await p.vfioData((b) => qemuData.push(...b));
+      }
+    }
+    assertEquals(await vmigData(`${dir}/m.vmig`), qemuData);
+    const s = await vfioMig(["qemu-splice", q, "--device-stream", `${dir}/m.vmig`, "-o", `${dir}/s.mig`, "--json"]);
+    assertEquals(s.code, 0, s.err);
+    assertEquals(JSON.parse(s.out).protocol, "v1");
+    const back = JSON.parse((await vfioMig(["inspect", "--json", `${dir}/s.mig`])).out);
+    assertEquals([back.ok, back.vfio[0].stopCopyBytes], [true, 96]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
