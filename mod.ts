@@ -65,3 +65,7 @@ export { arcMismatches, arcPairs, type ArcResult, expectedArc, exploreArcs } fro
 export { type CheckReport, type CheckResult, CHECKS, type CheckStatus, runChecks } from "./src/check/conformance.ts";
 export { CheckSession } from "./src/check/session.ts";
 export { type InspectOptions, type InspectReport, inspectStream } from "./src/inspect/inspect.ts";
+export { inspectQemuStream, type QemuInspectReport } from "./src/inspect/qemu.ts";
+export { type QemuFileHeader, QemuStreamParser } from "./src/qemu/stream.ts";
+export { QemuRecordReader, qemuLoadReader } from "./src/qemu/reader.ts";
+export { spliceQemuStream, type SpliceResult } from "./src/qemu/splice.ts";

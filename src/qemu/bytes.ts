@@ -74,6 +74,7 @@ export class QemuBytes {
    * ends first is a StreamError naming `what`, at the offset where `what` began.
    */
   async take(n: number, what: string, at = this.offset): Promise<Uint8Array> {
+    if (n > BUFFER) throw new Error(`QemuBytes.take: ${n} bytes is more than the ${BUFFER}-byte buffer`);
     const have = await this.#fill(n);
     if (have < n) {
       throw new StreamError(`truncated: the stream ends inside ${what} (${have} of ${n} bytes present)`, at);
