@@ -173,81 +173,55 @@ Deno.test("QEMU stream: vfio-mig's own tags are not QEMU's", async () => {
 });
 
 Deno.test("QEMU stream: a 1 GiB RAM section is read in bounded memory", async () => {
-  // A generated stream: ram with 262144 pages of 4 KiB, then one VFIO device.
-  const pages = 262144;
+  // A generated stream: the ram SECTION_PART holds 262144 pages of 4 KiB (1 GiB), replayed
+  // from one 4 MiB block of page records; then one VFIO device's data.
   const head = synthQemuStream({
     devices: [{ idstr: "0000:00:01.0/vfio", precopy: [], stopCopy: [counting(96)] }],
     ramPages: 1,
   });
-  // Splice the big RAM PART in after the starts: generate it lazily.
   const partAt = findFirst(head, [0x02, ...be32(1)]);
-  const prefix = head.subarray(0, partAt);
-  // The original small ram PART (up to SWITCHOVER_START) is replaced by the lazy one.
-  const suffix = head.subarray(findFirst(head, [0x08, 0, 11, 0, 0], partAt));
-  const page = new Uint8Array(4096).fill(0xa5);
-  let state = 0; // 0 prefix, 1 part header, 2 pages, 3 eos+footer, 4 suffix
-  let pi = 0;
-  let off = 0;
-  let cur: Uint8Array = new Uint8Array(0);
-  const nextPiece = (): Uint8Array | null => {
-    if (state === 0) {
-      state = 1;
-      return prefix;
-    }
-    if (state === 1) {
-      state = 2;
-      return new Uint8Array([0x02, ...be32(1)]);
-    }
-    if (state === 2) {
-      if (pi >= pages) {
-        state = 3;
-        return nextPiece();
-      }
-      const rec = new Uint8Array(8 + (pi === 0 ? 7 : 0) + 4096);
-      const flags = pi === 0 ? 0x08 : 0x28;
-      rec.set(be64(BigInt(pi) * 4096n | BigInt(flags)), 0);
-      let at = 8;
-      if (pi === 0) {
-        rec.set([6, ...[..."pc.ram"].map((c) => c.charCodeAt(0))], 8);
-        at = 15;
-      }
-      rec.set(page, at);
-      pi++;
-      return rec;
-    }
-    if (state === 3) {
-      state = 4;
-      return new Uint8Array([...be64(0x10), 0x7e, ...be32(1)]);
-    }
-    if (state === 4) {
-      state = 5;
-      return suffix;
-    }
-    return null;
-  };
+  const suffix = head.subarray(findFirst(head, [0x08, 0, 11, 0, 0], partAt)); // from SWITCHOVER_START on
+  const PER = 1024;
+  const block = new Uint8Array(PER * (8 + 4096));
+  for (let i = 0; i < PER; i++) {
+    block.set(be64(BigInt(i) * 4096n | 0x28n), i * 4104); // PAGE | CONTINUE
+    block.fill(i & 0xff, i * 4104 + 8, (i + 1) * 4104);
+  }
+  const first = new Uint8Array([
+    0x02,
+    ...be32(1),
+    ...be64(0x02),
+    6,
+    ...[..."pc.ram"].map((c) => c.charCodeAt(0)),
+    0,
+  ]); // a zero page naming the block
+  const pieces = [
+    head.subarray(0, partAt),
+    first,
+    ...new Array(256).fill(block),
+    new Uint8Array([...be64(0x10), 0x7e, ...be32(1)]),
+    suffix,
+  ];
+  let pi = 0, off = 0;
   const src = {
-    label: "generated",
     read(buf: Uint8Array): number {
-      while (off >= cur.length) {
-        const n = nextPiece();
-        if (!n) return 0;
-        cur = n;
+      while (pi < pieces.length && off >= pieces[pi].length) {
+        pi++;
         off = 0;
       }
-      const k = Math.min(buf.length, cur.length - off);
-      buf.set(cur.subarray(off, off + k));
+      if (pi >= pieces.length) return 0;
+      const k = Math.min(buf.length, pieces[pi].length - off);
+      buf.set(pieces[pi].subarray(off, off + k));
       off += k;
       return k;
     },
-    close() {},
   };
   const before = Deno.memoryUsage().rss;
   const r = await inspectQemuStream(src);
   const grown = Deno.memoryUsage().rss - before;
-  // The MEM_SIZE block says 1 page; pages beyond it are still framed (QEMU would refuse them on load).
   assert(r.ok, JSON.stringify(r.firstProblem));
-  assertEquals(r.ram?.pages, pages);
-  assertEquals(r.ram?.pageBytes, pages * 4096);
+  assertEquals(r.ram?.pages, 256 * PER);
+  assertEquals(r.ram?.pageBytes, 1 << 30);
   assertEquals(r.vfio[0].dataBytes, 96);
   assert(grown < 64 << 20, `memory grew by ${grown} bytes reading 1 GiB of RAM pages`);
 });

@@ -63,6 +63,20 @@ export class QemuBytes {
     return this.#buf.subarray(this.#start, this.#start + have);
   }
 
+  /**
+   * The bytes already buffered, without reading (a fast path for small records that
+   * need no await); valid until the next call that reads or consumes.
+   */
+  buffered(): Uint8Array {
+    return this.#buf.subarray(this.#start, this.#end);
+  }
+
+  /** Consumes n bytes of buffered() (through the tap, like every consumed byte). */
+  consumeBuffered(n: number): void {
+    if (n > this.#end - this.#start) throw new Error("QemuBytes.consumeBuffered: more than is buffered");
+    this.#consume(n);
+  }
+
   #consume(n: number): void {
     if (this.tap && !this.tapPaused && n > 0) this.tap(this.#buf.subarray(this.#start, this.#start + n));
     this.#start += n;

@@ -427,7 +427,29 @@ export class QemuStreamParser {
       pageBytes: 0,
       multifdFlushes: 0,
     };
+    const lowMask = pageSize - 1;
     for (;;) {
+      // Fast path, no await: a page or zero page of the current block (CONTINUE), whole
+      // in the buffer. That is nearly every record of a large RAM section.
+      if (this.#ramBlock !== null) {
+        const v = b.buffered();
+        let i = 0;
+        while (i + 9 <= v.length) {
+          const flags = ((v[i + 4] << 24) | (v[i + 5] << 16) | (v[i + 6] << 8) | v[i + 7]) & lowMask;
+          if (flags === (RAM_FLAG.PAGE | RAM_FLAG.CONTINUE) && i + 8 + pageSize <= v.length) {
+            i += 8 + pageSize;
+            st.pages++;
+            st.pageBytes += pageSize;
+          } else if (flags === (RAM_FLAG.ZERO | RAM_FLAG.CONTINUE)) {
+            i += 9;
+            st.zeroPages++;
+          } else break;
+        }
+        if (i > 0) {
+          b.consumeBuffered(i);
+          continue;
+        }
+      }
       const at = b.offset;
       const v = await b.be64(`a RAM record of ${s.idstr}`);
       const flags = Number(v & mask);
