@@ -34,6 +34,7 @@ import { QEMU_ROOT, qemuAvailable, type QemuOptions, QemuVm } from "../lib/qemu_
 
 const V1_TYPES = "/sys/class/mdev_bus/mtty_v1/mdev_supported_types";
 const V1_MMAP = "/sys/module/mtty_v1/parameters/mmap";
+const V1_CHUNK = "/sys/module/mtty_v1/parameters/chunk";
 const IDSTR = "0000:00:01.0/vfio";
 /** What QEMU printed on stderr, each distinct line once (reported at the end). */
 const qemuSaid = new Set<string>();
@@ -136,19 +137,29 @@ async function qemuData(file: string, idstr = IDSTR): Promise<{ bytes: number[];
 
 /** The device data of a vfio-mig stream, joined. */
 async function vmigData(file: string): Promise<number[]> {
+  return (await vmigRecords(file)).flat();
+}
+
+/** The device data records of a vfio-mig stream. */
+async function vmigRecords(file: string): Promise<number[][]> {
   const src = openSource(libc(), file);
   try {
     const r = new StreamReader(src);
     await r.readHeader();
-    const out: number[] = [];
+    const out: number[][] = [];
     for (;;) {
       const rec = await r.next();
       if (rec.kind === "end") return out;
-      if (rec.kind === "data" && rec.tag === "DEV_DATA_STATE") out.push(...rec.bytes);
+      if (rec.kind === "data" && rec.tag === "DEV_DATA_STATE") out.push([...rec.bytes]);
     }
   } finally {
     src.close();
   }
+}
+
+/** mtty_v1's chunk parameter: the most bytes a save stages at once (0: a page). */
+function setV1Chunk(n: number): void {
+  Deno.writeTextFileSync(V1_CHUNK, String(n));
 }
 
 const hex = (b: number[]) => b.map((x) => x.toString(16).padStart(2, "0")).join("");
@@ -257,11 +268,17 @@ if (skip) {
     assert(d1.mmaps > d0.mmaps && d1.dataWritten === d0.dataWritten, `D1 loaded through mmap: ${JSON.stringify(d1)}`);
   });
 
-  await check("vfio-mig save --protocol v1 of A1 (mmap) loads into C1 (pwrite)", async () => {
+  await check("vfio-mig save --protocol v1 of A1 (mmap, 40-byte chunks) loads into C1 (pwrite)", async () => {
     program(A1, 0, 0x11, [0x01]);
     program(A1, 1, 0x22, [0x02, 0x03]);
     const [a0, c0] = [v1Stats(A1), v1Stats(C1)];
-    await ok(["save", "--protocol", "v1", "--device", spec(A1), `${tmp}/a1.vmig`]);
+    setV1Chunk(40);
+    try {
+      await ok(["save", "--protocol", "v1", "--device", spec(A1), `${tmp}/a1.vmig`]);
+    } finally {
+      setV1Chunk(0);
+    }
+    eq((await vmigRecords(`${tmp}/a1.vmig`)).map((r) => r.length), [40, 40, 16], "one record per device chunk");
     await ok(["load", "--device", spec(C1), `${tmp}/a1.vmig`]);
     eq(regs(C1), [{ scratch: 0x11, fifo: [0x01] }, { scratch: 0x22, fifo: [0x02, 0x03] }], "C1's ports");
     const [a1, c1] = [v1Stats(A1), v1Stats(C1)];
@@ -284,16 +301,27 @@ if (skip) {
     },
   );
 
-  await check("QEMU 7.2 saves running v1 device B1 (pre-copy, pread); vfio-mig loads it into D1", async () => {
-    program(B1, 0, 0x4d, [0x4e]);
-    const b0 = v1Stats(B1);
-    await qemuSave("7.2", [B1], f72r, false);
-    assert(v1Stats(B1).dataRead > b0.dataRead, "QEMU 7.2 saved B1 through pread");
-    const q = await qemuData(f72r);
-    eq(q.bytes.length, 96, "QEMU 7.2's data bytes");
-    await ok(["load", "--device", spec(D1), f72r]);
-    eq(readBack(D1, 0), { scratch: 0x4d, fifo: [0x4e] }, "D1's port 0");
-  });
+  await check(
+    "QEMU 7.2 saves running v1 device B1 (pre-copy, pread, 40-byte chunks); vfio-mig loads it into D1",
+    async () => {
+      program(B1, 0, 0x4d, [0x4e]);
+      const b0 = v1Stats(B1);
+      setV1Chunk(40);
+      try {
+        await qemuSave("7.2", [B1], f72r, false);
+      } finally {
+        setV1Chunk(0);
+      }
+      assert(v1Stats(B1).dataRead > b0.dataRead, "QEMU 7.2 saved B1 through pread");
+      const q = await qemuData(f72r);
+      eq(q.bytes.length, 96, "QEMU 7.2's data bytes");
+      // The header in pre-copy then 40 + 32, or (no pre-copy iteration) 40 + 40 + 16.
+      const sizes = q.records.filter((n) => n > 0);
+      assert(sizes.length >= 3 && sizes.every((n) => n <= 40), `QEMU 7.2's records in 40-byte chunks: ${sizes}`);
+      await ok(["load", "--device", spec(D1), f72r]);
+      eq(readBack(D1, 0), { scratch: 0x4d, fifo: [0x4e] }, "D1's port 0");
+    },
+  );
 
   extraReport.push(`qemu group: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   for (const l of qemuSaid) extraReport.push(`  ${l}`);
