@@ -114,7 +114,7 @@ export class QemuVm {
   }
 
   /** Polls query-migrate until the migration leaves setup/active; throws unless completed. */
-  async waitMigration(what: string, timeoutMs = 120_000): Promise<Json> {
+  async waitMigration(what: string, timeoutMs = 900_000): Promise<Json> {
     const t0 = performance.now();
     for (;;) {
       const q = await this.qmp("query-migrate");
@@ -132,8 +132,13 @@ export class QemuVm {
     return out ? `exec:cat > ${path}` : `exec:cat ${path}`;
   }
 
-  /** migrate to a file and wait for it; query-migrate's final answer. */
+  /**
+   * migrate to a file and wait for it; query-migrate's final answer. A running guest
+   * (even SeaBIOS) dirties RAM while it is sent: a downtime limit of 10 s lets the
+   * migration converge on a slow, busy machine (QEMU's default is 300 ms).
+   */
   async migrateTo(path: string): Promise<Json> {
+    if (!this.opts.paused) await this.qmp("migrate-set-parameters", { "downtime-limit": 10_000 });
     await this.qmp("migrate", { uri: this.#uri(path, true) });
     return await this.waitMigration(`QEMU ${this.opts.version} migrate to ${path}`);
   }
