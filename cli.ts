@@ -13,6 +13,7 @@ import { checkCommand } from "./src/commands/check.ts";
 import { inspectCommand } from "./src/commands/inspect.ts";
 import { reportCommand } from "./src/commands/report.ts";
 import { describeError, EXIT, VfioMigError } from "./src/errors.ts";
+import { qemuSpliceCommand } from "./src/commands/qemu_splice.ts";
 import { VERSION } from "./src/version.ts";
 
 const COMMANDS: Command[] = [
@@ -26,6 +27,7 @@ const COMMANDS: Command[] = [
   checkCommand,
   inspectCommand,
   reportCommand,
+  qemuSpliceCommand,
 ];
 
 function usage(): string {

@@ -95,3 +95,7 @@ export { describeError } from "./src/errors.ts";
 export { readEventsFile } from "./src/report/model.ts";
 export { renderSvg } from "./src/report/svg.ts";
 export { renderHtml } from "./src/report/html.ts";
+export { inspectQemuStream, type QemuInspectReport } from "./src/inspect/qemu.ts";
+export { type QemuFileHeader, QemuStreamParser } from "./src/qemu/stream.ts";
+export { QemuRecordReader, qemuLoadReader } from "./src/qemu/reader.ts";
+export { spliceQemuStream, type SpliceResult } from "./src/qemu/splice.ts";

@@ -1,9 +1,13 @@
 import { libc } from "../../ffi/libc.ts";
+import type { Sys } from "../../ffi/sys.ts";
 import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
 import { type InspectReport, inspectStream, type RecordInfo, type SectionInfo } from "../inspect/inspect.ts";
 import { CHUNK_HEADER, type StreamDeviceEntry, type StreamIdentity } from "../stream/format.ts";
-import { openSource } from "../transport/transport.ts";
+import { formatQemuReport, inspectQemuStream, type QemuInspectReport } from "../inspect/qemu.ts";
+import { readFileDescription } from "../qemu/description.ts";
+import { sniff } from "../qemu/sniff.ts";
+import { openSource, type Source } from "../transport/transport.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 const DUMP_DEFAULT = 256;
@@ -205,15 +209,26 @@ length fields say. A stream of several devices ('save --device A --device B ...'
 shown per device: the header's device list, a DEV column in the records, and each
 device's sections, totals and decoded data.
 
+A QEMU migration stream (magic "QEVM", from 'migrate' to a file) is recognised too:
+its machine type, RAM and the other sections summed up, commands such as
+SWITCHOVER_START, and each VFIO device's sections (idstr, instance, version, tags,
+data records with their bytes, pre-copy / stop-copy split), its data decoded where
+the format is known, and its DEV_CONFIG_STATE decoded as far as vfio-pci's vmstate
+allows (config space ids, command register, MSI/MSI-X, MSI-X table). Device sections
+QEMU does not frame are stepped over by the sizes in the JSON VM description at the
+end of the stream (read first from a file; from a pipe, each is found by its footer
+and checked against the description at the end). The first problem ends the walk.
+
 Options:
       --json       machine-readable report
-      --dump       hexdump the first ${DUMP_DEFAULT} bytes of each record's data
+      --dump       hexdump the first ${DUMP_DEFAULT} bytes of each record's data (QEMU
+                   streams: of each VFIO data record)
       --dump-all   hexdump all of each record's data
   -h, --help       this help
 
 Exit codes: 0 the stream is intact, 4 it is damaged (truncated, corrupted, out of
 order, or not a vfio-mig stream), 2 usage error, 1 the input cannot be read.`,
-  run(args) {
+  async run(args) {
     const { values, positionals } = parse("inspect", args, {
       json: { type: "boolean" },
       dump: { type: "boolean" },
@@ -221,7 +236,7 @@ order, or not a vfio-mig stream), 2 usage error, 1 the input cannot be read.`,
     });
     if (values.help) {
       console.log(this.help);
-      return Promise.resolve(0);
+      return 0;
     }
     if (positionals.length !== 1) throw new VfioMigError("inspect: give one FILE, or - for standard input", "usage");
     const from = positionals[0];
@@ -230,7 +245,15 @@ order, or not a vfio-mig stream), 2 usage error, 1 the input cannot be read.`,
       throw new VfioMigError("inspect: standard input is a terminal: pipe a stream in or give a FILE", "usage");
     }
     const dumpBytes = values["dump-all"] ? Number.MAX_SAFE_INTEGER : values.dump ? DUMP_DEFAULT : 0;
-    const source = openSource(sys, from);
+    const sniffed = sniff(openSource(sys, from));
+    const source = sniffed.source;
+    if (sniffed.kind === "qemu") {
+      try {
+        return await inspectQemu(sys, from, source, !!values.json, dumpBytes);
+      } finally {
+        source.close();
+      }
+    }
     try {
       const dumps = new Map<number, string>();
       let titled = false;
@@ -285,9 +308,64 @@ order, or not a vfio-mig stream), 2 usage error, 1 the input cannot be read.`,
         showHeader(r);
         for (const l of formatSummary(r)) console.log(l);
       }
-      return Promise.resolve(r.ok ? EXIT.OK : EXIT.STREAM);
+      return r.ok ? EXIT.OK : EXIT.STREAM;
     } finally {
       source.close();
     }
   },
 };
+
+/** The JSON form of a QEMU report: byte arrays as hex strings. */
+export function qemuReportJson(r: QemuInspectReport): unknown {
+  const hexOf = (b: Uint8Array | null) => (b ? [...b].map((x) => x.toString(16).padStart(2, "0")).join("") : null);
+  return {
+    ...r,
+    vfio: r.vfio.map((d) => ({
+      ...d,
+      config: d.config && {
+        ...d.config,
+        decoded: d.config.decoded && {
+          ...d.config.decoded,
+          config: hexOf(d.config.decoded.config),
+          msixTable: hexOf(d.config.decoded.msixTable),
+          pba: hexOf(d.config.decoded.pba),
+        },
+      },
+    })),
+  };
+}
+
+async function inspectQemu(sys: Sys, from: string, source: Source, json: boolean, dumpBytes: number): Promise<number> {
+  const description = readFileDescription(sys, from);
+  const dumps: { device: string; section: string; offset: number; size: number; dump: string }[] = [];
+  const r = await inspectQemuStream(source, {
+    description,
+    dumpBytes,
+    onVfioRecord: (device, section, offset, size, head) => {
+      if (!dumpBytes) return;
+      if (json) {
+        dumps.push({
+          device,
+          section,
+          offset,
+          size,
+          dump: [...head].map((b) => b.toString(16).padStart(2, "0")).join(""),
+        });
+        return;
+      }
+      console.log(
+        `${device} ${section} DEV_DATA_STATE at byte ${offset}: ${size} bytes` +
+          `${head.length < size ? `, first ${head.length}` : ""}:`,
+      );
+      for (const l of hexdump(head, "  ")) console.log(l);
+    },
+  });
+  if (json) {
+    const out = qemuReportJson(r) as Record<string, unknown>;
+    printJson(dumpBytes ? { ...out, dumps } : out);
+  } else {
+    console.log(`stream      ${from === "-" ? "standard input" : from}`);
+    for (const l of formatQemuReport(r)) console.log(l);
+  }
+  return r.ok ? EXIT.OK : EXIT.STREAM;
+}

@@ -1,8 +1,10 @@
 import { defaultDeviceSpec, systemFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { load, type LoadResult } from "../migrate/load.ts";
+import { load, type LoadOptions, type LoadResult } from "../migrate/load.ts";
+import { qemuLoadReader } from "../qemu/reader.ts";
+import { sniffAsync } from "../qemu/sniff.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
-import { Cancellation, formatBytes } from "../migrate/session.ts";
+import { Cancellation, formatBytes, onCancel } from "../migrate/session.ts";
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
@@ -54,6 +56,13 @@ Options:
       --no-config    do not restore the stream's config section (command register,
                      MSI/MSI-X enable state); its vendor/device ids are still checked
       --protocol P   auto (default: the stream's), v1 or v2
+      --qemu-id ID   FILE is a QEMU migration stream ('migrate' to a file; told by its
+                     magic) holding several VFIO devices: load the one whose section
+                     is ID, e.g. 0000:00:01.0/vfio. Its data records go to the device
+                     in order, its config section is restored as a vfio-mig one; the
+                     protocol is the device's. A file is checked whole before the
+                     device is touched; from a pipe the device's ids are checked when
+                     its config section comes, after the data (a mismatch resets it).
       --listen [HOST:]PORT  accept exactly one 'vfio-mig save … tcp://' peer; HOST
                      defaults to 127.0.0.1 (say 0.0.0.0 to accept from other hosts).
                      The peer must prove it knows the token before any state is
@@ -80,6 +89,7 @@ ${EXIT_CODES_HELP}`,
       "no-start": { type: "boolean" },
       "no-config": { type: "boolean" },
       protocol: { type: "string" },
+      "qemu-id": { type: "string" },
       listen: { type: "string" },
       "idle-timeout": { type: "string" },
       "accept-timeout": { type: "string" },
@@ -128,6 +138,23 @@ ${EXIT_CODES_HELP}`,
       if (values.listen === undefined) source = openStreamSource(sys, from);
       const devs = openDevices(sys, specs);
       try {
+        // A QEMU migration stream (its magic) is read by its own record reader.
+        let reader: LoadOptions["reader"];
+        if (source) {
+          const pending = source;
+          const unbind = onCancel(cancel, () => pending.interrupt?.());
+          const sniffed = await sniffAsync(pending).finally(unbind);
+          source = sniffed.source;
+          if (sniffed.kind === "qemu") {
+            reader = await qemuLoadReader(sys, from, devs, {
+              qemuId: values["qemu-id"],
+              protocol: parseProtocol(values.protocol, "load"),
+            });
+          }
+        }
+        if (values["qemu-id"] !== undefined && !reader) {
+          throw new VfioMigError("load: --qemu-id is for QEMU migration streams; the input is not one", "usage");
+        }
         if (values.listen !== undefined) {
           // The device is open (so nobody takes it meanwhile) but untouched until a
           // peer has authenticated and its stream header matched.
@@ -171,6 +198,7 @@ ${EXIT_CODES_HELP}`,
           events,
           cancel,
           noP2p: values["no-p2p"],
+          reader,
         });
         const summary = { command: "load", input: from, ...r };
         events.result(summary);

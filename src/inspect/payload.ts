@@ -107,7 +107,8 @@ class MttyDecoder implements Decoder {
       const b = this.#buf.subarray(p, p + MTTY_PORT_SIZE);
       const head = b[24], tail = b[25], count = b[26];
       const fifo: number[] = [];
-      for (let k = 0; k < Math.min(count, 16); k++) fifo.push(b[8 + ((head + k) % 16)]);
+      // mtty writes at head and reads at tail (CIRCULAR_BUF_INC_IDX): the bytes waiting start at tail.
+      for (let k = 0; k < Math.min(count, 16); k++) fifo.push(b[8 + ((tail + k) % 16)]);
       const port: MttyPort = {
         index: i,
         uartRegs: Object.fromEntries(UART_REGS.map((n, k) => [n, b[k]])),

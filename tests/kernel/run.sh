@@ -36,6 +36,7 @@ shopt -s inherit_errexit
 HARNESS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HARNESS/lib/common.sh"
 . "$HARNESS/lib/steps.sh"
+. "$HARNESS/lib/qemu.sh"
 
 # The whole run is one function, read before anything runs: editing this file
 # during a (long) run cannot derail it.
@@ -87,6 +88,8 @@ main() {
         step "kernel packages" kernel_debs "$DEB_IMAGE" "$DEB_HEADERS" "$DEB_HEADERS_COMMON" "$DEB_KBUILD" "$DEB_SOURCE"
         step "unpack kernel" unpack_kernel
         step "mtty.ko" build_mtty
+        step "mtty_v1.ko" build_mtty_v1
+        step "QEMU roots" qemu_roots
         KERNEL=$VMLINUZ
     else
         step "kernel source package" kernel_debs "$DEB_SOURCE"
@@ -117,6 +120,8 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
+    QEMU_SHARED=0
+    [ "$FLAVOUR" = debian ] && [ "${VFIO_MIG_QEMU:-1}" = 1 ] && [ -x "$QROOTS/10/qemu" ] && QEMU_SHARED=1
     printf '%s\n' "$COMMAND" >"$RUN/cmd.sh"
     {
         echo "VM_PROJECT=$(shq "$PROJECT")"
@@ -124,6 +129,7 @@ main() {
         echo "VM_FLAVOUR=$FLAVOUR"
         echo "VM_VERBOSE=$VERBOSE"
         echo "VM_SHELL=$SHELL_MODE"
+        echo "VM_QEMU=$QEMU_SHARED"
     } >"$RUN/env"
 
     # security_model=none: files keep the host user's ownership; multidevs=remap
@@ -139,6 +145,8 @@ main() {
           -virtfs "$(fsdev "$RUN" ctl)"
           -virtfs "$(fsdev "$PROJECT" project)"
           -virtfs "$(fsdev "$(dirname "$DENO_BIN")" deno readonly=on)")
+    # The QEMU roots (lib/qemu.sh) for the QEMU judge, read-only at /opt/qemu.
+    [ "$QEMU_SHARED" = 1 ] && QEMU+=(-virtfs "$(fsdev "$QROOTS" qemu readonly=on)")
     [ "$VERBOSE" = 1 ] && log "qemu: ${QEMU[*]}"
 
     T_BOOT=$(now_us)

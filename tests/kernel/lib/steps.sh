@@ -13,8 +13,9 @@ GUEST_SRC=$HARNESS/guest
 #   xz-utils, zstd, kmod module decompression, depmod/modinfo
 #   gcc-12, gcc, make, libc6-dev, libelf-dev, libssl-dev, dwarves, bc
 #                        kbuild for mtty.ko (Debian's headers pin gcc-12)
+#   patch                mtty_v1.ko from mtty.c
 HOST_PACKAGES=(qemu-system-x86 busybox-static cpio gzip xz-utils zstd kmod
-               gcc-12 gcc make libc6-dev libelf-dev libssl-dev dwarves bc)
+               gcc-12 gcc make libc6-dev libelf-dev libssl-dev dwarves bc patch)
 CUSTOM_PACKAGES=(flex bison)       # kconfig of the full source tree
 
 APT_UPDATED=0
@@ -157,6 +158,21 @@ build_mtty() {
     stamp_set "$d" "$k"
 }
 
+# mtty_v1.ko: the mtty sample with migration protocol v1 (the region protocol of
+# Linux 5.8-5.17 that QEMU 7.2 drives) in place of v2, for the QEMU judge
+# (groups/qemu.ts): mtty.c from the step above + mtty_v1/mtty_v1.patch.
+build_mtty_v1() {
+    local d=$KCACHE/mtty_v1 p=$HARNESS/mtty_v1/mtty_v1.patch k
+    k=$(key "$(recipe build_mtty_v1)" "@$KCACHE/mtty/mtty.c" "@$p" "$(cat "$KROOT/.stamp")")
+    if stamp_ok "$d" "$k" && [ -f "$d/mtty_v1.ko" ]; then STEP_NOTE=cached; return 0; fi
+    rm -rf "$d"; mkdir -p "$d"
+    quiet mtty patch --quiet -o "$d/mtty_v1.c" "$KCACHE/mtty/mtty.c" "$p"
+    echo 'obj-m := mtty_v1.o' >"$d/Kbuild"
+    quiet mtty make -C "$KDIR" M="$d" modules
+    [ "$(modinfo -F vermagic "$d/mtty_v1.ko" | cut -d' ' -f1)" = "$KREL" ] || die "mtty_v1.ko has the wrong vermagic"
+    stamp_set "$d" "$k"
+}
+
 # ---------------------------------------------------------------------------
 # The deno binary for the guest (glibc build, exported read-only over 9p).
 # Sets DENO_BIN to the real binary (symlinks resolved).
@@ -238,7 +254,8 @@ build_initramfs() {
     local keyargs=("$(recipe build_initramfs resolve_modules deno_libs)" "$FLAVOUR"
                    "@$GUEST_SRC/init" "@/bin/busybox" "$mods" "$libs")
     for l in $libs; do keyargs+=("@$(readlink -f "$l")"); done
-    [ "$FLAVOUR" = debian ] && keyargs+=("$(cat "$KROOT/.stamp")" "@$KCACHE/mtty/mtty.ko")
+    [ "$FLAVOUR" = debian ] && keyargs+=("$(cat "$KROOT/.stamp")" "@$KCACHE/mtty/mtty.ko" \
+                                         "@$KCACHE/mtty_v1/mtty_v1.ko")
     k=$(key "${keyargs[@]}")
     if stamp_ok "$d" "$k" && [ -f "$out" ]; then STEP_NOTE=cached; return 0; fi
 
@@ -262,8 +279,8 @@ build_initramfs() {
         echo "$base" >>"$R/etc/vfio-mig/modules"
     done
     if [ "$FLAVOUR" = debian ]; then
-        cp "$KCACHE/mtty/mtty.ko" "$R/lib/modules/"
-        echo mtty.ko >>"$R/etc/vfio-mig/modules"
+        cp "$KCACHE/mtty/mtty.ko" "$KCACHE/mtty_v1/mtty_v1.ko" "$R/lib/modules/"
+        printf 'mtty.ko\nmtty_v1.ko\n' >>"$R/etc/vfio-mig/modules"
     fi
 
     # glibc runtime for the deno binary read over 9p (and for Deno.dlopen).
