@@ -97,5 +97,5 @@ export { renderSvg } from "./src/report/svg.ts";
 export { renderHtml } from "./src/report/html.ts";
 export { inspectQemuStream, type QemuInspectReport } from "./src/inspect/qemu.ts";
 export { type QemuFileHeader, QemuStreamParser } from "./src/qemu/stream.ts";
-export { QemuRecordReader, qemuLoadReader } from "./src/qemu/reader.ts";
+export { qemuLoadReader, QemuRecordReader } from "./src/qemu/reader.ts";
 export { spliceQemuStream, type SpliceResult } from "./src/qemu/splice.ts";
