@@ -2,33 +2,10 @@
 // an exit code. Each command lives in src/commands/<name>.ts.
 
 import { libc } from "./ffi/libc.ts";
-import type { Command } from "./src/commands/command.ts";
 import { EXIT_CODES_HELP } from "./src/commands/command.ts";
-import { infoCommand, resetCommand, stateCommand } from "./src/commands/info.ts";
-import { loadCommand } from "./src/commands/load.ts";
-import { saveCommand } from "./src/commands/save.ts";
-import { simCommand } from "./src/commands/sim.ts";
-import { listCommand } from "./src/commands/list.ts";
-import { checkCommand } from "./src/commands/check.ts";
-import { inspectCommand } from "./src/commands/inspect.ts";
-import { reportCommand } from "./src/commands/report.ts";
+import { COMMANDS } from "./src/commands/index.ts";
 import { describeError, EXIT, VfioMigError } from "./src/errors.ts";
-import { qemuSpliceCommand } from "./src/commands/qemu_splice.ts";
 import { VERSION } from "./src/version.ts";
-
-const COMMANDS: Command[] = [
-  saveCommand,
-  loadCommand,
-  infoCommand,
-  stateCommand,
-  resetCommand,
-  simCommand,
-  listCommand,
-  checkCommand,
-  inspectCommand,
-  reportCommand,
-  qemuSpliceCommand,
-];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
@@ -50,21 +27,21 @@ ${EXIT_CODES_HELP}`;
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
-    const cmd = COMMANDS.find((c) => c.name === rest[0]);
-    console.log(cmd ? cmd.help : usage());
+    const entry = COMMANDS.find((c) => c.name === rest[0]);
+    console.log(entry ? (await entry.load()).help : usage());
     return name === undefined ? EXIT.USAGE : EXIT.OK;
   }
   if (name === "--version" || name === "version") {
     console.log(`vfio-mig ${VERSION}`);
     return EXIT.OK;
   }
-  const cmd = COMMANDS.find((c) => c.name === name);
-  if (!cmd) {
+  const entry = COMMANDS.find((c) => c.name === name);
+  if (!entry) {
     console.error(`vfio-mig: unknown command '${name}' (commands: ${COMMANDS.map((c) => c.name).join(", ")})`);
     return EXIT.USAGE;
   }
   try {
-    return await cmd.run(rest);
+    return await (await entry.load()).run(rest);
   } catch (e) {
     return report(e);
   }

@@ -63,7 +63,6 @@ function arcTable(flags: number, rows: ArcResult[]): string[] {
 
 export const checkCommand: Command = {
   name: "check",
-  summary: "driver conformance report: every arc, data_fd, PRECOPY_INFO, round trip",
   help: `Usage: vfio-mig check [--device D] [--json] [--arcs]
 
 Checks a device's migration driver against the VFIO uAPI and prints a PASS / FAIL /

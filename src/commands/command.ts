@@ -5,7 +5,6 @@ import { VfioMigError } from "../errors.ts";
 
 export interface Command {
   name: string;
-  summary: string;
   /** Full --help text. */
   help: string;
   run(args: string[]): Promise<number>;

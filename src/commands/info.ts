@@ -134,7 +134,6 @@ export const DEVICE_OPTION_HELP = `PCI address (0000:3b:00.1), mdev UUID, sysfs 
 
 export const infoCommand: Command = {
   name: "info",
-  summary: "show a device's identity, migration flags, data size and state",
   help: `Usage: vfio-mig info [--device D] [--protocol auto|v1|v2] [--json]
 
 Opens the device and reports its identity (driver, mdev type, PCI ids), whether its
@@ -218,7 +217,6 @@ ${EXIT_CODES_HELP}`,
 
 export const stateCommand: Command = {
   name: "state",
-  summary: "print a device's migration state, or request a new one",
   help: `Usage: vfio-mig state [--device D] [STATE]
 
 Without STATE, prints the current migration state. With STATE (STOP, RUNNING,
@@ -262,7 +260,6 @@ ${EXIT_CODES_HELP}`,
 
 export const resetCommand: Command = {
   name: "reset",
-  summary: "reset a device (VFIO_DEVICE_RESET): recovers ERROR and aborts RESUMING",
   help: `Usage: vfio-mig reset [--device D]
 
 Issues VFIO_DEVICE_RESET. The migration state becomes RUNNING and any open migration

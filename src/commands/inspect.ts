@@ -193,7 +193,6 @@ export function formatSummary(r: InspectReport): string[] {
 
 export const inspectCommand: Command = {
   name: "inspect",
-  summary: "show what a saved stream holds, check it, and find where it is damaged (no device)",
   help: `Usage: vfio-mig inspect [--json] [--dump | --dump-all] FILE|-
 
 Reads a vfio-mig stream (a file, or '-' for standard input) without any device and

@@ -383,7 +383,6 @@ export function formatList(r: ListResult): string {
 
 export const listCommand: Command = {
   name: "list",
-  summary: "list VFIO devices: IOMMU group, cdev, migration flags, state, dirty tracking",
   help: `Usage: vfio-mig list [--json] [--sysfs DIR] [--include-sim DIR]... [--no-open]
 
 Lists every PCI device bound to vfio-pci or a vfio variant driver, and every mdev

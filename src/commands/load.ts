@@ -37,7 +37,6 @@ export function loadSummary(r: LoadResult): string[] {
 
 export const loadCommand: Command = {
   name: "load",
-  summary: "load migration state from a file, standard input or one TCP peer into a device",
   help: `Usage: vfio-mig load [--device D] [options] [FILE|-]
        vfio-mig load [--device D] [options] --listen [HOST:]PORT
        vfio-mig load --device B1 --device B2 ... | --map SRC=DST ... [options] [FILE|-]

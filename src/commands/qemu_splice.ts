@@ -8,7 +8,6 @@ import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 
 export const qemuSpliceCommand: Command = {
   name: "qemu-splice",
-  summary: "put a vfio-mig stream's device data into a QEMU migration stream (for QEMU's migrate-incoming)",
   help: `Usage: vfio-mig qemu-splice QEMU-STREAM --device-stream VFIO-MIG-STREAM -o OUT [--qemu-id ID]
 
 Writes OUT: the QEMU migration stream (a file written by QEMU's 'migrate' to

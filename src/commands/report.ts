@@ -65,7 +65,6 @@ function writeOutput(sys: Sys, path: string, text: string): void {
 
 export const reportCommand: Command = {
   name: "report",
-  summary: "draw an events file (save/load --events) as an HTML page or SVG picture",
   help: `Usage: vfio-mig report EVENTS.jsonl|- [-o OUT.html|OUT.svg|-] [options]
 
 Draws the timeline of a migration from the events 'save' or 'load' wrote with

@@ -65,7 +65,6 @@ export function maxPrecopyNote(r: SaveResult): string {
 
 export const saveCommand: Command = {
   name: "save",
-  summary: "save a device's migration state to a file, standard output or a listening load",
   help: `Usage: vfio-mig save [--device D] [options] FILE|-|tcp://HOST:PORT
        vfio-mig save --device A --device B ... [options] FILE|-|tcp://HOST:PORT
 

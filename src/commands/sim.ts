@@ -275,7 +275,6 @@ function wrap(text: string, width: number): string[] {
 
 export const simCommand: Command = {
   name: "sim",
-  summary: "create, show and compare simulated VFIO devices",
   help: HELP,
   run(args) {
     const [sub, ...rest] = args;

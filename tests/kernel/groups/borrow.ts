@@ -6,7 +6,24 @@
 // (--device fd:N, tests/kernel/guest/hand_down.ts: execWithDeviceFd) and the command
 // keeps it after the launcher died; refusals are one line, exit 3, nothing touched.
 
-import { assert, CDEV_MODE, check, CLI, cli, createMtty, eq, ok, ROOT, sh, spec, tmp } from "../lib/guest.ts";
+import {
+  assert,
+  CDEV_MODE,
+  check as anyCheck,
+  CLI,
+  cli,
+  createMtty,
+  eq,
+  ok,
+  ROOT,
+  setState,
+  sh,
+  spec,
+  tmp,
+} from "../lib/guest.ts";
+
+// Every check here is about how a device is reached: all run on both kernels.
+const check = (name: string, fn: () => Promise<void> | void) => anyCheck(name, fn, { cdev: true });
 
 const HOLDER = `${ROOT}tests/kernel/guest/holder.ts`;
 const HAND_DOWN = `${ROOT}tests/kernel/guest/hand_down.ts`;
@@ -195,7 +212,7 @@ try {
     const info = JSON.parse(Deno.readTextFileSync(out));
     eq([info.access, info.name, info.mdevType, info.openedFresh], ["inherited", C, "mtty-2", false], "info via fd:N");
     eq(Deno.statSync(`${tmp}/fd.bin`).size > 96, true, "save via fd:N wrote a stream");
-    await ok(["state", "--device", spec(C), "RUNNING"]);
+    setState(C, "RUNNING");
     if (CDEV_MODE) {
       // A shell can hand down a cdev it opened itself: vfio-mig binds it (the device's first open).
       const s = await sh(`exec 7<>${spec(C)}; deno run --allow-ffi ${CLI} info --json --device fd:7`);
