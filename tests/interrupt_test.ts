@@ -187,6 +187,9 @@ function oneLine(stderr: string, what: string, sig: Sig): void {
   assert(!/^\s+at /m.test(stderr), `${what}: no stack trace`);
 }
 
+/** A case that ended, correctly, but later than 1 s after the signal. */
+class Late extends Error {}
+
 /** Sends the signal and checks the process ends with 130 within 1 s. */
 async function interrupt(p: Child, c: Case, what: string): Promise<number> {
   const t0 = performance.now();
@@ -194,7 +197,7 @@ async function interrupt(p: Child, c: Case, what: string): Promise<number> {
   const st = await p.end();
   const ms = p.exitedAt - t0;
   assertEquals([st.code, st.signal], [130, null], `${what}: exit 130\n${p.stderr}`);
-  assert(ms <= 1000, `${what}: ended ${Math.round(ms)} ms after the signal (at most 1000)`);
+  if (ms > 1000) throw new Late(`${what}: ended ${Math.round(ms)} ms after the signal (at most 1000)`);
   oneLine(p.stderr, what, c.sig);
   return ms;
 }
@@ -243,6 +246,8 @@ async function runCase(c: Case, dir: string): Promise<number> {
     create(s, 1 + i, size, {
       ...(live ? { rate: 4 * MiB } : {}),
       ...(c.point === "blocking data_fd" ? { yieldRate: 4096 } : {}),
+      // The save must still be sending when the peer stops: at 16 MiB/s 48 MiB take 3 s.
+      ...(tcp && c.op !== "load" ? { yieldRate: 16 * MiB } : {}),
     })
   );
   const devArgs = srcs.flatMap((s) => ["--device", `sim:${s}`]);
@@ -422,15 +427,25 @@ Deno.test(`interrupts: every blocking point × SIGINT/SIGTERM × save, live save
   const t = await Deno.makeTempDir({ prefix: "vfio-mig-interrupt-" });
   const errors: string[] = [];
   const times: number[] = [];
+  const retried: string[] = [];
   try {
     let i = 0;
     for (const c of CASES) {
-      const dir = `${t}/${i++}`;
-      Deno.mkdirSync(dir);
-      try {
-        times.push(await runCase(c, dir));
-      } catch (e) {
-        errors.push(e instanceof Error ? e.message : String(e));
+      // A case that was late is run once more: a busy 2-core host can lose a second to
+      // scheduling, while a tool that blocks past a signal is late every time.
+      for (let attempt = 1;; attempt++) {
+        const dir = `${t}/${i++}`;
+        Deno.mkdirSync(dir);
+        try {
+          times.push(await runCase(c, dir));
+        } catch (e) {
+          if (e instanceof Late && attempt === 1) {
+            retried.push(e.message);
+            continue;
+          }
+          errors.push(e instanceof Error ? e.message : String(e));
+        }
+        break;
       }
     }
   } finally {
@@ -442,7 +457,8 @@ Deno.test(`interrupts: every blocking point × SIGINT/SIGTERM × save, live save
       Object.keys(POINTS).length
     } blocking points × 2 signals × their operations); ` +
       `exit after the signal: median ${Math.round(times[times.length >> 1] ?? 0)} ms, ` +
-      `max ${Math.round(times[times.length - 1] ?? 0)} ms`,
+      `max ${Math.round(times[times.length - 1] ?? 0)} ms` +
+      (retried.length ? `; run again after a late exit: ${retried.join("; ")}` : ""),
   );
   if (errors.length) fail(`${errors.length} of ${CASES.length} cases failed:\n\n${errors.join("\n\n")}`);
 });

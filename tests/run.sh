@@ -12,6 +12,14 @@ passed=0 failed=0
 log() { printf '[tests %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 bash scripts/ensure-deno.sh >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+
+# Scratch files on tmpfs: a simulated device persists each state change by write +
+# rename, which ext4 on these virtual disks makes cost ~2 ms (the fuzzer and the fault
+# matrix make tens of thousands). TMPDIR is where Deno.makeTempDir puts them.
+if [ -z "${VFIO_MIG_KEEP_TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    TMPDIR=$(mktemp -d /dev/shm/vfio-mig-tests.XXXXXX) && export TMPDIR
+    trap 'rm -rf "$TMPDIR"' EXIT
+fi
 # gcc and the kernel's uapi headers for the struct layout test; openssl (a TLS
 # certificate) and openssh-server/-client (a real sshd on loopback) for the network tests.
 if ! command -v gcc >/dev/null || [ ! -f /usr/include/linux/vfio.h ] || ! command -v openssl >/dev/null ||

@@ -9,6 +9,7 @@ import { isErrno } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { MigrationV1 } from "../migration/v1.ts";
+import type { StateObserver } from "../migration/v2.ts";
 import type { StreamWriter } from "../stream/writer.ts";
 
 export type Protocol = "v1" | "v2";
@@ -134,10 +135,23 @@ export function v1Of(d: VfioDevice): MigrationV1 | null {
   } catch {
     found = null;
   }
+  if (found) found.observer = v1Observers.get(d) ?? null;
   v1Cache.set(d, found);
   return found;
 }
 const v1Cache = new WeakMap<VfioDevice, MigrationV1 | null>();
+const v1Observers = new WeakMap<VfioDevice, StateObserver>();
+
+/**
+ * Sets (or with null, removes) the observer of the device's v1 protocol, now if v1Of
+ * found it already, else when it does: observing does not scan a v2 device's regions.
+ */
+export function observeV1(d: VfioDevice, observer: StateObserver | null): void {
+  if (observer) v1Observers.set(d, observer);
+  else v1Observers.delete(d);
+  const m = v1Cache.get(d);
+  if (m) m.observer = observer;
+}
 
 /**
  * The protocol to use on a device: v2 when asked or when `auto` finds it (auto

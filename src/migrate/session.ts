@@ -8,7 +8,7 @@ import { InterruptedError, VfioMigError } from "../errors.ts";
 import { DeviceState, stateName } from "../migration/state_machine.ts";
 import type { StateObserver } from "../migration/v2.ts";
 import type { Events } from "../events/events.ts";
-import { v1Of } from "./protocol.ts";
+import { observeV1 } from "./protocol.ts";
 import type { StreamIdentity } from "../stream/format.ts";
 
 /** Set by signal listeners; checked between chunks (the data path is synchronous). */
@@ -81,6 +81,7 @@ export function onCancel(cancel: Cancellation, fn: () => void): () => void {
  */
 export function observeDevices(devs: readonly VfioDevice[], events: Events): () => void {
   const hooked: { observer: StateObserver | null }[] = [];
+  const v1Hooked: VfioDevice[] = [];
   devs.forEach((d, index) => {
     const dev = { index, label: d.label };
     const v2: StateObserver = {
@@ -97,14 +98,12 @@ export function observeDevices(devs: readonly VfioDevice[], events: Events): () 
     };
     d.migration.observer = v2;
     hooked.push(d.migration);
-    const m = v1Of(d);
-    if (m) {
-      m.observer = v1;
-      hooked.push(m);
-    }
+    observeV1(d, v1);
+    v1Hooked.push(d);
   });
   return () => {
     for (const h of hooked) h.observer = null;
+    for (const d of v1Hooked) observeV1(d, null);
   };
 }
 

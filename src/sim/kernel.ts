@@ -49,6 +49,8 @@ export class SimKernel implements Sys {
   readonly #host: Sys;
   readonly #devices = new Map<number, CoreDevice>();
   readonly #files = new Map<number, { dev: CoreDevice; file: MigrationFile }>();
+  /** Host fds opened under /proc or /sys. */
+  readonly #sysinfo = new Set<number>();
   readonly faults: Fault[];
   #logFd = -1;
   #seq = 0;
@@ -149,6 +151,7 @@ export class SimKernel implements Sys {
   #classOf(fd: number): string {
     if (this.#devices.has(fd)) return "device";
     if (this.#files.has(fd)) return "data_fd";
+    if (this.#sysinfo.has(fd)) return "sysinfo";
     return "host";
   }
 
@@ -156,9 +159,16 @@ export class SimKernel implements Sys {
   // Sys: the intercepted calls
 
   open(path: string, flags: number, mode?: number): number {
-    const key = path.startsWith("sim:") ? "open:device" : "open:host";
+    // Files under /proc and /sys are the kernel's own information (the origin header,
+    // holders, modules): their faults have a class of their own, "sysinfo".
+    const sysinfo = /^\/(proc|sys)\//.test(path);
+    const key = path.startsWith("sim:") ? "open:device" : sysinfo ? "open:sysinfo" : "open:host";
     this.#fault(key, "open");
-    if (!path.startsWith("sim:")) return this.#host.open(path, flags, mode);
+    if (!path.startsWith("sim:")) {
+      const fd = this.#host.open(path, flags, mode);
+      if (sysinfo) this.#sysinfo.add(fd);
+      return fd;
+    }
     const fd = this.#openDevice(path.slice(4));
     this.#log({ key, path, fd });
     return fd;
@@ -198,6 +208,7 @@ export class SimKernel implements Sys {
       this.#files.delete(fd);
       this.#log({ key: "close:data_fd", fd });
     }
+    this.#sysinfo.delete(fd);
     this.#host.close(fd);
   }
 

@@ -46,7 +46,8 @@ export interface RecordReader {
   next(): Promise<StreamRecord>;
 }
 
-const INITIAL_BUFFER = 4 << 20;
+const FIRST_BUFFER = 64 << 10;
+const WORKING_BUFFER = 4 << 20;
 /** How far a read may go past the bytes the current record needs. */
 const READ_AHEAD = 64 << 10;
 
@@ -67,7 +68,9 @@ export class StreamReader implements RecordReader {
   constructor(src: StreamSource, maxChunk = MAX_CHUNK) {
     this.#src = src;
     this.#maxChunk = maxChunk;
-    this.#buf = new Uint8Array(Math.min(INITIAL_BUFFER, maxChunk + CHUNK_HEADER));
+    // Small first: most streams (an mtty's is 200 bytes) never need more. The first
+    // record that does not fit grows it to the working size (growth in #fill).
+    this.#buf = new Uint8Array(Math.min(FIRST_BUFFER, maxChunk + CHUNK_HEADER));
   }
 
   /** Bytes of the stream consumed so far. */
@@ -91,7 +94,7 @@ export class StreamReader implements RecordReader {
           // Full, and the record needs more: only now, with a buffer's worth of its bytes
           // actually here, is the record's size (at most maxChunk) allocated. A length
           // field alone allocates nothing.
-          const bigger = new Uint8Array(need);
+          const bigger = new Uint8Array(Math.max(need, Math.min(WORKING_BUFFER, this.#maxChunk + CHUNK_HEADER)));
           bigger.set(this.#buf.subarray(0, this.#end));
           this.#buf = bigger;
         }
