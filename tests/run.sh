@@ -15,10 +15,17 @@ bash scripts/ensure-deno.sh >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
 
 # Scratch files on tmpfs: a simulated device persists each state change by write +
 # rename, which ext4 on these virtual disks makes cost ~2 ms (the fuzzer and the fault
-# matrix make tens of thousands). TMPDIR is where Deno.makeTempDir puts them.
-if [ -z "${VFIO_MIG_KEEP_TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
-    TMPDIR=$(mktemp -d /dev/shm/vfio-mig-tests.XXXXXX) && export TMPDIR
-    trap 'rm -rf "$TMPDIR"' EXIT
+# matrix make tens of thousands). TMPDIR is where Deno.makeTempDir puts them; not under
+# /dev (Deno asks for --allow-all there). Needs root to mount; else /tmp as it is.
+scratch=""
+if [ -z "${VFIO_MIG_KEEP_TMPDIR:-}" ] && [ "$(id -u)" = 0 ]; then
+    scratch=$(mktemp -d /tmp/vfio-mig-tests.XXXXXX)
+    if mount -t tmpfs -o size=50%,mode=1777 vfio-mig-tests "$scratch" 2>/dev/null; then
+        export TMPDIR=$scratch
+        trap 'umount "$scratch" 2>/dev/null; rmdir "$scratch" 2>/dev/null' EXIT
+    else
+        rmdir "$scratch"
+    fi
 fi
 # gcc and the kernel's uapi headers for the struct layout test; openssl (a TLS
 # certificate) and openssh-server/-client (a real sshd on loopback) for the network tests.

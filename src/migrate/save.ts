@@ -42,7 +42,7 @@ import {
   type SaveSession,
   v1Of,
 } from "./protocol.ts";
-import { Cancellation, failure, observeDevices, onCancel, pausePoint, streamIdentity } from "./session.ts";
+import { Cancellation, failure, formatBytes, observeDevices, onCancel, pausePoint, streamIdentity } from "./session.ts";
 import { type DeviceRef, Events } from "../events/events.ts";
 import { ProgressBar } from "../events/progress_bar.ts";
 import { V1SaveSession } from "./v1_session.ts";
@@ -150,6 +150,11 @@ export interface SaveResult {
   sizeEstimate: number | null;
   configBytes: number;
   devices: DeviceSaveResult[];
+  /**
+   * What looked wrong although the save completed (also printed on stderr and sent as
+   * events): a device that gave far less data than its MIG_DATA_SIZE said.
+   */
+  warnings: string[];
 }
 
 /** One device in a save: its session and what moved. */
@@ -242,6 +247,18 @@ function openUnits(devs: VfioDevice[], opts: SaveOptions, live: boolean): Unit[]
     throw e;
   }
   return units;
+}
+
+/**
+ * A device that gave less than an eighth of what MIG_DATA_SIZE (read before the save)
+ * said: the estimate is the driver's own, so a state that small is likely cut short
+ * (a driver that loses its state when reopened does this; `check` names it reopen-state).
+ */
+function shortData(d: DeviceSaveResult): string | null {
+  const est = d.sizeEstimate;
+  if (est === null || est < 4096 || d.bytes * 8 >= est) return null;
+  return `${d.device}: the device gave ${formatBytes(d.bytes)} where MIG_DATA_SIZE said ${formatBytes(est)}: ` +
+    `its state may be incomplete (vfio-mig check --device ${d.device} looks for why)`;
 }
 
 /** The stream header: the first device's fields, and with several devices every one in `devices`. */
@@ -464,6 +481,13 @@ async function saveTo(
       configBytes: u.configBytes,
     }));
     const first = perDevice[0];
+    const warnings = perDevice.flatMap((d) => {
+      const short = shortData(d);
+      if (!short) return [];
+      events.note(short, "warning", { index: d.index, label: d.device });
+      console.error(`vfio-mig: warning: ${short}`);
+      return [short];
+    });
     return {
       device: first.device,
       protocol: first.protocol,
@@ -493,6 +517,7 @@ async function saveTo(
       sizeEstimate: first.sizeEstimate,
       configBytes: first.configBytes,
       devices: perDevice,
+      warnings,
     };
   } catch (e) {
     sink.abort();

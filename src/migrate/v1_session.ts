@@ -118,6 +118,7 @@ export class V1SaveSession implements SaveSession {
     const size = m.dataSize();
     m.checkBounds(at, size, "chunk");
     if (size === 0) {
+      this.#stillSaving();
       w.dataParts([]);
       return 0;
     }
@@ -162,15 +163,35 @@ export class V1SaveSession implements SaveSession {
       if (this.#iterated) return 0; // this round's iteration is done
       this.#iterated = true;
       if (this.#pending === null) this.#pending = this.m.pendingBytes();
-      if (this.#pending === 0) return 0;
+      if (this.#pending === 0) {
+        this.#stillSaving();
+        return 0;
+      }
       const n = this.#saveBuffer(w);
       w.tag(TAG.END_OF_STATE);
       // (f) of the documented loop: read pending_bytes again.
       this.#pending = this.m.pendingBytes();
       return n;
     }
-    if (this.m.pendingBytes() === 0) return 0;
+    if (this.m.pendingBytes() === 0) {
+      this.#stillSaving();
+      return 0;
+    }
     return this.#saveBuffer(w);
+  }
+
+  /**
+   * pending_bytes 0 ends the data only while the device is still saving: a device that
+   * reset itself (device_state back to _RUNNING) also reads 0, with its data cut short.
+   */
+  #stillSaving(): void {
+    const st = this.m.readState();
+    if ((st & (SAVING | RESUMING)) !== SAVING) {
+      throw new VfioMigError(
+        `${this.m.name}: the data ended but device_state is ${v1StateName(st)}, without _SAVING: ` +
+          `the device left the save (did it reset?) and its data is cut short`,
+      );
+    }
   }
 
   precopyStatus(bytes: number): IterationResult {

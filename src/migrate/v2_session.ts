@@ -317,7 +317,10 @@ export class V2ResumeSession implements ResumeSession {
       // The only way to abort a RESUMING session is a device reset.
       return recoverDevice(this.d, DeviceState.RUNNING, true);
     }
-    if (!this.touched) return `${this.d.label} was not touched`;
+    // A failed SET may leave the device in the original state or in any state along
+    // the path (vfio.h, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE): only a device still
+    // where the session found it is untouched.
+    if (!this.touched && now === this.found) return `${this.d.label} was not touched`;
     return recoverDevice(this.d, DeviceState.RUNNING, true);
   }
 

@@ -94,7 +94,10 @@ export class StreamReader implements RecordReader {
           // Full, and the record needs more: only now, with a buffer's worth of its bytes
           // actually here, is the record's size (at most maxChunk) allocated. A length
           // field alone allocates nothing.
-          const bigger = new Uint8Array(Math.max(need, Math.min(WORKING_BUFFER, this.#maxChunk + CHUNK_HEADER)));
+          // First to the working size, and only with that much of the record here to
+          // the record's own size.
+          const working = Math.min(WORKING_BUFFER, this.#maxChunk + CHUNK_HEADER);
+          const bigger = new Uint8Array(this.#buf.length < working ? working : need);
           bigger.set(this.#buf.subarray(0, this.#end));
           this.#buf = bigger;
         }
