@@ -16,6 +16,8 @@ import { openStreamSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
+import { freshOpenWarnings } from "../device/family.ts";
+import { execWithDeviceFd } from "../device/exec.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
 
 /** The text summary of a load: one line, and with several devices one line each. */
@@ -52,6 +54,10 @@ Options:
                      sim:PATH. Default: $VFIO_MIG_DEVICE, else the only
                      migration-capable VFIO device.
       --no-start     leave the device in STOP after loading (default: RUNNING)
+      --exec CMD ... after the load, run CMD (all the arguments that follow) with the
+                     device fd inherited, its number in $VFIO_MIG_DEVICE_FD: a
+                     vfio-pci function resets at its last close, so the state lives
+                     while CMD holds it. The exit code is CMD's (128+N for signal N).
       --no-config    do not restore the stream's config section (command register,
                      MSI/MSI-X enable state); its vendor/device ids are still checked
       --protocol P   auto (default: the stream's), v1 or v2
@@ -80,7 +86,11 @@ ${MULTI_LOAD_HELP}
 FILE defaults to '-' (standard input). Permissions: deno run --allow-ffi; --listen
 also needs --allow-net.
 ${EXIT_CODES_HELP}`,
-  async run(args) {
+  async run(allArgs) {
+    // Everything after --exec is the command (its own options are not ours).
+    const ex = allArgs.indexOf("--exec");
+    const execArgv = ex >= 0 ? allArgs.slice(ex + 1) : null;
+    const args = ex >= 0 ? allArgs.slice(0, ex) : allArgs;
     const { values, positionals } = parse("load", args, {
       device: { type: "string", short: "d", multiple: true },
       map: { type: "string", multiple: true },
@@ -104,6 +114,7 @@ ${EXIT_CODES_HELP}`,
       return 0;
     }
     if (positionals.length > 1) throw new VfioMigError("load: give at most one input FILE (or -)", "usage");
+    if (execArgv && execArgv.length === 0) throw new VfioMigError("load: --exec needs a command", "usage");
     if (values.listen !== undefined && positionals.length > 0) {
       throw new VfioMigError("load: give either an input FILE or --listen, not both", "usage");
     }
@@ -117,6 +128,7 @@ ${EXIT_CODES_HELP}`,
       : values.device?.length
       ? values.device
       : [defaultDeviceSpec(systemFor([]))];
+    if (execArgv && specs.length !== 1) throw new VfioMigError("load: --exec hands on one device; give one", "usage");
     const sys = systemFor(specs);
     if (from === "-" && values.listen === undefined && sys.isatty(0)) {
       throw new VfioMigError("load: standard input is a terminal: pipe a stream in or give a FILE", "usage");
@@ -199,10 +211,21 @@ ${EXIT_CODES_HELP}`,
           noP2p: values["no-p2p"],
           reader,
         });
-        const summary = { command: "load", input: from, ...r };
+        // A fresh open of a device vfio-pci resets: the state dies with our fd unless
+        // --exec hands it on.
+        const fresh = execArgv ? [] : devs.flatMap((d) => freshOpenWarnings(d, "load"));
+        for (const w of fresh) {
+          events.note(w, "warning");
+          console.error(`vfio-mig: warning: ${w}`);
+        }
+        const summary = { command: "load", input: from, ...r, warnings: fresh };
         events.result(summary);
         if (values.json) printJson(summary);
         else if (!values.quiet) { for (const line of loadSummary(r)) console.error(line); }
+        if (execArgv) {
+          // CMD inherits the device fd (VFIO_MIG_DEVICE_FD): the loaded state lives while it holds it.
+          return await execWithDeviceFd(devs[0], execArgv, { signal: cancel.abortSignal });
+        }
         return 0;
       } finally {
         closeDevices(devs);

@@ -8,6 +8,7 @@ import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/t
 import { openSink, type Sink } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
+import { freshOpenWarnings } from "../device/family.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
 
@@ -179,7 +180,13 @@ ${EXIT_CODES_HELP}`,
           cancel,
           noP2p: values["no-p2p"],
         });
-        const summary = { command: "save", output: target, ...r };
+        // Saved from a fresh open of a device vfio-pci resets: say whose state this is.
+        const fresh = devs.flatMap((d) => freshOpenWarnings(d, "save"));
+        for (const w of fresh) {
+          events.note(w, "warning");
+          console.error(`vfio-mig: warning: ${w}`);
+        }
+        const summary = { command: "save", output: target, ...r, warnings: [...r.warnings, ...fresh] };
         events.result(summary);
         if (values.json) printJson(summary, target === "-");
         else if (!values.quiet) {
