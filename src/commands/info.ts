@@ -3,12 +3,12 @@ import { DEVICE_FLAGS, FEATURE, MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import { type DeviceFamily, survivesCloseText } from "../device/family.ts";
 import { defaultDeviceSpec, type DeviceHolder, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { parseState, stateName, supportedStates } from "../migration/state_machine.ts";
+import { DeviceState, parseState, stateName, supportedStates } from "../migration/state_machine.ts";
 import { recoverDevice } from "../migrate/session.ts";
 import { type ConfigSummary, describeConfig, summarizeConfig } from "../migrate/config_state.ts";
-import { parseProtocol, type ProtocolChoice, v1Of } from "../migrate/protocol.ts";
+import { chooseProtocol, parseProtocol, type ProtocolChoice, v1Of } from "../migrate/protocol.ts";
 import { mmapAreas } from "../migration/regions.ts";
-import { v1StateName } from "../migration/v1.ts";
+import { V1, v1StateName } from "../migration/v1.ts";
 import { type Command, EXIT_CODES_HELP, hex, parse, printJson } from "./command.ts";
 
 export interface DeviceReport {
@@ -225,6 +225,11 @@ MIG_DEVICE_STATE SET and prints the state reached; a data_fd the kernel hands ou
 closed at once (its session is then abandoned). STOP_COPY -> PRE_COPY* is refused
 without asking the kernel (it hangs kernels 6.2 until the 2026 fix).
 
+A device with the v1 migration region (QEMU 7.2's protocol) shows its device_state
+bits, e.g. "running (001b)"; STATE then sets them as QEMU does for that state: STOP
+000b, RUNNING 001b, STOP_COPY 010b (_SAVING), PRE_COPY 011b, RESUMING 100b. A device
+that speaks neither protocol is refused (exit 3).
+
 Options:
   -d, --device D   ${DEVICE_OPTION_HELP}
   -h, --help       this help
@@ -240,13 +245,31 @@ ${EXIT_CODES_HELP}`,
     const dev = openDevice(systemFor([spec]), spec);
     try {
       if (positionals.length > 1) throw new VfioMigError("state: give at most one STATE", "usage");
+      let target: DeviceState | null = null;
       if (positionals.length === 1) {
-        let target;
         try {
           target = parseState(positionals[0]);
         } catch (e) {
           throw new VfioMigError(`state: ${(e as Error).message}`, "usage");
         }
+      }
+      // Either protocol; neither is a device refusal (exit 3) that says why.
+      if (chooseProtocol(dev, "auto") === "v1") {
+        const m = v1Of(dev)!;
+        if (target !== null) {
+          const bits = V1_BITS.get(target);
+          if (bits === undefined) {
+            throw new VfioMigError(
+              `state: ${stateName(target)} has no v1 device_state (v1 has no P2P states)`,
+              "usage",
+            );
+          }
+          m.setState(~V1.MASK, bits, `state ${stateName(target)}`);
+        }
+        console.log(v1StateName(m.readState()));
+        return Promise.resolve(0);
+      }
+      if (target !== null) {
         const r = dev.migration.setState(target);
         if (r.dataFd !== null) dev.sys.close(r.dataFd);
       }
@@ -257,6 +280,15 @@ ${EXIT_CODES_HELP}`,
     }
   },
 };
+
+/** The v1 device_state QEMU 7.2 sets for each v2 state (hw/vfio/migration.c, v1 era). */
+const V1_BITS = new Map<DeviceState, number>([
+  [DeviceState.STOP, V1.STOP],
+  [DeviceState.RUNNING, V1.RUNNING],
+  [DeviceState.STOP_COPY, V1.SAVING],
+  [DeviceState.PRE_COPY, V1.RUNNING | V1.SAVING],
+  [DeviceState.RESUMING, V1.RESUMING],
+]);
 
 export const resetCommand: Command = {
   name: "reset",
