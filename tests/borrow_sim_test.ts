@@ -117,16 +117,24 @@ Deno.test("sim: execWithDeviceFd hands the device to a command, which keeps it a
       child = Number((await Deno.readTextFile(`${dir}/pid`).catch(() => "")).trim()) || 0;
       await sleep(25);
     }
-    assert(child > 0, `the command did not start: ${launcher.stderr}`);
-    assertEquals((await Deno.readTextFile(`${dir}/link`)).trim(), `${dir}/a/lock`, "the command has the device fd");
-    launcher.kill("SIGKILL");
-    // Its exit only: the command still has the launcher's stdout and stderr open.
-    assertEquals((await launcher.child.status).signal, "SIGKILL");
-    // The launcher is dead; the command still holds the device.
-    const r = await run(["info", "--device", `sim:${dir}/a`]);
-    assertEquals(r.code, 3);
-    assertMatch(oneLine(r.stderr), new RegExp(`is held by sh \\(pid ${child}\\); .* --device pid:${child}$`));
-    await Deno.writeTextFile(`${dir}/go`, "");
+    try {
+      assert(child > 0, `the command did not start: ${launcher.stderr}`);
+      assertEquals((await Deno.readTextFile(`${dir}/link`)).trim(), `${dir}/a/lock`, "the command has the device fd");
+      launcher.kill("SIGKILL");
+      // Its exit only: the command still has the launcher's stdout and stderr open.
+      assertEquals((await launcher.child.status).signal, "SIGKILL");
+      // The launcher is dead; the command still holds the device (and so may the sleep
+      // it runs at that moment, which inherited the fd).
+      const r = await run(["info", "--device", `sim:${dir}/a`]);
+      assertEquals(r.code, 3);
+      assertMatch(
+        oneLine(r.stderr),
+        new RegExp(`is held by sh \\(pid ${child}\\)( and sleep \\(pid \\d+\\))?; .* --device pid:${child}$`),
+      );
+    } finally {
+      // Whatever failed, the command ends (it holds the launcher's pipes open).
+      await Deno.writeTextFile(`${dir}/go`, "");
+    }
     for (let i = 0; i < 200; i++) {
       if ((await run(["state", "--device", `sim:${dir}/a`])).code === 0) return;
       await sleep(50);

@@ -1,24 +1,40 @@
 #!/usr/bin/env bash
 # Host side of the real-kernel suite: boots the guest (tests/kernel/run.sh) and runs
 # tests/kernel/suite.ts inside it against real mtty devices; with the custom kernel
-# (IOMMUFD, VFIO_DEVICE_CDEV) it runs again through /dev/vfio/devices/vfioN.
-# Ends with "kernel: N passed, N failed".
+# (IOMMUFD, VFIO_DEVICE_CDEV) the checks about how a device is reached run again
+# through /dev/vfio/devices/vfioN. The two guests run at the same time (each is one
+# TCG vCPU; these machines have two cores); their lines are prefixed [debian] and
+# [custom]. Ends with "kernel: N passed, N failed".
 #   VFIO_MIG_KERNEL_CDEV=0|1   also run on the custom kernel (default 1)
 #   VFIO_MIG_KERNEL_QEMU=0|1   the QEMU judge group (QEMU 10 and 7.2 nested in the
 #                              guest; default 0: under TCG it takes longer than the rest)
+#   VFIO_MIG_KERNEL_SERIAL=1   one guest after the other
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 passed=0 failed=0
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 
-run_suite() { # label, run.sh options..., -- suite args
-    local label=$1; shift
-    local t0 rc line
+run_suite() { # name, label, run.sh options..., -- suite args
+    local name=$1 label=$2; shift 2
+    local t0 rc
     t0=$(date +%s)
-    bash "$here/run.sh" "$@" 2>&1 | tee "$out"
-    rc=${PIPESTATUS[0]}
-    line=$(grep -E '^kernel: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
+    bash "$here/run.sh" "$@" >"$logs/$name.log" 2>&1 &
+    local pid=$!
+    # Stream it, prefixed, while it runs.
+    tail -n +1 -f "$logs/$name.log" --pid "$pid" | sed -u "s/^/[$name] /" &
+    local tailer=$!
+    wait "$pid"
+    rc=$?
+    wait "$tailer" 2>/dev/null
+    echo "$rc" >"$logs/$name.rc"
+    echo "[$name] kernel suite ($label) took $(( $(date +%s) - t0 )) s" >&2
+}
+
+count() { # name, label
+    local name=$1 label=$2 line rc
+    rc=$(cat "$logs/$name.rc" 2>/dev/null || echo 125)
+    line=$(grep -E '^kernel: [0-9]+ passed, [0-9]+ failed' "$logs/$name.log" | tail -1)
     if [ -n "$line" ]; then
         passed=$((passed + $(sed -E 's/kernel: ([0-9]+) passed.*/\1/' <<<"$line")))
         failed=$((failed + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")))
@@ -26,14 +42,29 @@ run_suite() { # label, run.sh options..., -- suite args
         echo "kernel suite ($label): no result (exit code $rc)" >&2
         failed=$((failed + 1))
     fi
-    echo "kernel suite ($label) took $(( $(date +%s) - t0 )) s" >&2
 }
 
 without=--without\ qemu
 [ "${VFIO_MIG_KERNEL_QEMU:-0}" = 1 ] && without=
-run_suite "Debian 6.12 kernel, group/container" --timeout 2700 -- "deno run -A tests/kernel/suite.ts $without"
-if [ "${VFIO_MIG_KERNEL_CDEV:-1}" = 1 ]; then
-    run_suite "custom 6.12 kernel, iommufd cdev" --custom-kernel --timeout 1500 -- 'deno run -A tests/kernel/suite.ts --cdev'
+debian_label="Debian 6.12 kernel, group/container"
+custom_label="custom 6.12 kernel, iommufd cdev"
+cdev=${VFIO_MIG_KERNEL_CDEV:-1}
+
+# Prepare both first (one at a time: they share the cache lock), so neither guest's
+# clock runs while the other builds.
+bash "$here/run.sh" --prepare >/dev/null 2>&1 || true
+[ "$cdev" = 1 ] && { bash "$here/run.sh" --custom-kernel --prepare >/dev/null 2>&1 || true; }
+
+run_suite debian "$debian_label" --timeout 2700 -- "deno run -A tests/kernel/suite.ts $without" &
+jobs_=($!)
+if [ "$cdev" = 1 ]; then
+    [ "${VFIO_MIG_KERNEL_SERIAL:-0}" = 1 ] && wait "${jobs_[@]}"
+    run_suite custom "$custom_label" --custom-kernel --timeout 2700 -- 'deno run -A tests/kernel/suite.ts --cdev' &
+    jobs_+=($!)
 fi
+wait "${jobs_[@]}"
+
+count debian "$debian_label"
+[ "$cdev" = 1 ] && count custom "$custom_label"
 echo "kernel: $passed passed, $failed failed"
 [ "$failed" = 0 ]
