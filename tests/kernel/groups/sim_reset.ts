@@ -152,7 +152,8 @@ if (Deno.env.get("VFIO_MIG_KERNEL_GUEST") === "1") {
     g.extraReport.push(`reset table: ${realRows.length} rows compared, ${diffs.length} differences`);
     g.eq(simRows.length, realRows.length, "rows");
     g.assert(diffs.length === 0, `differences:\n  ${diffs.join("\n  ")}`);
-  });
+  }, { cdev: true });
+
   if (import.meta.main) {
     for (const line of g.extraReport) console.log(line);
     console.log(`kernel: ${g.counts.passed} passed, ${g.counts.failed} failed`);
