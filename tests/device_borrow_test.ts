@@ -15,7 +15,7 @@ import { Procfs } from "../src/device/procfs.ts";
 import { Sysfs } from "../src/device/sysfs.ts";
 import { VfioMigError } from "../src/errors.ts";
 import { describeAccess, type DeviceReport } from "../src/commands/info.ts";
-import { BASE_ENV, CLI, DENO, ROOT } from "./proc_helpers.ts";
+import { BASE_ENV, CLI, DENO, euid, ROOT } from "./proc_helpers.ts";
 
 const MDEV_A = "b1a2c3d4-0000-4000-8000-00000000000a";
 const MDEV_B = "b1a2c3d4-0000-4000-8000-00000000000b";
@@ -455,7 +455,7 @@ Deno.test("CLI: pid:/fd: refusals are one line and exit 3 (gone, not a VFIO fd, 
 
 Deno.test({
   name: "CLI: borrowing from another user's process without ptrace rights is one line, exit 3",
-  ignore: Deno.uid() !== 0, // needs root to run vfio-mig as another user
+  ignore: euid() !== 0, // needs root to run vfio-mig as another user
   async fn() {
     const sleeper = new Deno.Command("sleep", { args: ["30"], stdin: "null" }).spawn();
     const denoDir = await Deno.makeTempDir({ prefix: "vfio-mig-deno-" });

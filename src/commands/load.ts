@@ -1,10 +1,11 @@
 import { defaultDeviceSpec, systemFor } from "../device/open.ts";
-import { VfioMigError } from "../errors.ts";
+import { InterruptedError, VfioMigError } from "../errors.ts";
 import { load, type LoadOptions, type LoadResult } from "../migrate/load.ts";
 import { qemuLoadReader } from "../qemu/reader.ts";
 import { sniffAsync } from "../qemu/sniff.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
-import { Cancellation, formatBytes, onCancel } from "../migrate/session.ts";
+import { Cancellation, failure, formatBytes, onCancel } from "../migrate/session.ts";
+import { operationName } from "../migrate/group.ts";
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_IDLE_TIMEOUT_MS,
@@ -154,7 +155,15 @@ ${EXIT_CODES_HELP}`,
         if (source) {
           const pending = source;
           const unbind = onCancel(cancel, () => pending.interrupt?.());
-          const sniffed = await sniffAsync(pending).finally(unbind);
+          const sniffed = await sniffAsync(pending).catch((e) => {
+            // A signal ended the wait for the stream's first bytes: nothing was touched.
+            if (!cancel.signal) throw e;
+            throw failure(
+              `${operationName("load into", devs.map((d) => d.label))} refused`,
+              new InterruptedError(cancel.signal),
+              devs.length === 1 ? `${devs[0].label} was not touched` : "no device was touched",
+            );
+          }).finally(unbind);
           source = sniffed.source;
           if (sniffed.kind === "qemu") {
             reader = await qemuLoadReader(sys, from, devs, {
