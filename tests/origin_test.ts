@@ -35,6 +35,9 @@ Deno.test("origin: the header records kernel and driver module; a load from anot
     // Through libc: Deno asks for --allow-all to read /proc/sys.
     const release = new TextDecoder().decode(readSmallFile(libc(), "/proc/sys/kernel/osrelease", 4096)).trim();
     assertEquals(origin.kernel, release);
+    // inspect shows it.
+    const shown = await ok(["inspect", `${t}/s.vfmig`]);
+    assertStringIncludes(shown.stdout, `saved on kernel ${release}, driver module mtty version 1.0 srcversion SRC1.0`);
 
     // The same driver: no warning.
     const same = await ok(["load", "--device", `sim:${t}/b`, `${t}/s.vfmig`], {

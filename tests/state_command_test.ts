@@ -1,5 +1,6 @@
 // `vfio-mig state` on the three kinds of device: uAPI v2 (names), v1 (device_state bits,
-// set as QEMU 7.2 sets them) and one that speaks neither (a device refusal, exit 3).
+// set as QEMU 7.2 sets them; `reset` names them too) and one that speaks neither (a
+// device refusal, exit 3).
 
 import { assertEquals, assertMatch } from "./assert.ts";
 import { BASE_ENV, CLI, DENO, ROOT } from "./proc_helpers.ts";
@@ -34,6 +35,9 @@ Deno.test("state: v2 names, v1 device_state bits (set as QEMU 7.2 does), and a n
     assertEquals(p2p.code, 2, p2p.stderr);
     assertMatch(p2p.stderr, /no v1 device_state/);
     assertEquals((await vfioMig(["state", "--device", `sim:${t}/v1`, "RUNNING"])).stdout, "running (001b)");
+
+    assertEquals((await vfioMig(["state", "--device", `sim:${t}/v1`, "STOP"])).stdout, "stopped (000b)");
+    assertMatch((await vfioMig(["reset", "--device", `sim:${t}/v1`])).stdout, /was reset and is running \(001b\)$/);
 
     const none = await vfioMig(["state", "--device", `sim:${t}/none`]);
     assertEquals(none.code, 3, none.stderr);

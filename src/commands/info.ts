@@ -4,7 +4,7 @@ import { type DeviceFamily, survivesCloseText } from "../device/family.ts";
 import { defaultDeviceSpec, type DeviceHolder, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { DeviceState, parseState, stateName, supportedStates } from "../migration/state_machine.ts";
-import { recoverDevice } from "../migrate/session.ts";
+import { recoverDevice, tryGetState } from "../migrate/session.ts";
 import { type ConfigSummary, describeConfig, summarizeConfig } from "../migrate/config_state.ts";
 import { chooseProtocol, parseProtocol, type ProtocolChoice, v1Of } from "../migrate/protocol.ts";
 import { mmapAreas } from "../migration/regions.ts";
@@ -163,8 +163,7 @@ ${EXIT_CODES_HELP}`,
       console.log(this.help);
       return Promise.resolve(0);
     }
-    const spec = values.device ?? defaultDeviceSpec(systemFor([]));
-    const dev = openDevice(systemFor([spec]), spec);
+    const dev = openNamedDevice(values.device);
     try {
       const r = describeDevice(dev, parseProtocol(values.protocol, "info"));
       if (values.json) printJson(r);
@@ -241,8 +240,7 @@ ${EXIT_CODES_HELP}`,
       console.log(this.help);
       return Promise.resolve(0);
     }
-    const spec = values.device ?? defaultDeviceSpec(systemFor([]));
-    const dev = openDevice(systemFor([spec]), spec);
+    const dev = openNamedDevice(values.device);
     try {
       if (positionals.length > 1) throw new VfioMigError("state: give at most one STATE", "usage");
       let target: DeviceState | null = null;
@@ -309,16 +307,26 @@ ${EXIT_CODES_HELP}`,
       console.log(this.help);
       return Promise.resolve(0);
     }
-    const spec = values.device ?? defaultDeviceSpec(systemFor([]));
-    const dev = openDevice(systemFor([spec]), spec);
+    const dev = openNamedDevice(values.device);
     try {
-      console.log(recoverDevice(dev, parseState("RUNNING"), true));
+      // A v1 device has no v2 state to read back: name its device_state bits.
+      const v1 = tryGetState(dev) === null ? v1Of(dev) : null;
+      if (v1) {
+        dev.migration.reset();
+        console.log(`${dev.label} was reset and is ${v1StateName(v1.readState())}`);
+      } else console.log(recoverDevice(dev, parseState("RUNNING"), true));
       return Promise.resolve(0);
     } finally {
       dev.close();
     }
   },
 };
+
+/** The device --device names, or the default one ($VFIO_MIG_DEVICE, else the only migratable one), open. */
+function openNamedDevice(spec: string | undefined): VfioDevice {
+  const s = spec ?? defaultDeviceSpec(systemFor([]));
+  return openDevice(systemFor([s]), s);
+}
 
 /**
  * "0000:3b:00.1 (pci, opened via group)", or for a borrowed fd "pid:4242 = 0000:3b:00.1

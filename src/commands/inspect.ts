@@ -65,8 +65,21 @@ function devicesLines(list: StreamDeviceEntry[]): string[] {
         e.sizeEstimate ?? "not reported"
       }`,
     );
+    out.push(...originLines(e.origin, "       "));
   });
   return out;
+}
+
+/** Where the state was saved (header "origin": kernel release, driver module), if recorded. */
+function originLines(o: unknown, indent: string): string[] {
+  if (!o || typeof o !== "object") return [];
+  const x = o as Record<string, unknown>;
+  const module = x.driverModule
+    ? `, driver module ${x.driverModule}${x.driverVersion ? ` version ${x.driverVersion}` : ""}${
+      x.driverSrcversion ? ` srcversion ${x.driverSrcversion}` : ""
+    }`
+    : "";
+  return [`${indent}saved on kernel ${x.kernel ?? "?"}${module}`];
 }
 
 /** Whether a report is of a multi-device stream. */
@@ -103,6 +116,7 @@ function headerLines(r: InspectReport): string[] {
         f.sizeEstimate ?? "not reported"
       }`,
   );
+  out.push(...originLines(f.origin, "  "));
   return out;
 }
 
