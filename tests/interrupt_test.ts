@@ -247,7 +247,7 @@ async function runCase(c: Case, dir: string): Promise<number> {
       ...(live ? { rate: 4 * MiB } : {}),
       ...(c.point === "blocking data_fd" ? { yieldRate: 4096 } : {}),
       // The save must still be sending when the peer stops: at 16 MiB/s 48 MiB take 3 s.
-      ...(tcp && c.op !== "load" ? { yieldRate: 16 * MiB } : {}),
+      ...(tcp ? { yieldRate: 16 * MiB } : {}),
     })
   );
   const devArgs = srcs.flatMap((s) => ["--device", `sim:${s}`]);

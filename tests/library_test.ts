@@ -23,9 +23,10 @@ Deno.test("README Library example: open two devices by spec, save one to a file,
   const t = await Deno.makeTempDir({ prefix: "vfio-mig-lib-" });
   try {
     const readme = await Deno.readTextFile(`${ROOT}README.md`);
+    // The example's /tmp paths first: the checkout itself may be under /tmp.
     const code = codeAfter(readme, "## Library")
-      .replaceAll('"./mod.ts"', JSON.stringify(`${ROOT}mod.ts`))
-      .replaceAll("/tmp/", `${t}/`);
+      .replaceAll("/tmp/", `${t}/`)
+      .replaceAll('"./mod.ts"', JSON.stringify(`${ROOT}mod.ts`));
     // The devices, as the README's sentence before the example creates them.
     for (const [dev, seed] of [["a", "1"], ["b", "2"]]) {
       const r = await run([

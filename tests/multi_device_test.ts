@@ -476,7 +476,7 @@ Deno.test("sim --yield-rate: data_fd reads block at the rate, EAGAIN with O_NONB
   });
 });
 
-Deno.test("parallel transfer: a slow device does not hold a fast one up; two slow devices take the time of one", async () => {
+Deno.test("parallel transfer: a slow device does not hold a fast one up; two slow devices are read at the same time", async () => {
   await withTemp(async (t) => {
     const [slow, slow2, fast] = [`${t}/slow`, `${t}/slow2`, `${t}/fast`];
     await Promise.all([
@@ -498,14 +498,13 @@ Deno.test("parallel transfer: a slow device does not hold a fast one up; two slo
     assert(slowChunks.length > 4, `the slow device's data came in many chunks (${slowChunks.length})`);
     const one = JSON.parse(r.stdout);
     assert(one.stopCopyMs > 400, `4 MiB at 8 MiB/s takes ~0.5 s (${one.stopCopyMs} ms)`);
-    // Two slow devices together take about as long as one: their reads overlap.
-    const two = JSON.parse(
-      (await ok(["save", "--json", "--device", `sim:${slow}`, "--device", `sim:${slow2}`, `${t}/g.vfmig`])).stdout,
-    );
-    assert(
-      two.stopCopyMs < 0.75 * 2 * one.stopCopyMs,
-      `two slow devices in ${Math.round(two.stopCopyMs)} ms, one in ${Math.round(one.stopCopyMs)} ms`,
-    );
+    // Two slow devices are read at the same time: their data records interleave in the
+    // stream (a serial transfer writes all of one, then all of the other). Not a time:
+    // on a busy 2-core host a wall-clock comparison says more about the host.
+    await ok(["save", "--json", "--device", `sim:${slow}`, "--device", `sim:${slow2}`, `${t}/g.vfmig`]);
+    const data = (await inspectJson(`${t}/g.vfmig`)).records.filter((x) => x.tag === "DEV_DATA_STATE");
+    const switches = data.filter((x, i) => i > 0 && x.device !== data[i - 1].device).length;
+    assert(switches >= 4, `the two slow devices' records interleave (${switches} switches in ${data.length} records)`);
   });
 });
 

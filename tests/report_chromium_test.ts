@@ -391,8 +391,21 @@ Deno.test({
       await ok(["report", `${dir}/src.jsonl`, "-o", `${dir}/live.html`]);
       const m = (await measureIn(dir, ["live.html"]))["live.html"];
       assertEquals(m.series["iteration-bytes"].bars.length, summary.iterations, "a bar per pre-copy iteration");
-      for (const x of ["cumulative-bytes", "estimate", "threshold"]) {
-        assert(m.series[x] && m.series[x].box.w > 100, `${x} is drawn: ${JSON.stringify(m.series[x]?.box)}`);
+      // The cumulative line runs along every pre-copy iteration (as wide as the bars spread:
+      // how many pixels depends on how long pre-copy took against the whole run); the
+      // estimate and the threshold are drawn where the iterations reported them.
+      const bars = m.series["iteration-bytes"].bars as unknown as { x: number; w: number }[];
+      const span = bars.length > 1 ? bars[bars.length - 1].x - bars[0].x : 0;
+      const cum = m.series["cumulative-bytes"];
+      assert(
+        cum && cum.length > 0 && cum.box.w >= 0.9 * span,
+        `cumulative-bytes spans the ${bars.length} iterations (${span.toFixed(0)} px): ${JSON.stringify(cum?.box)}`,
+      );
+      for (const x of ["estimate", "threshold"]) {
+        assert(
+          m.series[x] && m.series[x].length > 0 && m.series[x].box.w > 0,
+          `${x} is drawn: ${JSON.stringify(m.series[x]?.box)}`,
+        );
       }
       assert(m.switchoverLine.h > 300, `the switchover mark spans the plots: ${JSON.stringify(m.switchoverLine)}`);
     } finally {
