@@ -55,8 +55,12 @@ custom_label="custom 6.12 kernel, iommufd cdev"
 
 # Prepare both first (one at a time: they share the cache lock), so neither guest's
 # clock runs while the other builds.
-bash "$here/run.sh" --prepare >/dev/null 2>&1 || true
-[ "$cdev" = 1 ] && { bash "$here/run.sh" --custom-kernel --prepare >/dev/null 2>&1 || true; }
+prepared=1
+bash "$here/run.sh" --prepare >/dev/null 2>&1 || prepared=0
+[ "$cdev" = 1 ] && { bash "$here/run.sh" --custom-kernel --prepare >/dev/null 2>&1 || prepared=0; }
+# Prepared: the guests take the cache lock shared and boot together (else each
+# prepares under the exclusive lock, and reports what failed).
+export VFIO_MIG_KERNEL_PREPARED=$prepared
 
 run_suite debian "$debian_label" --timeout 2700 -- "deno run -A tests/kernel/suite.ts $without" &
 jobs_=($!)
