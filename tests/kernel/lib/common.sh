@@ -83,7 +83,7 @@ key() {
     local x
     for x in "$@"; do
         case "$x" in
-            @*) sha256sum "${x#@}" ;;
+            @*) sha256sum <"${x#@}" ;; # the content only: not the checkout's path
             *) printf '%s\n' "$x" ;;
         esac
     done | sha256sum | cut -c1-16
