@@ -5,27 +5,7 @@
 // device kind, a damaged file, an unknown --qemu-id), and a reset after a failure.
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
-import { fixture, FIXTURES, synthQemuStream } from "./qemu_helpers.ts";
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
-async function vfioMig(args: string[], stdin?: Uint8Array) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", CLI, ...args],
-    env: { VFIO_MIG_SIM_FAULTS: "", VFIO_MIG_DEVICE: "" },
-    stdin: stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin) {
-    const w = child.stdin.getWriter();
-    await w.write(stdin).catch(() => {});
-    await w.close().catch(() => {});
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
+import { fixture, FIXTURES, synthQemuStream, vfioMig } from "./qemu_helpers.ts";
 
 async function sim(dir: string, name: string, ...args: string[]): Promise<string> {
   const path = `${dir}/${name}`;

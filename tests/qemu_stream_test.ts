@@ -11,26 +11,7 @@ import { checkDescription } from "../src/qemu/description.ts";
 import { QemuStreamParser } from "../src/qemu/stream.ts";
 import { decodeVfioConfig } from "../src/qemu/vfio_config.ts";
 import { TAG } from "../src/stream/format.ts";
-import { be32, be64, counting, fixture, memory, synthQemuStream } from "./qemu_helpers.ts";
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
-async function vfioMig(args: string[], stdin?: Uint8Array) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", CLI, ...args],
-    stdin: stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin) {
-    const w = child.stdin.getWriter();
-    await w.write(stdin).catch(() => {});
-    await w.close().catch(() => {});
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
+import { be32, be64, counting, fixture, memory, synthQemuStream, vfioMig } from "./qemu_helpers.ts";
 
 /** The description at the end of a stream held in memory (as readDescriptionAtEnd finds it in a file). */
 function descriptionOf(bytes: Uint8Array) {
