@@ -1,16 +1,37 @@
 // Ctrl-C at the waits that a real device cannot make go away (issue 12), on mtty: a
 // save whose output is a full pipe (standard output, and a FIFO whose reader stops
 // reading), a save into a FIFO nobody opens, a load from a FIFO nobody writes. Each
-// ends with exit 130 within a second of SIGINT, one line, the device as it was found
+// ends with exit 130 within BOUND_MS of SIGINT, one line, the device as it was found
 // (RUNNING, its registers as they were) and nothing complete-looking in the output.
 
 import { libc } from "../../../ffi/libc.ts";
 import { F, O } from "../../../ffi/sys.ts";
-import { assert, check as anyCheck, CLI, createMtty, eq, program, readBack, spec, stateOf, tmp } from "../lib/guest.ts";
+import {
+  assert,
+  check as anyCheck,
+  CLI,
+  createMtty,
+  eq,
+  extraReport,
+  program,
+  readBack,
+  spec,
+  stateOf,
+  tmp,
+} from "../lib/guest.ts";
 
 // Run on the IOMMUFD kernel (tests/kernel/suite.sh balances the two guests): the waits
 // are the transport's, the same through either open path.
 const check = (name: string, fn: () => Promise<void> | void) => anyCheck(name, fn, { cdev: true });
+
+// The host's simulator cases (tests/interrupt_test.ts) hold the exit to 1 s after the
+// signal. This guest runs under TCG, where Deno is ~100 times slower than on the host (a
+// start takes 10-17 s here, ~0.1 s there) and the recovery and exit that follow the
+// signal took 2.0-3.5 s. What these checks catch is a wait that does not end at all (a
+// blocked syscall holds the process until the peer moves, which here it never does), so
+// the bound is 10 s, and each exit time is printed at the end of the suite.
+const BOUND_MS = 10_000;
+const exitTimes: string[] = [];
 
 const sys = libc();
 const A = createMtty("mtty-2");
@@ -64,7 +85,8 @@ async function interrupted(child: Deno.ChildProcess, what: string): Promise<stri
   const ms = performance.now() - t0;
   const err = new TextDecoder().decode(out.stderr);
   eq(out.code, 130, `${what}: exit code (${err.trim()})`);
-  assert(ms <= 1000, `${what}: ended ${Math.round(ms)} ms after SIGINT (at most 1000)`);
+  exitTimes.push(`${what} ${Math.round(ms)} ms`);
+  assert(ms <= BOUND_MS, `${what}: ended ${Math.round(ms)} ms after SIGINT (at most ${BOUND_MS})`);
   const lines = err.split("\n").filter((l) => l.trim());
   eq(lines.length, 1, `${what}: one line on stderr`);
   assert(/interrupted by SIGINT/.test(lines[0]), `${what}: ${lines[0]}`);
@@ -112,8 +134,12 @@ await check("SIGINT while the load waits for a writer of its FIFO: exit 130, the
   const fifo = `${tmp}/nowriter`;
   await new Deno.Command("mkfifo", { args: [fifo] }).output();
   const child = spawn("deno", ["run", "--allow-ffi", CLI, "load", "--device", spec(B), fifo]);
-  await waitHolding(child.pid, /vfio-device|\/dev\/vfio\/devices\//);
+  // The load reads its input's first bytes (our stream or QEMU's?) before it opens the
+  // device: it waits holding the FIFO, not the device.
+  await waitHolding(child.pid, new RegExp(`^${fifo}$`));
   const line = await interrupted(child, "load from a FIFO nobody writes");
   assert(/not touched/.test(line), line);
   await unchanged(B, 0x33, "B");
 });
+
+extraReport.push(`interrupt: exit after SIGINT: ${exitTimes.join(", ")}`);
