@@ -5,6 +5,7 @@
 import { SysError } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
+import { nextTurn } from "../io.ts";
 import { DeviceState, stateName } from "../migration/state_machine.ts";
 import type { StateObserver } from "../migration/v2.ts";
 import type { Events } from "../events/events.ts";
@@ -48,12 +49,12 @@ export class Cancellation {
     if (this.signal) throw new InterruptedError(this.signal);
   }
 
-  /** Lets signal listeners run (at most every 20 ms), then checks. */
+  /** Lets signal listeners run (a turn of the event loop at most every 20 ms), then checks. */
   async checkpoint(): Promise<void> {
     const now = performance.now();
     if (now - this.#last >= 20) {
       this.#last = now;
-      await new Promise((r) => setTimeout(r, 0));
+      await nextTurn();
     }
     this.check();
   }

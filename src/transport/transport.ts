@@ -11,7 +11,7 @@
 import { isErrno } from "../../ffi/errno.ts";
 import { F, O, POLL, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
-import { readSome, writeAll } from "../io.ts";
+import { nextTurn, readSome, writeAll } from "../io.ts";
 
 /** Longest synchronous poll(2) between two turns of the event loop, ms. */
 const POLL_SLICE_MS = 10;
@@ -93,7 +93,7 @@ export async function waitFor(sys: Sys, fd: number, events: number, stopped: () 
       if (!isErrno(e, "EINTR")) throw e;
     }
     if (rev !== 0) return rev;
-    await new Promise((r) => setTimeout(r, 0));
+    await nextTurn();
   }
 }
 
