@@ -57,7 +57,7 @@ function fullFifo(path: string): number {
 
 /** Waits until process `pid` has `path` (or a VFIO device) among its fds, then a moment more. */
 async function waitHolding(pid: number, what: RegExp, ms = 1000): Promise<void> {
-  const end = performance.now() + 60_000;
+  const end = performance.now() + 300_000; // a vfio-mig start takes 25-60 s in this guest
   while (performance.now() < end) {
     let names: string[] = [];
     try {
