@@ -5,6 +5,7 @@ import { libc } from "./ffi/libc.ts";
 import { EXIT_CODES_HELP } from "./src/commands/command.ts";
 import { COMMANDS } from "./src/commands/index.ts";
 import { describeError, EXIT, VfioMigError } from "./src/errors.ts";
+import { onUnclaimedSignal } from "./src/signals.ts";
 import { VERSION } from "./src/version.ts";
 
 function usage(): string {
@@ -40,8 +41,18 @@ export async function main(args: string[]): Promise<number> {
     console.error(`vfio-mig: unknown command '${name}' (commands: ${COMMANDS.map((c) => c.name).join(", ")})`);
     return EXIT.USAGE;
   }
+  // A signal no command claims (src/signals.ts) ends the run with one line and exit 130:
+  // while the command's modules load (a few ms here, seconds in a slow guest) nothing
+  // was touched yet; save and load claim signals for their whole work.
+  let started = false;
+  onUnclaimedSignal((sig) => {
+    console.error(`vfio-mig: interrupted by ${sig}${started ? "" : " while starting; nothing was touched"}`);
+    Deno.exit(EXIT.INTERRUPTED);
+  });
   try {
-    return await (await entry.load()).run(rest);
+    const command = await entry.load();
+    started = true;
+    return await command.run(rest);
   } catch (e) {
     return report(e);
   }

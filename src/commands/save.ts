@@ -164,11 +164,13 @@ ${EXIT_CODES_HELP}`,
         events.transport("authenticated", { peer: target });
         sink = new TcpSink(client);
       }
-      devs = openDevices(sys, specs);
       // save() ends the output's waits on a signal (a full pipe, a FIFO without a reader, a
-      // destination that stopped reading) and then recovers the devices.
+      // destination that stopped reading) and then recovers the devices. Caught from
+      // before the open: a signal that came between the open and the listener would kill
+      // the process without a word (seen in the TCG guest, where that gap took seconds).
       const cancel = new Cancellation().install();
       try {
+        devs = openDevices(sys, specs);
         sink ??= openSink(sys, target);
         const r = await save(devs, sink, {
           resume: values.resume,

@@ -6,6 +6,7 @@ import { SysError } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
 import { nextTurn } from "../io.ts";
+import { claimSignals } from "../signals.ts";
 import { DeviceState, stateName } from "../migration/state_machine.ts";
 import type { StateObserver } from "../migration/v2.ts";
 import type { Events } from "../events/events.ts";
@@ -16,7 +17,7 @@ import type { StreamIdentity } from "../stream/format.ts";
 export class Cancellation {
   signal: string | null = null;
   #last = 0;
-  #listeners: [Deno.Signal, () => void][] = [];
+  #release: (() => void) | null = null;
   readonly #abort = new AbortController();
 
   /** Aborted (reason: an InterruptedError) when a signal comes: for waits that are not between chunks (network). */
@@ -24,24 +25,18 @@ export class Cancellation {
     return this.#abort.signal;
   }
 
-  /** Catches SIGINT/SIGTERM for the life of an operation. */
+  /** Catches SIGINT/SIGTERM for the life of an operation (src/signals.ts). */
   install(): this {
-    for (const sig of ["SIGINT", "SIGTERM"] as Deno.Signal[]) {
-      const fn = () => {
-        this.signal = sig;
-        if (!this.#abort.signal.aborted) this.#abort.abort(new InterruptedError(sig));
-      };
-      try {
-        Deno.addSignalListener(sig, fn);
-        this.#listeners.push([sig, fn]);
-      } catch { /* not supported here */ }
-    }
+    this.#release ??= claimSignals((sig) => {
+      this.signal = sig;
+      if (!this.#abort.signal.aborted) this.#abort.abort(new InterruptedError(sig));
+    });
     return this;
   }
 
   uninstall(): void {
-    for (const [sig, fn] of this.#listeners) Deno.removeSignalListener(sig, fn);
-    this.#listeners = [];
+    this.#release?.();
+    this.#release = null;
   }
 
   /** Throws if a signal came. */
