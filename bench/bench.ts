@@ -173,6 +173,14 @@ function readSeconds(path: string): number | null {
   }
 }
 
+function readIf(path: string): string {
+  try {
+    return Deno.readTextFileSync(path).trim();
+  } catch {
+    return "";
+  }
+}
+
 /**
  * Runs a command: wall time of the whole script (or the `WALL_NS n` it prints last, for the
  * TCP sides, whose listener starts before the clock), each process's RSS and CPU, others' CPU.
@@ -192,7 +200,9 @@ async function measure(c: Cmd, tool: boolean): Promise<Run> {
   const after = await cpuJiffies();
   const stderr = dec.decode(r.stderr).trim();
   if (r.code !== 0) {
-    const last = stderr.split("\n").filter((l) => !/^Command exited with/.test(l)).slice(-1)[0] ?? "";
+    // the tool's stderr may have gone to its --json file
+    const texts = [stderr, ...c.names.map((n) => readIf(`${TMP}/${n}.json`))];
+    const last = texts.join("\n").split("\n").filter((l) => l && !/^Command exited with/.test(l)).slice(-1)[0] ?? "";
     throw new Error(`exit ${r.code}${last ? `: ${last}` : ""}`);
   }
   const m = /WALL_NS (\d+)\s*$/.exec(dec.decode(r.stdout));
@@ -760,6 +770,7 @@ function report(j: BenchJson): void {
     n: number | undefined | null,
   ) => (n === undefined || n === null || !Number.isFinite(n) ? "-" : n.toFixed(2));
   const multi = VARIANTS.length > 1;
+  const cut = (s?: string) => (s && s.length > 48 ? s.slice(0, 47) + "…" : s ?? ""); // the JSON has it whole
   console.log(
     `\nvfio-mig vs baseline (GiB/s of device state = bytes / wall time of the whole command, Deno start-up ` +
       `included; median of ${ROUNDS} rounds${QUICK ? "; SMOKE RUN with small sizes" : ""})\n`,
@@ -787,7 +798,7 @@ function report(j: BenchJson): void {
         f2(r.baseline.medianGiBs),
         "-",
         `≥ ${r.goal}`,
-        `not run: ${r.unsupported}`,
+        `not run: ${cut(r.unsupported)}`,
         "",
         "",
         "",
@@ -818,7 +829,7 @@ function report(j: BenchJson): void {
       "-",
       "-",
       `≤ ${s.goalMiB} MiB, flat`,
-      s.unsupported ? `not run: ${s.unsupported}` : s.met ? "met" : "not met",
+      s.unsupported ? `not run: ${cut(s.unsupported)}` : s.met ? "met" : "not met",
       "",
       "",
       `spread ${f2(s.spreadMiB)}`,
@@ -835,7 +846,7 @@ function report(j: BenchJson): void {
       "-",
       "-",
       `≤ ${s.goalMs} ms`,
-      ok ? (s.met ? "met" : "not met") : `not run: ${s.unsupported}`,
+      ok ? (s.met ? "met" : "not met") : `not run: ${cut(s.unsupported)}`,
       "",
       "",
       "",

@@ -234,7 +234,9 @@ export function throughputSvg(j: BenchJson): string {
         text(
           noteX,
           yy + barH - 4,
-          `${fmt(r.ratioMedian!)}× (${fmt(r.ratioBest!)}) ${met ? "✓" : "✗"} ≥ ${r.goal}`,
+          `${j.env.variants.length > 1 ? r.variant + " " : ""}${fmt(r.ratioMedian!)}× (${fmt(r.ratioBest!)}) ${
+            met ? "✓" : "✗"
+          } ≥ ${r.goal}`,
           `font-size="13" font-weight="bold" fill="${met ? OK : BAD}"`,
         ),
       );
@@ -299,6 +301,9 @@ export function rssSvg(j: BenchJson): string {
       `font-size="13" text-anchor="middle" transform="rotate(-90 22 ${py + ph / 2})"`,
     ),
   );
+  // value labels right of their points; at one size, pushed apart so that they never overlap
+  const labels: { x: number; y: number; s: string; c: string }[] = [];
+  const multi = series.length > 1;
   series.forEach((s, i) => {
     const c = TOOL_COLORS[j.env.variants.findIndex((v) => v.name === s.variant) % TOOL_COLORS.length];
     const sorted = [...s.points].sort((a, b) => a.bytes - b.bytes);
@@ -308,15 +313,8 @@ export function rssSvg(j: BenchJson): string {
       }"/>`,
     );
     for (const p of sorted) {
-      out.push(
-        `<circle cx="${X(p.bytes).toFixed(1)}" cy="${Y(p.peakRssMiB).toFixed(1)}" r="4.5" fill="${c}"/>`,
-        text(
-          X(p.bytes),
-          Y(p.peakRssMiB) + (i % 2 ? 22 : -10),
-          fmt(p.peakRssMiB, 0),
-          `font-size="12" text-anchor="middle" fill="${c}"`,
-        ),
-      );
+      out.push(`<circle cx="${X(p.bytes).toFixed(1)}" cy="${Y(p.peakRssMiB).toFixed(1)}" r="4.5" fill="${c}"/>`);
+      labels.push({ x: X(p.bytes), y: Y(p.peakRssMiB), s: (multi ? `${s.variant} ` : "") + fmt(p.peakRssMiB, 0), c });
     }
     // legend
     const lx = px + 12, ly = py + 20 + i * 20;
@@ -330,6 +328,13 @@ export function rssSvg(j: BenchJson): string {
       ),
     );
   });
+  for (const x of new Set(labels.map((l) => l.x))) {
+    let last = -Infinity;
+    for (const l of labels.filter((l) => l.x === x).sort((a, b) => a.y - b.y)) {
+      last = Math.max(l.y - 6, last + 15);
+      out.push(text(l.x + 8, last, l.s, `font-size="12" fill="${l.c}"`));
+    }
+  }
   out.push("</svg>");
   return out.join("\n") + "\n";
 }
