@@ -101,10 +101,15 @@ function subtitle(j: BenchJson): string {
   return `${cpu}, ${j.env.cpus} CPUs · Deno ${j.env.deno} · ${j.env.date.slice(0, 10)} · commit ${commits}`;
 }
 
+function load(j: BenchJson): string {
+  const la = j.env.loadAvgAtStart;
+  return Array.isArray(la) ? `, load average ${la[0]} on ${j.env.cpus} CPUs` : "";
+}
+
 function smokeNote(j: BenchJson): string | null {
   return j.env.quick || j.env.rounds < 3
-    ? `SMOKE RUN (${j.env.quick ? "--quick, small sizes, " : ""}${j.env.rounds} round${
-      j.env.rounds === 1 ? "" : "s"
+    ? `SMOKE RUN (${j.env.quick ? "--quick, small sizes, " : ""}${j.env.rounds} round${j.env.rounds === 1 ? "" : "s"}${
+      load(j)
     }): not the final numbers`
     : null;
 }
@@ -339,12 +344,15 @@ export function rssSvg(j: BenchJson): string {
   return out.join("\n") + "\n";
 }
 
+// generated: `deno fmt` (which reformats SVG) leaves the files as written
+const HEADER = "<!-- deno-fmt-ignore-file -->\n";
+
 /** Writes throughput.svg and rss.svg into dir; returns their paths. */
 export function writeCharts(j: BenchJson, dir: string): string[] {
   Deno.mkdirSync(dir, { recursive: true });
   const paths = [`${dir}/throughput.svg`, `${dir}/rss.svg`];
-  Deno.writeTextFileSync(paths[0], throughputSvg(j));
-  Deno.writeTextFileSync(paths[1], rssSvg(j));
+  Deno.writeTextFileSync(paths[0], HEADER + throughputSvg(j));
+  Deno.writeTextFileSync(paths[1], HEADER + rssSvg(j));
   return paths;
 }
 
