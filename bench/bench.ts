@@ -1,45 +1,63 @@
-// vfio-mig throughput and memory benchmark: save/load of simulated bulk devices, each
-// beside baselines (cat) that move the same bytes in the same run. See bench/README.md.
+// vfio-mig benchmark: each path of issue 15 beside a baseline that moves the same bytes, measured in
+// the same run (sides alternate within each round), the peak RSS of save from 64 MiB to 8 GiB of
+// state, and the time from the CLI's start to its first access to the device. See bench/README.md.
 //
-//   deno task bench [--sizes 256M,2G] [--rounds 5] [--warmup 1] [--cases null,file,pipe]
-//                   [--dir /dev/shm/vfio-mig-bench] [--out bench/results/latest.json]
-//                   [--variant NAME=REPO_DIR ...] [--keep] [--no-verify]
+//   deno task bench [--rows pipe,file,load,saveload,v1,tcp,rss,start] [--rounds 5] [--warmup 1]
+//                   [--size 1G] [--big 8G] [--quick] [--dir /dev/shm/vfio-mig-bench]
+//                   [--out bench/results/latest.json] [--variant NAME=REPO_DIR ...] [--keep] [--no-verify]
 //
-// Cases (A, B: simulated bulk devices of the given size, on tmpfs):
-//   null  vfio-mig save --device sim:A /dev/null        cat A/state.bin > /dev/null
-//   file  vfio-mig save --device sim:A OUT              cat A/state.bin > OUT            ("cat", primary)
-//                                                       cat A/state.bin > .OUT.tmp && mv .OUT.tmp OUT   ("cat+mv")
-//   pipe  vfio-mig save --device sim:A - |              cat A/state.bin | cat > B/copy.bin               ("cat", primary)
-//         vfio-mig load --device sim:B -                cat A/state.bin | (cat > B/copy.tmp && mv B/copy.tmp B/copy.bin)
-//
-// "cat" is the baseline the targets are stated against. "cat+mv" does what the tool and
-// the simulator do with the bytes: the tool writes OUT under a temporary name and renames
-// it, the simulator's load writes B/incoming.bin and renames it over B/state.bin. Both
-// need fresh pages while the old file still exists, and on this VM fresh pages are
-// slow (freed pages go back to the host), while `cat > OUT` refills the pages it just
-// truncated. The ratio against "cat+mv" isolates the tool from that effect.
+// rows (A, B: simulated bulk devices on tmpfs; V1: a v1 bulk device whose data section is mmap-able)
+//   pipe      save --device sim:A - | cat >/dev/null            cat A/state.bin | cat >/dev/null     (SIZE, BIG)
+//   file      save --device sim:A OUT                           cat A/state.bin > OUT
+//   load      load --device sim:B STREAM (a vfio-mig stream)    cat STREAM > /dev/null
+//   saveload  save --device sim:A - | load --device sim:B -     cat A/state.bin | cat > B/copy.bin
+//   v1        save --protocol v1 --device sim:V1 - | cat >/dev/null   cat V1/state.bin | cat >/dev/null
+//   tcp       load --listen + save tcp:// (--token)             socat -u TCP-LISTEN → socat -u OPEN:A/state.bin
+//   rss       peak RSS (/usr/bin/time %M) of the pipe row's save at 64M, 256M, SIZE, BIG
+//   start     strace: first execve → first openat inside the device folder, of `state --device sim:A`
 
 import { parseArgs } from "node:util";
 import {
+  type BenchJson,
+  type RowResult,
+  type RssResult,
+  type SideSummary,
+  type StartResult,
+  writeCharts,
+} from "./charts.ts";
+import {
+  cpuJiffies,
   dec,
   die,
+  freePort,
   GiB,
+  holdDmaLatency,
   int,
   loadAvg,
   median,
   MiB,
   parseSize,
+  printTable,
   type ProcStats,
   readTime,
+  releaseDmaLatency,
   setBenchName,
   sh,
   shq,
+  sizeLabel,
 } from "./common.ts";
 
 setBenchName("bench");
 
 const TIME = "/usr/bin/time";
 const TINY = 4096;
+const TOKEN = "bench-token-0123456789";
+const V1_DATA = 4 * MiB;
+const RSS_GOAL = 64;
+const FLAT_MIB = 8;
+const START_GOAL_MS = 50;
+const ALL_ROWS = ["pipe", "file", "load", "saveload", "v1", "tcp", "rss", "start"] as const;
+type RowId = typeof ALL_ROWS[number];
 
 // ---------------------------------------------------------------------------
 // options
@@ -47,10 +65,12 @@ const TINY = 4096;
 const { values: opt } = parseArgs({
   args: Deno.args,
   options: {
-    sizes: { type: "string", default: "256M,2G" },
-    rounds: { type: "string", default: "5" },
-    warmup: { type: "string", default: "1" },
-    cases: { type: "string", default: "null,file,pipe" },
+    rows: { type: "string", default: ALL_ROWS.join(",") },
+    rounds: { type: "string" },
+    warmup: { type: "string" },
+    size: { type: "string" },
+    big: { type: "string" },
+    quick: { type: "boolean", default: false },
     dir: { type: "string", default: "/dev/shm/vfio-mig-bench" },
     out: { type: "string" },
     variant: { type: "string", multiple: true },
@@ -65,30 +85,33 @@ const repo = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 
 if (opt.help) {
   console.log(`Usage: deno task bench [options]
-  --sizes 256M,2G        device state sizes (K, M, G suffixes)
-  --rounds 5             measured rounds per size (candidate and baselines alternate)
+  --rows LIST            which rows (default all): ${ALL_ROWS.join(",")}
+  --rounds 5             measured rounds (the sides of a row rotate within each round)
   --warmup 1             unmeasured rounds first
-  --cases null,file,pipe which cases
+  --size 1G              the state size of the pipe, file, load, saveload, v1 and tcp rows
+  --big 8G               the big size (pipe row and RSS); e.g. --big 2G for a quicker run
+  --quick                smoke run: --size 64M --big 256M, RSS at 16M,64M,256M, 2 rounds, no warm-up
   --dir DIR              where the simulated devices live (tmpfs; default /dev/shm/vfio-mig-bench)
-  --out FILE             JSON results (default bench/results/latest.json)
-  --variant NAME=DIR     a vfio-mig checkout to measure (repeatable: variants alternate in the
-                         same rounds, for before/after comparisons); default: tool=${repo}
-  --keep                 keep the devices in DIR (reused by the next run)
-  --no-verify            skip comparing B with A after the pipe case`);
+  --out FILE             JSON results (default bench/results/latest.json); the charts
+                         (throughput.svg, rss.svg) go to the same folder
+  --variant NAME=DIR     a vfio-mig checkout to measure (repeatable: variants run in the same
+                         rounds, for before/after comparisons); default: tool=${repo}
+  --keep                 keep the devices in DIR (and plan space for all of them at once)
+  --no-verify            skip comparing B with A after the load, saveload and tcp rows`);
   Deno.exit(0);
 }
 
-type CaseName = "null" | "file" | "pipe";
-
-const ROUNDS = int(opt.rounds!, "--rounds");
-const WARMUP = int(opt.warmup!, "--warmup");
+const QUICK = opt.quick!;
+const ROUNDS = int(opt.rounds ?? (QUICK ? "2" : "5"), "--rounds");
+const WARMUP = int(opt.warmup ?? (QUICK ? "0" : "1"), "--warmup");
 if (ROUNDS < 1) die("--rounds must be at least 1");
-const SIZES = opt.sizes!.split(",").map((s) => s.trim()).filter(Boolean).map((s) => ({
-  label: s,
-  bytes: parseSize(s),
-}));
-const CASES = opt.cases!.split(",").map((s) => s.trim()).filter(Boolean) as CaseName[];
-for (const c of CASES) if (!["null", "file", "pipe"].includes(c)) die(`unknown case ${c} (null, file, pipe)`);
+const SIZE = parseSize(opt.size ?? (QUICK ? "64M" : "1G"));
+const BIG = parseSize(opt.big ?? (QUICK ? "256M" : "8G"));
+if (BIG < SIZE) die("--big must not be smaller than --size");
+const RSS_SIZES = [...new Set(QUICK ? [16 * MiB, SIZE, BIG] : [64 * MiB, 256 * MiB, SIZE, BIG])]
+  .filter((b) => b <= BIG).sort((a, b) => a - b);
+const ROWS = opt.rows!.split(",").map((s) => s.trim()).filter(Boolean) as RowId[];
+for (const r of ROWS) if (!ALL_ROWS.includes(r)) die(`unknown row ${r} (${ALL_ROWS.join(", ")})`);
 const DIR = opt.dir!.replace(/\/$/, "");
 const OUT = opt.out ?? `${repo}/bench/results/latest.json`;
 const VERIFY = !opt["no-verify"];
@@ -98,116 +121,622 @@ interface Variant {
   dir: string;
   /** Shell words that run vfio-mig. */
   cmd: string;
-  /** false when `save ... /dev/null` is unsafe with this version (it renamed over /dev/null). */
-  devNullSafe: boolean;
 }
 
+const denoRun = (dir: string) => `${shq(Deno.execPath())} run --allow-ffi --allow-net ${shq(dir + "/cli.ts")}`;
 const VARIANTS: Variant[] = (opt.variant?.length ? opt.variant : [`tool=${repo}`]).map((v) => {
   const eq = v.indexOf("=");
   if (eq <= 0) die(`--variant takes NAME=REPO_DIR, got ${v}`);
   const dir = v.slice(eq + 1).replace(/\/$/, "");
-  return {
-    name: v.slice(0, eq),
-    dir,
-    cmd: `${shq(Deno.execPath())} run --allow-ffi ${shq(dir + "/cli.ts")}`,
-    devNullSafe: true,
-  };
+  return { name: v.slice(0, eq), dir, cmd: denoRun(dir) };
 });
+if (new Set(VARIANTS.map((v) => v.name)).size !== VARIANTS.length) die("variant names must differ");
+/** This checkout's CLI: makes and resets the simulated devices. */
+const SETUP = denoRun(repo);
 
 // ---------------------------------------------------------------------------
 // running things
 
-/** Busy and total jiffies of all CPUs (/proc/stat; Deno would need --allow-all to read /proc). */
-async function cpuJiffies(): Promise<{ busy: number; total: number }> {
-  const line = (await sh("head -1 /proc/stat")).stdout.trim().split(/\s+/).slice(1).map(Number);
-  const total = line.reduce((a, b) => a + b, 0);
-  const idle = line[3] + (line[4] ?? 0); // idle + iowait
-  return { busy: total - idle, total };
+interface Run {
+  wall: number;
+  /** The tool's own seconds (max over its processes' --json summaries); null for a baseline. */
+  inTool: number | null;
+  procs: Record<string, ProcStats>;
+  /** CPU seconds used by processes other than the measured ones during the run. */
+  foreignCpu: number;
 }
 
-/** Runs a script (outputs to files); its wall time and the CPU seconds all processes used meanwhile. */
-async function timed(script: string): Promise<{ wall: number; busyCpu: number }> {
-  const before = await cpuJiffies();
-  const cmd = new Deno.Command("bash", {
-    args: ["-c", `set -o pipefail; ${script}`],
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  });
-  const t0 = performance.now();
-  const r = await cmd.output();
-  const wall = (performance.now() - t0) / 1000;
-  const after = await cpuJiffies();
-  if (r.code !== 0) throw new Error(`failed (exit ${r.code}): ${script}\n${dec.decode(r.stderr)}`);
-  return { wall, busyCpu: (after.busy - before.busy) / 100 }; // USER_HZ is 100 on Linux
+/** A measured command: a bash script, the names of its processes under /usr/bin/time (`tw`). */
+interface Cmd {
+  script: string;
+  names: string[];
+  /** Untimed, before the run (e.g. put the source device back into RUNNING). */
+  pre?: string;
 }
 
-function timeWrap(out: string): string {
-  return `${TIME} -o ${shq(out)} -f '%M %U %S'`;
+let TMP = ""; // /usr/bin/time output, --json summaries, strace logs
+
+const tf = (n: string) => shq(`${TMP}/${n}`);
+/** /usr/bin/time prefix for process `name`. */
+const tw = (name: string) => `${TIME} -o ${tf(name + ".time")} -f '%M %U %S'`;
+
+/** The tool's --json summary: the last JSON object in the file (null when there is none). */
+function readSeconds(path: string): number | null {
+  try {
+    const text = Deno.readTextFileSync(path);
+    const at = text.lastIndexOf("\n{");
+    const start = at >= 0 ? at + 1 : text.indexOf("{");
+    const s = JSON.parse(text.slice(start)).seconds;
+    return typeof s === "number" ? s : null;
+  } catch {
+    return null;
+  }
 }
 
-/** The tool's --json summary: the last JSON object in the file. */
-function readSummary(path: string): { seconds: number; bytes: number } {
-  const text = Deno.readTextFileSync(path);
-  const at = text.lastIndexOf("\n{");
-  const start = at >= 0 ? at + 1 : text.indexOf("{");
-  if (start < 0) throw new Error(`no JSON summary in ${path}: ${text.slice(0, 400)}`);
-  const j = JSON.parse(text.slice(start));
-  return { seconds: j.seconds, bytes: j.bytes };
+function readIf(path: string): string {
+  try {
+    return Deno.readTextFileSync(path).trim();
+  } catch {
+    return "";
+  }
 }
-
-// ---------------------------------------------------------------------------
-// the machine
 
 /**
- * Keeps CPUs out of deep idle states: a helper process holds /dev/cpu_dma_latency open
- * with a 32-bit 0 written (Deno itself would need --allow-all to open a /dev path).
+ * Runs a command: wall time of the whole script (or the `WALL_NS n` it prints last, for the
+ * TCP sides, whose listener starts before the clock), each process's RSS and CPU, others' CPU.
  */
-async function holdDmaLatency(): Promise<Deno.ChildProcess | null> {
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `exec 3>/dev/cpu_dma_latency || exit 1; printf '\\0\\0\\0\\0' >&3 || exit 1; echo held; exec sleep infinity`,
-    ],
+async function measure(c: Cmd, tool: boolean): Promise<Run> {
+  if (c.pre) await sh(c.pre);
+  for (const n of c.names) await Deno.remove(`${TMP}/${n}.json`).catch(() => {});
+  const before = await cpuJiffies();
+  const t0 = performance.now();
+  const r = await new Deno.Command("bash", {
+    args: ["-c", `set -o pipefail; ${c.script}`],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  }).spawn();
-  const reader = child.stdout.getReader();
-  const first = await reader.read();
-  reader.releaseLock();
-  if (first.done || !dec.decode(first.value).startsWith("held")) {
-    const st = await child.status;
-    const err = dec.decode(await new Response(child.stderr).arrayBuffer());
-    console.error(
-      `bench: warning: cannot hold /dev/cpu_dma_latency at 0 (exit ${st.code}: ${err.trim()}); expect noisier numbers`,
-    );
-    return null;
+  }).output();
+  let wall = (performance.now() - t0) / 1000;
+  const after = await cpuJiffies();
+  const stderr = dec.decode(r.stderr).trim();
+  if (r.code !== 0) {
+    // the tool's stderr may have gone to its --json file
+    const texts = [stderr, ...c.names.map((n) => readIf(`${TMP}/${n}.json`))];
+    const last = texts.join("\n").split("\n").filter((l) => l && !/^Command exited with/.test(l)).slice(-1)[0] ?? "";
+    throw new Error(`exit ${r.code}${last ? `: ${last}` : ""}`);
   }
-  child.stdout.cancel().catch(() => {});
-  child.stderr.cancel().catch(() => {});
-  return child;
+  const m = /WALL_NS (\d+)\s*$/.exec(dec.decode(r.stdout));
+  if (m) wall = Number(m[1]) / 1e9;
+  const procs: Record<string, ProcStats> = {};
+  let own = 0, inTool: number | null = null;
+  for (const n of c.names) {
+    procs[n] = readTime(`${TMP}/${n}.time`);
+    own += procs[n].user + procs[n].sys;
+    const s = tool ? readSeconds(`${TMP}/${n}.json`) : null;
+    if (s !== null) inTool = Math.max(inTool ?? 0, s);
+  }
+  return { wall, inTool, procs, foreignCpu: Math.max(0, (after.busy - before.busy) / 100 - own) };
 }
 
-async function releaseDmaLatency(child: Deno.ChildProcess | null): Promise<void> {
-  if (!child) return;
-  try {
-    child.kill("SIGTERM");
-  } catch { /* already gone */ }
-  await child.status;
+// ---------------------------------------------------------------------------
+// devices (DIR is under /dev: everything inside it goes through the shell or the tool)
+
+interface Devs {
+  size: number;
+  dir: string;
+  a: string;
+  b: string;
+  v1: string;
+  out: string;
+  stream: (v: Variant) => string;
 }
 
-const DEV_NULL_OK = "character special file 1:3";
-
-async function devNullIntact(): Promise<boolean> {
-  return (await sh("stat -c '%F %t:%T' /dev/null", false)).stdout.trim() === DEV_NULL_OK;
+function devs(dir: string, size: number): Devs {
+  return {
+    size,
+    dir,
+    a: `${dir}/A`,
+    b: `${dir}/B`,
+    v1: `${dir}/V1`,
+    out: `${dir}/out.vfiomig`,
+    stream: (v) => `${dir}/stream-${v.name}.vfiomig`,
+  };
 }
 
-/** Puts /dev/null back after a tool replaced it with a regular file. */
-async function restoreDevNull(): Promise<void> {
-  await sh("rm -f /dev/null && mknod -m 666 /dev/null c 1 3");
-  if (!(await devNullIntact())) die("/dev/null is damaged and could not be restored: run mknod -m 666 /dev/null c 1 3");
+/** A bulk device of `size` (v1: with an mmap-able data section); an existing one is reused when it matches. */
+async function ensureDevice(path: string, size: number, v1 = false): Promise<void> {
+  const r = await sh(`cat ${shq(path + "/device.json")} && stat -c %s ${shq(path + "/state.bin")}`, false);
+  if (r.code === 0) {
+    try {
+      const text = r.stdout.trim();
+      const cut = text.lastIndexOf("\n");
+      const m = JSON.parse(text.slice(0, cut));
+      const layout = v1 ? m.v1?.sparse === "full" && m.v1?.dataSize === V1_DATA : !m.v1;
+      if (m.model === "bulk" && m.size === size && m.rate === 0 && layout && Number(text.slice(cut + 1)) === size) {
+        await sh(`${SETUP} reset --device ${shq("sim:" + path)} >/dev/null`);
+        return;
+      }
+    } catch { /* recreate it */ }
+  }
+  await sh(`rm -rf ${shq(path)}`);
+  const extra = v1 ? ` --protocol v1 --data-size ${V1_DATA} --sparse full` : "";
+  await sh(`${SETUP} sim create ${shq(path)} --model bulk --size ${size} --seed 1${extra} >/dev/null`);
 }
+
+/** Puts a device back into RUNNING before a save (the last save left it in STOP): the variant's CLI, else ours. */
+const running = (v: Variant, dev: string) =>
+  `{ ${v.cmd} state --device ${shq("sim:" + dev)} RUNNING || ${SETUP} state --device ${
+    shq("sim:" + dev)
+  } RUNNING; } >/dev/null 2>&1`;
+
+// ---------------------------------------------------------------------------
+// rows
+
+interface RowDef {
+  id: RowId;
+  path: string;
+  size: number;
+  goal: number;
+  toolText: string;
+  baseText: string;
+  /** Devices this row needs, made before its rounds. */
+  needs: ("ab" | "v1")[];
+  tool: (v: Variant, d: Devs) => Cmd;
+  base: (d: Devs, vs: Variant[]) => Cmd;
+  /** Per variant, untimed, once before the rounds (for the big and the tiny devices). */
+  prepare?: (v: Variant, d: Devs) => string;
+  verify?: (d: Devs) => string;
+}
+
+const sim = (p: string) => shq("sim:" + p);
+const q = shq;
+
+/** TCP: the listener starts first (not timed, on either side); the clock runs from the sender's start. */
+function tcpTool(v: Variant, d: Devs): Cmd {
+  return {
+    pre: running(v, d.a),
+    names: ["save", "load"],
+    script: `
+: >${tf("load.err")}
+${tw("load")} ${v.cmd} load -q --json --device ${sim(d.b)} --listen 127.0.0.1:0 \\
+  --token ${TOKEN} --accept-timeout 60000 >${tf("load.json")} 2>${tf("load.err")} &
+L=$!
+for i in $(seq 2000); do grep -q 'listening on' ${
+      tf("load.err")
+    } && break; kill -0 $L 2>/dev/null || break; sleep 0.005; done
+PORT=$(sed -n 's/.*listening on 127\\.0\\.0\\.1:\\([0-9]*\\).*/\\1/p' ${tf("load.err")})
+[ -n "$PORT" ] || { kill $L 2>/dev/null; tail -1 ${tf("load.err")} >&2; exit 1; }
+t0=$(date +%s%N)
+${tw("save")} ${v.cmd} save -q --json --resume --device ${sim(d.a)} tcp://127.0.0.1:$PORT --token ${TOKEN} \\
+  >${tf("save.json")} || { kill $L 2>/dev/null; exit 1; }
+wait $L
+t1=$(date +%s%N)
+echo WALL_NS $((t1 - t0))`,
+  };
+}
+
+function tcpBase(d: Devs): Cmd {
+  const port = freePort();
+  const hex = port.toString(16).toUpperCase().padStart(4, "0");
+  return {
+    names: ["send", "recv"],
+    script: `
+${tw("recv")} timeout 120 socat -b1048576 -u TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr CREATE:${
+      q(d.b + "/copy.bin")
+    } &
+L=$!
+for i in $(seq 2000); do grep -qi ':${hex} 00000000:0000 0A' /proc/net/tcp && break; sleep 0.005; done
+t0=$(date +%s%N)
+${tw("send")} socat -b1048576 -u OPEN:${q(d.a + "/state.bin")} TCP:127.0.0.1:${port}
+wait $L
+t1=$(date +%s%N)
+echo WALL_NS $((t1 - t0))`,
+  };
+}
+
+const sameAsA = (d: Devs, ...files: string[]) =>
+  files.map((f) => `cmp ${q(d.a + "/state.bin")} ${q(d.b + "/" + f)}`).join(" && ");
+
+function rowDefs(): RowDef[] {
+  const pipe = (size: number): RowDef => ({
+    id: "pipe",
+    path: "save → pipe",
+    size,
+    goal: 0.95,
+    toolText: "vfio-mig save --device sim:A - | cat >/dev/null",
+    baseText: "cat A/state.bin | cat >/dev/null",
+    needs: ["ab"],
+    tool: (v, d) => ({
+      pre: running(v, d.a),
+      names: ["save"],
+      script: `${tw("save")} ${v.cmd} save --device ${sim(d.a)} --json - 2>${tf("save.json")} | cat >/dev/null`,
+    }),
+    base: (d) => ({ names: ["cat"], script: `${tw("cat")} cat ${q(d.a + "/state.bin")} | cat >/dev/null` }),
+  });
+  const defs: RowDef[] = [];
+  if (ROWS.includes("pipe")) defs.push(pipe(SIZE));
+  if (ROWS.includes("file")) {
+    defs.push({
+      id: "file",
+      path: "save → file",
+      size: SIZE,
+      goal: 0.95,
+      toolText: "vfio-mig save --device sim:A OUT",
+      baseText: "cat A/state.bin > OUT",
+      needs: ["ab"],
+      tool: (v, d) => ({
+        pre: running(v, d.a),
+        names: ["save"],
+        script: `${tw("save")} ${v.cmd} save --device ${sim(d.a)} --json ${q(d.out)} >${tf("save.json")}`,
+      }),
+      base: (d) => ({ names: ["cat"], script: `${tw("cat")} cat ${q(d.a + "/state.bin")} >${q(d.out)}` }),
+    });
+  }
+  if (ROWS.includes("load")) {
+    defs.push({
+      id: "load",
+      path: "load ← file",
+      size: SIZE,
+      goal: 0.9,
+      toolText: "vfio-mig load --device sim:B STREAM (a stream file on tmpfs)",
+      baseText: "cat STREAM > /dev/null",
+      needs: ["ab"],
+      // each variant loads a stream it saved itself (the format may differ between checkouts)
+      prepare: (v, d) => `${running(v, d.a)}; ${v.cmd} save -q --device ${sim(d.a)} ${q(d.stream(v))}`,
+      tool: (v, d) => ({
+        names: ["load"],
+        script: `${tw("load")} ${v.cmd} load --device ${sim(d.b)} --json ${q(d.stream(v))} >${tf("load.json")}`,
+      }),
+      base: (d, vs) => ({ names: ["cat"], script: `${tw("cat")} cat ${q(d.stream(vs[0]))} >/dev/null` }),
+      verify: (d) => sameAsA(d, "state.bin"),
+    });
+  }
+  if (ROWS.includes("saveload")) {
+    defs.push({
+      id: "saveload",
+      path: "save | load",
+      size: SIZE,
+      goal: 0.95,
+      toolText: "vfio-mig save --device sim:A - | vfio-mig load --device sim:B -",
+      baseText: "cat A/state.bin | cat > B/copy.bin",
+      needs: ["ab"],
+      tool: (v, d) => ({
+        pre: running(v, d.a),
+        names: ["save", "load"],
+        script: `${tw("save")} ${v.cmd} save --device ${sim(d.a)} --json - 2>${tf("save.json")} | ` +
+          `${tw("load")} ${v.cmd} load --device ${sim(d.b)} --json - >${tf("load.json")}`,
+      }),
+      base: (d) => ({
+        names: ["cat1", "cat2"],
+        script: `${tw("cat1")} cat ${q(d.a + "/state.bin")} | ${tw("cat2")} cat >${q(d.b + "/copy.bin")}`,
+      }),
+      verify: (d) => sameAsA(d, "state.bin", "copy.bin"),
+    });
+  }
+  if (ROWS.includes("v1")) {
+    defs.push({
+      id: "v1",
+      path: "v1 save (mmap)",
+      size: SIZE,
+      goal: 0.95,
+      toolText: "vfio-mig save --protocol v1 --device sim:V1 - | cat >/dev/null",
+      baseText: "cat V1/state.bin | cat >/dev/null",
+      needs: ["v1"],
+      tool: (v, d) => ({
+        pre: `{ ${v.cmd} reset --device ${sim(d.v1)} || ${SETUP} reset --device ${sim(d.v1)}; } >/dev/null 2>&1`,
+        names: ["save"],
+        script: `${tw("save")} ${v.cmd} save --protocol v1 --device ${sim(d.v1)} --json - 2>${tf("save.json")} | ` +
+          `cat >/dev/null`,
+      }),
+      base: (d) => ({ names: ["cat"], script: `${tw("cat")} cat ${q(d.v1 + "/state.bin")} | cat >/dev/null` }),
+    });
+  }
+  if (ROWS.includes("tcp")) {
+    defs.push({
+      id: "tcp",
+      path: "TCP save → load --listen",
+      size: SIZE,
+      goal: 0.95,
+      toolText: "vfio-mig load --listen 127.0.0.1:0 --token T --device sim:B & vfio-mig save --resume " +
+        "--device sim:A tcp://127.0.0.1:PORT --token T",
+      baseText: "socat -b1048576 -u TCP-LISTEN:PORT CREATE:B/copy.bin & socat -b1048576 -u OPEN:A/state.bin " +
+        "TCP:127.0.0.1:PORT",
+      needs: ["ab"],
+      tool: tcpTool,
+      base: tcpBase,
+      verify: (d) => sameAsA(d, "state.bin", "copy.bin"),
+    });
+  }
+  if (ROWS.includes("pipe") && BIG !== SIZE) defs.push(pipe(BIG));
+  return defs;
+}
+
+// ---------------------------------------------------------------------------
+// statistics
+
+function sideStats(bytes: number, runs: Run[]): SideSummary {
+  const rates = runs.map((r) => bytes / r.wall / GiB);
+  const inTool = runs.every((r) => r.inTool !== null) ? runs.map((r) => bytes / r.inTool! / GiB) : null;
+  const peak: Record<string, number> = {};
+  for (const n of Object.keys(runs[0].procs)) peak[n] = Math.max(...runs.map((r) => r.procs[n].rssKiB)) / 1024;
+  return {
+    medianGiBs: median(rates),
+    bestGiBs: Math.max(...rates),
+    walls: runs.map((r) => r.wall),
+    inToolMedianGiBs: inTool ? median(inTool) : null,
+    peakRssMiB: peak,
+    medianForeignCpu: median(runs.map((r) => r.foreignCpu)),
+  };
+}
+
+/** save's peak RSS (KiB) per variant and size, from every pipe-row run (the rss row reuses them). */
+const saveRss = new Map<string, number[]>();
+const rssKey = (v: string, bytes: number) => `${v}|${bytes}`;
+
+// ---------------------------------------------------------------------------
+// one row
+
+const short = (e: unknown) => (e instanceof Error ? e.message : String(e)).split("\n")[0].slice(0, 160);
+
+async function runRow(def: RowDef, big: Devs, tiny: Devs): Promise<RowResult[]> {
+  const label = sizeLabel(def.size);
+  console.log(`\n[${def.path}, ${label}] ${def.toolText}  vs  ${def.baseText}`);
+  for (const d of [tiny, big]) {
+    await sh(`mkdir -p ${q(d.dir)}`);
+    if (def.needs.includes("ab")) {
+      await ensureDevice(d.a, d.size);
+      await ensureDevice(d.b, d.size);
+    }
+    if (def.needs.includes("v1")) await ensureDevice(d.v1, d.size, true);
+  }
+  // which variants can run this row: the prepare step and one run on the tiny devices
+  const unsupported = new Map<string, string>();
+  for (const v of VARIANTS) {
+    try {
+      if (def.prepare) {
+        for (const d of [tiny, big]) {
+          const r = await sh(def.prepare(v, d), false);
+          if (r.code) throw new Error(`preparing: ${r.stderr.trim().split("\n").slice(-1)[0]}`);
+        }
+      }
+      await measure(def.tool(v, tiny), true);
+    } catch (e) {
+      unsupported.set(v.name, short(e));
+      console.log(`  ${v.name}: cannot run this row (${short(e)})`);
+    }
+  }
+  const supported = () => VARIANTS.filter((v) => !unsupported.has(v.name));
+  if (!supported().length && def.id === "load") {
+    // the baseline reads a variant's stream: nothing to compare
+    return VARIANTS.map((v) => result(def, v, [], [], [], unsupported.get(v.name)));
+  }
+  const runs = new Map<string, Run[]>();
+  const fixed = new Map<string, number[]>();
+  const push = <T>(m: Map<string, T[]>, k: string, x: T) => m.set(k, [...(m.get(k) ?? []), x]);
+  const baseVariants = supported().length ? supported() : VARIANTS;
+  for (let round = 0; round < WARMUP + ROUNDS; round++) {
+    const warm = round < WARMUP;
+    const sides = [...supported().map((v) => v.name), "\0base"];
+    const k = round % sides.length;
+    const order = [...sides.slice(k), ...sides.slice(0, k)]; // rotate who goes first
+    const got = new Map<string, Run>();
+    for (const side of order) {
+      if (side === "\0base") {
+        got.set(side, await measure(def.base(big, baseVariants), false));
+        continue;
+      }
+      const v = VARIANTS.find((x) => x.name === side)!;
+      try {
+        got.set(side, await measure(def.tool(v, big), true));
+      } catch (e) {
+        unsupported.set(v.name, `failed in round ${round + 1}: ${short(e)}`);
+        console.log(`  ${v.name}: ${unsupported.get(v.name)}`);
+      }
+    }
+    // the fixed cost: the same command on a 4 KiB device, in the same rounds
+    for (const v of supported()) {
+      try {
+        const f = await measure(def.tool(v, tiny), true);
+        if (!warm) push(fixed, v.name, f.wall);
+      } catch (e) {
+        unsupported.set(v.name, `failed on the 4 KiB device: ${short(e)}`);
+      }
+    }
+    if (!warm) { for (const [s, r] of got) push(runs, s, r); }
+    const g = (s: string) => got.has(s) ? (def.size / got.get(s)!.wall / GiB).toFixed(2) : "-";
+    const others = Math.max(...[...got.values()].map((r) => r.foreignCpu)).toFixed(2);
+    console.log(
+      `  ${warm ? "warm-up" : `round ${round - WARMUP + 1}`} (GiB/s): ` +
+        sides.map((s) => `${s === "\0base" ? "baseline" : s} ${g(s)}`).join("  ") + `  | others' CPU s ${others}`,
+    );
+  }
+  if (VERIFY && def.verify) {
+    const r = await sh(def.verify(big), false);
+    if (r.code !== 0) throw new Error(`[${def.path} ${label}] B differs from A: ${r.stdout}${r.stderr}`);
+    console.log(`  verified: ${def.verify(big).replaceAll(big.dir + "/", "")}`);
+  }
+  if (def.id === "pipe") {
+    for (const v of supported()) {
+      for (const r of runs.get(v.name) ?? []) {
+        saveRss.set(rssKey(v.name, def.size), [...(saveRss.get(rssKey(v.name, def.size)) ?? []), r.procs.save.rssKiB]);
+      }
+    }
+  }
+  const base = runs.get("\0base")!;
+  return VARIANTS.map((v) =>
+    result(def, v, runs.get(v.name) ?? [], base, fixed.get(v.name) ?? [], unsupported.get(v.name))
+  );
+}
+
+function result(def: RowDef, v: Variant, tool: Run[], base: Run[], fixed: number[], why?: string): RowResult {
+  const r: RowResult = {
+    row: def.id,
+    path: def.path,
+    size: sizeLabel(def.size),
+    bytes: def.size,
+    goal: def.goal,
+    variant: v.name,
+    toolCommand: def.toolText,
+    baselineCommand: def.baseText,
+    baseline: base.length
+      ? sideStats(def.size, base)
+      : { medianGiBs: 0, bestGiBs: 0, walls: [], peakRssMiB: {}, medianForeignCpu: 0 },
+  };
+  if (why || !tool.length || !base.length) {
+    r.unsupported = why ?? "no runs";
+    return r;
+  }
+  const t = sideStats(def.size, tool);
+  const b = r.baseline;
+  const fx = median(fixed);
+  const mw = median(t.walls);
+  // net = without the fixed cost; meaningless when the fixed cost is most of the run
+  const netOk = mw - fx > 0.25 * mw;
+  return {
+    ...r,
+    tool: t,
+    ratioMedian: t.medianGiBs / b.medianGiBs,
+    ratioBest: t.bestGiBs / b.bestGiBs,
+    ratioPairedMedian: median(tool.map((x, i) => base[i].wall / x.wall)),
+    fixedMs: fx * 1000,
+    ratioNetMedian: netOk ? (def.size / (mw - fx) / GiB) / b.medianGiBs : null,
+    met: t.medianGiBs / b.medianGiBs >= def.goal,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// rss row: save's peak RSS from 64 MiB to BIG (the pipe row's runs where it measured that size)
+
+async function runRss(): Promise<RssResult[]> {
+  console.log(`\n[peak RSS] save --device sim:A - | cat >/dev/null at ${RSS_SIZES.map(sizeLabel).join(", ")}`);
+  const why = new Map<string, string>();
+  for (const bytes of RSS_SIZES) {
+    if (VARIANTS.every((v) => saveRss.has(rssKey(v.name, bytes)) || why.has(v.name))) continue;
+    const d = devs(`${DIR}/rss-${sizeLabel(bytes)}`, bytes);
+    await sh(`mkdir -p ${q(d.dir)}`);
+    await ensureDevice(d.a, bytes);
+    const todo = VARIANTS.filter((v) => !saveRss.has(rssKey(v.name, bytes)));
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const v of todo) {
+        if (why.has(v.name)) continue;
+        try {
+          const r = await measure({
+            pre: running(v, d.a),
+            names: ["save"],
+            script: `${tw("save")} ${v.cmd} save --device ${sim(d.a)} - | cat >/dev/null`,
+          }, true);
+          saveRss.set(rssKey(v.name, bytes), [...(saveRss.get(rssKey(v.name, bytes)) ?? []), r.procs.save.rssKiB]);
+        } catch (e) {
+          why.set(v.name, short(e));
+        }
+      }
+    }
+    console.log(
+      `  ${sizeLabel(bytes)}: ` +
+        VARIANTS.map((v) =>
+          `${v.name} ${((Math.max(...saveRss.get(rssKey(v.name, bytes)) ?? [NaN])) / 1024).toFixed(0)} MiB`
+        )
+          .join(", "),
+    );
+    if (!opt.keep) await sh(`rm -rf ${q(d.dir)}`);
+  }
+  return VARIANTS.map((v) => {
+    const points = RSS_SIZES.filter((b) => saveRss.has(rssKey(v.name, b))).map((b) => ({
+      size: sizeLabel(b),
+      bytes: b,
+      peakRssMiB: Math.max(...saveRss.get(rssKey(v.name, b))!) / 1024,
+      runs: saveRss.get(rssKey(v.name, b))!.length,
+    }));
+    const ms = points.map((p) => p.peakRssMiB);
+    const maxMiB = ms.length ? Math.max(...ms) : NaN, spreadMiB = ms.length ? maxMiB - Math.min(...ms) : NaN;
+    return {
+      variant: v.name,
+      command: "vfio-mig save --device sim:A - | cat >/dev/null",
+      points,
+      maxMiB,
+      spreadMiB,
+      goalMiB: RSS_GOAL,
+      met: points.length === RSS_SIZES.length && maxMiB <= RSS_GOAL && spreadMiB <= FLAT_MIB,
+      ...(why.has(v.name) || points.length < RSS_SIZES.length
+        ? { unsupported: why.get(v.name) ?? "sizes missing" }
+        : {}),
+    };
+  });
+}
+
+// ---------------------------------------------------------------------------
+// start row: first execve -> first openat inside the device's folder, under strace
+
+async function runStart(tiny: Devs): Promise<StartResult[]> {
+  const cmdText = "vfio-mig state --device sim:A";
+  console.log(
+    `\n[CLI start → first device access] strace -f -ttt --seccomp-bpf -e trace=execve,openat,ioctl … ${cmdText}`,
+  );
+  await sh(`mkdir -p ${q(tiny.dir)}`);
+  await ensureDevice(tiny.a, TINY);
+  const haveStrace = (await sh("command -v strace", false)).code === 0;
+  const first = new Map<string, number[]>(), plain = new Map<string, number[]>(), traced = new Map<string, number[]>();
+  const files = new Map<string, string>();
+  const why = new Map<string, string>();
+  const push = (m: Map<string, number[]>, k: string, x: number) => m.set(k, [...(m.get(k) ?? []), x]);
+  if (!haveStrace) { for (const v of VARIANTS) why.set(v.name, "strace is missing (apt-get install strace)"); }
+  const log = `${TMP}/strace.log`;
+  const prefix = tiny.a + "/";
+  for (let round = 0; round < WARMUP + ROUNDS; round++) {
+    const warm = round < WARMUP;
+    const sides = VARIANTS.flatMap((v) => [`${v.name}\0plain`, `${v.name}\0strace`]);
+    const k = round % sides.length;
+    for (const side of [...sides.slice(k), ...sides.slice(0, k)]) {
+      const [name, kind] = side.split("\0");
+      if (why.has(name)) continue;
+      const v = VARIANTS.find((x) => x.name === name)!;
+      const st = kind === "strace" ? `strace -f -ttt --seccomp-bpf -e trace=execve,openat,ioctl -o ${q(log)} ` : "";
+      const t0 = performance.now();
+      const r = await sh(`${st}${v.cmd} state --device ${sim(tiny.a)} >/dev/null`, false);
+      const wall = performance.now() - t0;
+      if (r.code) {
+        why.set(name, `exit ${r.code}: ${r.stderr.trim().split("\n").slice(-1)[0]}`);
+        continue;
+      }
+      if (warm) continue;
+      if (kind === "plain") {
+        push(plain, name, wall);
+        continue;
+      }
+      push(traced, name, wall);
+      let t0s = NaN, t1s = NaN;
+      for (const line of Deno.readTextFileSync(log).split("\n")) {
+        const m = /^\d+\s+(\d+\.\d+)\s+(execve|openat)\((?:AT_FDCWD, )?"([^"]*)"/.exec(line);
+        if (!m) continue;
+        if (m[2] === "execve" && Number.isNaN(t0s)) t0s = Number(m[1]);
+        if (m[2] === "openat" && m[3].startsWith(prefix)) {
+          t1s = Number(m[1]);
+          files.set(name, m[3].slice(prefix.length));
+          break;
+        }
+      }
+      if (Number.isNaN(t0s) || Number.isNaN(t1s)) why.set(name, "no execve or no openat inside the device folder");
+      else push(first, name, (t1s - t0s) * 1000);
+    }
+  }
+  const stat = (xs: number[]) => ({ median: median(xs), best: Math.min(...xs), all: xs });
+  return VARIANTS.map((v) => {
+    const r: StartResult = { variant: v.name, command: cmdText, goalMs: START_GOAL_MS };
+    if (why.has(v.name) || !first.get(v.name)?.length) return { ...r, unsupported: why.get(v.name) ?? "no runs" };
+    const f = stat(first.get(v.name)!);
+    return {
+      ...r,
+      firstFile: files.get(v.name),
+      firstAccessMs: f,
+      stateWallMs: stat(plain.get(v.name)!),
+      straceWallMs: { median: median(traced.get(v.name)!), all: traced.get(v.name)! },
+      met: f.median <= START_GOAL_MS,
+    };
+  });
+}
+
+// ---------------------------------------------------------------------------
+// main
 
 async function environment(dmaHeld: boolean) {
   const txt = async (s: string) => (await sh(s, false)).stdout.trim();
@@ -218,484 +747,215 @@ async function environment(dmaHeld: boolean) {
     cpus: navigator.hardwareConcurrency,
     cpu: await txt("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
     memBytes: Number(await txt("awk '/MemTotal/{print $2*1024}' /proc/meminfo")),
-    pipeMaxSize: Number(await txt("cat /proc/sys/fs/pipe-max-size")),
     dmaLatencyHeld: dmaHeld,
     loadAvgAtStart: await loadAvg(),
     dir: DIR,
+    quick: QUICK,
+    rounds: ROUNDS,
+    warmup: WARMUP,
+    size: sizeLabel(SIZE),
+    big: sizeLabel(BIG),
     variants: await Promise.all(VARIANTS.map(async (v) => ({
       name: v.name,
       dir: v.dir,
-      gitHead: await txt(`git -C ${shq(v.dir)} rev-parse --short HEAD 2>/dev/null`),
-      gitDirty: (await txt(`git -C ${shq(v.dir)} status --porcelain -- src ffi cli.ts 2>/dev/null`)).split("\n")
+      gitHead: await txt(`git -C ${q(v.dir)} rev-parse --short HEAD 2>/dev/null`),
+      gitDirty: (await txt(`git -C ${q(v.dir)} status --porcelain -- src ffi cli.ts 2>/dev/null`)).split("\n")
         .filter(Boolean),
     }))),
   };
 }
 
-// ---------------------------------------------------------------------------
-// devices (DIR is under /dev: everything inside it goes through the shell or the tool)
-
-async function ensureDevice(tool: string, path: string, size: number): Promise<void> {
-  const r = await sh(`cat ${shq(path + "/device.json")} && stat -c %s ${shq(path + "/state.bin")}`, false);
-  if (r.code === 0) {
-    try {
-      const text = r.stdout.trim();
-      const cut = text.lastIndexOf("\n");
-      const meta = JSON.parse(text.slice(0, cut));
-      if (meta.model === "bulk" && meta.size === size && meta.rate === 0 && Number(text.slice(cut + 1)) === size) {
-        await sh(`${tool} reset --device ${shq("sim:" + path)} >/dev/null`);
-        return;
-      }
-    } catch { /* recreate it */ }
-  }
-  await sh(`rm -rf ${shq(path)}`);
-  await sh(`${tool} sim create ${shq(path)} --model bulk --size ${size} >/dev/null`);
-}
-
-// ---------------------------------------------------------------------------
-// one run of each side
-
-interface Run {
-  wall: number;
-  /** The tool's own seconds (max over its processes); null for a baseline. */
-  inTool: number | null;
-  procs: Record<string, ProcStats>;
-  /** CPU seconds used by processes other than the measured ones during the run. */
-  foreignCpu: number;
-}
-
-interface Ctx {
-  size: number;
-  a: string;
-  b: string;
-  outFile: string;
-  tmp: string;
-}
-
-async function finish(script: string, names: string[], tmp: string, tool: boolean, size: number, what: string) {
-  const { wall, busyCpu } = await timed(script);
-  const procs: Record<string, ProcStats> = {};
-  let inTool: number | null = null;
-  let own = 0;
-  for (const n of names) {
-    procs[n] = readTime(`${tmp}/${n}.time`);
-    own += procs[n].user + procs[n].sys;
-    if (tool) {
-      const s = readSummary(`${tmp}/${n}.json`);
-      // device data = the state plus the bulk model's small headers
-      if (s.bytes < size || s.bytes > size + 4096) {
-        throw new Error(`${what}: ${n} moved ${s.bytes} bytes, expected ~${size}`);
-      }
-      inTool = Math.max(inTool ?? 0, s.seconds);
+function report(j: BenchJson): void {
+  const f2 = (
+    n: number | undefined | null,
+  ) => (n === undefined || n === null || !Number.isFinite(n) ? "-" : n.toFixed(2));
+  const multi = VARIANTS.length > 1;
+  const cut = (s?: string) => (s && s.length > 48 ? s.slice(0, 47) + "…" : s ?? ""); // the JSON has it whole
+  console.log(
+    `\nvfio-mig vs baseline (GiB/s of device state = bytes / wall time of the whole command, Deno start-up ` +
+      `included; median of ${ROUNDS} rounds${QUICK ? "; SMOKE RUN with small sizes" : ""})\n`,
+  );
+  const rows: string[][] = [[
+    "path",
+    "size",
+    ...(multi ? ["variant"] : []),
+    "tool GiB/s",
+    "baseline GiB/s",
+    "ratio med (best)",
+    "goal",
+    "result",
+    "fixed ms",
+    "net ratio",
+    "peak RSS MiB",
+    "others' CPU s",
+  ]];
+  for (const r of j.rows) {
+    const common = [r.path, r.size, ...(multi ? [r.variant] : [])];
+    if (r.unsupported || !r.tool) {
+      rows.push([
+        ...common,
+        "-",
+        f2(r.baseline.medianGiBs),
+        "-",
+        `≥ ${r.goal}`,
+        `not run: ${cut(r.unsupported)}`,
+        "",
+        "",
+        "",
+        "",
+      ]);
+      continue;
     }
+    rows.push([
+      ...common,
+      f2(r.tool.medianGiBs),
+      f2(r.baseline.medianGiBs),
+      `${f2(r.ratioMedian)} (${f2(r.ratioBest)})`,
+      `≥ ${r.goal}`,
+      r.met ? "met" : "not met",
+      r.fixedMs!.toFixed(0),
+      f2(r.ratioNetMedian),
+      Object.entries(r.tool.peakRssMiB).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", "),
+      f2(r.tool.medianForeignCpu),
+    ]);
   }
-  return { wall, inTool, procs, foreignCpu: Math.max(0, busyCpu - own) };
-}
-
-async function runTool(v: Variant, c: CaseName, x: Ctx): Promise<Run> {
-  await sh(`${v.cmd} state --device ${shq("sim:" + x.a)} RUNNING >/dev/null`); // the last save left it STOP
-  const t = (n: string) => shq(`${x.tmp}/${n}`);
-  const A = shq("sim:" + x.a), B = shq("sim:" + x.b);
-  let script: string;
-  let names: string[];
-  switch (c) {
-    case "null":
-      script = v.devNullSafe
-        ? `${timeWrap(t("save.time"))} ${v.cmd} save --device ${A} --json /dev/null >${t("save.json")}`
-        : `${timeWrap(t("save.time"))} ${v.cmd} save --device ${A} --json - 2>${t("save.json")} >/dev/null`;
-      names = ["save"];
-      break;
-    case "file":
-      script = `${timeWrap(t("save.time"))} ${v.cmd} save --device ${A} --json ${shq(x.outFile)} >${t("save.json")}`;
-      names = ["save"];
-      break;
-    case "pipe":
-      script = `${timeWrap(t("save.time"))} ${v.cmd} save --device ${A} --json - 2>${t("save.json")} | ` +
-        `${timeWrap(t("load.time"))} ${v.cmd} load --device ${B} --json - >${t("load.json")}`;
-      names = ["save", "load"];
-      break;
+  for (const s of j.rss) {
+    const range = s.points.length ? `${s.points[0].size}→${s.points[s.points.length - 1].size}` : "-";
+    rows.push([
+      "peak RSS of save",
+      range,
+      ...(multi ? [s.variant] : []),
+      s.points.map((p) => `${p.size} ${p.peakRssMiB.toFixed(0)}`).join(", ") + " MiB",
+      "-",
+      "-",
+      `≤ ${s.goalMiB} MiB, flat`,
+      s.unsupported ? `not run: ${cut(s.unsupported)}` : s.met ? "met" : "not met",
+      "",
+      "",
+      `spread ${f2(s.spreadMiB)}`,
+      "",
+    ]);
   }
-  const r = await finish(script, names, x.tmp, true, x.size, `${v.name} ${c}`);
-  if (c === "null" && !(await devNullIntact())) {
-    await restoreDevNull();
-    throw new Error(`${v.name}: 'save ... /dev/null' replaced /dev/null (restored it)`);
+  for (const s of j.start) {
+    const ok = !s.unsupported && s.firstAccessMs;
+    rows.push([
+      "CLI start → 1st device access",
+      "-",
+      ...(multi ? [s.variant] : []),
+      ok ? `${s.firstAccessMs!.median.toFixed(1)} ms (best ${s.firstAccessMs!.best.toFixed(1)})` : "-",
+      "-",
+      "-",
+      `≤ ${s.goalMs} ms`,
+      ok ? (s.met ? "met" : "not met") : `not run: ${cut(s.unsupported)}`,
+      "",
+      "",
+      "",
+      "",
+    ]);
   }
-  return r;
-}
-
-type BaselineName = "cat" | "cat+mv";
-
-function baselinesOf(c: CaseName): BaselineName[] {
-  return c === "null" ? ["cat"] : ["cat", "cat+mv"];
-}
-
-async function runBaseline(b: BaselineName, c: CaseName, x: Ctx): Promise<Run> {
-  const t = (n: string) => shq(`${x.tmp}/${n}`);
-  const src = shq(`${x.a}/state.bin`);
-  const out = shq(x.outFile);
-  const tmpOut = shq(`${x.outFile.slice(0, x.outFile.lastIndexOf("/"))}/.out.tmp`);
-  const copy = shq(`${x.b}/copy.bin`), copyTmp = shq(`${x.b}/copy.tmp`);
-  let script: string;
-  let names: string[];
-  switch (c) {
-    case "null":
-      script = `${timeWrap(t("cat1.time"))} cat ${src} >/dev/null`;
-      names = ["cat1"];
-      break;
-    case "file":
-      script = b === "cat"
-        ? `${timeWrap(t("cat1.time"))} cat ${src} >${out}`
-        : `${timeWrap(t("cat1.time"))} cat ${src} >${tmpOut} && mv ${tmpOut} ${out}`;
-      names = ["cat1"];
-      break;
-    case "pipe":
-      script = b === "cat"
-        ? `${timeWrap(t("cat1.time"))} cat ${src} | ${timeWrap(t("cat2.time"))} cat >${copy}`
-        : `${timeWrap(t("cat1.time"))} cat ${src} | { ${
-          timeWrap(t("cat2.time"))
-        } cat >${copyTmp} && mv ${copyTmp} ${copy}; }`;
-      names = ["cat1", "cat2"];
-      break;
+  if (j.rows.length + j.rss.length + j.start.length) printTable(rows);
+  console.log(`
+  ratio          tool GiB/s / baseline GiB/s, medians (best: best / best); sides rotate within each round
+  fixed ms       median wall time of the same command on a ${TINY}-byte device (Deno start-up, module loading,
+                 device open, state changes); net ratio = bytes / (median wall - fixed) against the baseline
+                 ("-" when the fixed cost is most of the run)
+  others' CPU s  CPU seconds other processes used during a tool run (median): well above 0 = disturbed
+  peak RSS       /usr/bin/time %M of each vfio-mig process, max over the rounds; "flat": spread ≤ ${FLAT_MIB} MiB`);
+  if (j.rows.some((r) => r.row === "load") && multi) {
+    console.log("  load           the baseline reads the stream file of the first variant that could save one");
   }
-  return await finish(script, names, x.tmp, false, x.size, `${b} ${c}`);
-}
-
-// ---------------------------------------------------------------------------
-// statistics
-
-interface SideStats {
-  bestGiBs: number;
-  medianGiBs: number;
-  walls: number[];
-  inToolBestGiBs?: number;
-  inToolMedianGiBs?: number;
-  peakRssMiB: Record<string, number>;
-  medianCpuSeconds: Record<string, { user: number; sys: number }>;
-  medianForeignCpu: number;
-}
-
-function sideStats(size: number, runs: Run[]): SideStats {
-  const rates = runs.map((r) => size / r.wall / GiB);
-  const st: SideStats = {
-    bestGiBs: Math.max(...rates),
-    medianGiBs: median(rates),
-    walls: runs.map((r) => r.wall),
-    peakRssMiB: {},
-    medianCpuSeconds: {},
-    medianForeignCpu: median(runs.map((r) => r.foreignCpu)),
-  };
-  const tool = runs.filter((r) => r.inTool !== null).map((r) => size / r.inTool! / GiB);
-  if (tool.length) {
-    st.inToolBestGiBs = Math.max(...tool);
-    st.inToolMedianGiBs = median(tool);
+  for (const s of j.start) {
+    if (s.unsupported || !s.firstAccessMs) continue;
+    const over = s.straceWallMs!.median - s.stateWallMs!.median;
+    console.log(
+      `  start${multi ? ` (${s.variant})` : ""}: first execve → openat of A/${s.firstFile} ${
+        s.firstAccessMs.median.toFixed(1)
+      } ms median (all: ${s.firstAccessMs.all.map((x) => x.toFixed(0)).join(" ")}); whole \`state\` command ${
+        s.stateWallMs!.median.toFixed(0)
+      } ms without strace, ${s.straceWallMs!.median.toFixed(0)} ms under strace (overhead ${over.toFixed(0)} ms, ${
+        (100 * over / s.stateWallMs!.median).toFixed(0)
+      }%)`,
+    );
   }
-  for (const name of Object.keys(runs[0].procs)) {
-    st.peakRssMiB[name] = Math.max(...runs.map((r) => r.procs[name].rssKiB)) / 1024;
-    st.medianCpuSeconds[name] = {
-      user: median(runs.map((r) => r.procs[name].user)),
-      sys: median(runs.map((r) => r.procs[name].sys)),
-    };
-  }
-  return st;
-}
-
-const cpuSum = (s: SideStats) => Object.values(s.medianCpuSeconds).reduce((a, c) => a + c.user + c.sys, 0);
-
-// ---------------------------------------------------------------------------
-// main
-
-const LABELS: Record<CaseName, string> = {
-  null: "save /dev/null  vs  cat A > /dev/null",
-  file: "save FILE  vs  cat A > FILE",
-  pipe: "save - | load -  vs  cat A | cat > B/copy",
-};
-
-interface Result {
-  size: string;
-  bytes: number;
-  case: CaseName;
-  variant: string;
-  tool: SideStats;
-  baselines: Record<string, SideStats>;
-  ratioBest: number;
-  ratioMedian: number;
-  ratioPairedMedian: number;
-  sameSemantics?: { baseline: string; ratioBest: number; ratioMedian: number };
-  fixedCostSeconds: { median: number; all: number[] };
-  netBestGiBs: number | null;
-  netMedianGiBs: number | null;
-  ratioNetBest: number | null;
-  ratioNetMedian: number | null;
-  ratioInToolBest: number;
-  ratioInToolMedian: number;
-  peakRssMiB: number;
-  meetsRatio: boolean;
-  meetsRss: boolean;
 }
 
 async function main(): Promise<void> {
   if ((await sh(`test -x ${TIME}`, false)).code !== 0) {
     die(`${TIME} is missing (apt-get install time): it gives each process's peak RSS`);
   }
-  await sh(`mkdir -p ${shq(DIR)}`);
-  const [fs, free] = (await sh(`df -B1 --output=fstype,avail ${shq(DIR)} | tail -1`)).stdout.trim().split(/\s+/);
+  if (ROWS.includes("tcp") && (await sh("command -v socat", false)).code !== 0) {
+    die("socat is missing (apt-get install socat): it is the tcp row's baseline");
+  }
+  await sh(`mkdir -p ${q(DIR)}`);
+  const [fs, free] = (await sh(`df -B1 --output=fstype,avail ${q(DIR)} | tail -1`)).stdout.trim().split(/\s+/);
   if (fs !== "tmpfs") console.error(`bench: warning: ${DIR} is ${fs}, not tmpfs: the disk will be measured too`);
-  const biggest = Math.max(...SIZES.map((s) => s.bytes));
-  // A, B, B/incoming.bin during a load, B/copy.bin (+ copy.tmp), OUT + its temporary copy
-  const need = biggest * (2 + (CASES.includes("pipe") ? 3 : 0) + (CASES.includes("file") ? 2 : 0)) + 64 * MiB;
+  // at once, SIZE: A, B, B's incoming state during a load, B/copy.bin, OUT and its temporary, a stream per
+  // variant, V1; BIG (its own phase, after SIZE's devices are gone): A; then one RSS device at a time
+  const mainNeed = SIZE * (7 + VARIANTS.length);
+  const bigNeed = ROWS.includes("pipe") || ROWS.includes("rss") ? BIG * 1.05 : 0;
+  const need = (opt.keep ? mainNeed + bigNeed + RSS_SIZES.reduce((a, b) => a + b, 0) : Math.max(mainNeed, bigNeed)) +
+    256 * MiB;
   if (Number(free) < need) {
     die(`${DIR} has ${(Number(free) / GiB).toFixed(1)} GiB free; ${(need / GiB).toFixed(1)} GiB are needed`);
   }
-  if (!(await devNullIntact())) die("/dev/null is not the character device 1:3: restore it first");
 
   const dma = await holdDmaLatency();
   const env = await environment(dma !== null);
-  const tmp = Deno.makeTempDirSync({ prefix: "vfio-mig-bench-" }); // /usr/bin/time output, --json summaries
+  TMP = Deno.makeTempDirSync({ prefix: "vfio-mig-bench-" });
   console.log(
-    `vfio-mig bench: sizes ${SIZES.map((s) => s.label).join(",")}, ${ROUNDS} rounds (+${WARMUP} warm-up), ` +
-      `cases ${CASES.join(",")}, dir ${DIR} (${fs}), cpu_dma_latency ${dma ? "held at 0" : "NOT held"}, ` +
-      `load average ${env.loadAvgAtStart.join(" ")}`,
+    `vfio-mig bench: rows ${ROWS.join(",")}, size ${sizeLabel(SIZE)}, big ${sizeLabel(BIG)}, ${ROUNDS} rounds ` +
+      `(+${WARMUP} warm-up)${QUICK ? ", QUICK (smoke run)" : ""}, dir ${DIR} (${fs}), cpu_dma_latency ` +
+      `${dma ? "held at 0" : "NOT held"}, load average ${env.loadAvgAtStart.join(" ")}`,
   );
   for (const v of VARIANTS) console.log(`  ${v.name}: ${v.cmd}`);
-
-  const results: Result[] = [];
-  const loadAvgs: Record<string, number[]> = {};
+  const t0 = performance.now();
+  const rowResults: RowResult[] = [];
+  let rss: RssResult[] = [];
+  let start: StartResult[] = [];
+  const tiny = devs(`${DIR}/tiny`, TINY);
   try {
-    // tiny devices: the fixed cost of each command (startup, device open, state changes, rename)
-    const tinyBase = `${DIR}/tiny`;
-    const tiny: Ctx = { size: TINY, a: `${tinyBase}/A`, b: `${tinyBase}/B`, outFile: `${tinyBase}/out.vfiomig`, tmp };
-    await sh(`mkdir -p ${shq(tinyBase)}`);
-    await ensureDevice(VARIANTS[0].cmd, tiny.a, TINY);
-    await ensureDevice(VARIANTS[0].cmd, tiny.b, TINY);
-    if (CASES.includes("null")) {
-      // Give each variant a private null device first: a version that renames its output
-      // over a device would replace /dev/null for the whole machine.
-      const probe = `${tinyBase}/null`;
-      for (const v of VARIANTS) {
-        const made = await sh(`rm -f ${shq(probe)} && mknod -m 666 ${shq(probe)} c 1 3`, false);
-        let safe = made.code === 0;
-        if (safe) {
-          await sh(`${v.cmd} state --device ${shq("sim:" + tiny.a)} RUNNING >/dev/null`);
-          await sh(`${v.cmd} save -q --device ${shq("sim:" + tiny.a)} ${shq(probe)}`, false);
-          safe = (await sh(`stat -c '%F %t:%T' ${shq(probe)}`, false)).stdout.trim() === DEV_NULL_OK;
-        }
-        await sh(`rm -f ${shq(probe)}`, false);
-        if (!safe) {
-          v.devNullSafe = false;
-          console.error(
-            `bench: warning: ${v.name}: ` +
-              (made.code === 0
-                ? "'save FILE' replaced a device node with a regular file"
-                : "cannot make a probe node") +
-              `; its null case runs as 'save - > /dev/null' instead of 'save /dev/null'`,
-          );
-        }
+    const mainDevs = devs(`${DIR}/main`, SIZE);
+    const bigDevs = devs(`${DIR}/big`, BIG);
+    for (const def of rowDefs()) {
+      const d = def.size === SIZE ? mainDevs : bigDevs;
+      if (def.size === BIG && BIG !== SIZE && !opt.keep) await sh(`rm -rf ${q(mainDevs.dir)}`); // make room
+      rowResults.push(...await runRow(def, d, tiny));
+      if (def.id === "file") await sh(`rm -f ${q(d.out)} ${q(tiny.out)}`);
+      if (def.id === "load") {
+        for (const v of VARIANTS) await sh(`rm -f ${q(d.stream(v))} ${q(tiny.stream(v))}`);
       }
     }
-
-    for (const size of SIZES) {
-      const base = `${DIR}/${size.label}`;
-      const x: Ctx = { size: size.bytes, a: `${base}/A`, b: `${base}/B`, outFile: `${base}/out.vfiomig`, tmp };
-      console.log(`\n[${size.label}] devices ${x.a}, ${x.b}`);
-      await sh(`mkdir -p ${shq(base)}`);
-      await ensureDevice(VARIANTS[0].cmd, x.a, size.bytes);
-      await ensureDevice(VARIANTS[0].cmd, x.b, size.bytes);
-      const runs = new Map<string, Run[]>(); // `${case}|${side}`
-      const fixed = new Map<string, number[]>(); // `${case}|${variant}`
-      const push = <T>(m: Map<string, T[]>, k: string, v: T) => m.set(k, [...(m.get(k) ?? []), v]);
-      const la0 = await loadAvg();
-      for (let round = 0; round < WARMUP + ROUNDS; round++) {
-        const warm = round < WARMUP;
-        const parts: string[] = [];
-        for (const c of CASES) {
-          const sides = [...VARIANTS.map((v) => `tool:${v.name}`), ...baselinesOf(c).map((b) => `base:${b}`)];
-          const k = round % sides.length;
-          const order = [...sides.slice(k), ...sides.slice(0, k)]; // rotate who goes first
-          const got = new Map<string, Run>();
-          for (const side of order) {
-            const [kind, name] = side.split(":") as ["tool" | "base", string];
-            got.set(
-              side,
-              kind === "tool"
-                ? await runTool(VARIANTS.find((v) => v.name === name)!, c, x)
-                : await runBaseline(name as BaselineName, c, x),
-            );
-          }
-          for (const v of VARIANTS) {
-            const f = await runTool(v, c, tiny);
-            if (!warm) push(fixed, `${c}|${v.name}`, f.wall);
-          }
-          if (!warm) { for (const [side, r] of got) push(runs, `${c}|${side}`, r); }
-          const g = (side: string) => (size.bytes / got.get(side)!.wall / GiB).toFixed(2);
-          parts.push(`${c} ${sides.map((s) => `${s.split(":")[1]} ${g(s)}`).join(" ")}`);
-        }
-        console.log(`  ${warm ? "warm-up" : `round ${round - WARMUP + 1}`} (GiB/s): ${parts.join(" | ")}`);
-      }
-      loadAvgs[size.label] = [...la0, ...(await loadAvg())];
-      if (VERIFY && CASES.includes("pipe")) {
-        const a = shq(x.a + "/state.bin");
-        const r = await sh(`cmp ${a} ${shq(x.b + "/state.bin")} && cmp ${a} ${shq(x.b + "/copy.bin")}`, false);
-        if (r.code !== 0) {
-          throw new Error(`[${size.label}] B differs from A after the pipe case: ${r.stdout}${r.stderr}`);
-        }
-        console.log(`  verified: B/state.bin and B/copy.bin equal A/state.bin`);
-      }
-      for (const c of CASES) {
-        const bases = Object.fromEntries(
-          baselinesOf(c).map((b) => [b, sideStats(size.bytes, runs.get(`${c}|base:${b}`)!)]),
-        );
-        const primary = bases["cat"];
-        const primaryRuns = runs.get(`${c}|base:cat`)!;
-        for (const v of VARIANTS) {
-          const toolRuns = runs.get(`${c}|tool:${v.name}`)!;
-          const ts = sideStats(size.bytes, toolRuns);
-          const fx = fixed.get(`${c}|${v.name}`)!;
-          const fixedMedian = median(fx);
-          // net = without the fixed cost; meaningless when the fixed cost is most of the run
-          const netOk = median(ts.walls) - fixedMedian > 0.25 * median(ts.walls);
-          const net = toolRuns.map((r) => netOk ? size.bytes / Math.max(r.wall - fixedMedian, 1e-3) / GiB : NaN);
-          const peak = Math.max(...Object.values(ts.peakRssMiB));
-          const same = bases["cat+mv"];
-          results.push({
-            size: size.label,
-            bytes: size.bytes,
-            case: c,
-            variant: v.name,
-            tool: ts,
-            baselines: bases,
-            ratioBest: ts.bestGiBs / primary.bestGiBs,
-            ratioMedian: ts.medianGiBs / primary.medianGiBs,
-            ratioPairedMedian: median(toolRuns.map((r, i) => primaryRuns[i].wall / r.wall)),
-            ...(same
-              ? {
-                sameSemantics: {
-                  baseline: "cat+mv",
-                  ratioBest: ts.bestGiBs / same.bestGiBs,
-                  ratioMedian: ts.medianGiBs / same.medianGiBs,
-                },
-              }
-              : {}),
-            fixedCostSeconds: { median: fixedMedian, all: fx },
-            netBestGiBs: netOk ? Math.max(...net) : null,
-            netMedianGiBs: netOk ? median(net) : null,
-            ratioNetBest: netOk ? Math.max(...net) / primary.bestGiBs : null,
-            ratioNetMedian: netOk ? median(net) / primary.medianGiBs : null,
-            ratioInToolBest: ts.inToolBestGiBs! / primary.bestGiBs,
-            ratioInToolMedian: ts.inToolMedianGiBs! / primary.medianGiBs,
-            peakRssMiB: peak,
-            meetsRatio: ts.medianGiBs / primary.medianGiBs >= 0.9,
-            meetsRss: peak <= 64,
-          });
-        }
-      }
-      await sh(`rm -f ${shq(x.outFile)} ${shq(x.b + "/copy.bin")}`);
-      if (!opt.keep) await sh(`rm -rf ${shq(base)}`);
-    }
-    if (!opt.keep) await sh(`rm -rf ${shq(tinyBase)}`);
+    if (!opt.keep) await sh(`rm -rf ${q(mainDevs.dir)} ${q(bigDevs.dir)}`);
+    if (ROWS.includes("rss")) rss = await runRss();
+    if (ROWS.includes("start")) start = await runStart(tiny);
+    if (!opt.keep) await sh(`rm -rf ${q(tiny.dir)}`);
   } finally {
     await releaseDmaLatency(dma);
-    Deno.removeSync(tmp, { recursive: true });
+    Deno.removeSync(TMP, { recursive: true });
+    if (!opt.keep) await sh(`rm -rf ${q(DIR)}/main ${q(DIR)}/big ${q(DIR)}/tiny ${q(DIR)}/rss-*`, false);
   }
-
-  // -------------------------------------------------------------------------
-  // report
-  const f2 = (n: number | undefined | null) => (n === undefined || n === null ? "-" : n.toFixed(2));
-  const table = (rows: string[][]) => {
-    const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-    for (const [i, r] of rows.entries()) {
-      console.log("  " + r.map((c, j) => c.padEnd(widths[j])).join("  ").trimEnd());
-      if (i === 0) console.log("  " + widths.map((w) => "-".repeat(w)).join("  "));
-    }
-  };
-  const multi = VARIANTS.length > 1;
-  console.log("\nThroughput (GiB/s of device state, end to end: wall time of the whole command or pipeline)");
-  for (const c of CASES) console.log(`  ${c.padEnd(5)} ${LABELS[c]}`);
-  console.log();
-  table([
-    [
-      "size",
-      "case",
-      ...(multi ? ["variant"] : []),
-      "tool best/med",
-      "cat best/med",
-      "ratio best/med",
-      "peak RSS MiB",
-      "targets",
-    ],
-    ...results.map((r) => [
-      r.size,
-      r.case,
-      ...(multi ? [r.variant] : []),
-      `${f2(r.tool.bestGiBs)} / ${f2(r.tool.medianGiBs)}`,
-      `${f2(r.baselines["cat"].bestGiBs)} / ${f2(r.baselines["cat"].medianGiBs)}`,
-      `${f2(r.ratioBest)} / ${f2(r.ratioMedian)}`,
-      Object.entries(r.tool.peakRssMiB).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", "),
-      `${r.meetsRatio ? "ratio ok" : "ratio < 0.9"}, ${r.meetsRss ? "RSS ok" : "RSS > 64 MiB"}`,
-    ]),
-  ]);
-  console.log("\nWhere the gap comes from (ratios are tool/baseline, best / median)");
-  console.log();
-  table([
-    [
-      "size",
-      "case",
-      ...(multi ? ["variant"] : []),
-      "vs cat+mv",
-      "fixed ms",
-      "net ratio",
-      "in-tool GiB/s",
-      "in-tool ratio",
-      "CPU s tool/cat",
-      "others' CPU s",
-    ],
-    ...results.map((r) => [
-      r.size,
-      r.case,
-      ...(multi ? [r.variant] : []),
-      r.sameSemantics ? `${f2(r.sameSemantics.ratioBest)} / ${f2(r.sameSemantics.ratioMedian)}` : "-",
-      (r.fixedCostSeconds.median * 1000).toFixed(0),
-      `${f2(r.ratioNetBest)} / ${f2(r.ratioNetMedian)}`,
-      `${f2(r.tool.inToolBestGiBs)} / ${f2(r.tool.inToolMedianGiBs)}`,
-      `${f2(r.ratioInToolBest)} / ${f2(r.ratioInToolMedian)}`,
-      `${f2(cpuSum(r.tool))} / ${f2(cpuSum(r.baselines["cat"]))}`,
-      f2(r.tool.medianForeignCpu),
-    ]),
-  ]);
-  console.log(`
-  vs cat+mv      against a baseline that also writes a new file and renames it (what the tool does for FILE,
-                 and what the simulator's load does with B/incoming.bin): fresh pages are slow on this VM
-  fixed ms       wall time of the same command on a ${TINY}-byte device (Deno startup, device open, state
-                 changes, rename); net ratio = bytes / (wall - fixed) against cat
-  in-tool        bytes / the tool's own --json seconds (save()/load() start to end, no startup)
-  CPU s          median user+sys of all processes of the side (/usr/bin/time)
-  others' CPU s  CPU seconds used by other processes on the machine during a tool run (median):
-                 anything well above 0 means the numbers are disturbed
-  load average   ${
-    Object.entries(loadAvgs).map(([k, v]) => `${k}: ${v.slice(0, 3).join(" ")} -> ${v.slice(3).join(" ")}`).join("; ")
-  }`);
-  if (VARIANTS.some((v) => !v.devNullSafe)) {
-    console.log(
-      `  note: ${VARIANTS.filter((v) => !v.devNullSafe).map((v) => v.name).join(", ")} replaced a null device with a ` +
-        `file in the probe (or could not be probed); their null case ran as 'save - > /dev/null'`,
-    );
-  }
-
-  const json = {
-    env,
+  const seconds = (performance.now() - t0) / 1000;
+  const json: BenchJson = {
+    env: { ...env, loadAvgAtEnd: await loadAvg(), seconds },
     method: {
-      rounds: ROUNDS,
-      warmup: WARMUP,
-      order: "sides rotate within each round (tool variants and baselines)",
-      throughput: "bytes of device state / wall seconds of the whole command or pipeline",
-      peakRss: "/usr/bin/time %M of each process",
-      devNullSafe: Object.fromEntries(VARIANTS.map((v) => [v.name, v.devNullSafe])),
+      throughput: "bytes of device state / wall seconds of the whole command or pipeline (Deno start-up included)",
+      ratio: "median tool GiB/s / median baseline GiB/s; best / best; sides rotate within each round",
+      fixed: `the same command on a ${TINY}-byte device, in the same rounds`,
+      peakRss: "/usr/bin/time %M of each process, max over the rounds",
+      start: "strace -f -ttt --seccomp-bpf -e trace=execve,openat,ioctl: first execve to the first openat of a " +
+        "file inside the device folder",
     },
-    loadAverage: loadAvgs,
-    results,
+    rows: rowResults,
+    rss,
+    start,
   };
+  report(json);
   Deno.mkdirSync(OUT.slice(0, OUT.lastIndexOf("/")), { recursive: true });
   Deno.writeTextFileSync(OUT, JSON.stringify(json, null, 2) + "\n");
-  console.log(`\nJSON results: ${OUT}`);
+  console.log(`\nJSON results: ${OUT} (${seconds.toFixed(0)} s)`);
+  if (rowResults.length || rss.length) {
+    console.log(`charts: ${writeCharts(json, OUT.slice(0, OUT.lastIndexOf("/"))).join(", ")}`);
+  }
 }
 
 await main();
