@@ -94,8 +94,23 @@ async function interrupted(child: Deno.ChildProcess, what: string): Promise<stri
   return lines[0];
 }
 
+const children: Deno.ChildProcess[] = [];
+
+/** A vfio-mig run; killed at the end of the group if a failed check left it running. */
 function spawn(cmd: string, args: string[]): Deno.ChildProcess {
-  return new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "piped" }).spawn();
+  const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "piped" }).spawn();
+  children.push(child);
+  return child;
+}
+
+/** Kills what a failed check left running (it would hold its device and the guest). */
+async function reap(): Promise<void> {
+  for (const c of children) {
+    try {
+      c.kill("SIGKILL");
+      await c.output();
+    } catch { /* it ended */ }
+  }
 }
 
 async function unchanged(uuid: string, scratch: number, what: string): Promise<void> {
@@ -141,4 +156,5 @@ await check("SIGINT while the load waits for a writer of its FIFO: exit 130, the
   await unchanged(B, 0x33, "B");
 });
 
+await reap();
 extraReport.push(`interrupt: exit after SIGINT: ${exitTimes.join(", ")}`);
