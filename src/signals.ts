@@ -1,11 +1,12 @@
 // SIGINT and SIGTERM for the whole process, dispatched to whoever claims them now.
 //
 // Deno runs a signal listener on a later turn of the event loop than the one the signal
-// came in: a listener removed in between never sees it, and the signal is lost (seen:
-// a SIGINT during the command's module loading, whose listener went when the command
-// had loaded, left a save waiting on its FIFO for ever). So the listeners stay bound
-// while anyone might want a signal, and each signal goes to the newest claim, or to
-// the fallback the command line sets for the whole run.
+// came in, and a signal caught while a listener was bound but dispatched after it was
+// removed is dropped: the process neither handles it nor dies (tests/signals_test.ts).
+// With listeners added and removed per operation, a Ctrl-C at the end of one, or while
+// a command is starting, could go nowhere. So the listeners stay bound while anyone may
+// want a signal, and each signal goes to the newest claim, or to the fallback the
+// command line sets for its whole run.
 
 const SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
 
