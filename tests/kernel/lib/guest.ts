@@ -70,6 +70,7 @@ export function removeCreatedMtty(): void {
     try {
       Deno.writeTextFileSync(`/sys/bus/mdev/devices/${uuid}/remove`, "1");
     } catch (e) {
+      if (e instanceof Deno.errors.NotFound) continue; // its group removed it already
       console.log(`note: could not remove mtty ${uuid}: ${e instanceof Error ? e.message : e}`);
     }
   }
