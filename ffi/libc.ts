@@ -71,24 +71,33 @@ export class LibcLoadError extends Error {
   }
 }
 
+/**
+ * libc's symbols, each bound by Deno.dlopen on its first use: binding costs ~0.25 ms a
+ * symbol here (Deno makes a call stub for each), and a command uses a third of them
+ * (all 34 up front were 7-10 ms of a 70 ms start). Throws LibcLoadError.
+ */
 function loadLibc(): Libc {
   let path = DEFAULT_LIBC;
-  try {
-    const probe = Deno.dlopen(DEFAULT_LIBC, { getenv: symbols.getenv });
-    const p = probe.symbols.getenv(cstr("VFIO_MIG_LIBC"));
-    if (p) path = readCString(p);
-    probe.close();
-    return Deno.dlopen(path, symbols).symbols;
-  } catch (cause) {
-    if (cause instanceof Error && (cause.name === "NotCapable" || cause.name === "PermissionDenied")) {
-      throw new LibcLoadError("vfio-mig talks to the kernel through libc: run deno with --allow-ffi", cause);
+  const bind = <K extends keyof typeof symbols>(name: K): Libc[K] => {
+    try {
+      return Deno.dlopen(path, { [name]: symbols[name] } as Pick<typeof symbols, K>).symbols[name] as Libc[K];
+    } catch (cause) {
+      if (cause instanceof Error && (cause.name === "NotCapable" || cause.name === "PermissionDenied")) {
+        throw new LibcLoadError("vfio-mig talks to the kernel through libc: run deno with --allow-ffi", cause);
+      }
+      throw new LibcLoadError(
+        `cannot load ${String(name)} from the C library ${path} with Deno.dlopen (set VFIO_MIG_LIBC to another ` +
+          `path if needed): ${cause instanceof Error ? cause.message : cause}`,
+        cause,
+      );
     }
-    throw new LibcLoadError(
-      `cannot load the C library ${path} with Deno.dlopen (set VFIO_MIG_LIBC to another path if needed): ` +
-        `${cause instanceof Error ? cause.message : cause}`,
-      cause,
-    );
-  }
+  };
+  const p = bind("getenv")(cstr("VFIO_MIG_LIBC"));
+  if (p) path = readCString(p);
+  const bound: Partial<Libc> = {};
+  return new Proxy(bound as Libc, {
+    get: (_, name) => (bound as Record<string | symbol, unknown>)[name] ??= bind(name as keyof typeof symbols),
+  });
 }
 
 // struct stat offsets (glibc, 64-bit): x86_64 and aarch64 differ in st_mode.
