@@ -5,7 +5,7 @@ import { libc } from "./ffi/libc.ts";
 import { EXIT_CODES_HELP } from "./src/commands/command.ts";
 import { COMMANDS } from "./src/commands/index.ts";
 import { describeError, EXIT, VfioMigError } from "./src/errors.ts";
-import { onUnclaimedSignal } from "./src/signals.ts";
+import { dropUnclaimedSignal, onUnclaimedSignal } from "./src/signals.ts";
 import { VERSION } from "./src/version.ts";
 
 function usage(): string {
@@ -43,7 +43,8 @@ export async function main(args: string[]): Promise<number> {
   }
   // A signal no command claims (src/signals.ts) ends the run with one line and exit 130:
   // while the command's modules load (a few ms here, seconds in a slow guest) nothing
-  // was touched yet; save and load claim signals for their whole work.
+  // was touched yet; save and load claim signals for their whole work (the fallback
+  // stays for what they do around it), any other command gets the default action back.
   let started = false;
   onUnclaimedSignal((sig) => {
     console.error(`vfio-mig: interrupted by ${sig}${started ? "" : " while starting; nothing was touched"}`);
@@ -52,6 +53,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     const command = await entry.load();
     started = true;
+    if (!command.handlesSignals) dropUnclaimedSignal();
     return await command.run(rest);
   } catch (e) {
     return report(e);

@@ -47,6 +47,12 @@ export function onUnclaimedSignal(fn: Handler): void {
   bind();
 }
 
+/** Takes the fallback back: with no claim left, the process has the default action again. */
+export function dropUnclaimedSignal(): void {
+  fallback = null;
+  unbindIfIdle();
+}
+
 /**
  * `fn` gets every SIGINT and SIGTERM until the returned release is called (the newest
  * claim wins). Without a fallback, releasing the last claim unbinds the listeners, so a

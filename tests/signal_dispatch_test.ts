@@ -9,7 +9,7 @@ const SIGNALS = new URL("../src/signals.ts", import.meta.url).href;
 
 async function child(body: string): Promise<{ out: string; signal: Deno.Signal | null }> {
   const code = `
-    import { claimSignals, onUnclaimedSignal } from ${JSON.stringify(SIGNALS)};
+    import { claimSignals, dropUnclaimedSignal, onUnclaimedSignal } from ${JSON.stringify(SIGNALS)};
     const got: string[] = [];
     const until = async (n: number) => {
       const end = performance.now() + 5000;
@@ -55,6 +55,16 @@ Deno.test("signals: after the last claim is released, SIGINT has its default act
   const r = await child(`
     const release = claimSignals(() => got.push("claimed"));
     release();
+    Deno.kill(Deno.pid, "SIGINT");
+    await new Promise((r) => setTimeout(r, 3000));
+    got.push("survived");`);
+  assertEquals(r, { out: "", signal: "SIGINT" });
+});
+
+Deno.test("signals: once the fallback is dropped (a command that does not claim signals), SIGINT kills", async () => {
+  const r = await child(`
+    onUnclaimedSignal(() => got.push("fallback"));
+    dropUnclaimedSignal();
     Deno.kill(Deno.pid, "SIGINT");
     await new Promise((r) => setTimeout(r, 3000));
     got.push("survived");`);

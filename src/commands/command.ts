@@ -8,6 +8,13 @@ export interface Command {
   /** Full --help text. */
   help: string;
   run(args: string[]): Promise<number>;
+  /**
+   * The command catches SIGINT and SIGTERM itself (save, load: src/signals.ts claims),
+   * so the command line's fallback stays bound for its run. Any other command gets the
+   * default action back once it is loaded: a long synchronous step (inspect of a large
+   * file) still ends at once on Ctrl-C, not at its next turn of the event loop.
+   */
+  handlesSignals?: boolean;
 }
 
 type Options = NonNullable<ParseArgsConfig["options"]>;

@@ -40,6 +40,7 @@ export function loadSummary(r: LoadResult): string[] {
 
 export const loadCommand: Command = {
   name: "load",
+  handlesSignals: true,
   help: `Usage: vfio-mig load [--device D] [options] [FILE|-]
        vfio-mig load [--device D] [options] --listen [HOST:]PORT
        vfio-mig load --device B1 --device B2 ... | --map SRC=DST ... [options] [FILE|-]

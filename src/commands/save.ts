@@ -66,6 +66,7 @@ export function maxPrecopyNote(r: SaveResult): string {
 
 export const saveCommand: Command = {
   name: "save",
+  handlesSignals: true,
   help: `Usage: vfio-mig save [--device D] [options] FILE|-|tcp://HOST:PORT
        vfio-mig save --device A --device B ... [options] FILE|-|tcp://HOST:PORT
 
