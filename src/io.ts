@@ -94,14 +94,26 @@ export function readSmallFile(sys: Sys, path: string, limit = 1 << 20): Uint8Arr
   }
 }
 
+/** How often nextTurn() takes a timer's turn, ms. */
+const TIMER_TURN_MS = 100;
+let lastTimerTurn = 0;
+
 /**
  * One turn of the event loop: what every interruptible wait yields with, so signal
  * listeners (Deno runs them only between turns) and ready I/O get their chance.
- * setImmediate, not setTimeout(r, 0): Deno 2.9's zero-delay timer costs 7-11 ms on
- * these machines, setImmediate ~20 µs, and both let the loop poll its ops (signals
- * included). It cost a save that checkpoints every 20 ms a third of its time
- * (bench/README.md, "Profile").
+ * Measured with Deno 2.9 on these machines (a 10 ms poll then a yield, SIGINT at a
+ * random time, 20 times): `setTimeout(r, 0)` costs 7-11 ms a turn and the listener ran
+ * 18-35 ms (median) after the signal; `setImmediate` costs ~20 µs but the loop did not
+ * look at signals for 0.7-1.2 s (median), as its turns never wait on the reactor. So a
+ * turn is an immediate, and every TIMER_TURN_MS a timer's: the listener ran 51-73 ms
+ * after the signal, and timers cost a save that checkpoints every 20 ms ~10% instead of
+ * the third they cost when every turn was one.
  */
 export function nextTurn(): Promise<void> {
+  const now = performance.now();
+  if (now - lastTimerTurn >= TIMER_TURN_MS) {
+    lastTimerTurn = now;
+    return new Promise((r) => setTimeout(r, 0));
+  }
   return new Promise((r) => setImmediate(r));
 }
