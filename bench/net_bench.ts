@@ -19,7 +19,19 @@
 //       and with the offline tcp bandwidth. Goal: downtime <= 1.1 x floor.
 
 import { parseArgs } from "node:util";
-import { dec, die, GiB, int, MiB, parseSize, type ProcStats, readTime, setBenchName, sh, shq } from "./common.ts";
+import {
+  die,
+  GiB,
+  holdDmaLatency,
+  int,
+  MiB,
+  parseSize,
+  type ProcStats,
+  readTime,
+  setBenchName,
+  sh,
+  shq,
+} from "./common.ts";
 
 setBenchName("bench:net");
 
@@ -147,27 +159,6 @@ function f(n: number, d = 2): string {
 }
 
 // ---------------------------------------------------------------------------
-
-async function holdDmaLatency(): Promise<Deno.ChildProcess | null> {
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `exec 3>/dev/cpu_dma_latency || exit 1; printf '\\0\\0\\0\\0' >&3 || exit 1; echo held; exec sleep infinity`,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const reader = child.stdout.getReader();
-  const first = await Promise.race([reader.read(), new Promise<null>((r) => setTimeout(() => r(null), 2000))]);
-  reader.releaseLock();
-  if (first && !first.done && dec.decode(first.value).includes("held")) return child;
-  try {
-    child.kill("SIGKILL");
-  } catch { /* gone */ }
-  await child.status;
-  return null;
-}
 
 async function main() {
   for (const tool of [TIME, "socat"]) {

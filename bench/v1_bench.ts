@@ -13,7 +13,20 @@
 //   cat    cat A/state.bin > /dev/null
 
 import { parseArgs } from "node:util";
-import { dec, die, GiB, int, loadAvg, median, MiB, parseSize, setBenchName, sh, shq } from "./common.ts";
+import {
+  dec,
+  die,
+  GiB,
+  holdDmaLatency,
+  int,
+  loadAvg,
+  median,
+  MiB,
+  parseSize,
+  setBenchName,
+  sh,
+  shq,
+} from "./common.ts";
 
 setBenchName("bench:v1");
 
@@ -77,29 +90,6 @@ async function cpuJiffies(): Promise<{ busy: number; total: number }> {
   const line = (await sh("head -1 /proc/stat")).stdout.trim().split(/\s+/).slice(1).map(Number);
   const total = line.reduce((a, b) => a + b, 0);
   return { busy: total - line[3] - (line[4] ?? 0), total };
-}
-
-/** Holds /dev/cpu_dma_latency at 0 in a helper process (as bench.ts). */
-async function holdDmaLatency(): Promise<Deno.ChildProcess | null> {
-  const child = new Deno.Command("bash", {
-    args: [
-      "-c",
-      `exec 3>/dev/cpu_dma_latency || exit 1; printf '\\0\\0\\0\\0' >&3 || exit 1; echo held; exec sleep infinity`,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const reader = child.stdout.getReader();
-  const first = await reader.read();
-  reader.releaseLock();
-  if (first.done || !dec.decode(first.value).startsWith("held")) {
-    await child.status;
-    console.error("bench:v1: warning: cannot hold /dev/cpu_dma_latency at 0; expect noisier numbers");
-    return null;
-  }
-  child.stdout.cancel().catch(() => {});
-  return child;
 }
 
 interface Run {
