@@ -7,25 +7,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { inspectStream } from "../src/inspect/inspect.ts";
 import { CHUNK_HEADER, MAX_CHUNK } from "../src/stream/format.ts";
 import type { Source } from "../src/transport/transport.ts";
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
-async function vfioMig(args: string[], stdin?: Uint8Array) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", CLI, ...args],
-    stdin: stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin) {
-    const w = child.stdin.getWriter();
-    await w.write(stdin);
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
+import { vfioMig } from "./qemu_helpers.ts";
 
 function memory(bytes: Uint8Array): Source {
   let at = 0;
