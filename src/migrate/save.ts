@@ -707,7 +707,7 @@ async function readRound(
     await cancel.checkpoint();
     // Nothing from any device (their reads would block): wait, longer the longer it lasts
     // (1 to 8 ms), in turns of the event loop so a signal is seen.
-    if (moved === 0 && active.length > 0) await sleep(Math.min(8, 1 << idle++));
+    if (moved === 0 && active.length > 0) await sleep(1 << Math.min(3, idle++));
     else idle = 0;
   }
 }
