@@ -2,14 +2,18 @@
 // the same run (sides alternate within each round), the peak RSS of save from 64 MiB to 8 GiB of
 // state, and the time from the CLI's start to its first access to the device. See bench/README.md.
 //
-//   deno task bench [--rows pipe,file,load,saveload,v1,tcp,rss,start] [--rounds 5] [--warmup 1]
+//   deno task bench [--rows pipe,file,file-rw,load,load-rw,saveload,v1,tcp,rss,start] [--rounds 5] [--warmup 1]
 //                   [--size 1G] [--big 8G] [--quick] [--dir /dev/shm/vfio-mig-bench]
 //                   [--out bench/results/latest.json] [--variant NAME=REPO_DIR ...] [--keep] [--no-verify]
 //
 // rows (A, B: simulated bulk devices on tmpfs; V1: a v1 bulk device whose data section is mmap-able)
 //   pipe      save --device sim:A - | cat >/dev/null            cat A/state.bin | cat >/dev/null     (SIZE, BIG)
 //   file      save --device sim:A OUT                           cat A/state.bin > OUT
+//   file-rw   the file row against dd bs=1M (read + write)      dd if=A/state.bin of=OUT bs=1M
 //   load      load --device sim:B STREAM (a vfio-mig stream)    cat STREAM > /dev/null
+//   load-rw   the load row against dd bs=1M (read + write)      dd if=STREAM of=B/copy.bin bs=1M
+//             (cat copies file to file in the kernel, copy_file_range, and a read to /dev/null stops
+//             there; a device's data_fd has only read and write, so these rows show the two-copy floor)
 //   saveload  save --device sim:A - | load --device sim:B -     cat A/state.bin | cat > B/copy.bin
 //   v1        save --protocol v1 --device sim:V1 - | cat >/dev/null   cat V1/state.bin | cat >/dev/null
 //   tcp       load --listen + save tcp:// (--token)             socat -u TCP-LISTEN → socat -u OPEN:A/state.bin
@@ -56,7 +60,7 @@ const V1_DATA = 4 * MiB;
 const RSS_GOAL = 64;
 const FLAT_MIB = 8;
 const START_GOAL_MS = 50;
-const ALL_ROWS = ["pipe", "file", "load", "saveload", "v1", "tcp", "rss", "start"] as const;
+const ALL_ROWS = ["pipe", "file", "file-rw", "load", "load-rw", "saveload", "v1", "tcp", "rss", "start"] as const;
 type RowId = typeof ALL_ROWS[number];
 
 // ---------------------------------------------------------------------------
@@ -355,6 +359,11 @@ function rowDefs(): RowDef[] {
   });
   const defs: RowDef[] = [];
   if (ROWS.includes("pipe")) defs.push(pipe(SIZE));
+  const fileTool = (v: Variant, d: Devs): Cmd => ({
+    pre: running(v, d.a),
+    names: ["save"],
+    script: `${tw("save")} ${v.cmd} save --device ${sim(d.a)} --json ${q(d.out)} >${tf("save.json")}`,
+  });
   if (ROWS.includes("file")) {
     defs.push({
       id: "file",
@@ -364,14 +373,33 @@ function rowDefs(): RowDef[] {
       toolText: "vfio-mig save --device sim:A OUT",
       baseText: "cat A/state.bin > OUT",
       needs: ["ab"],
-      tool: (v, d) => ({
-        pre: running(v, d.a),
-        names: ["save"],
-        script: `${tw("save")} ${v.cmd} save --device ${sim(d.a)} --json ${q(d.out)} >${tf("save.json")}`,
-      }),
+      tool: fileTool,
       base: (d) => ({ names: ["cat"], script: `${tw("cat")} cat ${q(d.a + "/state.bin")} >${q(d.out)}` }),
     });
   }
+  if (ROWS.includes("file-rw")) {
+    defs.push({
+      id: "file-rw",
+      path: "save → file vs read+write",
+      size: SIZE,
+      goal: 0.95,
+      toolText: "vfio-mig save --device sim:A OUT",
+      baseText: "dd if=A/state.bin of=OUT bs=1M",
+      needs: ["ab"],
+      tool: fileTool,
+      base: (d) => ({
+        names: ["dd"],
+        script: `${tw("dd")} dd if=${q(d.a + "/state.bin")} of=${q(d.out)} bs=1M status=none`,
+      }),
+    });
+  }
+  // each variant loads a stream it saved itself (the format may differ between checkouts)
+  const loadPrepare = (v: Variant, d: Devs) =>
+    `${running(v, d.a)}; ${v.cmd} save -q --device ${sim(d.a)} ${q(d.stream(v))}`;
+  const loadTool = (v: Variant, d: Devs): Cmd => ({
+    names: ["load"],
+    script: `${tw("load")} ${v.cmd} load --device ${sim(d.b)} --json ${q(d.stream(v))} >${tf("load.json")}`,
+  });
   if (ROWS.includes("load")) {
     defs.push({
       id: "load",
@@ -381,13 +409,27 @@ function rowDefs(): RowDef[] {
       toolText: "vfio-mig load --device sim:B STREAM (a stream file on tmpfs)",
       baseText: "cat STREAM > /dev/null",
       needs: ["ab"],
-      // each variant loads a stream it saved itself (the format may differ between checkouts)
-      prepare: (v, d) => `${running(v, d.a)}; ${v.cmd} save -q --device ${sim(d.a)} ${q(d.stream(v))}`,
-      tool: (v, d) => ({
-        names: ["load"],
-        script: `${tw("load")} ${v.cmd} load --device ${sim(d.b)} --json ${q(d.stream(v))} >${tf("load.json")}`,
-      }),
+      prepare: loadPrepare,
+      tool: loadTool,
       base: (d, vs) => ({ names: ["cat"], script: `${tw("cat")} cat ${q(d.stream(vs[0]))} >/dev/null` }),
+      verify: (d) => sameAsA(d, "state.bin"),
+    });
+  }
+  if (ROWS.includes("load-rw")) {
+    defs.push({
+      id: "load-rw",
+      path: "load ← file vs read+write",
+      size: SIZE,
+      goal: 0.9,
+      toolText: "vfio-mig load --device sim:B STREAM (a stream file on tmpfs)",
+      baseText: "dd if=STREAM of=B/copy.bin bs=1M",
+      needs: ["ab"],
+      prepare: loadPrepare,
+      tool: loadTool,
+      base: (d, vs) => ({
+        names: ["dd"],
+        script: `${tw("dd")} dd if=${q(d.stream(vs[0]))} of=${q(d.b + "/copy.bin")} bs=1M status=none`,
+      }),
       verify: (d) => sameAsA(d, "state.bin"),
     });
   }
@@ -506,7 +548,7 @@ async function runRow(def: RowDef, big: Devs, tiny: Devs): Promise<RowResult[]> 
     }
   }
   const supported = () => VARIANTS.filter((v) => !unsupported.has(v.name));
-  if (!supported().length && def.id === "load") {
+  if (!supported().length && (def.id === "load" || def.id === "load-rw")) {
     // the baseline reads a variant's stream: nothing to compare
     return VARIANTS.map((v) => result(def, v, [], [], [], unsupported.get(v.name)));
   }
@@ -861,7 +903,7 @@ function report(j: BenchJson): void {
                  ("-" when the fixed cost is most of the run)
   others' CPU s  CPU seconds other processes used during a tool run (median): well above 0 = disturbed
   peak RSS       /usr/bin/time %M of each vfio-mig process, max over the rounds; "flat": spread ≤ ${FLAT_MIB} MiB`);
-  if (j.rows.some((r) => r.row === "load") && multi) {
+  if (j.rows.some((r) => r.row === "load" || r.row === "load-rw") && multi) {
     console.log("  load           the baseline reads the stream file of the first variant that could save one");
   }
   for (const s of j.start) {
@@ -920,8 +962,9 @@ async function main(): Promise<void> {
       const d = def.size === SIZE ? mainDevs : bigDevs;
       if (def.size === BIG && BIG !== SIZE && !opt.keep) await sh(`rm -rf ${q(mainDevs.dir)}`); // make room
       rowResults.push(...await runRow(def, d, tiny));
-      if (def.id === "file") await sh(`rm -f ${q(d.out)} ${q(tiny.out)}`);
-      if (def.id === "load") {
+      const last = (ids: RowId[]) => def.id === ids.filter((id) => ROWS.includes(id)).at(-1);
+      if (last(["file", "file-rw"])) await sh(`rm -f ${q(d.out)} ${q(tiny.out)}`);
+      if (last(["load", "load-rw"])) {
         for (const v of VARIANTS) await sh(`rm -f ${q(d.stream(v))} ${q(tiny.stream(v))}`);
       }
     }
