@@ -2,7 +2,7 @@
 // send a byte of state; everyone else is refused with a clear reason.
 
 import { assert, assertEquals } from "./assert.ts";
-import { FRAME, parseListen, parseTcpUrl, TcpClient, TcpServerConn } from "../src/transport/tcp.ts";
+import { FRAME, parseListen, parseTcpUrl, TcpClient, TcpServerConn, TcpSink } from "../src/transport/tcp.ts";
 
 function listen(token: string, extra: Partial<Parameters<typeof TcpServerConn.accept>[1]> = {}) {
   let resolvePort!: (p: number) => void;
@@ -143,4 +143,36 @@ Deno.test("tcp: a client facing a peer that does not know the token refuses it",
   assert(/did not prove it knows the token/.test(err), err);
   (await fake).close();
   l.close();
+});
+
+Deno.test("tcp: a kept data chunk is sent from its own buffer, and flowControl waits until it was sent", async () => {
+  const sent: { bytes: Uint8Array; sameBuffer: boolean }[] = [];
+  const releases: (() => void)[] = [];
+  const chunk = new Uint8Array(1 << 20).fill(7);
+  const client = {
+    label: "fake peer",
+    async write(b: Uint8Array) {
+      await new Promise<void>((r) => releases.push(r)); // the socket takes it when the test says so
+      sent.push({ bytes: b.slice(), sameBuffer: b.buffer === chunk.buffer });
+    },
+    close() {},
+  };
+  const sink = new TcpSink(client as unknown as TcpClient);
+  const turn = () => new Promise((r) => setTimeout(r, 0));
+  sink.write(new Uint8Array([1, 2, 3])); // a tag: copied into a send buffer
+  sink.write(chunk, true);
+  let resolved = false;
+  const fc = sink.flowControl()!.then(() => resolved = true);
+  await turn();
+  assertEquals(releases.length, 1); // the tag's send is in progress
+  releases[0]();
+  await turn();
+  assertEquals(releases.length, 2); // now the chunk's
+  assert(!resolved, "flowControl resolved while the kept chunk was still being sent");
+  releases[1]();
+  await fc;
+  chunk.fill(9); // the caller reuses its buffer: what was sent must not change
+  assertEquals(sent.map((s) => s.bytes.length), [3, 1 << 20]);
+  assert(sent[1].sameBuffer, "the kept chunk was copied");
+  assert(sent[1].bytes.every((b) => b === 7));
 });

@@ -434,16 +434,22 @@ const LOW_WATER = 2 << 20;
 /** Send buffers: a 1 MiB data chunk with its header fits one; small records share one. */
 const SEND_BUFFER = (1 << 20) + 4096;
 const POOL_MAX = 12;
+/** A kept write at least this long is sent in place; shorter ones are copied (and may share a send). */
+const KEPT_MIN = 64 << 10;
 
 interface Outgoing {
   buf: Uint8Array;
   len: number;
   pooled: boolean;
+  /** The caller's own bytes (write(bytes, kept)): sent from where they are, not copied. */
+  kept?: boolean;
 }
 
 /**
- * The source side: copies the stream's bytes into send buffers (pooled, so a GiB
- * stream allocates a dozen, not a thousand) and sends them in order. Small records
+ * The source side: sends the stream's bytes in order. A data chunk the caller keeps
+ * unchanged until flowControl() resolves (write(bytes, true)) is sent from where it
+ * is, and flowControl() waits until it was; other bytes are copied into send buffers
+ * (pooled, so a GiB stream allocates a dozen, not a thousand), and small records
  * written while a send is in progress share the next buffer: one write for them all.
  */
 export class TcpSink {
@@ -456,6 +462,8 @@ export class TcpSink {
   #pumping: Promise<void> | null = null;
   #error: unknown = null;
   #waiters: (() => void)[] = [];
+  /** Kept views queued and not yet sent. */
+  #keptQueued = 0;
   peerDoneAt: number | null = null;
   lastByteAt: number | null = null;
   result: { ok: boolean; message: string; [k: string]: unknown } | null = null;
@@ -476,9 +484,13 @@ export class TcpSink {
     return this.#queued;
   }
 
-  write(bytes: Uint8Array): void {
+  write(bytes: Uint8Array, kept = false): void {
     if (this.#error) throw this.#error;
-    if (bytes.length > SEND_BUFFER) {
+    if (kept && bytes.length >= KEPT_MIN) {
+      this.#seal();
+      this.#queue.push({ buf: bytes, len: bytes.length, pooled: false, kept: true });
+      this.#keptQueued++;
+    } else if (bytes.length > SEND_BUFFER) {
       this.#seal();
       this.#queue.push({ buf: bytes.slice(), len: bytes.length, pooled: false });
     } else {
@@ -511,7 +523,8 @@ export class TcpSink {
         await this.client.write(o.buf.subarray(0, o.len));
         this.#queued -= o.len;
         if (o.pooled && this.#pool.length < POOL_MAX) this.#pool.push(o.buf);
-        if (this.#queued <= LOW_WATER) this.#wake();
+        if (o.kept) this.#keptQueued--;
+        if (this.#queued <= LOW_WATER || (o.kept && this.#keptQueued === 0)) this.#wake();
       }
     } catch (e) {
       this.#error = e;
@@ -527,6 +540,7 @@ export class TcpSink {
     this.#cur = null;
     this.#curLen = 0;
     this.#queued = 0;
+    this.#keptQueued = 0;
   }
 
   #wake(): void {
@@ -535,8 +549,9 @@ export class TcpSink {
     for (const f of w) f();
   }
 
+  /** Waits while too much is queued, and until every kept view was sent (the caller reuses them next). */
   async flowControl(): Promise<void> {
-    while (this.#queued > HIGH_WATER && !this.#error) {
+    while ((this.#queued > HIGH_WATER || this.#keptQueued > 0) && !this.#error) {
       await new Promise<void>((r) => this.#waiters.push(r));
     }
     if (this.#error) throw this.#error;
