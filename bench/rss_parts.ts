@@ -1,5 +1,5 @@
 // Where save's peak RSS comes from, by size of state: samples /proc/PID/smaps of
-// `save --device sim:X - | cat >/dev/null` every 50 ms and splits the resident set
+// `save --device sim:X - | cat >/dev/null` every 20 ms and splits the resident set
 // into the deno executable's own pages (file-backed code and data, shared with every
 // deno process and dropped under memory pressure), anonymous memory (V8's heap, the
 // buffers, the tool's own) and the rest. The same for a bare Deno loop that only
@@ -72,16 +72,19 @@ async function peaks(script: string): Promise<Parts & { seconds: number }> {
   const pid = Number(text.trim());
   const t0 = performance.now();
   const peak: Parts = { rss: 0, binary: 0, anon: 0 };
+  let samples = 0;
   for (;;) {
     const s = sample(pid);
     if (!s) break;
+    samples += s.binary > 0 ? 1 : 0; // 0: not deno yet (the shell before its exec)
     peak.rss = Math.max(peak.rss, s.rss);
     peak.binary = Math.max(peak.binary, s.binary);
     peak.anon = Math.max(peak.anon, s.anon);
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 20));
   }
   const status = await child.status;
   if (!status.success) die(`failed (exit ${status.code}): ${script}`);
+  if (samples === 0) die(`the run ended before a sample of it was taken (give a larger size): ${script}`);
   return { ...peak, seconds: (performance.now() - t0) / 1000 };
 }
 
@@ -99,7 +102,7 @@ for (;;) {
 `,
 );
 const mib = (kib: number) => (kib / 1024).toFixed(1);
-console.log("peak MiB (sampled every 50 ms): all resident = the deno executable's pages + anonymous + other files");
+console.log("peak MiB (sampled every 20 ms): all resident = the deno executable's pages + anonymous + other files");
 console.log("size   what                          resident  executable  anonymous  seconds");
 try {
   for (const size of opt.sizes!.split(",").map((s) => parseSize(s.trim()))) {
