@@ -102,9 +102,9 @@ const EMPTY = new Uint8Array(0);
  * once: a SHA-1 of nothing, which needs no permission. Measured with Deno 2.9 on these
  * machines (a 10 ms busy loop then a turn, SIGINT at a random time, 10 times each):
  * this turn costs 0.07 ms and the listener ran 8 ms (median) after the signal;
- * `setTimeout(r, 0)` costs 2-11 ms a turn (10 ms); `setImmediate` 0.01 ms but the loop
- * did not look at signals for 0.1-1.2 s, as its turns never wait on the reactor
- * (a MessageChannel's: 0.3-0.45 s).
+ * `setTimeout(r, 0)` costs 2-11 ms a turn (listener 10 ms after); `setImmediate` 0.01 ms
+ * but the loop did not look at signals for 0.1-1.2 s, as its turns never wait on the
+ * reactor (a MessageChannel's turns: 0.3-0.45 s).
  */
 export async function nextTurn(): Promise<void> {
   await crypto.subtle.digest("SHA-1", EMPTY);
