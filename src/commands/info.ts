@@ -1,4 +1,4 @@
-import { isErrno } from "../../ffi/errno.ts";
+import { isErrno, SysError } from "../../ffi/errno.ts";
 import { DEVICE_FLAGS, FEATURE, MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import { type DeviceFamily, survivesCloseText } from "../device/family.ts";
 import { defaultDeviceSpec, type DeviceHolder, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
@@ -9,7 +9,9 @@ import { type ConfigSummary, describeConfig, summarizeConfig } from "../migrate/
 import { chooseProtocol, parseProtocol, type ProtocolChoice, v1Of } from "../migrate/protocol.ts";
 import { mmapAreas } from "../migration/regions.ts";
 import { V1, v1StateName } from "../migration/v1.ts";
-import { type Command, EXIT_CODES_HELP, hex, parse, printJson } from "./command.ts";
+import { type Command, hex, parse, printJson } from "./command.ts";
+import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
+import { stateFailureMessage, unknownStateMessage } from "./state_failure.ts";
 
 export interface DeviceReport {
   device: string;
@@ -126,11 +128,8 @@ export function describeDevice(d: VfioDevice, want: ProtocolChoice = "auto"): De
 }
 
 /** What --device takes, for the help of the commands that open one device. */
-export const DEVICE_OPTION_HELP = `PCI address (0000:3b:00.1), mdev UUID, sysfs path,
-                   /dev/vfio/devices/vfioN, sim:PATH; pid:PID[:FD] borrows the
-                   device fd process PID holds (needs ptrace rights over it: root,
-                   or its user); fd:N uses an fd this process inherited.
-                   Default: $VFIO_MIG_DEVICE, else the only migratable device.`;
+/** The --device lines after "  -d, --device D   " (src/commands/help.ts). */
+export const DEVICE_OPTION_HELP = deviceHelp(19).slice(19);
 
 export const infoCommand: Command = {
   name: "info",
@@ -152,7 +151,15 @@ Options:
       --json       machine-readable output
   -h, --help       this help
 
-${EXIT_CODES_HELP}`,
+${
+    examplesHelp([
+      "vfio-mig info --device 0000:3b:00.1",
+      "vfio-mig info --device pid:$(pgrep -f qemu-system) --json",
+      "vfio-mig info --device sim:/tmp/a --protocol v1",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3])}`,
   run(args) {
     const { values } = parse("info", args, {
       device: { type: "string", short: "d" },
@@ -222,7 +229,9 @@ Without STATE, prints the current migration state. With STATE (STOP, RUNNING,
 RUNNING_P2P, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P) requests it with
 MIG_DEVICE_STATE SET and prints the state reached; a data_fd the kernel hands out is
 closed at once (its session is then abandoned). STOP_COPY -> PRE_COPY* is refused
-without asking the kernel (it hangs kernels 6.2 until the 2026 fix).
+without asking the kernel: Linux 6.2 and later spin forever on that request (a soft
+lockup in vfio_mig_get_next_state()) until the fix "vfio: prevent infinite loop in
+vfio_mig_get_next_state() on blocked arc" (2026, Linux 7.1 and stable kernels).
 
 A device with the v1 migration region (QEMU 7.2's protocol) shows its device_state
 bits, e.g. "running (001b)"; STATE then sets them as QEMU does for that state: STOP
@@ -233,7 +242,15 @@ Options:
   -d, --device D   ${DEVICE_OPTION_HELP}
   -h, --help       this help
 
-${EXIT_CODES_HELP}`,
+${
+    examplesHelp([
+      "vfio-mig state --device 0000:3b:00.1",
+      "vfio-mig state --device 0000:3b:00.1 STOP",
+      "vfio-mig state --device sim:/tmp/a RUNNING",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3], { 1: "the kernel refused the request (the device's state is then printed)" })}`,
   run(args) {
     const { values, positionals } = parse("state", args, { device: { type: "string", short: "d" } });
     if (values.help) {
@@ -247,8 +264,8 @@ ${EXIT_CODES_HELP}`,
       if (positionals.length === 1) {
         try {
           target = parseState(positionals[0]);
-        } catch (e) {
-          throw new VfioMigError(`state: ${(e as Error).message}`, "usage");
+        } catch {
+          throw new VfioMigError(`state: ${unknownStateMessage(positionals[0])}`, "usage");
         }
       }
       // Either protocol; neither is a device refusal (exit 3) that says why.
@@ -268,7 +285,17 @@ ${EXIT_CODES_HELP}`,
         return Promise.resolve(0);
       }
       if (target !== null) {
-        const r = dev.migration.setState(target);
+        const from = tryGetState(dev);
+        let r;
+        try {
+          r = dev.migration.setState(target, from ?? undefined);
+        } catch (e) {
+          if (!(e instanceof SysError)) throw e;
+          const flags = dev.migration.migrationFlags();
+          const now = tryGetState(dev);
+          const device = values.device ?? dev.label;
+          throw new VfioMigError(stateFailureMessage({ flags, from, target, now, error: e, device }), "failure");
+        }
         if (r.dataFd !== null) dev.sys.close(r.dataFd);
       }
       console.log(stateName(dev.migration.getState()));
@@ -300,7 +327,14 @@ Options:
   -d, --device D   ${DEVICE_OPTION_HELP}
   -h, --help       this help
 
-${EXIT_CODES_HELP}`,
+${
+    examplesHelp([
+      "vfio-mig reset --device 0000:3b:00.1",
+      "vfio-mig reset --device pid:4242",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3])}`,
   run(args) {
     const { values } = parse("reset", args, { device: { type: "string", short: "d" } });
     if (values.help) {

@@ -21,6 +21,7 @@ import { stateName } from "../migration/state_machine.ts";
 import { SimKernel } from "../sim/kernel.ts";
 import { modelInfo } from "../sim/models.ts";
 import { SimStore } from "../sim/store.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 export interface GroupMember {
@@ -406,7 +407,17 @@ Options:
       --include-sim DIR  also list simulated devices: DIR's subfolders holding a
                          device.json (or DIR itself); repeatable
       --no-open          sysfs facts only: open no group or device
-  -h, --help             this help`,
+  -h, --help             this help
+
+${
+    examplesHelp([
+      "vfio-mig list",
+      "vfio-mig list --json --no-open",
+      "vfio-mig list --include-sim /tmp/sims",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2], { 1: "failure (sysfs could not be read)" })}`,
   run(args) {
     const { values, positionals } = parse("list", args, {
       json: { type: "boolean" },

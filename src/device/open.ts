@@ -71,7 +71,15 @@ export function openDevice(sys: Sys, spec: string): VfioDevice;
 export function openDevice(a: Sys | string, b?: string): VfioDevice {
   const sys = typeof a === "string" ? systemFor([a]) : a;
   const spec = typeof a === "string" ? a : b!;
-  if (spec.startsWith("sim:")) return openSimDevice(sys, spec);
+  if (spec.startsWith("sim:")) {
+    try {
+      return openSimDevice(sys, spec);
+    } catch (e) {
+      // A device's files we may not open: a device problem (exit 3), as for a real node.
+      const path = e instanceof SysError && /\((.*)\)/.exec(e.message.split(":")[0])?.[1];
+      throw path ? explainOpen(e, path, spec) : e;
+    }
+  }
   const fdSpec = parseFdSpec(spec);
   if (fdSpec?.kind === "pid") return borrowDevice(sys, spec);
   if (fdSpec?.kind === "fd") return openDeviceFd(sys, fdSpec.fd, { label: spec });

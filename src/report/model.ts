@@ -4,10 +4,10 @@
 // is checked against the schema and the order rules as it is read; the first problem is
 // one error (exit 4). The file is read a chunk at a time through the Sys.
 
-import { SysError } from "../../ffi/errno.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
 import { readSome } from "../io.ts";
+import { fileError } from "../transport/transport.ts";
 import { SequenceChecker, validateEvent } from "../events/schema.ts";
 
 export interface IterationDeviceData {
@@ -361,8 +361,7 @@ export function readEventsFile(sys: Sys, path: string): ReportModel {
     try {
       fd = sys.open(path, O.RDONLY | O.CLOEXEC);
     } catch (e) {
-      const why = e instanceof SysError && e.code === "ENOENT" ? "no such file" : e instanceof Error ? e.message : e;
-      throw new VfioMigError(`report: ${path}: ${why}`, "usage");
+      throw new VfioMigError(`report: ${fileError(sys, path, e, "read").message}`, "usage");
     }
   }
   const b = new ModelBuilder(path === "-" ? "standard input" : path);
