@@ -153,6 +153,7 @@ ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 0: "success (with --exec: CMD's exit cod
     const { events } = migrationEvents(sys, {
       events: values.events,
       progress: !values.quiet && !values.json,
+      quietUnderSave: from === "-",
       reservedFds: from === "-" ? [0] : [],
     });
     events.start({ command: "load", target: from });
