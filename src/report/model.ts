@@ -71,7 +71,10 @@ export interface Marker {
 export interface ReportModel {
   source: string;
   command: string;
+  /** The run's mode: save's; a load's only over TCP (where it is the live migration's). */
   mode: string | null;
+  /** The mode the stream was saved in (its header), for a load. */
+  streamMode: string | null;
   target: string | null;
   tool: string;
   wallClock: string;
@@ -147,6 +150,7 @@ export class ModelBuilder {
       source,
       command: "",
       mode: null,
+      streamMode: null,
       target: null,
       tool: "",
       wallClock: "",
@@ -209,7 +213,9 @@ export class ModelBuilder {
         }));
         break;
       case "header":
-        m.mode = e.mode as string;
+        // A load from a file or pipe of a live save's stream is not itself live.
+        m.streamMode = e.mode as string;
+        if (m.command !== "load" || m.target?.startsWith("tcp")) m.mode = e.mode as string;
         m.protocol = e.protocol as string;
         m.sizeEstimate = e.sizeEstimate as number | null;
         break;
