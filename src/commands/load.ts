@@ -92,7 +92,7 @@ unit: 500ms, 10s, 2m. Permissions: deno run --allow-ffi; --listen also needs
 ${
     examplesHelp([
       "vfio-mig load --device 0000:3b:00.1 state.bin",
-      "zstd -dc s.zst > s.bin && vfio-mig load --device 0000:3b:00.1 s.bin",
+      "zstd -d -q s.zst -o s.bin && vfio-mig inspect s.bin > /dev/null && vfio-mig load -d 0000:3b:00.1 s.bin",
       "vfio-mig load --listen 0.0.0.0:7000 --token $T --device 0000:3b:00.1 --exec qemu-system-x86_64 ...",
     ])
   }
