@@ -429,7 +429,8 @@ export function openSource(sys: Sys, from: string): Source {
  * The one error for a path named on the command line that cannot be opened, read or
  * created: usage (exit 2), naming the path, the reason in words and what to do
  * (missing, a missing folder, a folder that takes no new files such as /proc, a
- * directory, permission, a read-only file system). Other errnos keep their name.
+ * directory, permission, a read-only file system). Other errnos (EIO, ENOSPC, …) are
+ * an I/O failure (exit 1), the path and the errno named.
  */
 export function fileError(sys: Sys, path: string, e: unknown, doing: "read" | "write" | "create"): VfioMigError {
   const slash = path.lastIndexOf("/");
@@ -447,8 +448,12 @@ export function fileError(sys: Sys, path: string, e: unknown, doing: "read" | "w
   else if (isErrno(e, "EACCES") || isErrno(e, "EPERM")) {
     why = `permission denied (run as a user who may ${doing === "read" ? "read it" : `write in ${dir}`})`;
   } else if (isErrno(e, "EROFS")) why = "the file system is read-only";
-  else why = e instanceof Error ? e.message : String(e);
-  return new VfioMigError(`cannot ${doing === "read" ? "read" : doing} ${path}: ${why}`, "usage", { cause: e });
+  else {
+    // Not the path's fault (EIO, ENOSPC, ENOMEM, …): an I/O failure, exit 1.
+    why = e instanceof Error ? e.message : String(e);
+    return new VfioMigError(`cannot ${doing} ${path}: ${why}`, "failure", { cause: e });
+  }
+  return new VfioMigError(`cannot ${doing} ${path}: ${why}`, "usage", { cause: e });
 }
 
 /**
