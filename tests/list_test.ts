@@ -6,7 +6,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { listDevices } from "../src/commands/list.ts";
 import { openDevice, systemFor } from "../src/device/open.ts";
 import { libc } from "../ffi/libc.ts";
-import { SimStore } from "../src/sim/store.ts";
+import { SimStore } from "../src/sim/mod.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const MDEV = "b1a2c3d4-0000-4000-8000-000000000001";

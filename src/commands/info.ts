@@ -1,7 +1,14 @@
 import { isErrno } from "../../ffi/errno.ts";
 import { DEVICE_FLAGS, FEATURE, MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import { type DeviceFamily, survivesCloseText } from "../device/family.ts";
-import { defaultDeviceSpec, type DeviceHolder, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
+import {
+  defaultDeviceSpec,
+  type DeviceHolder,
+  loadBackendsFor,
+  openDevice,
+  systemFor,
+  type VfioDevice,
+} from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { DeviceState, parseState, stateName, supportedStates } from "../migration/state_machine.ts";
 import { recoverDevice, tryGetState } from "../migrate/session.ts";
@@ -153,7 +160,7 @@ Options:
   -h, --help       this help
 
 ${EXIT_CODES_HELP}`,
-  run(args) {
+  async run(args) {
     const { values } = parse("info", args, {
       device: { type: "string", short: "d" },
       protocol: { type: "string" },
@@ -161,9 +168,9 @@ ${EXIT_CODES_HELP}`,
     });
     if (values.help) {
       console.log(this.help);
-      return Promise.resolve(0);
+      return 0;
     }
-    const dev = openNamedDevice(values.device);
+    const dev = await openNamedDevice(values.device);
     try {
       const r = describeDevice(dev, parseProtocol(values.protocol, "info"));
       if (values.json) printJson(r);
@@ -207,7 +214,7 @@ ${EXIT_CODES_HELP}`,
           for (const line of rest) console.log(`                 ${line}`);
         }
       }
-      return Promise.resolve(0);
+      return 0;
     } finally {
       dev.close();
     }
@@ -234,13 +241,13 @@ Options:
   -h, --help       this help
 
 ${EXIT_CODES_HELP}`,
-  run(args) {
+  async run(args) {
     const { values, positionals } = parse("state", args, { device: { type: "string", short: "d" } });
     if (values.help) {
       console.log(this.help);
-      return Promise.resolve(0);
+      return 0;
     }
-    const dev = openNamedDevice(values.device);
+    const dev = await openNamedDevice(values.device);
     try {
       if (positionals.length > 1) throw new VfioMigError("state: give at most one STATE", "usage");
       let target: DeviceState | null = null;
@@ -265,14 +272,14 @@ ${EXIT_CODES_HELP}`,
           m.setState(~V1.MASK, bits, `state ${stateName(target)}`);
         }
         console.log(v1StateName(m.readState()));
-        return Promise.resolve(0);
+        return 0;
       }
       if (target !== null) {
         const r = dev.migration.setState(target);
         if (r.dataFd !== null) dev.sys.close(r.dataFd);
       }
       console.log(stateName(dev.migration.getState()));
-      return Promise.resolve(0);
+      return 0;
     } finally {
       dev.close();
     }
@@ -301,13 +308,13 @@ Options:
   -h, --help       this help
 
 ${EXIT_CODES_HELP}`,
-  run(args) {
+  async run(args) {
     const { values } = parse("reset", args, { device: { type: "string", short: "d" } });
     if (values.help) {
       console.log(this.help);
-      return Promise.resolve(0);
+      return 0;
     }
-    const dev = openNamedDevice(values.device);
+    const dev = await openNamedDevice(values.device);
     try {
       // A v1 device has no v2 state to read back: name its device_state bits.
       const v1 = tryGetState(dev) === null ? v1Of(dev) : null;
@@ -315,7 +322,7 @@ ${EXIT_CODES_HELP}`,
         dev.migration.reset();
         console.log(`${dev.label} was reset and is ${v1StateName(v1.readState())}`);
       } else console.log(recoverDevice(dev, parseState("RUNNING"), true));
-      return Promise.resolve(0);
+      return 0;
     } finally {
       dev.close();
     }
@@ -323,8 +330,9 @@ ${EXIT_CODES_HELP}`,
 };
 
 /** The device --device names, or the default one ($VFIO_MIG_DEVICE, else the only migratable one), open. */
-function openNamedDevice(spec: string | undefined): VfioDevice {
+async function openNamedDevice(spec: string | undefined): Promise<VfioDevice> {
   const s = spec ?? defaultDeviceSpec(systemFor([]));
+  await loadBackendsFor([s]);
   return openDevice(systemFor([s]), s);
 }
 

@@ -6,21 +6,13 @@ import { isErrno, SysError } from "../../ffi/errno.ts";
 import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { decode, encode, FEATURE, GROUP_FLAGS, IOCTL, MIGRATION_FLAGS, STRUCTS } from "../../ffi/vfio_uapi.ts";
-import { DeviceBusyError, openDevice, type VfioDevice } from "../device/open.ts";
+import { DeviceBusyError, loadBackendsFor, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
+import { backendOfSpec, backendOps } from "../device/backend.ts";
 import { busyError } from "../device/busy.ts";
-import {
-  type DeviceFamily,
-  realResetBehaviour,
-  type ResetBehaviour,
-  simResetBehaviour,
-  survivesCloseText,
-} from "../device/family.ts";
+import { type DeviceFamily, realResetBehaviour, type ResetBehaviour, survivesCloseText } from "../device/family.ts";
 import { isVfioDriver, Sysfs, type SysfsDevice, UUID } from "../device/sysfs.ts";
 import { VfioMigError } from "../errors.ts";
 import { stateName } from "../migration/state_machine.ts";
-import { SimKernel } from "../sim/kernel.ts";
-import { modelInfo } from "../sim/models.ts";
-import { SimStore } from "../sim/store.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 export interface GroupMember {
@@ -285,7 +277,10 @@ export function listDevices(opts: ListOptions = {}): ListResult {
   }
 
   if (opts.includeSim?.length) {
-    const simSys = SimKernel.fromEnv(host);
+    const sim = backendOfSpec("sim:");
+    if (!sim) throw new VfioMigError("--include-sim: no simulator is registered in this program", "usage");
+    const simSys = systemFor(["sim:"]);
+    const ops = backendOps(sim, "--include-sim");
     for (const dir of opts.includeSim) {
       const folders = simFolders(host, dir);
       if (folders.length === 0) {
@@ -295,7 +290,7 @@ export function listDevices(opts: ListOptions = {}): ListResult {
         );
       }
       for (const path of folders) {
-        const meta = new SimStore(host, path).readMeta();
+        const { info, reset } = ops.facts(host, path);
         const item: ListedDevice = {
           device: `sim:${path}`,
           kind: "sim",
@@ -311,12 +306,10 @@ export function listDevices(opts: ListOptions = {}): ListResult {
           unavailable: null,
           holders: [],
           migration: null,
-          family: "sim-mdev",
-          stateSurvivesClose: true,
-          resetReason: "",
+          family: reset.family,
+          stateSurvivesClose: !reset.resetsOnClose,
+          resetReason: reset.reason,
         };
-        const info = modelInfo(meta.model);
-        setReset(item, simResetBehaviour(meta, (info as { family?: string }).family));
         item.driver = info.driver;
         item.mdevType = info.mdevType ?? null;
         if (!opts.noOpen) query(simSys, item.device, item);
@@ -407,7 +400,7 @@ Options:
                          device.json (or DIR itself); repeatable
       --no-open          sysfs facts only: open no group or device
   -h, --help             this help`,
-  run(args) {
+  async run(args) {
     const { values, positionals } = parse("list", args, {
       json: { type: "boolean" },
       sysfs: { type: "string" },
@@ -416,12 +409,13 @@ Options:
     });
     if (values.help) {
       console.log(this.help);
-      return Promise.resolve(0);
+      return 0;
     }
     if (positionals.length) throw new VfioMigError(`list: unexpected argument ${positionals[0]}`, "usage");
+    if (values["include-sim"]?.length) await loadBackendsFor(["sim:"]);
     const r = listDevices({ sysfs: values.sysfs, includeSim: values["include-sim"], noOpen: values["no-open"] });
     if (values.json) printJson(r);
     else console.log(formatList(r));
-    return Promise.resolve(0);
+    return 0;
   },
 };

@@ -1,4 +1,4 @@
-import { defaultDeviceSpec, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, systemFor } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
 import { load, type LoadOptions, type LoadResult } from "../migrate/load.ts";
 import { qemuLoadReader } from "../qemu/reader.ts";
@@ -131,6 +131,7 @@ ${EXIT_CODES_HELP}`,
       ? values.device
       : [defaultDeviceSpec(systemFor([]))];
     if (execArgv && specs.length !== 1) throw new VfioMigError("load: --exec hands on one device; give one", "usage");
+    await loadBackendsFor(specs);
     const sys = systemFor(specs);
     if (from === "-" && values.listen === undefined && sys.isatty(0)) {
       throw new VfioMigError("load: standard input is a terminal: pipe a stream in or give a FILE", "usage");

@@ -7,39 +7,39 @@ import type { Sys } from "../../ffi/sys.ts";
 import { decode, encode, IOCTL, PCI_REGION, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { VfioMigError } from "../errors.ts";
 import { MigrationV2 } from "../migration/v2.ts";
-import type { DeviceFamily, ResetBehaviour } from "./family.ts";
+import { type PciIdentity, pciIdentityFromConfig } from "../pci/identity.ts";
+import { type DeviceFamily, type ResetBehaviour, UNKNOWN_RESET } from "./family.ts";
 
-export interface PciIdentity {
-  vendor: number;
-  device: number;
-  subsystemVendor: number;
-  subsystemDevice: number;
-  classCode: number;
-  revision: number;
-}
+export { type PciIdentity, pciIdentityFromConfig };
+
+/**
+ * A device backend's name (src/device/backend.ts): "sim" for the simulator. A backend's
+ * devices report it as their `kind`, `access` and `path`.
+ */
+export type BackendName = string;
 
 export interface DeviceIdentityInfo {
-  /** How the device was reached: pci, mdev, sim. */
-  kind: "pci" | "mdev" | "sim";
-  /** The sysfs name (PCI address, mdev UUID), the sim folder, or the spec when unknown. */
+  /** How the device was reached: pci, mdev, or a backend's name (sim). */
+  kind: "pci" | "mdev" | BackendName;
+  /** The sysfs name (PCI address, mdev UUID), the backend's folder, or the spec when unknown. */
   name: string;
   driver: string | null;
   mdevType: string | null;
   pci: PciIdentity | null;
-  /** Simulated model, for sim devices. */
+  /** The backend's model, for a backend's devices (the simulator's). */
   model?: string;
 }
 
 /**
  * How this process got the device fd:
- * - `group`, `cdev`, `sim`: opened here (VFIO_GROUP_GET_DEVICE_FD on a group in a new
- *   container; BIND_IOMMUFD on /dev/vfio/devices/vfioN; a simulated device);
+ * - `group`, `cdev`, a backend's name (`sim`): opened here (VFIO_GROUP_GET_DEVICE_FD on a
+ *   group in a new container; BIND_IOMMUFD on /dev/vfio/devices/vfioN; a backend's device);
  * - `borrowed`: duplicated from the process holding it (pidfd_getfd), `holder` says which;
  * - `inherited`: an fd this process was started with (`--device fd:N`).
  * A borrowed or inherited fd is a second reference to the same open file: closing it
  * releases nothing (the device is closed when its last reference goes).
  */
-export type DeviceAccess = "group" | "cdev" | "sim" | "borrowed" | "inherited";
+export type DeviceAccess = "group" | "cdev" | "borrowed" | "inherited" | BackendName;
 
 /** The process a borrowed fd was taken from. */
 export interface DeviceHolder {
@@ -51,8 +51,8 @@ export interface DeviceHolder {
 }
 
 export interface VfioDeviceOptions {
-  /** How the device file was opened, by us or by the holder: group path, cdev, or simulated. */
-  path?: "group" | "cdev" | "sim";
+  /** How the device file was opened, by us or by the holder: group path, cdev, or a backend's name. */
+  path?: "group" | "cdev" | BackendName;
   holder?: DeviceHolder | null;
   /** Whether the device keeps its state across a close (family.ts); default: unknown family. */
   reset?: ResetBehaviour;
@@ -65,17 +65,11 @@ export interface VfioDeviceOptions {
   candidates?: string[];
 }
 
-const UNKNOWN_RESET: ResetBehaviour = {
-  family: "unknown",
-  resetsOnClose: true,
-  reason: "unknown driver family: assume vfio-pci, which resets the function",
-};
-
 /** An open device fd and everything needed to drive its migration. */
 export class VfioDevice {
   readonly migration: MigrationV2;
-  /** group, cdev or sim: the way the device file was opened (here, or by the holder). */
-  readonly path: "group" | "cdev" | "sim";
+  /** group, cdev or a backend's name (sim): the way the device file was opened (here, or by the holder). */
+  readonly path: "group" | "cdev" | BackendName;
   readonly holder: DeviceHolder | null;
   readonly reset: ResetBehaviour;
   /** This process performed the device's first open (false when borrowed or inherited). */
@@ -99,7 +93,7 @@ export class VfioDevice {
     this.path = opts.path ?? (access === "borrowed" || access === "inherited" ? "group" : access);
     this.holder = opts.holder ?? null;
     this.reset = opts.reset ?? UNKNOWN_RESET;
-    this.openedFresh = opts.openedFresh ?? (access === "group" || access === "cdev" || access === "sim");
+    this.openedFresh = opts.openedFresh ?? (access !== "borrowed" && access !== "inherited");
     this.candidates = opts.candidates ?? [];
   }
 
@@ -156,18 +150,6 @@ export class VfioDevice {
       } catch { /* released anyway */ }
     }
   }
-}
-
-export function pciIdentityFromConfig(cfg: Uint8Array): PciIdentity {
-  const v = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
-  return {
-    vendor: v.getUint16(0, true),
-    device: v.getUint16(2, true),
-    revision: v.getUint8(8),
-    classCode: v.getUint8(9) | (v.getUint16(10, true) << 8),
-    subsystemVendor: cfg.length >= 0x30 ? v.getUint16(0x2c, true) : 0,
-    subsystemDevice: cfg.length >= 0x30 ? v.getUint16(0x2e, true) : 0,
-  };
 }
 
 /** Reads the device's PCI identity from its config region into `d.info.pci`. */

@@ -30,6 +30,8 @@ import { type Fault, IOCTL_NAMES, ioctlKey, parseFaults } from "./faults.ts";
 import { modelInfo } from "./models.ts";
 import { type SimDeviceMeta, SimStore } from "./store.ts";
 import { V1_REGION_INDEX, type V1Backend, V1Device } from "./v1_device.ts";
+// Loading the simulated kernel registers it as the device layer's "sim" backend.
+import "./ops.ts";
 
 export { type Fault, parseFaults } from "./faults.ts";
 

@@ -15,7 +15,7 @@
 // as it is read, and verified against the same generator as it is written back. A
 // 32-byte header (magic "VFIMXEVF", u32 version, u32 seed, u64 size) then the data.
 
-import type { PciIdentity } from "../device/open.ts";
+import type { PciIdentity } from "../pci/identity.ts";
 import { Errno, SysError } from "../../ffi/errno.ts";
 
 export type ModelName = "mtty-1" | "mtty-2" | "bulk" | "xe";
