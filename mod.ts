@@ -20,10 +20,10 @@ export {
   resolvePath,
   stateName,
   supportedStates,
-} from "./src/migration/state_machine.ts";
-export { MigrationV2 } from "./src/migration/v2.ts";
-export { MigrationV1, v1StateIsError, v1StateName, v1StateValid } from "./src/migration/v1.ts";
-export { findRegionByType, getRegionInfo, type RegionInfo } from "./src/migration/regions.ts";
+} from "./src/vfio/state_machine.ts";
+export { MigrationV2 } from "./src/vfio/v2.ts";
+export { MigrationV1, v1StateIsError, v1StateName, v1StateValid } from "./src/vfio/v1.ts";
+export { findRegionByType, getRegionInfo, type RegionInfo } from "./src/vfio/regions.ts";
 export {
   chooseProtocol,
   type Protocol,

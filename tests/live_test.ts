@@ -8,7 +8,7 @@ import { jsonOf, logLines, MiB, ok, sha, show, simCreate, sleep, stateOf, vfioMi
 import { libc, load, openDevice, save, type SaveResult, SimKernel, SimStore, streamFormat } from "../mod.ts";
 import { isErrno } from "../ffi/errno.ts";
 import { decode, encodeInto, FEATURE, FEATURE_FLAGS, featureBuffer, IOCTL, STRUCTS } from "../ffi/vfio_uapi.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import type { Sink, StreamSource } from "../src/transport/transport.ts";
 
 const REINIT = 1;

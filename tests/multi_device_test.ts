@@ -21,7 +21,7 @@ import {
   SimStore,
   type VfioDevice,
 } from "../mod.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { F, O } from "../ffi/sys.ts";
 import { BASE_ENV, CLI, DENO, MiB, ROOT } from "./proc_helpers.ts";
 

@@ -8,7 +8,7 @@
 
 import { assertEquals } from "./assert.ts";
 import { O } from "../ffi/sys.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { SimKernel } from "../src/sim/kernel.ts";
 import { CAP_MSIX_AT, initialMttyState } from "../src/sim/models.ts";
 import { expectErrno, host, metaOf, Sim, stateFile, withStore } from "./sim_helpers.ts";

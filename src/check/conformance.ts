@@ -17,7 +17,7 @@ import {
 } from "../../ffi/vfio_uapi.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { readSome } from "../io.ts";
-import { DeviceState, stateName, supportedStates, supportsState } from "../migration/state_machine.ts";
+import { DeviceState, stateName, supportedStates, supportsState } from "../vfio/state_machine.ts";
 import { arcMismatches, type ArcResult, exploreArcs } from "./arcs.ts";
 import { type CaptureResult, CheckSession, StepError } from "./session.ts";
 

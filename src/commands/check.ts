@@ -2,7 +2,7 @@ import { arcMismatches, type ArcResult, expectedArc } from "../check/arcs.ts";
 import { type CheckReport, CHECKS, runChecks } from "../check/conformance.ts";
 import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor } from "../device/open.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
-import { DeviceState } from "../migration/state_machine.ts";
+import { DeviceState } from "../vfio/state_machine.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 function table(rows: string[][]): string[] {

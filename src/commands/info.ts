@@ -10,12 +10,12 @@ import {
   type VfioDevice,
 } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { DeviceState, parseState, stateName, supportedStates } from "../migration/state_machine.ts";
+import { DeviceState, parseState, stateName, supportedStates } from "../vfio/state_machine.ts";
 import { recoverDevice, tryGetState } from "../migrate/session.ts";
 import { type ConfigSummary, describeConfig, summarizeConfig } from "../migrate/config_state.ts";
 import { chooseProtocol, parseProtocol, type ProtocolChoice, v1Of } from "../migrate/protocol.ts";
-import { mmapAreas } from "../migration/regions.ts";
-import { V1, v1StateName } from "../migration/v1.ts";
+import { mmapAreas } from "../vfio/regions.ts";
+import { V1, v1StateName } from "../vfio/v1.ts";
 import { type Command, EXIT_CODES_HELP, hex, parse, printJson } from "./command.ts";
 
 export interface DeviceReport {

@@ -12,7 +12,7 @@ import { busyError } from "../device/busy.ts";
 import { type DeviceFamily, realResetBehaviour, type ResetBehaviour, survivesCloseText } from "../device/family.ts";
 import { isVfioDriver, Sysfs, type SysfsDevice, UUID } from "../device/sysfs.ts";
 import { VfioMigError } from "../errors.ts";
-import { stateName } from "../migration/state_machine.ts";
+import { stateName } from "../vfio/state_machine.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 export interface GroupMember {

@@ -6,7 +6,7 @@ import { isErrno } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
 import { decode, encode, IOCTL, PCI_REGION, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { VfioMigError } from "../errors.ts";
-import { MigrationV2 } from "../migration/v2.ts";
+import { MigrationV2 } from "../vfio/v2.ts";
 import { type PciIdentity, pciIdentityFromConfig } from "../pci/identity.ts";
 import { type DeviceFamily, type ResetBehaviour, UNKNOWN_RESET } from "./family.ts";
 

@@ -14,7 +14,7 @@ import { Errno, SysError } from "../../ffi/errno.ts";
 import { PCI_REGION } from "../../ffi/vfio_uapi.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { StreamError, VfioMigError } from "../errors.ts";
-import { getRegionInfo } from "../migration/regions.ts";
+import { getRegionInfo } from "../vfio/regions.ts";
 
 export const CONFIG_MAGIC = "PCFG";
 export const CONFIG_VERSION = 1;

@@ -9,7 +9,7 @@
 
 import { O, type Sys } from "../../ffi/sys.ts";
 import { isErrno } from "../../ffi/errno.ts";
-import { DeviceState } from "../migration/state_machine.ts";
+import { DeviceState } from "../vfio/state_machine.ts";
 import {
   defaultFamily,
   fillBulk,

@@ -17,7 +17,7 @@
 
 import { registerBuiltinBackends } from "../../../src/backends.ts";
 import { loadBackendsFor, openDevice, systemFor } from "../../../src/device/open.ts";
-import { parseState, stateName } from "../../../src/migration/state_machine.ts";
+import { parseState, stateName } from "../../../src/vfio/state_machine.ts";
 import { programPort, readPort, uartRegisters } from "./uart.ts";
 
 const spec = Deno.args[0];
