@@ -5,7 +5,7 @@
 import { isErrno, SysError } from "../../ffi/errno.ts";
 import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
-import { decode, encode, FEATURE, GROUP_FLAGS, IOCTL, MIGRATION_FLAGS, STRUCTS } from "../../ffi/vfio_uapi.ts";
+import { decode, encode, FEATURE, GROUP_FLAGS, IOCTL, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { DeviceBusyError, loadBackendsFor, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
 import { backendOfSpec, backendOps } from "../device/backend.ts";
 import { busyError } from "../device/busy.ts";
@@ -13,6 +13,7 @@ import { type DeviceFamily, realResetBehaviour, type ResetBehaviour, survivesClo
 import { isVfioDriver, Sysfs, type SysfsDevice, UUID } from "../device/sysfs.ts";
 import { VfioMigError } from "../errors.ts";
 import { stateName } from "../vfio/state_machine.ts";
+import { migrationFlagNames } from "../vfio/v2.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 export interface GroupMember {
@@ -173,7 +174,7 @@ export function migrationFacts(d: VfioDevice): ListedMigration {
   return {
     migratable: true,
     flags,
-    flagNames: Object.entries(MIGRATION_FLAGS).filter(([, v]) => flags! & v).map(([k]) => k),
+    flagNames: migrationFlagNames(flags!),
     dataSize: d.migration.dataSize(),
     state: stateName(d.migration.getState()),
     dirtyTracking: d.migration.probe(FEATURE.DMA_LOGGING_START, true) ? "dma-logging" : "none",

@@ -2,10 +2,10 @@
 // cdev, simulated), borrowed from the process that holds it (pidfd_getfd), or
 // inherited from the process that started us. open.ts and borrow.ts make them.
 
-import { isErrno } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
 import { decode, encode, IOCTL, PCI_REGION, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { VfioMigError } from "../errors.ts";
+import { findRegion } from "../vfio/regions.ts";
 import { MigrationV2 } from "../vfio/v2.ts";
 import { type PciIdentity, pciIdentityFromConfig } from "../pci/identity.ts";
 import { type DeviceFamily, type ResetBehaviour, UNKNOWN_RESET } from "./family.ts";
@@ -114,19 +114,15 @@ export class VfioDevice {
     return this.reset.resetsOnClose;
   }
 
-  /** Reads the PCI config space through the VFIO config region. */
+  /**
+   * Reads the PCI config space (at most 4096 bytes) through the VFIO config region
+   * (VFIO_PCI_CONFIG_REGION_INDEX, region info from src/vfio/regions.ts); null when the
+   * device has no config region (EINVAL, ENOTTY) or one shorter than 0x30 bytes. Other
+   * errors are thrown (SysError): a save must not silently drop the identity.
+   */
   readConfig(): Uint8Array | null {
-    const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: PCI_REGION.CONFIG });
-    try {
-      this.sys.ioctl(this.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
-    } catch (e) {
-      // No config region (EINVAL: no such index; ENOTTY). Any other error is a failure,
-      // not an absence: a save must not silently drop the identity or config space.
-      if (isErrno(e, "EINVAL") || isErrno(e, "ENOTTY")) return null;
-      throw e;
-    }
-    const r = decode(STRUCTS.vfio_region_info, ri);
-    if (r.size < 0x30) return null;
+    const r = findRegion(this.sys, this.fd, PCI_REGION.CONFIG);
+    if (!r || r.size < 0x30) return null;
     const buf = new Uint8Array(Math.min(r.size, 4096));
     const n = this.sys.pread(this.fd, buf, r.offset);
     return buf.subarray(0, n);
