@@ -206,3 +206,37 @@ Deno.test("list: --include-sim shows simulated devices' migration facts, and 'bu
     await Deno.remove(empty, { recursive: true });
   }
 });
+
+// Issue 22 item 5: a device that speaks the v1 region protocol (QEMU 7.2's) is migratable,
+// and list and info say through which protocol, not "not supported (ENOTTY)".
+Deno.test("list and info: a v1 device names the v1 region protocol and its device_state", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vfio-mig-list-v1-" });
+  const empty = await Deno.makeTempDir({ prefix: "vfio-mig-sysfs-" });
+  try {
+    const made = await vfioMig(["sim", "create", `${dir}/v1`, "--model", "mtty-2", "--protocol", "v1"]);
+    assertEquals(made.code, 0, made.err);
+    const r = await vfioMig(["list", "--sysfs", empty, "--include-sim", dir, "--json"]);
+    assertEquals(r.code, 0, r.err);
+    const [d] = JSON.parse(r.out).devices;
+    assertEquals(d.migration, {
+      migratable: true,
+      protocol: "v1",
+      flags: null,
+      flagNames: [],
+      dataSize: null,
+      state: "running (001b)",
+      dirtyTracking: "none",
+    });
+    const text = await vfioMig(["list", "--sysfs", empty, "--include-sim", dir]);
+    assertMatch(text.out, /migration {4}protocol v1 \(deprecated region protocol\), device_state running \(001b\)/);
+    assert(!text.out.includes("ENOTTY"), text.out);
+    assertMatch(text.out, /1 device: 1 migratable/);
+    const info = await vfioMig(["info", "--device", `sim:${dir}/v1`]);
+    assertEquals(info.code, 0, info.err);
+    assertMatch(info.out, /migration: {7}protocol v1 \(deprecated region protocol\)/);
+    assert(!info.out.includes("ENOTTY"), info.out);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(empty, { recursive: true });
+  }
+});

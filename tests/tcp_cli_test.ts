@@ -22,7 +22,7 @@ import {
   vmHwm,
   withTemp,
 } from "./proc_helpers.ts";
-import { StreamReader, StreamWriter } from "../mod.ts";
+import { StreamReader, StreamWriter } from "../src/stream/mod.ts";
 import { MAX_CHUNK, type StreamHeader, TAG } from "../src/stream/format.ts";
 import { bulkHeader, bulkRecordHeader } from "../src/sim/models.ts";
 import { TcpClient, TcpSink } from "../src/transport/tcp.ts";

@@ -87,6 +87,11 @@ export function systemFor(specs: string[]): Sys {
   return host;
 }
 
+export interface OpenOptions {
+  /** Where to look devices up by name (default: $VFIO_MIG_SYSFS, else /sys): the inventory's root. */
+  sysfs?: Sysfs;
+}
+
 /**
  * Opens a device from a spec: sim:PATH, a PCI address, an mdev UUID, a sysfs path, a
  * cdev node (/dev/vfio/devices/vfioN), pid:PID[:FD] (borrow the fd process PID holds:
@@ -99,8 +104,8 @@ export function systemFor(specs: string[]): Sys {
  * viable, no permission).
  */
 export function openDevice(spec: string): VfioDevice;
-export function openDevice(sys: Sys, spec: string): VfioDevice;
-export function openDevice(a: Sys | string, b?: string): VfioDevice {
+export function openDevice(sys: Sys, spec: string, opts?: OpenOptions): VfioDevice;
+export function openDevice(a: Sys | string, b?: string, opts: OpenOptions = {}): VfioDevice {
   const sys = typeof a === "string" ? systemFor([a]) : a;
   const spec = typeof a === "string" ? a : b!;
   const backend = backendOfSpec(spec);
@@ -108,7 +113,7 @@ export function openDevice(a: Sys | string, b?: string): VfioDevice {
   const fdSpec = parseFdSpec(spec);
   if (fdSpec?.kind === "pid") return borrowDevice(sys, spec);
   if (fdSpec?.kind === "fd") return openDeviceFd(sys, fdSpec.fd, { label: spec });
-  const sysfs = Sysfs.fromEnv(sys);
+  const sysfs = opts.sysfs ?? Sysfs.fromEnv(sys);
   const cdev = CDEV.exec(spec);
   const dev = cdev ? sysfs.findByCdev(cdev[1]) : sysfs.find(spec);
   if (cdev) return openCdev(sys, spec, dev, cdev[1], sysfs);
