@@ -13,6 +13,16 @@ import { type DeviceBackend, registerBackend } from "./device/backend.ts";
  */
 export const SIM_FILES = { meta: "device.json", lock: "lock" } as const;
 
+/** Whether folder `dir` holds a simulated device (its device.json). */
+function isSimDevice(sys: Sys, dir: string): boolean {
+  try {
+    sys.stat(`${dir}/${SIM_FILES.meta}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The simulated VFIO kernel (src/sim/): `sim:PATH` devices and the fds that hold them. */
 export const SIM_BACKEND: DeviceBackend = {
   name: "sim",
@@ -21,12 +31,18 @@ export const SIM_BACKEND: DeviceBackend = {
     const slash = target.lastIndexOf("/");
     if (!target.startsWith("/") || slash <= 0 || target.slice(slash + 1) !== SIM_FILES.lock) return null;
     const dir = target.slice(0, slash);
+    return isSimDevice(sys, dir) ? dir : null;
+  },
+  devicesIn(sys: Sys, dir: string): string[] {
+    const clean = dir.replace(/\/+$/, "") || "/";
+    if (isSimDevice(sys, clean)) return [clean];
+    let names: string[];
     try {
-      sys.stat(`${dir}/${SIM_FILES.meta}`);
-      return dir;
+      names = sys.readdir(clean);
     } catch {
-      return null;
+      return [];
     }
+    return names.map((n) => `${clean}/${n}`).filter((p) => isSimDevice(sys, p));
   },
   load: async () => (await import("./sim/ops.ts")).SIM_OPS,
 };

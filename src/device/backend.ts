@@ -42,6 +42,11 @@ export interface DeviceBackend {
    * null: without loading the backend, through `sys`'s files only.
    */
   deviceDir(sys: Sys, target: string): string | null;
+  /**
+   * The backend's devices in folder `dir` (for an inventory): `dir` itself when it is
+   * one, else its subfolders that are; [] when none is there.
+   */
+  devicesIn(sys: Sys, dir: string): string[];
   /** Loads the backend's operations (a dynamic import, so that `deno compile` embeds them). */
   load(): Promise<BackendOps>;
 }

@@ -77,7 +77,7 @@ export interface ListedDevice {
 export interface ListOptions {
   /** sysfs root (default $VFIO_MIG_SYSFS, else /sys). */
   sysfs?: string;
-  /** Folders of simulated devices (each subfolder with a device.json, or the folder itself). */
+  /** Folders of simulated devices (each subfolder that is one, or the folder itself: the backend says). */
   includeSim?: string[];
   /** Do not open devices (sysfs facts only). */
   noOpen?: boolean;
@@ -119,15 +119,6 @@ function listDir(sys: Sys, path: string): string[] {
   } catch (e) {
     if (isErrno(e, "ENOENT") || isErrno(e, "ENOTDIR")) return [];
     throw e;
-  }
-}
-
-function exists(sys: Sys, path: string): boolean {
-  try {
-    sys.stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 
@@ -250,13 +241,6 @@ function fromSysfs(sysfs: Sysfs, d: SysfsDevice): ListedDevice {
   return item;
 }
 
-/** The simulated devices in a folder: its subfolders holding a device.json, or itself. */
-function simFolders(sys: Sys, dir: string): string[] {
-  const clean = dir.replace(/\/+$/, "") || "/";
-  if (exists(sys, `${clean}/device.json`)) return [clean];
-  return listDir(sys, clean).map((n) => `${clean}/${n}`).filter((p) => exists(sys, `${p}/device.json`));
-}
-
 /** Every vfio-bound device under the sysfs root, then the simulated ones asked for. */
 export function listDevices(opts: ListOptions = {}): ListResult {
   const host = libc();
@@ -297,7 +281,7 @@ export function listDevices(opts: ListOptions = {}): ListResult {
     const simSys = systemFor(["sim:"]);
     const ops = backendOps(sim, "--include-sim");
     for (const dir of opts.includeSim) {
-      const folders = simFolders(host, dir);
+      const folders = sim.devicesIn(host, dir);
       if (folders.length === 0) {
         throw new VfioMigError(
           `--include-sim ${dir}: no simulated device there (no device.json in it or its subfolders)`,
