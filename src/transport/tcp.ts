@@ -192,10 +192,20 @@ export class TcpClient {
       throw netError(e, `cannot connect to ${url}`);
     }
     const ms = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    // How far the destination got: what a timeout or a close means depends on it.
+    let greeted = false;
     try {
       await timeout(
         (async () => {
-          const sh = await readExact(conn, SERVER_HELLO, url);
+          const sh = await readExact(conn, SERVER_HELLO, url).catch((e) => {
+            if (!(e instanceof VfioMigError)) throw e; // TLS errors: explained below
+            throw new VfioMigError(
+              `${url} accepted the connection and closed it before its greeting: a listener that dropped ` +
+                `it (over its --max-startups limit: try again) or not a vfio-mig listener`,
+              "failure",
+            );
+          });
+          greeted = true;
           checkHello(sh, url);
           const nonceS = sh.subarray(MAGIC.length + 2);
           const c = await nodeCrypto();
@@ -215,6 +225,16 @@ export class TcpClient {
       try {
         conn.close();
       } catch { /* already closed */ }
+      if (e instanceof VfioMigError && /: no answer within \d+ ms$/.test(e.message)) {
+        throw new VfioMigError(
+          e.message +
+            (greeted
+              ? ": the destination greeted us but did not answer our proof of the token"
+              : ": the destination accepted the connection but never sent its greeting (not a vfio-mig " +
+                "listener, one busy with another peer, or one that cannot keep up)"),
+          "failure",
+        );
+      }
       if (e instanceof VfioMigError) throw e;
       // TLS errors surface on the first read: say what they mean.
       throw new VfioMigError(`handshake with ${url} failed: ${explainTls(e)}`, "failure");
@@ -314,14 +334,103 @@ export class TcpClient {
   }
 }
 
+/**
+ * How many unauthenticated connections the listener holds at once, as sshd's MaxStartups
+ * (sshd_config(5) "MaxStartups start:rate:full"): with `start` of them open, a new
+ * connection makes the listener drop one with probability `rate`%, rising linearly to 100%
+ * at `full`, so never more than `full` are open. Unlike sshd, the one dropped is not
+ * the newcomer but the longest-waiting connection that has not yet sent a byte of a
+ * well-formed greeting (for TLS: first one whose TLS handshake is not done, then one that
+ * finished TLS but sent nothing since); one that has sent the greeting's first bytes is
+ * never dropped for a newcomer: it keeps its handshake timeout. Only when every open
+ * connection has is the newcomer closed.
+ */
+export interface MaxStartups {
+  start: number;
+  /** Percent, 0-100. */
+  rate: number;
+  full: number;
+}
+
+/**
+ * 1024 unauthenticated connections at most, drops from 512 on: each costs the listener a
+ * descriptor and ~2 KiB (docs in the README's TCP section, measured by tests/tcp_flood_test.ts).
+ */
+export const DEFAULT_MAX_STARTUPS: MaxStartups = { start: 512, rate: 30, full: 1024 };
+
+/** Parses sshd's syntax "START:RATE:FULL" (or a lone "FULL": drops only at FULL). */
+export function parseMaxStartups(spec: string): MaxStartups {
+  const m = /^(\d+)(?::(\d+):(\d+))?$/.exec(spec);
+  const bad = () =>
+    new VfioMigError(`--max-startups ${spec}: expected START:RATE:FULL (e.g. 512:30:1024) or FULL`, "usage");
+  if (!m) throw bad();
+  const [start, rate, full] = m[2] === undefined ? [Number(m[1]), 100, Number(m[1])] : [m[1], m[2], m[3]].map(Number);
+  if (!(start >= 1 && start <= full && rate <= 100 && full <= 65536)) throw bad();
+  return { start, rate, full };
+}
+
+/**
+ * TLS handshakes the listener completes per second at most, after a burst of as many:
+ * a flood of TLS ClientHellos costs a bounded share of a CPU (each costs the server a key
+ * exchange and a signature). Only handshakes that ended by themselves count, so clients
+ * that send nothing use none of it.
+ */
+export const TLS_HANDSHAKES_PER_S = 100;
+export const TLS_HANDSHAKE_BURST = 100;
+/** Refused peers reported one by one (onRefused); the ones after are only counted (onTurnedAway). */
+export const REFUSALS_SHOWN = 8;
+/** How often, at most, onTurnedAway reports counts while the listener waits. */
+export const TURNED_AWAY_EVERY_MS = 30_000;
+
+/** Connections the listener turned away without reporting each: totals since it started listening. */
+export interface TurnedAway {
+  /** Closed unread over MaxStartups (or while descriptors ran out). */
+  dropped: number;
+  /** Refused by the handshake beyond the first REFUSALS_SHOWN, by reason. */
+  wrongToken: number;
+  notVfioMig: number;
+  timedOut: number;
+  closed: number;
+  tls: number;
+  /** The MaxStartups in force. */
+  limits: MaxStartups;
+}
+
+/** The one line that reports a TurnedAway (stderr and the `dropped` event's message). */
+export function turnedAwayLine(t: TurnedAway): string {
+  const refused = [
+    [t.wrongToken, "wrong token"],
+    [t.notVfioMig, "not vfio-mig"],
+    [t.timedOut, "timed out"],
+    [t.closed, "closed by the peer"],
+    [t.tls, "TLS failed"],
+  ].filter(([n]) => n) as [number, string][];
+  const parts = [];
+  if (t.dropped) {
+    parts.push(
+      `dropped ${t.dropped} connection${t.dropped === 1 ? "" : "s"} over the limit of unauthenticated ones ` +
+        `(--max-startups ${t.limits.start}:${t.limits.rate}:${t.limits.full})`,
+    );
+  }
+  if (refused.length) {
+    const n = refused.reduce((a, [k]) => a + k, 0);
+    parts.push(`refused ${n} more (${refused.map(([k, w]) => `${k} ${w}`).join(", ")})`);
+  }
+  return `${parts.join("; ")} so far`;
+}
+
 export interface ListenOptions {
   token: string;
   handshakeTimeoutMs?: number;
   idleTimeoutMs?: number;
   tlsCert?: string;
   tlsKey?: string;
-  /** Called with each refused peer's reason (wrong token, garbage, slow). */
+  /** Unauthenticated connections at once (default DEFAULT_MAX_STARTUPS). */
+  maxStartups?: MaxStartups;
+  /** Called with each refused peer's reason (wrong token, garbage, slow), for the first REFUSALS_SHOWN. */
   onRefused?: (why: string) => void;
+  /** Called with the counts of those not reported one by one: every TURNED_AWAY_EVERY_MS while they grow, and at the end. */
+  onTurnedAway?: (t: TurnedAway) => void;
   /** Called once listening, with the bound address. */
   onListening?: (addr: Deno.NetAddr) => void;
   /** Give up waiting for a valid peer after this long. */
@@ -339,66 +448,30 @@ export class TcpServerConn {
     this.#idleMs = idleMs;
   }
 
-  /** Listens, authenticates peers until one succeeds, then stops listening. */
+  /**
+   * Listens and runs the handshakes of every connection side by side, each with its own
+   * deadline (handshakeTimeoutMs); the first peer that proves it knows the token wins, the
+   * listener is closed and so is every other connection. What unauthenticated connections
+   * cost is bounded by MaxStartups (descriptors, ~2 KiB each) and, with TLS, by
+   * TLS_HANDSHAKES_PER_S. Throws VfioMigError "failure" when acceptTimeoutMs passes or the
+   * address cannot be bound ("usage" without --allow-net), the signal's reason on abort.
+   */
   static async accept(spec: string, opts: ListenOptions): Promise<TcpServerConn> {
     const ep = parseListen(spec);
+    if (opts.signal?.aborted) throw opts.signal.reason;
+    const crypto = await nodeCrypto(); // before listening: every handshake needs it
+    const tls = !!(opts.tlsCert && opts.tlsKey);
     let listener: Deno.Listener;
     try {
-      listener = opts.tlsCert && opts.tlsKey
-        ? Deno.listenTls({ hostname: ep.hostname, port: ep.port, cert: opts.tlsCert, key: opts.tlsKey })
+      listener = tls
+        ? Deno.listenTls({ hostname: ep.hostname, port: ep.port, cert: opts.tlsCert!, key: opts.tlsKey! })
         : Deno.listen({ hostname: ep.hostname, port: ep.port });
     } catch (e) {
       throw netError(e, `cannot listen on ${ep.hostname}:${ep.port}`);
     }
     opts.onListening?.(listener.addr as Deno.NetAddr);
-    const hsMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
-    const deadline = opts.acceptTimeoutMs ? performance.now() + opts.acceptTimeoutMs : Infinity;
-    let current: Deno.Conn | null = null; // the peer in its handshake
-    const onAbort = () => {
-      for (const c of [listener, current]) {
-        try {
-          c?.close();
-        } catch { /* already closed */ }
-      }
-    };
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    try {
-      for (;;) {
-        if (opts.signal?.aborted) throw opts.signal.reason;
-        const left = deadline - performance.now();
-        if (left <= 0) {
-          throw new VfioMigError(`no authenticated peer connected within ${opts.acceptTimeoutMs} ms`, "failure");
-        }
-        const conn = Number.isFinite(left)
-          ? await timeout(listener.accept(), left, () => listener.close(), "waiting for a peer")
-          : await listener.accept();
-        const peer = conn.remoteAddr as Deno.NetAddr;
-        const who = `${peer.hostname}:${peer.port}`;
-        current = conn;
-        try {
-          await timeout(serverHandshake(conn, opts.token, who), hsMs, () => conn.close(), `handshake with ${who}`);
-          current = null;
-          if (opts.signal?.aborted) throw opts.signal.reason;
-          return new TcpServerConn(conn, who, opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
-        } catch (e) {
-          current = null;
-          try {
-            conn.close();
-          } catch { /* closed by the timeout */ }
-          if (opts.signal?.aborted) throw opts.signal.reason;
-          opts.onRefused?.(`refused ${who}: ${e instanceof VfioMigError ? e.message : explainTls(e)}`);
-        }
-      }
-    } catch (e) {
-      if (opts.signal?.aborted) throw opts.signal.reason;
-      throw e;
-    } finally {
-      opts.signal?.removeEventListener("abort", onAbort);
-      // Exactly one peer: nobody else can connect once we have one (or gave up).
-      try {
-        listener.close();
-      } catch { /* already closed */ }
-    }
+    const won = await new Gate(listener, opts, crypto, tls).run();
+    return new TcpServerConn(won.conn, won.who, opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
   }
 
   /** Reads stream bytes; 0 at end. Fails when the peer is silent for the idle timeout. */
@@ -426,20 +499,304 @@ export class TcpServerConn {
   }
 }
 
-async function serverHandshake(conn: Deno.Conn, token: string, who: string): Promise<void> {
-  const c = await nodeCrypto();
-  const nonceS = randomBytes(NONCE);
-  await writeAllConn(conn, hello(nonceS));
-  const ch = await readExact(conn, CLIENT_HELLO, who);
-  checkHello(ch, who);
-  const nonceC = ch.subarray(MAGIC.length + 2, MAGIC.length + 2 + NONCE);
-  const macC = ch.subarray(MAGIC.length + 2 + NONCE);
-  const ok = macEqual(c, macC, mac(c, token, "vfio-mig client", nonceS, nonceC));
-  const reply = new Uint8Array(SERVER_REPLY);
-  reply[0] = ok ? 0 : 1;
-  if (ok) reply.set(mac(c, token, "vfio-mig server", nonceC, nonceS), 1);
-  await writeAllConn(conn, reply);
-  if (!ok) throw new VfioMigError("wrong token", "failure");
+/** The greeting's fixed part: magic and version; a peer that sent it is mid-handshake. */
+const GREETING = MAGIC.length + 2;
+
+type Reason = "wrongToken" | "notVfioMig" | "timedOut" | "closed" | "tls";
+
+class Refusal extends Error {
+  constructor(readonly reason: Reason, message: string) {
+    super(message);
+  }
+}
+
+/** One unauthenticated connection. */
+interface Startup {
+  conn: Deno.Conn;
+  who: string;
+  /** 0: nothing yet (TLS not done, no byte); 1: TLS done, no byte since; 2: sent the greeting's start. */
+  stage: 0 | 1 | 2;
+  timer: ReturnType<typeof setTimeout>;
+  /** Refused, dropped, timed out, or the listener is done: nothing more is done with it. */
+  over: boolean;
+  /** Its turn for a TLS handshake came (TLS_HANDSHAKES_PER_S). */
+  go?: () => void;
+}
+
+/**
+ * The listener's gate: accepts while handshakes run side by side, bounds the
+ * unauthenticated ones (MaxStartups, TLS handshake rate), counts what it turned away.
+ */
+class Gate {
+  readonly #startups = new Map<Deno.Conn, Startup>(); // in arrival order
+  readonly #tlsQueue = new Set<Startup>(); // waiting for a TLS handshake, in arrival order
+  readonly #max: MaxStartups;
+  readonly #hsMs: number;
+  #tlsBudget = TLS_HANDSHAKE_BURST;
+  #tlsAt = performance.now();
+  #tlsTimer: ReturnType<typeof setTimeout> | undefined;
+  #over = false;
+  #shown = 0;
+  #counts = { dropped: 0, wrongToken: 0, notVfioMig: 0, timedOut: 0, closed: 0, tls: 0 };
+  #reported = 0;
+  #timers: ReturnType<typeof setTimeout>[] = [];
+  #resolve!: (w: { conn: Deno.Conn; who: string }) => void;
+  #reject!: (e: unknown) => void;
+
+  constructor(
+    readonly listener: Deno.Listener,
+    readonly opts: ListenOptions,
+    readonly crypto: NodeCrypto,
+    readonly tls: boolean,
+  ) {
+    this.#max = opts.maxStartups ?? DEFAULT_MAX_STARTUPS;
+    this.#hsMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+  }
+
+  run(): Promise<{ conn: Deno.Conn; who: string }> {
+    const won = new Promise<{ conn: Deno.Conn; who: string }>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    const onAbort = () => this.#fail(this.opts.signal!.reason);
+    this.opts.signal?.addEventListener("abort", onAbort, { once: true });
+    if (this.opts.acceptTimeoutMs) {
+      const ms = this.opts.acceptTimeoutMs;
+      this.#timers.push(setTimeout(
+        () => this.#fail(new VfioMigError(`no authenticated peer connected within ${ms} ms`, "failure")),
+        ms,
+      ));
+    }
+    this.#timers.push(setInterval(() => this.#report(), TURNED_AWAY_EVERY_MS));
+    this.#acceptLoop();
+    return won.finally(() => {
+      this.opts.signal?.removeEventListener("abort", onAbort);
+      this.#stop();
+    });
+  }
+
+  /** Counted and not yet reported. */
+  get #total(): number {
+    return Object.values(this.#counts).reduce((a, b) => a + b, 0);
+  }
+
+  #report(): void {
+    const total = this.#total;
+    if (total === this.#reported) return;
+    this.#reported = total;
+    this.opts.onTurnedAway?.({ ...this.#counts, limits: this.#max });
+  }
+
+  #fail(e: unknown): void {
+    if (this.#over) return;
+    this.#reject(e);
+    this.#stop();
+  }
+
+  /** No more connections: the listener, the handshakes and the timers end; the counts are reported. */
+  #stop(): void {
+    if (this.#over) return;
+    this.#over = true;
+    try {
+      this.listener.close();
+    } catch { /* already closed */ }
+    for (const s of this.#startups.values()) this.#end(s);
+    this.#tlsQueue.clear();
+    clearTimeout(this.#tlsTimer);
+    for (const t of this.#timers) clearTimeout(t);
+    this.#report();
+  }
+
+  async #acceptLoop(): Promise<void> {
+    while (!this.#over) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.listener.accept();
+      } catch (e) {
+        if (this.#over) return;
+        // EMFILE/ENFILE: the connection waits in the kernel's queue; make room for it.
+        if (e instanceof Error && /os error 2[34]\b/.test(e.message)) {
+          if (!this.#evict()) await new Promise((r) => setTimeout(r, 50));
+          continue;
+        }
+        this.#fail(netError(e, "accepting a connection"));
+        return;
+      }
+      if (this.#over) {
+        closeQuietly(conn);
+        return;
+      }
+      this.#admit(conn);
+    }
+  }
+
+  /** MaxStartups: past `start`, a newcomer drops the longest-waiting idle connection with rising probability. */
+  #admit(conn: Deno.Conn): void {
+    const n = this.#startups.size;
+    const { start, rate, full } = this.#max;
+    if (n >= start) {
+      const p = n >= full ? 1 : (rate + (100 - rate) * (n - start) / (full - start)) / 100;
+      if (Math.random() < p && !this.#evict()) {
+        this.#counts.dropped++;
+        closeQuietly(conn);
+        return;
+      }
+    }
+    const peer = conn.remoteAddr as Deno.NetAddr;
+    const who = `${peer.hostname}:${peer.port}`;
+    const s: Startup = {
+      conn,
+      who,
+      stage: 0,
+      over: false,
+      timer: setTimeout(
+        () => this.#refuse(s, new Refusal("timedOut", `handshake with ${who}: no answer within ${this.#hsMs} ms`)),
+        this.#hsMs,
+      ),
+    };
+    this.#startups.set(conn, s);
+    this.#handshake(s).catch((e) => {
+      if (s.over) return; // timed out, dropped, or another peer won: its own account
+      this.#refuse(s, e instanceof Refusal ? e : new Refusal("closed", e instanceof Error ? e.message : String(e)));
+    });
+  }
+
+  /** Drops the longest-waiting connection that sent nothing (stage 0, then 1); false when there is none. */
+  #evict(): boolean {
+    for (const stage of [0, 1]) {
+      for (const s of this.#startups.values()) {
+        if (s.stage === stage) {
+          this.#counts.dropped++;
+          this.#end(s);
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  #end(s: Startup): void {
+    if (s.over) return;
+    s.over = true;
+    clearTimeout(s.timer);
+    this.#startups.delete(s.conn);
+    this.#tlsQueue.delete(s);
+    closeQuietly(s.conn);
+  }
+
+  #refuse(s: Startup, r: Refusal): void {
+    if (s.over || this.#over) return;
+    this.#end(s);
+    if (this.#shown < REFUSALS_SHOWN) {
+      this.#shown++;
+      this.opts.onRefused?.(`refused ${s.who}: ${r.message}`);
+    } else this.#counts[r.reason]++;
+  }
+
+  /** The server's side of the handshake (the file's header); resolves the gate when the peer proved the token. */
+  async #handshake(s: Startup): Promise<void> {
+    const { conn, who } = s;
+    if (this.tls) {
+      await this.#tlsTurn(s);
+      if (s.over) return;
+      try {
+        await (conn as Deno.TlsConn).handshake();
+      } catch (e) {
+        if (s.over) return;
+        this.#charge();
+        throw new Refusal("tls", `TLS handshake failed: ${explainTls(e)}`);
+      }
+      if (s.over) return;
+      this.#charge();
+      s.stage = 1;
+    }
+    const c = this.crypto;
+    const nonceS = randomBytes(NONCE);
+    await writeAllConn(conn, hello(nonceS));
+    const ch = new Uint8Array(CLIENT_HELLO);
+    let off = 0;
+    while (off < CLIENT_HELLO) {
+      const r = await conn.read(ch.subarray(off));
+      if (s.over) return;
+      if (r === null) throw new Refusal("closed", `${who}: the peer closed the connection`);
+      // The greeting is checked byte by byte as it comes: garbage is refused at once.
+      for (let i = off; i < Math.min(off + r, GREETING); i++) {
+        if (i < MAGIC.length && ch[i] !== MAGIC[i]) {
+          throw new Refusal("notVfioMig", `${who} is not a vfio-mig peer (bad greeting)`);
+        }
+        if (i === MAGIC.length && ch[i] !== VERSION) {
+          throw new Refusal("notVfioMig", `${who} speaks handshake version ${ch[i]}, not ${VERSION}`);
+        }
+      }
+      off += r;
+      if (off >= GREETING) s.stage = 2;
+    }
+    const nonceC = ch.subarray(GREETING, GREETING + NONCE);
+    const ok = macEqual(c, ch.subarray(GREETING + NONCE), mac(c, this.opts.token, "vfio-mig client", nonceS, nonceC));
+    const reply = new Uint8Array(SERVER_REPLY);
+    reply[0] = ok ? 0 : 1;
+    if (ok) reply.set(mac(c, this.opts.token, "vfio-mig server", nonceC, nonceS), 1);
+    if (ok && this.#over) return; // another peer won meanwhile
+    await writeAllConn(conn, reply);
+    if (s.over) return;
+    if (!ok) throw new Refusal("wrongToken", "wrong token");
+    if (this.#over) return;
+    // The winner: out of the startups (so #stop leaves it open), then everyone else goes.
+    clearTimeout(s.timer);
+    s.over = true;
+    this.#startups.delete(conn);
+    this.#resolve({ conn, who });
+    this.#stop();
+  }
+
+  /** Waits until a TLS handshake may start: TLS_HANDSHAKES_PER_S, in arrival order. */
+  #tlsTurn(s: Startup): Promise<void> {
+    this.#refill();
+    if (this.#tlsBudget > 0 && this.#tlsQueue.size === 0) return Promise.resolve();
+    return new Promise<void>((go) => {
+      s.go = go;
+      this.#tlsQueue.add(s);
+      this.#pumpTls();
+    });
+  }
+
+  #refill(): void {
+    const now = performance.now();
+    this.#tlsBudget = Math.min(
+      TLS_HANDSHAKE_BURST,
+      this.#tlsBudget + (now - this.#tlsAt) * TLS_HANDSHAKES_PER_S / 1000,
+    );
+    this.#tlsAt = now;
+  }
+
+  /** A handshake ended by itself: it cost the server its share (the budget may go below 0). */
+  #charge(): void {
+    this.#refill();
+    this.#tlsBudget--;
+    this.#pumpTls();
+  }
+
+  #pumpTls(): void {
+    this.#refill();
+    for (const s of this.#tlsQueue) {
+      if (this.#tlsBudget <= 0) break;
+      this.#tlsQueue.delete(s);
+      s.go?.();
+    }
+    if (this.#tlsQueue.size && this.#tlsTimer === undefined && !this.#over) {
+      const wait = Math.max(1, Math.ceil((1 - this.#tlsBudget) * 1000 / TLS_HANDSHAKES_PER_S));
+      this.#tlsTimer = setTimeout(() => {
+        this.#tlsTimer = undefined;
+        this.#pumpTls();
+      }, wait);
+    }
+  }
+}
+
+function closeQuietly(c: { close(): void }): void {
+  try {
+    c.close();
+  } catch { /* already closed */ }
 }
 
 // ---------------------------------------------------------------------------
