@@ -91,22 +91,37 @@ function randomBytes(n: number): Uint8Array {
   return crypto.getRandomValues(new Uint8Array(n));
 }
 
-type NodeCrypto = typeof import("node:crypto");
-
 /**
- * node:crypto, imported when a handshake needs it: it costs a local save or load ~3 ms
- * of start-up and ~1 MiB of memory that only tcp:// uses.
+ * The token as an HMAC-SHA256 key (Web Crypto: node:crypto would cost the process ~10 MiB
+ * of resident memory, measured on deno 2.9.6; Web Crypto ~3 MiB).
  */
-function nodeCrypto(): Promise<NodeCrypto> {
-  return import("node:crypto");
+function macKey(token: string): Promise<CryptoKey> {
+  return crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(token),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign", "verify"],
+  );
 }
 
-function mac(c: NodeCrypto, token: string, label: string, a: Uint8Array, b: Uint8Array): Uint8Array {
-  return new Uint8Array(c.createHmac("sha256", token).update(label).update(a).update(b).digest());
+/** HMAC(token, label | a | b): the bytes the handshake's proofs are made of. */
+function macInput(label: string, a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
+  const l = new TextEncoder().encode(label);
+  const out = new Uint8Array(l.length + a.length + b.length);
+  out.set(l, 0);
+  out.set(a, l.length);
+  out.set(b, l.length + a.length);
+  return out;
 }
 
-function macEqual(c: NodeCrypto, a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && c.timingSafeEqual(a, b);
+async function mac(key: CryptoKey, label: string, a: Uint8Array, b: Uint8Array): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, macInput(label, a, b)));
+}
+
+/** Whether `proof` is HMAC(token, label | a | b); compared in constant time (Web Crypto's verify). */
+function macVerify(key: CryptoKey, proof: Uint8Array, label: string, a: Uint8Array, b: Uint8Array): Promise<boolean> {
+  return crypto.subtle.verify("HMAC", key, proof.slice(), macInput(label, a, b));
 }
 
 function timeout<T>(p: Promise<T>, ms: number, onTimeout: () => void, what: string): Promise<T> {
@@ -179,6 +194,9 @@ export class TcpClient {
 
   static async connect(url: string, opts: ConnectOptions): Promise<TcpClient> {
     const ep = parseTcpUrl(url);
+    // Before connecting, so our proof follows the listener's greeting at once: a listener
+    // under a flood drops connections that stay silent (MaxStartups).
+    const key = await macKey(opts.token);
     let conn: Deno.Conn;
     try {
       conn = opts.tls || opts.tlsCa
@@ -208,12 +226,11 @@ export class TcpClient {
           greeted = true;
           checkHello(sh, url);
           const nonceS = sh.subarray(MAGIC.length + 2);
-          const c = await nodeCrypto();
           const nonceC = randomBytes(NONCE);
-          await writeAllConn(conn, hello(nonceC, mac(c, opts.token, "vfio-mig client", nonceS, nonceC)));
+          await writeAllConn(conn, hello(nonceC, await mac(key, "vfio-mig client", nonceS, nonceC)));
           const reply = await readExact(conn, SERVER_REPLY, url);
           if (reply[0] !== 0) throw new VfioMigError(`${url} refused the token (wrong --token?)`, "failure");
-          if (!macEqual(c, reply.subarray(1), mac(c, opts.token, "vfio-mig server", nonceC, nonceS))) {
+          if (!(await macVerify(key, reply.subarray(1), "vfio-mig server", nonceC, nonceS))) {
             throw new VfioMigError(`${url} did not prove it knows the token: not the expected peer`, "failure");
           }
         })(),
@@ -353,10 +370,10 @@ export interface MaxStartups {
 }
 
 /**
- * 1024 unauthenticated connections at most, drops from 512 on: each costs the listener a
- * descriptor and ~2 KiB (docs in the README's TCP section, measured by tests/tcp_flood_test.ts).
+ * 1024 unauthenticated connections at most, drops from 768 on: each costs the listener a
+ * descriptor and ~6 KiB (README's TCP section; measured by tests/tcp_flood_test.ts).
  */
-export const DEFAULT_MAX_STARTUPS: MaxStartups = { start: 512, rate: 30, full: 1024 };
+export const DEFAULT_MAX_STARTUPS: MaxStartups = { start: 768, rate: 30, full: 1024 };
 
 /** Parses sshd's syntax "START:RATE:FULL" (or a lone "FULL": drops only at FULL). */
 export function parseMaxStartups(spec: string): MaxStartups {
@@ -370,10 +387,10 @@ export function parseMaxStartups(spec: string): MaxStartups {
 }
 
 /**
- * TLS handshakes the listener completes per second at most, after a burst of as many:
- * a flood of TLS ClientHellos costs a bounded share of a CPU (each costs the server a key
- * exchange and a signature). Only handshakes that ended by themselves count, so clients
- * that send nothing use none of it.
+ * TLS handshakes the listener starts per second at most, after a burst of as many: a
+ * flood of TLS ClientHellos costs a bounded share of a CPU (each costs the server a key
+ * exchange and a signature). Connections wait for their turn unread (and may be dropped
+ * meanwhile, MaxStartups); turns are drawn at random among the waiting ones.
  */
 export const TLS_HANDSHAKES_PER_S = 100;
 export const TLS_HANDSHAKE_BURST = 100;
@@ -459,7 +476,7 @@ export class TcpServerConn {
   static async accept(spec: string, opts: ListenOptions): Promise<TcpServerConn> {
     const ep = parseListen(spec);
     if (opts.signal?.aborted) throw opts.signal.reason;
-    const crypto = await nodeCrypto(); // before listening: every handshake needs it
+    const key = await macKey(opts.token); // before listening: every handshake needs it
     const tls = !!(opts.tlsCert && opts.tlsKey);
     let listener: Deno.Listener;
     try {
@@ -470,7 +487,7 @@ export class TcpServerConn {
       throw netError(e, `cannot listen on ${ep.hostname}:${ep.port}`);
     }
     opts.onListening?.(listener.addr as Deno.NetAddr);
-    const won = await new Gate(listener, opts, crypto, tls).run();
+    const won = await new Gate(listener, opts, key, tls).run();
     return new TcpServerConn(won.conn, won.who, opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
   }
 
@@ -504,19 +521,18 @@ const GREETING = MAGIC.length + 2;
 
 type Reason = "wrongToken" | "notVfioMig" | "timedOut" | "closed" | "tls";
 
-class Refusal extends Error {
-  constructor(readonly reason: Reason, message: string) {
-    super(message);
-  }
+/** Why a peer was refused; the words are made (with its address) only when it is reported. */
+class Refusal {
+  constructor(readonly reason: Reason, readonly words: (who: string) => string) {}
 }
 
-/** One unauthenticated connection. */
+/** One unauthenticated connection (kept small: a flood makes many). */
 interface Startup {
   conn: Deno.Conn;
-  who: string;
   /** 0: nothing yet (TLS not done, no byte); 1: TLS done, no byte since; 2: sent the greeting's start. */
   stage: 0 | 1 | 2;
-  timer: ReturnType<typeof setTimeout>;
+  /** performance.now() when its handshake timeout ends. */
+  deadline: number;
   /** Refused, dropped, timed out, or the listener is done: nothing more is done with it. */
   over: boolean;
   /** Its turn for a TLS handshake came (TLS_HANDSHAKES_PER_S). */
@@ -529,7 +545,8 @@ interface Startup {
  */
 class Gate {
   readonly #startups = new Map<Deno.Conn, Startup>(); // in arrival order
-  readonly #tlsQueue = new Set<Startup>(); // waiting for a TLS handshake, in arrival order
+  /** Waiting for a TLS handshake (ones ended meanwhile are skipped when drawn). */
+  #tlsQueue: Startup[] = [];
   readonly #max: MaxStartups;
   readonly #hsMs: number;
   #tlsBudget = TLS_HANDSHAKE_BURST;
@@ -540,13 +557,15 @@ class Gate {
   #counts = { dropped: 0, wrongToken: 0, notVfioMig: 0, timedOut: 0, closed: 0, tls: 0 };
   #reported = 0;
   #timers: ReturnType<typeof setTimeout>[] = [];
+  /** One timer for every handshake deadline: the oldest connection's (all have the same timeout). */
+  #sweep: ReturnType<typeof setTimeout> | undefined;
   #resolve!: (w: { conn: Deno.Conn; who: string }) => void;
   #reject!: (e: unknown) => void;
 
   constructor(
     readonly listener: Deno.Listener,
     readonly opts: ListenOptions,
-    readonly crypto: NodeCrypto,
+    readonly key: CryptoKey,
     readonly tls: boolean,
   ) {
     this.#max = opts.maxStartups ?? DEFAULT_MAX_STARTUPS;
@@ -601,8 +620,9 @@ class Gate {
       this.listener.close();
     } catch { /* already closed */ }
     for (const s of this.#startups.values()) this.#end(s);
-    this.#tlsQueue.clear();
+    this.#tlsQueue = [];
     clearTimeout(this.#tlsTimer);
+    clearTimeout(this.#sweep);
     for (const t of this.#timers) clearTimeout(t);
     this.#report();
   }
@@ -642,23 +662,24 @@ class Gate {
         return;
       }
     }
-    const peer = conn.remoteAddr as Deno.NetAddr;
-    const who = `${peer.hostname}:${peer.port}`;
-    const s: Startup = {
-      conn,
-      who,
-      stage: 0,
-      over: false,
-      timer: setTimeout(
-        () => this.#refuse(s, new Refusal("timedOut", `handshake with ${who}: no answer within ${this.#hsMs} ms`)),
-        this.#hsMs,
-      ),
-    };
+    const s: Startup = { conn, stage: 0, over: false, deadline: performance.now() + this.#hsMs };
     this.#startups.set(conn, s);
-    this.#handshake(s).catch((e) => {
-      if (s.over) return; // timed out, dropped, or another peer won: its own account
-      this.#refuse(s, e instanceof Refusal ? e : new Refusal("closed", e instanceof Error ? e.message : String(e)));
-    });
+    this.#sweep ??= setTimeout(() => this.#timeOut(), this.#hsMs);
+    this.#handshake(s);
+  }
+
+  /** Refuses the connections whose handshake timeout passed (the oldest first), and waits for the next one's. */
+  #timeOut(): void {
+    this.#sweep = undefined;
+    const now = performance.now();
+    for (const s of this.#startups.values()) {
+      if (s.deadline > now) {
+        this.#sweep = setTimeout(() => this.#timeOut(), s.deadline - now);
+        return;
+      }
+      const ms = this.#hsMs;
+      this.#refuse(s, new Refusal("timedOut", (who) => `handshake with ${who}: no answer within ${ms} ms`));
+    }
   }
 
   /** Drops the longest-waiting connection that sent nothing (stage 0, then 1); false when there is none. */
@@ -678,9 +699,7 @@ class Gate {
   #end(s: Startup): void {
     if (s.over) return;
     s.over = true;
-    clearTimeout(s.timer);
     this.#startups.delete(s.conn);
-    this.#tlsQueue.delete(s);
     closeQuietly(s.conn);
   }
 
@@ -689,13 +708,24 @@ class Gate {
     this.#end(s);
     if (this.#shown < REFUSALS_SHOWN) {
       this.#shown++;
-      this.opts.onRefused?.(`refused ${s.who}: ${r.message}`);
+      const who = whoOf(s.conn);
+      this.opts.onRefused?.(`refused ${who}: ${r.words(who)}`);
     } else this.#counts[r.reason]++;
   }
 
   /** The server's side of the handshake (the file's header); resolves the gate when the peer proved the token. */
   async #handshake(s: Startup): Promise<void> {
-    const { conn, who } = s;
+    try {
+      await this.#serverHandshake(s);
+    } catch (e) {
+      if (s.over) return; // timed out, dropped, or another peer won: its own account
+      const why = e instanceof Error ? e.message : String(e);
+      this.#refuse(s, e instanceof Refusal ? e : new Refusal("closed", () => why));
+    }
+  }
+
+  async #serverHandshake(s: Startup): Promise<void> {
+    const conn = s.conn;
     if (this.tls) {
       await this.#tlsTurn(s);
       if (s.over) return;
@@ -703,59 +733,76 @@ class Gate {
         await (conn as Deno.TlsConn).handshake();
       } catch (e) {
         if (s.over) return;
-        this.#charge();
-        throw new Refusal("tls", `TLS handshake failed: ${explainTls(e)}`);
+        const why = explainTls(e);
+        throw new Refusal("tls", () => `TLS handshake failed: ${why}`);
       }
       if (s.over) return;
-      this.#charge();
       s.stage = 1;
     }
-    const c = this.crypto;
-    const nonceS = randomBytes(NONCE);
-    await writeAllConn(conn, hello(nonceS));
-    const ch = new Uint8Array(CLIENT_HELLO);
+    // One buffer: our greeting (with its nonce), then the peer's.
+    const buf = new Uint8Array(SERVER_HELLO + CLIENT_HELLO);
+    const sh = buf.subarray(0, SERVER_HELLO);
+    sh.set(MAGIC);
+    sh[MAGIC.length] = VERSION;
+    crypto.getRandomValues(sh.subarray(GREETING));
+    const nonceS = sh.subarray(GREETING);
+    await writeAllConn(conn, sh);
+    const ch = buf.subarray(SERVER_HELLO);
     let off = 0;
     while (off < CLIENT_HELLO) {
       const r = await conn.read(ch.subarray(off));
       if (s.over) return;
-      if (r === null) throw new Refusal("closed", `${who}: the peer closed the connection`);
+      if (r === null) throw new Refusal("closed", (who) => `${who}: the peer closed the connection`);
       // The greeting is checked byte by byte as it comes: garbage is refused at once.
       for (let i = off; i < Math.min(off + r, GREETING); i++) {
         if (i < MAGIC.length && ch[i] !== MAGIC[i]) {
-          throw new Refusal("notVfioMig", `${who} is not a vfio-mig peer (bad greeting)`);
+          throw new Refusal("notVfioMig", (who) => `${who} is not a vfio-mig peer (bad greeting)`);
         }
         if (i === MAGIC.length && ch[i] !== VERSION) {
-          throw new Refusal("notVfioMig", `${who} speaks handshake version ${ch[i]}, not ${VERSION}`);
+          const v = ch[i];
+          throw new Refusal("notVfioMig", (who) => `${who} speaks handshake version ${v}, not ${VERSION}`);
         }
       }
       off += r;
       if (off >= GREETING) s.stage = 2;
     }
     const nonceC = ch.subarray(GREETING, GREETING + NONCE);
-    const ok = macEqual(c, ch.subarray(GREETING + NONCE), mac(c, this.opts.token, "vfio-mig client", nonceS, nonceC));
+    const ok = await macVerify(this.key, ch.subarray(GREETING + NONCE), "vfio-mig client", nonceS, nonceC);
+    if (s.over) return;
     const reply = new Uint8Array(SERVER_REPLY);
     reply[0] = ok ? 0 : 1;
-    if (ok) reply.set(mac(c, this.opts.token, "vfio-mig server", nonceC, nonceS), 1);
-    if (ok && this.#over) return; // another peer won meanwhile
+    if (ok) reply.set(await mac(this.key, "vfio-mig server", nonceC, nonceS), 1);
+    if (s.over) return;
     await writeAllConn(conn, reply);
     if (s.over) return;
-    if (!ok) throw new Refusal("wrongToken", "wrong token");
+    if (!ok) throw new Refusal("wrongToken", () => "wrong token");
     if (this.#over) return;
     // The winner: out of the startups (so #stop leaves it open), then everyone else goes.
-    clearTimeout(s.timer);
     s.over = true;
     this.#startups.delete(conn);
-    this.#resolve({ conn, who });
+    this.#resolve({ conn, who: whoOf(conn) });
     this.#stop();
   }
 
-  /** Waits until a TLS handshake may start: TLS_HANDSHAKES_PER_S, in arrival order. */
+  /**
+   * Waits until a TLS handshake may start: each start takes one of TLS_HANDSHAKE_BURST
+   * turns, given back at TLS_HANDSHAKES_PER_S (a token bucket), so the handshakes' CPU is
+   * bounded whatever the peers do. Waiting ones are served at random (sshd's MaxStartups
+   * is random too): under a flood faster than the rate, the right peer's chance is the
+   * rate over the flood's, where first come would make it wait behind the whole flood
+   * and newest first would starve it.
+   */
   #tlsTurn(s: Startup): Promise<void> {
     this.#refill();
-    if (this.#tlsBudget > 0 && this.#tlsQueue.size === 0) return Promise.resolve();
+    if (this.#tlsBudget >= 1 && this.#tlsQueue.length === 0) {
+      this.#tlsBudget--;
+      return Promise.resolve();
+    }
     return new Promise<void>((go) => {
       s.go = go;
-      this.#tlsQueue.add(s);
+      this.#tlsQueue.push(s);
+      // Ended ones are skipped when drawn; under a long flood they are swept out here.
+      if (this.#tlsQueue.length > 2 * this.#max.full) this.#tlsQueue = this.#tlsQueue.filter((q) => !q.over);
       this.#pumpTls();
     });
   }
@@ -769,21 +816,19 @@ class Gate {
     this.#tlsAt = now;
   }
 
-  /** A handshake ended by itself: it cost the server its share (the budget may go below 0). */
-  #charge(): void {
-    this.#refill();
-    this.#tlsBudget--;
-    this.#pumpTls();
-  }
-
   #pumpTls(): void {
     this.#refill();
-    for (const s of this.#tlsQueue) {
-      if (this.#tlsBudget <= 0) break;
-      this.#tlsQueue.delete(s);
+    const q = this.#tlsQueue;
+    while (this.#tlsBudget >= 1 && q.length) {
+      const i = Math.floor(Math.random() * q.length);
+      const s = q[i];
+      q[i] = q[q.length - 1];
+      q.pop();
+      if (s.over) continue;
+      this.#tlsBudget--;
       s.go?.();
     }
-    if (this.#tlsQueue.size && this.#tlsTimer === undefined && !this.#over) {
+    if (q.length && this.#tlsTimer === undefined && !this.#over) {
       const wait = Math.max(1, Math.ceil((1 - this.#tlsBudget) * 1000 / TLS_HANDSHAKES_PER_S));
       this.#tlsTimer = setTimeout(() => {
         this.#tlsTimer = undefined;
@@ -791,6 +836,11 @@ class Gate {
       }, wait);
     }
   }
+}
+
+function whoOf(conn: Deno.Conn): string {
+  const peer = conn.remoteAddr as Deno.NetAddr;
+  return `${peer.hostname}:${peer.port}`;
 }
 
 function closeQuietly(c: { close(): void }): void {
