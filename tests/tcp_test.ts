@@ -282,3 +282,30 @@ Deno.test("tcp: a kept data chunk is sent from its own buffer, and flowControl w
   assert(sent[1].sameBuffer, "the kept chunk was copied");
   assert(sent[1].bytes.every((b) => b === 7));
 });
+
+Deno.test("tcp: the source says when the destination accepted but never greeted, or closed before its greeting", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  const held: Deno.Conn[] = [];
+  const connectError = async () => {
+    try {
+      await TcpClient.connect(`tcp://127.0.0.1:${p}`, { token: "t", handshakeTimeoutMs: 300 });
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return "connected";
+  };
+  // Accepts and says nothing.
+  const mute = l.accept().then((c) => held.push(c));
+  assertMatch(
+    await connectError(),
+    /^handshake with tcp:\/\/127\.0\.0\.1:\d+: no answer within 300 ms: the destination accepted the connection but never sent its greeting/,
+  );
+  await mute;
+  // Accepts and closes at once (as a listener over its limit drops a connection).
+  const drop = l.accept().then((c) => c.close());
+  assertMatch(await connectError(), /accepted the connection and closed it before its greeting.*--max-startups/);
+  await drop;
+  for (const c of held) closeQuietly(c);
+  l.close();
+});

@@ -371,7 +371,7 @@ export interface MaxStartups {
 
 /**
  * 1024 unauthenticated connections at most, drops from 768 on: each costs the listener a
- * descriptor and ~6 KiB (README's TCP section; measured by tests/tcp_flood_test.ts).
+ * descriptor and ~8 KiB (README's TCP section; measured by tests/tcp_flood_test.ts).
  */
 export const DEFAULT_MAX_STARTUPS: MaxStartups = { start: 768, rate: 30, full: 1024 };
 
@@ -469,7 +469,7 @@ export class TcpServerConn {
    * Listens and runs the handshakes of every connection side by side, each with its own
    * deadline (handshakeTimeoutMs); the first peer that proves it knows the token wins, the
    * listener is closed and so is every other connection. What unauthenticated connections
-   * cost is bounded by MaxStartups (descriptors, ~2 KiB each) and, with TLS, by
+   * cost is bounded by MaxStartups (a descriptor and ~8 KiB each) and, with TLS, by
    * TLS_HANDSHAKES_PER_S. Throws VfioMigError "failure" when acceptTimeoutMs passes or the
    * address cannot be bound ("usage" without --allow-net), the signal's reason on abort.
    */
