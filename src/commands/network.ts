@@ -38,7 +38,8 @@ export const LISTEN_HELP = `      --max-startups START:RATE:FULL  unauthenticate
                      rising to 100% at FULL. One that began the handshake is never
                      dropped for a newcomer. The first ${REFUSALS_SHOWN} refused peers get a line
                      each; the rest, and the drops, are counted in one line (at the end,
-                     and every 30 s while they grow). TLS: at most ${TLS_HANDSHAKES_PER_S} handshakes/s.`;
+                     and every 30 s while they grow). With TLS, at most ${TLS_HANDSHAKES_PER_S}
+                     connections are accepted a second (each costs a TLS handshake).`;
 
 /** --max-startups, or the default. */
 export function maxStartupsOption(v: string | undefined): MaxStartups {

@@ -387,13 +387,13 @@ export function parseMaxStartups(spec: string): MaxStartups {
 }
 
 /**
- * TLS handshakes the listener starts per second at most, after a burst of as many: a
- * flood of TLS ClientHellos costs a bounded share of a CPU (each costs the server a key
- * exchange and a signature). Connections wait for their turn unread (and may be dropped
- * meanwhile, MaxStartups); turns are drawn at random among the waiting ones.
+ * Connections a TLS listener accepts per second at most, after a burst of as many: deno
+ * runs the TLS handshake of each connection it accepts (a key exchange and a signature,
+ * ~1 ms of CPU here), so a flood of ClientHellos costs a bounded share of a CPU. Past the
+ * rate, connections wait in the kernel's accept queue, in arrival order.
  */
-export const TLS_HANDSHAKES_PER_S = 100;
-export const TLS_HANDSHAKE_BURST = 100;
+export const TLS_HANDSHAKES_PER_S = 200;
+export const TLS_HANDSHAKE_BURST = 200;
 /** Refused peers reported one by one (onRefused); the ones after are only counted (onTurnedAway). */
 export const REFUSALS_SHOWN = 8;
 /** How often, at most, onTurnedAway reports counts while the listener waits. */
@@ -535,8 +535,8 @@ interface Startup {
   deadline: number;
   /** Refused, dropped, timed out, or the listener is done: nothing more is done with it. */
   over: boolean;
-  /** Its turn for a TLS handshake came (TLS_HANDSHAKES_PER_S). */
-  go?: () => void;
+  /** Ended while its handshake was pending: its descriptor is freed when that settles. */
+  closing?: boolean;
 }
 
 /**
@@ -545,14 +545,13 @@ interface Startup {
  */
 class Gate {
   readonly #startups = new Map<Deno.Conn, Startup>(); // in arrival order
-  /** Waiting for a TLS handshake (ones ended meanwhile are skipped when drawn). */
-  #tlsQueue: Startup[] = [];
   readonly #max: MaxStartups;
   readonly #hsMs: number;
   #tlsBudget = TLS_HANDSHAKE_BURST;
   #tlsAt = performance.now();
-  #tlsTimer: ReturnType<typeof setTimeout> | undefined;
   #over = false;
+  /** Connections closed whose pending read still holds the descriptor (freed at the loop's next turn). */
+  #closing = 0;
   #shown = 0;
   #counts = { dropped: 0, wrongToken: 0, notVfioMig: 0, timedOut: 0, closed: 0, tls: 0 };
   #reported = 0;
@@ -620,8 +619,6 @@ class Gate {
       this.listener.close();
     } catch { /* already closed */ }
     for (const s of this.#startups.values()) this.#end(s);
-    this.#tlsQueue = [];
-    clearTimeout(this.#tlsTimer);
     clearTimeout(this.#sweep);
     for (const t of this.#timers) clearTimeout(t);
     this.#report();
@@ -631,6 +628,8 @@ class Gate {
     while (!this.#over) {
       let conn: Deno.Conn;
       try {
+        if (this.tls) await this.#tlsTurn();
+        if (this.#over) return;
         conn = await this.listener.accept();
       } catch (e) {
         if (this.#over) return;
@@ -647,6 +646,11 @@ class Gate {
         return;
       }
       this.#admit(conn);
+      // Descriptors: a closed connection's is freed once its pending read ends, at the
+      // loop's next turn; wait for that rather than hold more than `full` at once.
+      while (this.#closing > 0 && this.#startups.size + this.#closing >= this.#max.full && !this.#over) {
+        await new Promise((r) => setTimeout(r, 0));
+      }
     }
   }
 
@@ -700,6 +704,8 @@ class Gate {
     if (s.over) return;
     s.over = true;
     this.#startups.delete(s.conn);
+    s.closing = true;
+    this.#closing++;
     closeQuietly(s.conn);
   }
 
@@ -721,14 +727,17 @@ class Gate {
       if (s.over) return; // timed out, dropped, or another peer won: its own account
       const why = e instanceof Error ? e.message : String(e);
       this.#refuse(s, e instanceof Refusal ? e : new Refusal("closed", () => why));
+    } finally {
+      if (s.closing) {
+        s.closing = false;
+        this.#closing--;
+      }
     }
   }
 
   async #serverHandshake(s: Startup): Promise<void> {
     const conn = s.conn;
     if (this.tls) {
-      await this.#tlsTurn(s);
-      if (s.over) return;
       try {
         await (conn as Deno.TlsConn).handshake();
       } catch (e) {
@@ -785,56 +794,24 @@ class Gate {
   }
 
   /**
-   * Waits until a TLS handshake may start: each start takes one of TLS_HANDSHAKE_BURST
-   * turns, given back at TLS_HANDSHAKES_PER_S (a token bucket), so the handshakes' CPU is
-   * bounded whatever the peers do. Waiting ones are served at random (sshd's MaxStartups
-   * is random too): under a flood faster than the rate, the right peer's chance is the
-   * rate over the flood's, where first come would make it wait behind the whole flood
-   * and newest first would starve it.
+   * Waits until the TLS listener may accept once more: deno's TLS listener runs the
+   * handshake of every connection it accepts, so each accept takes one of
+   * TLS_HANDSHAKE_BURST turns, given back at TLS_HANDSHAKES_PER_S (a token bucket), and the
+   * handshakes' CPU is bounded whatever the peers do. Connections past the rate wait in the
+   * kernel's accept queue, unread.
    */
-  #tlsTurn(s: Startup): Promise<void> {
-    this.#refill();
-    if (this.#tlsBudget >= 1 && this.#tlsQueue.length === 0) {
-      this.#tlsBudget--;
-      return Promise.resolve();
+  async #tlsTurn(): Promise<void> {
+    for (;;) {
+      const now = performance.now();
+      this.#tlsBudget = Math.min(
+        TLS_HANDSHAKE_BURST,
+        this.#tlsBudget + (now - this.#tlsAt) * TLS_HANDSHAKES_PER_S / 1000,
+      );
+      this.#tlsAt = now;
+      if (this.#tlsBudget >= 1 || this.#over) break;
+      await new Promise((r) => setTimeout(r, Math.ceil((1 - this.#tlsBudget) * 1000 / TLS_HANDSHAKES_PER_S)));
     }
-    return new Promise<void>((go) => {
-      s.go = go;
-      this.#tlsQueue.push(s);
-      // Ended ones are skipped when drawn; under a long flood they are swept out here.
-      if (this.#tlsQueue.length > 2 * this.#max.full) this.#tlsQueue = this.#tlsQueue.filter((q) => !q.over);
-      this.#pumpTls();
-    });
-  }
-
-  #refill(): void {
-    const now = performance.now();
-    this.#tlsBudget = Math.min(
-      TLS_HANDSHAKE_BURST,
-      this.#tlsBudget + (now - this.#tlsAt) * TLS_HANDSHAKES_PER_S / 1000,
-    );
-    this.#tlsAt = now;
-  }
-
-  #pumpTls(): void {
-    this.#refill();
-    const q = this.#tlsQueue;
-    while (this.#tlsBudget >= 1 && q.length) {
-      const i = Math.floor(Math.random() * q.length);
-      const s = q[i];
-      q[i] = q[q.length - 1];
-      q.pop();
-      if (s.over) continue;
-      this.#tlsBudget--;
-      s.go?.();
-    }
-    if (q.length && this.#tlsTimer === undefined && !this.#over) {
-      const wait = Math.max(1, Math.ceil((1 - this.#tlsBudget) * 1000 / TLS_HANDSHAKES_PER_S));
-      this.#tlsTimer = setTimeout(() => {
-        this.#tlsTimer = undefined;
-        this.#pumpTls();
-      }, wait);
-    }
+    this.#tlsBudget--;
   }
 }
 
