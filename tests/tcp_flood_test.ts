@@ -11,6 +11,7 @@
 import { assert, assertEquals, assertMatch, fail } from "./assert.ts";
 import { libc } from "../ffi/libc.ts";
 import { readSmallFile } from "../src/io.ts";
+import { validateEventLines } from "../src/events/schema.ts";
 import { listen, MiB, procStatus, sha, show, simCreate, sleep, stateOf, vfioMig, withTemp } from "./proc_helpers.ts";
 import { DEFAULT_MAX_STARTUPS, TcpClient, TLS_HANDSHAKE_BURST, TLS_HANDSHAKES_PER_S } from "../src/transport/tcp.ts";
 
@@ -285,6 +286,8 @@ Deno.test("tcp flood: 400 silent, 100 garbage-dripping, 100 wrong-token connecti
     const saveStart = wallOf(src, src[0]);
     const closedEarly = silent.filter((h) => h.closedAt === null || h.closedAt < saveStart);
     assertEquals(closedEarly.length, 0, "silent connections closed before the right peer connected");
+    // The listener's events are valid, the `dropped` step included.
+    assertEquals(validateEventLines(await Deno.readTextFile(`${t}/dst.jsonl`)), null);
     const counts = transport(dstEv, "dropped");
     assert(counts.length >= 1, "the listener counted what it turned away");
     const last = counts[counts.length - 1];
