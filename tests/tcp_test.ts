@@ -309,3 +309,37 @@ Deno.test("tcp: the source says when the destination accepted but never greeted,
   for (const c of held) closeQuietly(c);
   l.close();
 });
+
+Deno.test("tcp: --accept-timeout ends the wait with silent connections open; the counts are reported once at the end", async () => {
+  const turned: TurnedAway[] = [];
+  const refused: string[] = [];
+  const { port, server } = listen("t", {
+    handshakeTimeoutMs: 100,
+    acceptTimeoutMs: 600,
+    onRefused: (why) => refused.push(why),
+    onTurnedAway: (t) => turned.push(t),
+  });
+  const p = await port;
+  // Ten silent ones: 8 refusals reported one by one, the other 2 counted.
+  const silent = await Promise.all(Array.from({ length: 10 }, () => Deno.connect({ hostname: "127.0.0.1", port: p })));
+  let err = "";
+  try {
+    await server;
+  } catch (e) {
+    err = (e as Error).message;
+  }
+  assertEquals(err, "no authenticated peer connected within 600 ms");
+  assertEquals(refused.length, 8);
+  assertEquals(turned.length, 1);
+  assertEquals(turned[0].timedOut, 2);
+  assertMatch(turnedAwayLine(turned[0]), /^refused 2 more \(2 timed out\) so far$/);
+  for (const c of silent) closeQuietly(c);
+  // The listener is closed.
+  let refusedConnect = false;
+  try {
+    (await Deno.connect({ hostname: "127.0.0.1", port: p })).close();
+  } catch {
+    refusedConnect = true;
+  }
+  assert(refusedConnect, "the listener still accepts after giving up");
+});
