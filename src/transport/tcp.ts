@@ -593,7 +593,7 @@ class Gate {
     });
   }
 
-  /** Counted and not yet reported. */
+  /** Everything counted so far. */
   get #total(): number {
     return Object.values(this.#counts).reduce((a, b) => a + b, 0);
   }
@@ -647,8 +647,12 @@ class Gate {
       }
       this.#admit(conn);
       // Descriptors: a closed connection's is freed once its pending read ends, at the
-      // loop's next turn; wait for that rather than hold more than `full` at once.
-      while (this.#closing > 0 && this.#startups.size + this.#closing >= this.#max.full && !this.#over) {
+      // loop's next turn; wait for that (a few turns at most) rather than hold more than `full`.
+      for (
+        let turn = 0;
+        turn < 20 && this.#closing > 0 && this.#startups.size + this.#closing >= this.#max.full;
+        turn++
+      ) {
         await new Promise((r) => setTimeout(r, 0));
       }
     }
