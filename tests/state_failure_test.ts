@@ -3,7 +3,7 @@
 
 import { assertEquals, assertMatch } from "./assert.ts";
 import { stateFailureMessage } from "../src/commands/state_failure.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { Errno, SysError } from "../ffi/errno.ts";
 import { cli, ok, simCreate, stateOf, withTemp } from "./proc_helpers.ts";
 

@@ -1,8 +1,8 @@
 import { arcMismatches, type ArcResult, expectedArc } from "../check/arcs.ts";
 import { type CheckReport, CHECKS, runChecks } from "../check/conformance.ts";
-import { defaultDeviceSpec, openDevice, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor } from "../device/open.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
-import { DeviceState } from "../migration/state_machine.ts";
+import { DeviceState } from "../vfio/state_machine.ts";
 import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
@@ -100,7 +100,7 @@ ${
   }
 
 ${exitCodesHelp([0, 1, 2, 3], { 0: "no FAIL", 1: "at least one FAIL, or a device step failed" })}`,
-  run(args) {
+  async run(args) {
     const { values, positionals } = parse("check", args, {
       device: { type: "string", short: "d" },
       json: { type: "boolean" },
@@ -114,6 +114,7 @@ ${exitCodesHelp([0, 1, 2, 3], { 0: "no FAIL", 1: "at least one FAIL, or a device
       throw new VfioMigError(`check: unexpected argument ${positionals[0]} (use --device)`, "usage");
     }
     const spec = values.device ?? defaultDeviceSpec(systemFor([]));
+    await loadBackendsFor([spec]);
     const sys = systemFor([spec]);
     const dev = openDevice(sys, spec);
     // A borrowed (pid:) or inherited (fd:) device cannot be opened again by us.

@@ -2,8 +2,9 @@
 // them, `--map SRC=DST` for a multi-device stream, and the help text for several
 // devices (`save --device A --device B … OUT`, `load --device B1 --device B2 … IN`).
 
+import { deviceHelp } from "./help.ts";
 import type { Sys } from "../../ffi/sys.ts";
-import { openDevice, type VfioDevice } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 
 export const MULTI_SAVE_HELP = `
@@ -59,4 +60,14 @@ export function parseMaps(maps: string[]): { source: string; spec: string }[] {
     }
     return { source: m.slice(0, at), spec: m.slice(at + 1) };
   });
+}
+
+/** What --device takes, for the help of the commands that open one device. */
+export const DEVICE_OPTION_HELP = deviceHelp(19).slice(19);
+
+/** The device --device names, or the default one ($VFIO_MIG_DEVICE, else the only migratable one), open. */
+export async function openNamedDevice(spec: string | undefined): Promise<VfioDevice> {
+  const s = spec ?? defaultDeviceSpec(systemFor([]));
+  await loadBackendsFor([s]);
+  return openDevice(systemFor([s]), s);
 }

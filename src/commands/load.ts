@@ -1,4 +1,4 @@
-import { defaultDeviceSpec, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, systemFor } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
 import { load, type LoadOptions, type LoadResult } from "../migrate/load.ts";
 import { qemuLoadReader } from "../qemu/reader.ts";
@@ -20,7 +20,17 @@ import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { freshOpenWarnings } from "../device/family.ts";
 import { execWithDeviceFd } from "../device/exec.ts";
-import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
+import {
+  LISTEN_HELP,
+  LISTEN_OPTIONS,
+  maxStartupsOption,
+  msOption,
+  NETWORK_HELP,
+  NETWORK_OPTIONS,
+  readPem,
+  reportTurnedAway,
+  tokenFrom,
+} from "./network.ts";
 
 /** The text summary of a load: one line, and with several devices one line each. */
 export function loadSummary(r: LoadResult): string[] {
@@ -73,7 +83,11 @@ ${deviceHelp(21)}
                      defaults to 127.0.0.1 (say 0.0.0.0 to accept from other hosts).
                      The peer must prove it knows the token before any state is
                      read; without --token or $VFIO_MIG_TOKEN a random token is
-                     printed. Peers that fail are refused and the wait goes on.
+                     printed. Handshakes run side by side, each with its own timeout:
+                     silent, slow or wrong peers never delay the right one. Peers that
+                     fail are refused and the wait goes on; once one is in, every
+                     other connection is closed.
+${LISTEN_HELP}
 ${NETWORK_HELP}
       --idle-timeout TIME  fail when the peer sends nothing for TIME (default ${DEFAULT_IDLE_TIMEOUT_MS / 1000}s)
       --accept-timeout TIME  give up when no peer authenticated within TIME
@@ -118,6 +132,7 @@ ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 0: "success (with --exec: CMD's exit cod
       "tls-key": { type: "string", needs: "listen" },
       token: { ...NETWORK_OPTIONS.token, needs: "listen" },
       "handshake-timeout": { ...NETWORK_OPTIONS["handshake-timeout"], needs: "listen" },
+      "max-startups": { ...LISTEN_OPTIONS["max-startups"], needs: "listen" },
       ...EVENTS_OPTIONS,
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
@@ -142,6 +157,7 @@ ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 0: "success (with --exec: CMD's exit cod
       ? values.device
       : [defaultDeviceSpec(systemFor([]))];
     if (execArgv && specs.length !== 1) throw new VfioMigError("load: --exec hands on one device; give one", "usage");
+    await loadBackendsFor(specs);
     const sys = systemFor(specs);
     if (from === "-" && values.listen === undefined && sys.isatty(0)) {
       throw new VfioMigError("load: standard input is a terminal: pipe a stream in or give a FILE", "usage");
@@ -218,6 +234,8 @@ ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 0: "success (with --exec: CMD's exit cod
               events.transport("refused", { message: why });
               console.error(`vfio-mig: ${why}`);
             },
+            maxStartups: maxStartupsOption(values["max-startups"]),
+            onTurnedAway: (t) => reportTurnedAway(events, t),
             signal: cancel.abortSignal,
           });
           events.transport("authenticated", { peer: conn.label });

@@ -1,4 +1,4 @@
-import { defaultDeviceSpec, systemFor, type VfioDevice } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { save, type SaveResult } from "../migrate/save.ts";
@@ -149,6 +149,7 @@ ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 4: "the destination (tcp://) refused the
       zero: true,
     });
     const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
+    await loadBackendsFor(specs);
     const sys = systemFor(specs);
     if (target === "-" && sys.isatty(1)) {
       throw new VfioMigError(

@@ -2,7 +2,7 @@
 // the path failed, the state the device is in now, and the way out.
 
 import { SysError } from "../../ffi/errno.ts";
-import { ALL_STATES, DeviceState, resolvePath, stateName, supportedStates } from "../migration/state_machine.ts";
+import { ALL_STATES, DeviceState, resolvePath, stateName, supportedStates } from "../vfio/state_machine.ts";
 
 /** The states a user may request of a device with these migration flags (ERROR never). */
 export function requestableStates(flags: number): string[] {
