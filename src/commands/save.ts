@@ -21,7 +21,7 @@ export function liveSummary(r: SaveResult): string {
   const why = r.switchReason === "converged"
     ? `converged under the ${r.downtimeLimitMs} ms limit`
     : r.switchReason === "requested"
-    ? "switched on request (SIGUSR1)"
+    ? "switched on request (SIGUSR2)"
     : "stopped by --max-precopy";
   const bw = r.bandwidth ? ` at ${formatBytes(r.bandwidth)}/s` : "";
   const toRunning = r.downtimeToRunningMs !== null ? ` (${ms(r.downtimeToRunningMs)} until the destination ran)` : "";
@@ -85,8 +85,9 @@ Options:
       --live         pre-copy while the device runs, then stop it when the rest fits
                      the downtime limit at the measured bandwidth (needs PRE_COPY);
                      never before the initial data was sent (over tcp://: loaded by
-                     the destination; again after a Linux 7.1 REINIT); SIGUSR1
-                     switches to stop-copy at once
+                     the destination; again after a Linux 7.1 REINIT); kill -USR2
+                     switches to stop-copy at its next decision (a SIGUSR2 before
+                     pre-copy: after its first round; without --live: ignored)
       --downtime-limit MS  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS})
       --max-precopy MS  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS})
 ${NETWORK_HELP}
