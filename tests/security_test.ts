@@ -2,11 +2,13 @@
 // - open a listening socket nobody asked for: Deno >= 2.9.2 opens its inspector on
 //   127.0.0.1:9229 on SIGUSR1; vfio-mig runs with SIGUSR1 blocked from exec (bin/vfio-mig),
 //   or re-executes itself so (deno run cli.ts), and moves its switchover to SIGUSR2;
-// - change the signal handling of a program that imports it as a library.
+// - change the signal handling of a program that imports it as a library;
+// - write into a descriptor nobody handed it (--events fd:N);
+// - turn a URI it does not take into a file of that name (save/load positionals).
 // Sockets are read as the kernel lists them: the process's socket inodes
 // (/proc/PID/fd) against the LISTEN entries of /proc/net/tcp and tcp6.
 
-import { assert, assertEquals, fail } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertThrows, fail } from "./assert.ts";
 import {
   DENO,
   jsonOf,
@@ -26,6 +28,8 @@ import {
 } from "./proc_helpers.ts";
 import { libc } from "../ffi/libc.ts";
 import { readSmallFile } from "../src/io.ts";
+import { VfioMigError } from "../src/errors.ts";
+import { loadInput, saveTarget } from "../src/transport/transport.ts";
 
 const LAUNCHER = `${ROOT}bin/vfio-mig`;
 const SIGUSR1_BIT = 1n << 9n;
@@ -237,5 +241,114 @@ Deno.test("security: a program that imports mod.ts and runs a live save and a lo
       );
       assertEquals(await sha(`${t}/b`), await sha(`${t}/a`));
     }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Descriptors: an output given by number must be one the caller handed down.
+
+Deno.test("security: --events fd:9 that nobody handed down is refused (exit 2) before anything is written", async () => {
+  await withTemp(async (t) => {
+    const [a, log, out] = [`${t}/a`, `${t}/a.log`, `${t}/out.vfmig`];
+    await simCreate(a, "--size", "1M", "--seed", "8");
+    const before = await sha(a);
+    // Inside Deno, fd 9 is one of its own (a module-cache database, O_CLOEXEC): main wrote events into it.
+    const r = await vfioMig(["save", "--device", `sim:${a}`, out, "--events", "fd:9"], {
+      env: { VFIO_MIG_SIM_LOG: log },
+    }).done(30_000);
+    assertEquals(r.code, 2, show(r));
+    const lines = r.stderr.trim().split("\n");
+    assertEquals(lines.length, 1, show(r));
+    assert(/^vfio-mig: --events fd:9: descriptor 9 was not handed to vfio-mig/.test(lines[0]), show(r));
+    assertEquals((await logLines(log)).filter((l) => l.key === "open:device"), [], "the device was not opened");
+    assertEquals(await sha(a), before);
+    assert(!(await exists(out)), "no output");
+    // Handed down by the shell, the same descriptor number is the caller's: written.
+    const sh = await new Proc("sh", [
+      "-c",
+      `exec 9>>"$0"; exec "$1" run --allow-ffi "$2" save --device "sim:$3" "$4" --events fd:9`,
+      `${t}/ev.jsonl`,
+      DENO,
+      `${ROOT}cli.ts`,
+      a,
+      out,
+    ]).done(30_000);
+    assertEquals(sh.code, 0, show(sh));
+    const events = (await Deno.readTextFile(`${t}/ev.jsonl`)).trim().split("\n").map((l) => JSON.parse(l));
+    assertEquals([events[0].type, events.at(-1).type], ["start", "result"]);
+  });
+});
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// URIs as QEMU's: tcp:HOST:PORT and file:PATH for save; load refuses tcp: naming
+// --listen; a positional never becomes a file named like a URI.
+
+Deno.test("security: saveTarget and loadInput read QEMU's URIs and refuse the rest", () => {
+  assertEquals(saveTarget("tcp:127.0.0.1:7707"), "tcp://127.0.0.1:7707");
+  assertEquals(saveTarget("tcp:[::1]:7707"), "tcp://[::1]:7707");
+  assertEquals(saveTarget("tcp://dst:7707"), "tcp://dst:7707");
+  assertEquals(saveTarget("file:/var/tmp/a.vfmig"), "/var/tmp/a.vfmig");
+  assertEquals(saveTarget("-"), "-");
+  assertEquals(saveTarget("./backup:1.vfmig"), "./backup:1.vfmig");
+  assertEquals(saveTarget("/srv/x:y"), "/srv/x:y");
+  assertEquals(loadInput("file:a.vfmig"), "a.vfmig");
+  assertEquals(loadInput("a.vfmig"), "a.vfmig");
+  const refused = (fn: () => unknown, re: RegExp) => {
+    const e = assertThrows(fn, VfioMigError);
+    assertEquals(e.exitCode, 2);
+    assertMatch(e.message, re);
+  };
+  refused(() => saveTarget("tcp:dst"), /expected tcp:HOST:PORT/);
+  refused(() => saveTarget("exec:gzip > /tmp/x"), /exec: is not supported .*save … - \| CMD/);
+  refused(() => saveTarget("unix:/run/x.sock"), /unix: is not a transport .*write \.\/unix:\/run\/x\.sock/);
+  refused(() => saveTarget("backup:1.vfmig"), /for a file of that name write \.\/backup:1\.vfmig/);
+  refused(() => saveTarget("file:/a,offset=4096"), /offset= is not supported/);
+  refused(() => loadInput("tcp:0:7707"), /--listen 0\.0\.0\.0:7707 \(every interface/);
+  refused(() => loadInput("tcp:10.1.2.3:7707"), /give --listen 10\.1\.2\.3:7707$/);
+  refused(() => loadInput("tcp://dst:7707"), /--listen dst:7707/);
+  refused(() => loadInput("exec:zcat a.gz"), /CMD \| vfio-mig load … -/);
+});
+
+Deno.test("security: save tcp:HOST:PORT connects as tcp:// does; no file named like the URI", async () => {
+  await withTemp(async (t) => {
+    const [a, b] = [`${t}/a`, `${t}/b`];
+    await simCreate(a, "--size", "2M", "--seed", "9");
+    await simCreate(b, "--size", "2M", "--seed", "10");
+    const { proc, port, token } = await listen(b, []);
+    const uri = `tcp:127.0.0.1:${port}`;
+    const r = await vfioMig(["save", "--device", `sim:${a}`, uri, "--token", token!]).done(30_000);
+    assertEquals(r.code, 0, show(r));
+    assertEquals((await proc.done(30_000)).code, 0);
+    assertEquals(await sha(b), await sha(a));
+    assert(!(await exists(`${ROOT}${uri}`)), "no file named like the URI in the working folder");
+  });
+});
+
+Deno.test("security: a URI-like positional the tool does not take is refused before any device is touched", async () => {
+  await withTemp(async (t) => {
+    const [a, log] = [`${t}/a`, `${t}/a.log`];
+    await simCreate(a, "--size", "1M", "--seed", "11");
+    const cases: [string[], RegExp][] = [
+      [["save", "--device", `sim:${a}`, "backup:1.vfmig"], /write \.\/backup:1\.vfmig/],
+      [["save", "--device", `sim:${a}`, "exec:cat"], /exec: is not supported/],
+      [["load", "--device", `sim:${a}`, "tcp:0:7707"], /give --listen 0\.0\.0\.0:7707/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await vfioMig(args, { env: { VFIO_MIG_SIM_LOG: log } }).done(30_000);
+      assertEquals(r.code, 2, show(r));
+      assertMatch(r.stderr.trim(), re);
+      assertEquals(r.stderr.trim().split("\n").length, 1, show(r));
+    }
+    assertEquals((await logLines(log)).filter((l) => l.key === "open:device"), [], "no device opened");
+    assert(!(await exists(`${ROOT}backup:1.vfmig`)), "no file");
   });
 });

@@ -5,7 +5,7 @@ import { save, type SaveResult } from "../migrate/save.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/precopy.ts";
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
-import { openSink, type Sink } from "../transport/transport.ts";
+import { openSink, saveTarget, type Sink } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
 import { freshOpenWarnings } from "../device/family.ts";
@@ -76,6 +76,8 @@ STOP (or RUNNING with --resume). A file is written under a temporary name and
 appears only when complete; over TCP, save succeeds only when the destination
 reports it loaded the state. On failure the device is returned to the state it was found in
 (RUNNING normally; reset as a last resort) and nothing complete-looking is left.
+QEMU's migrate URIs tcp:HOST:PORT and file:PATH are taken as tcp://HOST:PORT and
+PATH; any other NAME:... output is refused (./NAME:... is a file so named).
 
 Options:
   -d, --device D     PCI address (0000:3b:00.1), mdev UUID, sysfs path,
@@ -129,7 +131,7 @@ ${EXIT_CODES_HELP}`,
         "usage",
       );
     }
-    const target = positionals[0];
+    const target = saveTarget(positionals[0]); // QEMU's tcp:H:P and file:P too; other URIs refused
     const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS);
     const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS);
     const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
