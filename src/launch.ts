@@ -27,6 +27,8 @@ const SIG_BLOCK = 0;
 const SIG_SETMASK = 2;
 const SIGUSR1 = 10;
 const SIGUSR2 = 12;
+const SIGHUP = 1;
+const SIGACTION_SIZE = 152; // glibc struct sigaction (x86_64, aarch64): sa_handler first
 const SIGSET_SIZE = 128; // glibc sigset_t
 /** Set in the environment of the re-executed process (and removed by it at once): a second re-exec is a bug. */
 const MARK = "VFIO_MIG_REEXEC";
@@ -37,6 +39,7 @@ const symbols = {
   sigaddset: { parameters: ["buffer", "i32"], result: "i32" }, // int sigaddset(sigset_t *set, int signo)
   sigismember: { parameters: ["buffer", "i32"], result: "i32" }, // int sigismember(const sigset_t *set, int signo)
   signal: { parameters: ["i32", "pointer"], result: "pointer" }, // sighandler_t signal(int sig, sighandler_t handler)
+  sigaction: { parameters: ["i32", "pointer", "buffer"], result: "i32" }, // int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
   open: { parameters: ["buffer", "i32"], result: "i32" }, // int open(const char *path, int flags)
   read: { parameters: ["i32", "buffer", "usize"], result: "i64" }, // ssize_t read(int fd, void *buf, size_t n)
   close: { parameters: ["i32"], result: "i32" }, // int close(int fd)
@@ -49,6 +52,18 @@ const symbols = {
 
 const encoder = new TextEncoder();
 const cstr = (s: string): Uint8Array<ArrayBuffer> => encoder.encode(s + "\0") as Uint8Array<ArrayBuffer>;
+
+let hupIgnored: boolean | null = null;
+
+/**
+ * Whether SIGHUP was SIG_IGN when this process started (nohup), as runWithoutInspectorSignal
+ * read it before anything else ran; null when it did not run or could not read it. Read
+ * there because Deno, some 500 ms after start, replaces a SIG_IGN with its own handler
+ * (which still ignores it), after which proc(5)'s SigIgn no longer shows it.
+ */
+export function hupIgnoredAtStart(): boolean | null {
+  return hupIgnored;
+}
 
 /** How this process stands against SIGUSR1. */
 export type Guard =
@@ -83,6 +98,10 @@ export function runWithoutInspectorSignal(): Guard {
   }
   const c = lib.symbols;
   const errno = () => new Deno.UnsafePointerView(c.__errno_location()!).getInt32(0);
+  const action = new Uint8Array(SIGACTION_SIZE);
+  if (c.sigaction(SIGHUP, null, action) === 0) {
+    hupIgnored = new DataView(action.buffer).getBigUint64(0, true) === 1n; // SIG_IGN
+  }
   const old = new Uint8Array(SIGSET_SIZE);
   if (c.pthread_sigmask(SIG_BLOCK, null, old) !== 0) return { kind: "failed", message: "pthread_sigmask failed" };
   const marked = c.getenv(cstr(MARK)) !== null;

@@ -3,7 +3,7 @@
 // Interrupts: SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) end an
 // operation the same way: the devices put in their documented states, no partial output,
 // exit 130 (src/errors.ts). A SIGHUP ignored when the process started (nohup) stays
-// ignored: no listener is ever bound for it. SIGQUIT is left alone: its default action
+// ignored: the command line binds it to a listener that does nothing. SIGQUIT is left alone: its default action
 // (a core dump) stays the hard quit that abandons everything at once.
 //
 // Switchover: SIGUSR2 asks a live save to leave pre-copy (SIGUSR1 is never used: Deno
@@ -26,6 +26,7 @@
 
 import { libc } from "../ffi/libc.ts";
 import { readSmallFile } from "./io.ts";
+import { hupIgnoredAtStart } from "./launch.ts";
 
 /** The interrupts, in the order their listeners are bound. */
 export const INTERRUPT_SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
@@ -42,14 +43,20 @@ let bound: [Deno.Signal, () => void][] | null = null;
 let ignoredAtStart: Set<Deno.Signal> | null = null;
 
 /**
- * The signals this process ignored before anything here bound a listener (SigIgn of
- * /proc/self/status, see proc(5); SIG_IGN is kept across execve, so `nohup` shows here).
- * Read once, before the first listener: Deno's own handler replaces SIG_IGN. Empty when
- * the status cannot be read.
+ * The signals this process ignored when it started (SIG_IGN is kept across execve, so
+ * `nohup` shows here): for SIGHUP as cli.ts's first statement read it (src/launch.ts),
+ * else SigIgn of /proc/self/status now (proc(5); a library's first claim). Read once:
+ * Deno replaces a SIG_IGN with its own handler some 500 ms after start (which goes on
+ * ignoring the signal while no listener is bound). Empty when nothing can be read.
  */
 export function signalsIgnoredAtStart(): ReadonlySet<Deno.Signal> {
   if (ignoredAtStart) return ignoredAtStart;
   ignoredAtStart = new Set();
+  const hup = hupIgnoredAtStart();
+  if (hup !== null) {
+    if (hup) ignoredAtStart.add("SIGHUP");
+    return ignoredAtStart;
+  }
   try {
     const status = new TextDecoder().decode(readSmallFile(libc(), "/proc/self/status"));
     const hex = /^SigIgn:\s*([0-9a-f]+)$/m.exec(status)?.[1];
@@ -96,9 +103,28 @@ function unbindIfIdle(): void {
  * does when nothing claims it (claimSignals). Binds the listeners now, for good.
  */
 export function onUnclaimedSignal(fn: Handler): void {
-  signalsIgnoredAtStart(); // before any listener replaces a SIG_IGN
+  keepIgnored();
   fallback = fn;
   bind();
+}
+
+let keptIgnored = false;
+
+/**
+ * An interrupt ignored at start (nohup's SIGHUP) gets a listener that does nothing, for
+ * the process's life: Deno replaces the inherited SIG_IGN with its own handler, which
+ * (measured on Deno 2.9.6, with other listeners bound) kills the process on SIGHUP
+ * unless a listener takes it.
+ */
+function keepIgnored(): void {
+  if (keptIgnored) return;
+  keptIgnored = true;
+  for (const sig of signalsIgnoredAtStart()) {
+    if (!INTERRUPT_SIGNALS.includes(sig)) continue;
+    try {
+      Deno.addSignalListener(sig, () => {});
+    } catch { /* not supported here */ }
+  }
 }
 
 /** Takes the fallback back: with no claim left, the process has the default action again. */

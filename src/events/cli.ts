@@ -44,9 +44,12 @@ export function migrationEvents(sys: Sys, opts: MigrationEventsOptions): { event
     ? (opts.progress ? new ProgressBar(opts.barOutput) : null)
     : ProgressBar.forStderr(opts.progress);
   const say = opts.warn ?? ((l: string) => console.error(l));
-  // A warning goes on its own line, not after the bar's.
+  // A warning goes on its own line, not after the bar's. A terminal that hung up (EIO)
+  // loses both; the run goes on as it would have (a SIGHUP's cleanup, say).
   const warn = (line: string) => {
-    bar?.clear();
+    try {
+      bar?.clear();
+    } catch { /* stderr is gone */ }
     say(line);
   };
   const events = new Events({ ...opts, warn });

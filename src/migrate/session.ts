@@ -50,7 +50,7 @@ export class Cancellation {
       if (this.signal) {
         stderrLine(
           `vfio-mig: ${sig} again: still ${this.stopping} after ${this.signal}; a SIGKILL now abandons that and ` +
-            "leaves each device in the state it is in (mid-migration: STOP_COPY, RESUMING or PRE_COPY)",
+            "leaves each device as it is (mid-migration: STOP_COPY, PRE_COPY or RESUMING; then 'vfio-mig reset')",
         );
         return;
       }
