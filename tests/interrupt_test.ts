@@ -60,8 +60,9 @@ class Child {
   exitedAt = 0;
 
   constructor(args: string[], env: Record<string, string>, io: { stdin?: boolean; stdout?: boolean } = {}) {
-    this.child = new Deno.Command(DENO, {
-      args: ["run", "--allow-ffi", "--allow-net", CLI, ...args],
+    // As bin/vfio-mig starts it: SIGUSR1 blocked from exec, no re-exec (README "Security").
+    this.child = new Deno.Command("env", {
+      args: ["--block-signal=USR1", "--ignore-signal=USR2", DENO, "run", "--allow-ffi", "--allow-net", CLI, ...args],
       cwd: ROOT,
       env: { ...BASE_ENV, ...env },
       stdin: io.stdin ? "piped" : "null",

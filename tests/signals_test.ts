@@ -50,8 +50,18 @@ interface Proc {
 }
 
 function spawn(args: string[], env: Record<string, string>, net = false): Proc {
-  const child = new Deno.Command(DENO, {
-    args: ["run", "--allow-ffi", ...(net ? ["--allow-net"] : []), CLI, ...args],
+  // As bin/vfio-mig starts it: SIGUSR1 blocked from exec, no re-exec (README "Security").
+  const child = new Deno.Command("env", {
+    args: [
+      "--block-signal=USR1",
+      "--ignore-signal=USR2",
+      DENO,
+      "run",
+      "--allow-ffi",
+      ...(net ? ["--allow-net"] : []),
+      CLI,
+      ...args,
+    ],
     cwd: ROOT,
     env: { ...BASE_ENV, ...env },
     stdin: "null",
