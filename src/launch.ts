@@ -59,7 +59,7 @@ let hupIgnored: boolean | null = null;
  * Whether SIGHUP was SIG_IGN when this process started (nohup), as runWithoutInspectorSignal
  * read it before anything else ran; null when it did not run or could not read it. Read
  * there because Deno, some 500 ms after start, replaces a SIG_IGN with its own handler
- * (which still ignores it), after which proc(5)'s SigIgn no longer shows it.
+ * (src/signals.ts keeps the signal ignored), after which proc(5)'s SigIgn no longer shows it.
  */
 export function hupIgnoredAtStart(): boolean | null {
   return hupIgnored;
