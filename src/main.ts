@@ -3,6 +3,7 @@
 // src/commands/<name>.ts.
 
 import { libc } from "../ffi/libc.ts";
+import { registerBuiltinBackends } from "./backends.ts";
 import { EXIT_CODES_HELP } from "./commands/command.ts";
 import { COMMANDS } from "./commands/index.ts";
 import { describeError, EXIT, VfioMigError } from "./errors.ts";
@@ -26,6 +27,11 @@ Examples:
 
 ${EXIT_CODES_HELP}`;
 }
+
+// The simulator is a device backend: registered here by its descriptor alone, loaded
+// (src/sim/ops.ts) only when a spec names a simulated device (sim:PATH, or a pid:/fd:
+// whose fd is one). The dynamic import keeps it in what `deno compile` embeds.
+registerBuiltinBackends();
 
 /**
  * Runs the command line `args` and returns the exit code. `guard` is what cli.ts's

@@ -219,7 +219,8 @@ Deno.test("security: a program that imports mod.ts and runs a live save and a lo
       await simCreate(`${t}/a`, "--size", "16M", "--rate", "4G", "--seed", "6"); // never converges
       await simCreate(`${t}/b`, "--size", "16M", "--seed", "7");
       const code = `
-        const { Cancellation, load, openDevice, save } = await import(${JSON.stringify(mod)});
+        const { Cancellation, load, loadBackendsFor, openDevice, save } = await import(${JSON.stringify(mod)});
+        await loadBackendsFor(${JSON.stringify([`sim:${t}/a`, `sim:${t}/b`])});
         const a = openDevice(${JSON.stringify(`sim:${t}/a`)}), b = openDevice(${JSON.stringify(`sim:${t}/b`)});
         const cancel = new Cancellation();
         setTimeout(() => cancel.requestSwitchover(), 300); // a library asks for the switchover itself
