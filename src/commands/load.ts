@@ -13,7 +13,7 @@ import {
   TcpServerConn,
   TcpSource,
 } from "../transport/tcp.ts";
-import { openStreamSource, type StreamSource } from "../transport/transport.ts";
+import { loadInput, openStreamSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, parse, printJson } from "./command.ts";
 import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
 import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices.ts";
@@ -61,6 +61,8 @@ type, driver) before touching the device, then moves it to RESUMING, writes each
 chunk once its checksum matched, and on a complete stream STOP (the driver validates)
 then RUNNING. A truncated or corrupted stream, or any failure after RESUMING, resets
 the device (the only way to abort RESUMING); it is then RUNNING with its old state lost.
+file:PATH (QEMU's URI) is PATH; a tcp: address is refused: vfio-mig listens only
+where --listen says; any other NAME:... input is refused (./NAME:... is the file).
 
 Options:
 ${deviceHelp(21)}
@@ -146,7 +148,7 @@ ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 0: "success (with --exec: CMD's exit cod
     if (values.listen !== undefined && positionals.length > 0) {
       throw new VfioMigError("load: give either an input FILE or --listen, not both", "usage");
     }
-    const from = values.listen !== undefined ? `tcp listener ${values.listen}` : positionals[0] ?? "-";
+    const from = values.listen !== undefined ? `tcp listener ${values.listen}` : loadInput(positionals[0] ?? "-");
     const maps = parseMaps(values.map ?? []);
     if (maps.length && values.device?.length) {
       throw new VfioMigError("load: give the destinations with --device (in order) or with --map, not both", "usage");

@@ -5,7 +5,7 @@ import { save, type SaveResult } from "../migrate/save.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/precopy.ts";
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
-import { openSink, type Sink } from "../transport/transport.ts";
+import { openSink, saveTarget, type Sink } from "../transport/transport.ts";
 import { type Command, parse, printJson } from "./command.ts";
 import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
 import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
@@ -22,7 +22,7 @@ export function liveSummary(r: SaveResult): string {
   const why = r.switchReason === "converged"
     ? `converged under the ${r.downtimeLimitMs} ms limit`
     : r.switchReason === "requested"
-    ? "switched on request (SIGUSR1)"
+    ? "switched on request (SIGUSR2)"
     : "stopped by --max-precopy";
   const bw = r.bandwidth ? ` at ${formatBytes(r.bandwidth)}/s` : "";
   const toRunning = r.downtimeToRunningMs !== null ? ` (${ms(r.downtimeToRunningMs)} until the destination ran)` : "";
@@ -66,7 +66,7 @@ export function maxPrecopyNote(r: SaveResult): string {
 }
 
 /** The options that mean something only when the output is tcp://HOST:PORT. */
-const TCP_OUTPUT = { what: "a tcp:// output", test: (_: unknown, p: string[]) => p[0]?.startsWith("tcp://") ?? false };
+const TCP_OUTPUT = { what: "a tcp:// output", test: (_: unknown, p: string[]) => /^tcp:/.test(p[0] ?? "") };
 
 export const saveCommand: Command = {
   name: "save",
@@ -80,6 +80,8 @@ STOP (or RUNNING with --resume). A file is written under a temporary name and
 appears only when complete; over TCP, save succeeds only when the destination
 reports it loaded the state. On failure the device is returned to the state it was found in
 (RUNNING normally; reset as a last resort) and nothing complete-looking is left.
+QEMU's migrate URIs tcp:HOST:PORT and file:PATH are taken as tcp://HOST:PORT and
+PATH; any other NAME:... output is refused (./NAME:... is a file so named).
 
 Options:
 ${deviceHelp(21)}
@@ -87,8 +89,9 @@ ${deviceHelp(21)}
       --live         pre-copy while the device runs, then stop it when the rest fits
                      the downtime limit at the measured bandwidth (needs PRE_COPY);
                      never before the initial data was sent (over tcp://: loaded by
-                     the destination; again after a Linux 7.1 REINIT); SIGUSR1
-                     switches to stop-copy at once
+                     the destination; again after a Linux 7.1 REINIT); kill -USR2
+                     switches to stop-copy at its next decision (a SIGUSR2 before
+                     pre-copy: after its first round; without --live: ignored)
       --downtime-limit TIME  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS}ms;
                      0: switch only when nothing is left to send)
       --max-precopy TIME  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS / 1000}s;
@@ -143,7 +146,7 @@ ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 4: "the destination (tcp://) refused the
         "usage",
       );
     }
-    const target = positionals[0];
+    const target = saveTarget(positionals[0]); // QEMU's tcp:H:P and file:P too; other URIs refused
     const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS, { zero: true });
     const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS, {
       zero: true,
