@@ -188,7 +188,12 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
   const ack = new Uint8Array([1]);
   try {
     while (!eof) {
-      const rev = sys.poll([{ fd: pr, events: POLL.IN }], 20);
+      let rev = [0];
+      try {
+        rev = sys.poll([{ fd: pr, events: POLL.IN }], 20);
+      } catch (e) {
+        if (!isErrno(e, "EINTR")) throw e; // a signal: looked at below
+      }
       if (rev[0]) {
         for (;;) {
           let n: number;
@@ -269,6 +274,11 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
       if (interrupted) break;
       await nextTurn();
     }
+  } catch (e) {
+    try {
+      sendSignal(pid, SIGKILL); // never leave the worker behind
+    } catch { /* gone */ }
+    throw e;
   } finally {
     release();
   }
@@ -282,7 +292,12 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
     // then abandon it.
     const until = performance.now() + 2000;
     while (performance.now() < until) {
-      const r = sys.poll([{ fd: pr, events: POLL.IN | POLL.HUP }], 50);
+      let r = [0];
+      try {
+        r = sys.poll([{ fd: pr, events: POLL.IN | POLL.HUP }], 50);
+      } catch (e) {
+        if (!isErrno(e, "EINTR")) throw e;
+      }
       if (r[0] & POLL.HUP) {
         eof = true;
         break;
@@ -306,6 +321,9 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
     const p = at(current || last);
     p.kinds.add("crash");
     p.detail.push(`the worker ${how} during ${whatOf.get(current || last) ?? "its start"}`);
+  }
+  if (!summary) {
+    report.notes.push(`the run ended during ${phase}${caseName ? ` (${caseName})` : ""}, at call ${current || last}`);
   }
   if (summary) {
     report.fuzz = (summary.fuzz as FuzzCounts) ?? null;
