@@ -103,6 +103,7 @@ Deno.test("torture: trusts-resume-field is found (KASAN line + hang two calls af
     assertEquals(f.phase, "fuzz");
     assert(f.kmsg.some((l) => l.includes("BUG: KASAN: slab-out-of-bounds")), f.kmsg.join("\n"));
     assertEquals(r.stress, null);
+    assertEquals(f.replayCommand, `vfio-mig check --torture --replay ${f.replayFile} --device ${dev} ${ACK}`);
     // The text report: findings first, with the replay command.
     const text = await vfioMig(["check", "--torture", ACK, "--device", `sim:${dir}/d2`, "--replay", f.replayFile]);
     assertEquals(text.code, 3, "no such device: exit 3");

@@ -414,7 +414,12 @@ export class TortureWorker {
     const o = this.call({ op: "open" });
     if (o.errno) throw new Error(this.t.x.lastMessage || `cannot open ${this.opts.spec}: ${o.errno}`);
     const f = this.call({ op: "flags" });
-    if (f.errno) throw new Error(`${this.opts.spec}: GET MIGRATION failed with ${f.errno}: not a migratable device`);
+    if (f.errno) {
+      throw new Error(
+        `${this.opts.spec}: GET MIGRATION failed with ${f.errno}: not a uAPI v2 migration device ` +
+          `(--torture drives uAPI v2 only; v1 region devices such as mtty_v1 are not supported yet)`,
+      );
+    }
     this.flags = f.ret!;
     for (let i = 0; i < PCI_REGIONS; i++) {
       const r = this.call({ op: "region-info", index: i });

@@ -1,11 +1,7 @@
 // The torture's report: findings first, each with the command that replays it, then
 // what was covered, in a form a driver author reads in a minute.
 
-import type { TortureFinding, TortureReport } from "./supervisor.ts";
-
-export function replayCommand(r: TortureReport, f: TortureFinding): string {
-  return `vfio-mig check --torture --replay ${f.replayFile} --device ${r.device} --i-accept-state-loss`;
-}
+import type { TortureReport } from "./supervisor.ts";
 
 const KIND_TEXT: Record<string, string> = {
   "kernel-log": "kernel log",
@@ -45,7 +41,7 @@ export function formatTorture(r: TortureReport): string {
     if (f.what) out.push(`  call:   ${f.what}`);
     for (const d of f.detail) out.push(`  what:   ${d}`);
     for (const k of f.kmsg) out.push(`  kmsg:   ${k}`);
-    if (r.mode === "run") out.push(`  replay: ${replayCommand(r, f)}`);
+    if (r.mode === "run") out.push(`  replay: ${f.replayCommand}`);
   }
   if (r.mode === "run" && r.findings.some((f) => f.kinds.includes("hang"))) {
     out.push("", "The device may be wedged: replay on a fresh device of the same kind (or after a reboot).");

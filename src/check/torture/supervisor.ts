@@ -56,6 +56,8 @@ export interface TortureFinding {
   detail: string[];
   kmsg: string[];
   replayFile: string;
+  /** The command that replays it (on a fresh device of the same kind when this one is wedged). */
+  replayCommand: string;
 }
 
 export interface TortureReport {
@@ -348,9 +350,13 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
       detail: p.detail,
       kmsg: p.kmsg,
       replayFile: file,
+      replayCommand: `vfio-mig check --torture --replay ${file} --device ${opts.spec} --i-accept-state-loss`,
     };
     if (!opts.replay) writeReplay(sys, tracePath, file, opts, f);
-    else f.replayFile = opts.replay;
+    else {
+      f.replayFile = opts.replay;
+      f.replayCommand = `vfio-mig check --torture --replay ${opts.replay} --device ${opts.spec} --i-accept-state-loss`;
+    }
     report.findings.push(f);
   }
   if (header) {
