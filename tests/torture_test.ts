@@ -285,3 +285,17 @@ Deno.test("torture: Ctrl-C during a hung call ends the run at once with exit 130
     assertStringIncludes(new TextDecoder().decode(out.stdout), "interrupted by SIGINT");
   });
 });
+
+Deno.test("torture: a v1 device (region protocol) is fuzzed through its migration region; a clean one gives no finding", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/d`;
+    new SimStore(libc(), path).create({ model: "mtty-2", size: 64 * 1024, seed: 3, protocol: "v1" });
+    const { code, r } = await torture(["--device", `sim:${path}`, "--seed", "2", "--steps", "60", "--out", `${dir}/o`]);
+    assertEquals(r.findings, [], JSON.stringify(r.findings));
+    assertEquals(code, 0);
+    assertEquals(r.stress, null, "the stress drives uAPI v2 only");
+    assertEquals(r.fuzz!.cases, 60);
+    assert(r.fuzz!.refusedWrite > 0 && r.fuzz!.refusedStop > 0 && r.fuzz!.accepted > 0, JSON.stringify(r.fuzz));
+    assert(r.notes.some((n) => n.startsWith("v1 device (migration region 9")), r.notes.join("\n"));
+  });
+});

@@ -41,7 +41,7 @@ export type Call =
   | { op: "precopy-info"; slot: number }
   | { op: "region-info"; index: number }
   | { op: "region-read"; index: number; offset: number; len: number; dev2?: boolean }
-  | { op: "region-write"; index: number; offset: number; data: string }
+  | { op: "region-write"; index: number; offset: number; data?: string; orig?: [number, number] }
   | { op: "mmap"; index: number; offset: number; len: number }
   | { op: "dup" };
 
@@ -80,7 +80,9 @@ export function describe(c: Call): string {
     case "region-read":
       return `pread region ${c.index} at ${c.offset}, ${c.len} bytes${on}`;
     case "region-write":
-      return `pwrite region ${c.index} at ${c.offset}, ${bytesOf(c).length} bytes`;
+      return `pwrite region ${c.index} at ${c.offset}, ${
+        c.orig ? `${c.orig[1]} bytes of the saved state at ${c.orig[0]}` : `${bytesOf(c).length} bytes`
+      }`;
     case "mmap":
       return `mmap region ${c.index} at ${c.offset}, ${c.len} bytes (read it, unmap)`;
     case "region-info":
@@ -133,7 +135,10 @@ export class Executor {
   #dev2fd = -1;
   readonly slots = new Map<number, number>();
   nextSlot = 1;
-  readonly regions = new Map<number, { offset: number; size: number; flags: number }>();
+  readonly regions = new Map<
+    number,
+    { offset: number; size: number; flags: number; type: { type: number; subtype: number } | null }
+  >();
   original: Original | null = null;
   /** The last read's bytes (the engine hashes and keeps what it needs). */
   lastRead: Uint8Array = new Uint8Array(0);
@@ -226,16 +231,8 @@ export class Executor {
         this.lastRead = buf.subarray(0, Math.min(n, buf.length));
         return { errno: null, ret: n };
       }
-      case "write": {
-        let data: Uint8Array;
-        if (c.orig) {
-          if (!this.original) throw new Error("torture: a write of the saved state before it was captured");
-          data = new Uint8Array(c.orig[1]);
-          const n = this.sys.pread(this.original.fd, data, c.orig[0]);
-          data = data.subarray(0, n);
-        } else data = bytesOf(c);
-        return { errno: null, ret: this.sys.write(this.#fd(c.slot), data) };
-      }
+      case "write":
+        return { errno: null, ret: this.sys.write(this.#fd(c.slot), c.orig ? this.#orig(c.orig) : bytesOf(c)) };
       case "pread": {
         const buf = new Uint8Array(c.len);
         return { errno: null, ret: this.sys.pread(this.#fd(c.slot), buf, c.offset) };
@@ -253,7 +250,7 @@ export class Executor {
       case "region-info": {
         if (!this.dev) throw new SysError("ioctl", 9, "device not open");
         const r = getRegionInfo(this.sys, this.dev.fd, c.index);
-        this.regions.set(c.index, { offset: r.offset, size: r.size, flags: r.flags });
+        this.regions.set(c.index, { offset: r.offset, size: r.size, flags: r.flags, type: r.type });
         return { errno: null, ret: r.size };
       }
       case "region-read": {
@@ -266,7 +263,11 @@ export class Executor {
       case "region-write":
         return {
           errno: null,
-          ret: this.sys.pwrite(this.dev?.fd ?? -1, bytesOf(c), this.#regionAt(c.index) + c.offset),
+          ret: this.sys.pwrite(
+            this.dev?.fd ?? -1,
+            c.orig ? this.#orig(c.orig) : bytesOf(c),
+            this.#regionAt(c.index) + c.offset,
+          ),
         };
       case "mmap": {
         const r = this.regions.get(c.index);
@@ -296,6 +297,13 @@ export class Executor {
         return { errno: null };
       }
     }
+  }
+
+  /** Bytes of the saved state captured at the start. */
+  #orig([off, len]: [number, number]): Uint8Array {
+    if (!this.original) throw new Error("torture: a write of the saved state before it was captured");
+    const data = new Uint8Array(len);
+    return data.subarray(0, this.sys.pread(this.original.fd, data, off));
   }
 
   #regionAt(index: number): number {

@@ -37,6 +37,7 @@ import { b64, type Call, Executor, type Result } from "./calls.ts";
 import { LineWriter, TracedExecutor } from "./channel.ts";
 import { knownFields, type Mutation, type Piece, randomCase, structuredCases } from "./mutate.ts";
 import { Rng } from "./rng.ts";
+import { V1Torture } from "./v1.ts";
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P } = DeviceState;
 const CHUNK = 1 << 20;
@@ -44,7 +45,7 @@ const INLINE_CHUNK = 1 << 16;
 const MFD_CLOEXEC = 1;
 /** VFIO_PCI_NUM_REGIONS: BAR0-5, ROM, config, VGA. */
 const PCI_REGIONS = 9;
-const CONFIG_REGION = 7;
+export const CONFIG_REGION = 7;
 const ODD_SIZES = [1, 3, 7, 8, 13, 4095, 4096, 4097, 65537, CHUNK];
 
 export interface WorkerOptions {
@@ -96,7 +97,8 @@ function kernelInternal(errno: string | null): boolean {
   return m !== null && Number(m[1]) >= 512;
 }
 
-class Stop extends Error {}
+/** Thrown when the device cannot be brought back: the run ends there. */
+export class Stop extends Error {}
 
 export class TortureWorker {
   readonly t: TracedExecutor;
@@ -125,6 +127,8 @@ export class TortureWorker {
   readonly fds: OpenFd[] = [];
   #resets = 0;
   hasDup = false;
+  /** The migration region of a v1 device (v1.ts drives it), or null for uAPI v2. */
+  v1: { index: number; size: number } | null = null;
 
   constructor(readonly sys: Sys, readonly opts: WorkerOptions) {
     this.t = new TracedExecutor(
@@ -322,7 +326,7 @@ export class TortureWorker {
           len -= e;
         }
       } else {
-        let bytes = "flip" in p ? this.#flipped(p.flip[0], p.flip[1]) : p.bytes;
+        let bytes = "flip" in p ? this.flipped(p.flip[0], p.flip[1]) : p.bytes;
         while (bytes.length > 0) {
           const n = Math.min(bytes.length, INLINE_CHUNK);
           const e = this.#write(fd, { op: "write", slot, data: b64(bytes.subarray(0, n)) }, n);
@@ -352,7 +356,8 @@ export class TortureWorker {
     return Math.min(r.ret!, len);
   }
 
-  #flipped(at: number, mask: number): Uint8Array {
+  /** The original's byte `at` XOR `mask`. */
+  flipped(at: number, mask: number): Uint8Array {
     const b = new Uint8Array(1);
     this.sys.pread(this.original!.fd, b, at);
     b[0] ^= mask;
@@ -415,6 +420,15 @@ export class TortureWorker {
     if (o.errno) throw new Error(this.t.x.lastMessage || `cannot open ${this.opts.spec}: ${o.errno}`);
     const f = this.call({ op: "flags" });
     if (f.errno) {
+      // A v1 device (the deprecated region protocol): its migration region instead.
+      for (let i = 0; i < 16; i++) {
+        const r = this.call({ op: "region-info", index: i });
+        const info = this.t.x.regions.get(i);
+        if (r.errno || !info) continue;
+        if (info.type?.type === 3 && info.type.subtype === 1) this.v1 = { index: i, size: info.size };
+        else if (info.size > 0 && i < PCI_REGIONS) this.regions.push({ index: i, size: info.size, flags: info.flags });
+      }
+      if (this.v1) return;
       throw new Error(
         `${this.opts.spec}: GET MIGRATION failed with ${f.errno}: not a uAPI v2 migration device ` +
           `(--torture drives uAPI v2 only; v1 region devices such as mtty_v1 are not supported yet)`,
@@ -729,6 +743,10 @@ export class TortureWorker {
   run(): number {
     try {
       this.setup();
+      if (this.v1) {
+        new V1Torture(this, this.v1.index, this.v1.size).run();
+        return this.end();
+      }
       if (this.opts.only !== "stress") this.runFuzz();
       if (this.opts.only !== "fuzz") this.runStress();
       this.phase = "end";
@@ -738,8 +756,12 @@ export class TortureWorker {
       if (!(e instanceof Stop)) throw e;
       this.note("the run stopped: the device cannot be brought back");
     }
+    return this.end();
+  }
+
+  end(): number {
     this.stress.arcs = [...this.#arcs].sort();
-    this.t.send({ t: "summary", fuzz: this.fuzz, stress: this.stress, calls: this.t.n });
+    this.t.send({ t: "summary", fuzz: this.fuzz, stress: this.v1 ? null : this.stress, calls: this.t.n });
     this.t.x.closeAll();
     this.t.trace.close();
     return 0;

@@ -55,7 +55,7 @@ export function formatTorture(r: TortureReport): string {
     const z = r.fuzz;
     out.push(
       `fuzz:   ${z.cases} cases (format ${z.format}): ${z.refusedWrite} refused at a write, ${z.refusedStop} ` +
-        `refused at RESUMING -> STOP, ${z.accepted} accepted (each exercised, saved, and the original loaded back)`,
+        `refused when RESUMING was left, ${z.accepted} accepted (each exercised, saved, and the original loaded back)`,
     );
   }
   if (r.stress) {
