@@ -11,7 +11,7 @@ import { isErrno } from "../../../ffi/errno.ts";
 import { libc } from "../../../ffi/libc.ts";
 import { environment, sendSignal, spawn, waitChild } from "../../../ffi/process.ts";
 import { F, FD_CLOEXEC, O, POLL, type Sys } from "../../../ffi/sys.ts";
-import { nextTurn, writeAll } from "../../io.ts";
+import { nextTurn, readSmallFile, writeAll } from "../../io.ts";
 import { claimSignals } from "../../signals.ts";
 import type { FindingKind, FuzzCounts, StressCounts } from "./engine.ts";
 import { isBugReport, kmsgFor, type KmsgSource } from "./kmsg.ts";
@@ -149,10 +149,38 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
   let summary: Record<string, unknown> | null = null;
   const diffs: { n: number; text: string }[] = [];
 
+  // The sanitizers' own limits (the issue's item 3): lockdep stops after its first
+  // report; KASAN reports only its first bug unless booted with kasan_multi_shot.
+  let multiShot = true;
+  if (kmsg?.name === "/dev/kmsg") {
+    try {
+      multiShot = /\bkasan_multi_shot\b|\bkasan\.multi_shot\b/.test(
+        new TextDecoder().decode(readSmallFile(sys, "/proc/cmdline")),
+      );
+    } catch { /* unknown: say nothing */ }
+  }
+  const limits = new Set<string>();
+  const limit = (key: string, text: string) => {
+    if (limits.has(key)) return;
+    limits.add(key);
+    report.notes.push(text);
+  };
   const takeKmsg = (step: number) => {
     if (!kmsg) return;
     for (const r of kmsg.drain()) {
       event({ t: "kmsg", n: step, level: r.level, text: r.text });
+      if (/turning off the locking correctness validator/.test(r.text)) {
+        limit(
+          "lockdep",
+          `lockdep turned itself off at call ${step}: later locking bugs go unreported (reboot, then replay)`,
+        );
+      }
+      if (/KASAN/.test(r.text) && !multiShot) {
+        limit(
+          "kasan",
+          `KASAN reported at call ${step} without kasan_multi_shot on the kernel command line: later KASAN bugs go unreported`,
+        );
+      }
       if (!isBugReport(r.text) && !pending.get(step)?.kinds.has("kernel-log")) continue;
       const p = at(step);
       p.kinds.add("kernel-log");
