@@ -130,6 +130,20 @@ export function structuredCases(head: Uint8Array, size: number): Mutation[] {
   }
   out.push({ name: "1 byte appended", pieces: [{ orig: [0, size] }, { bytes: new Uint8Array([0x5a]) }] });
   out.push({ name: "the state twice", pieces: [{ orig: [0, size] }, { orig: [0, size] }] });
+  // Another device's stream: an mtty with another number of ports (its header and ports).
+  const ownPorts = Math.floor((size - 24) / MTTY_PORT_SIZE);
+  if (knownFields(head, size).format === "mtty" && ownPorts >= 1) {
+    for (let k = 1; k <= 4; k++) {
+      if (k === ownPorts) continue;
+      const h = head.slice(0, 24);
+      new DataView(h.buffer).setUint32(16, k, true);
+      const ports: Piece[] = Array.from({ length: k }, () => ({ orig: [24, MTTY_PORT_SIZE] as [number, number] }));
+      out.push({
+        name: `another device's stream: an mtty with ${k} port${k > 1 ? "s" : ""}`,
+        pieces: [{ bytes: h }, ...ports],
+      });
+    }
+  }
   for (const f of fields) {
     const max = (1n << BigInt(f.width * 8)) - 1n;
     const cur = readLe(head, f);
