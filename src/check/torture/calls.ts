@@ -212,6 +212,8 @@ export class Executor {
       case "get":
         return { errno: null, ret: this.#mig(c.dev2).getState() };
       case "set": {
+        // Exactly one ioctl: the engine never asks STOP_COPY -> PRE_COPY* (it knows the
+        // state from its GETs), so MigrationV2's own check, which would GET first, is skipped.
         const r = this.#mig(c.dev2).setState(c.state, c.state);
         if (r.dataFd === null) return { errno: null, ret: c.state };
         const slot = this.nextSlot++;

@@ -1,0 +1,45 @@
+#!/bin/sh
+# torture.sh - `vfio-mig check --torture` against the lab's real drivers, inside the
+# kernel test VM (busybox sh): the kernel's mtty (uAPI v2), and mtty_v1 (the v1 region
+# protocol; Debian kernel only, where it is a module), each with a fixed seed and budget.
+#
+#   bash tests/kernel/run.sh --timeout 1800 -- sh tests/kernel/guest/torture.sh
+#
+# Environment: TORTURE_SEED (default 20261206), TORTURE_STEPS (fuzz cases and stress
+# steps, default 100), TORTURE_OUT (replay files, default /tmp/torture: the guest's
+# tmpfs; point it into the shared checkout to keep them).
+#
+# What the torture finds in drivers we did not write is reported, not a failure: each
+# finding is printed with its replay command, and the script exits 0. It exits 1 only
+# when the torture itself could not run (exit code other than 0, 1).
+
+# shellcheck shell=dash
+SEED=${TORTURE_SEED:-20261206}
+STEPS=${TORTURE_STEPS:-100}
+OUT=${TORTURE_OUT:-/tmp/torture}
+status=0
+. tests/kernel/guest/mtty.sh
+
+torture() { # NAME DEVICE
+    t0=$(date +%s)
+    deno run -A cli.ts check --torture --i-accept-state-loss --device "$2" --seed "$SEED" --steps "$STEPS" \
+        --step-timeout 120 --out "$OUT/$1"
+    rc=$?
+    echo "torture $1: exit $rc in $(($(date +%s) - t0)) s (0 no finding, 1 findings: reported above)"
+    case $rc in 0 | 1) ;; *) status=1 ;; esac
+}
+
+u=$(mtty_create mtty-2) || exit 1
+torture mtty-2 "$u"
+mtty_remove "$u"
+
+V1=/sys/class/mdev_bus/mtty_v1/mdev_supported_types/mtty_v1-2
+if [ -d "$V1" ]; then
+    u=$(cat /proc/sys/kernel/random/uuid)
+    echo "$u" >"$V1/create" || exit 1
+    torture mtty_v1-2 "$u"
+    echo 1 >"$MDEV_DEVICES/$u/remove"
+else
+    echo "torture mtty_v1-2: skipped (no mtty_v1 module on this kernel)"
+fi
+exit $status
