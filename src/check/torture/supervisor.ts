@@ -98,11 +98,7 @@ interface Pending {
 /** Runs the torture (or a replay) on `opts.spec`; never throws for what the device does. */
 export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promise<TortureReport> {
   const t0 = performance.now();
-  try {
-    sys.mkdir(opts.outDir, 0o755);
-  } catch (e) {
-    if (!isErrno(e, "EEXIST")) throw e;
-  }
+  mkdirs(sys, opts.outDir);
   const tracePath = `${opts.outDir}/trace-${sys.getpid()}.jsonl`;
   const report: TortureReport = {
     device: opts.spec,
@@ -409,6 +405,19 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
   if (events >= 0) sys.close(events);
   report.durationMs = Math.round(performance.now() - t0);
   return report;
+}
+
+/** mkdir -p. */
+function mkdirs(sys: Sys, dir: string): void {
+  try {
+    sys.mkdir(dir, 0o755);
+  } catch (e) {
+    if (isErrno(e, "EEXIST")) return;
+    const parent = dir.replace(/\/+[^/]*\/*$/, "");
+    if (!isErrno(e, "ENOENT") || !parent || parent === dir) throw e;
+    mkdirs(sys, parent);
+    sys.mkdir(dir, 0o755);
+  }
 }
 
 /** A finding's replay file: its header, then the trace's lines up to its call. */

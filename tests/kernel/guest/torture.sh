@@ -18,6 +18,7 @@ SEED=${TORTURE_SEED:-20261206}
 STEPS=${TORTURE_STEPS:-100}
 OUT=${TORTURE_OUT:-/tmp/torture}
 status=0
+mkdir -p "$OUT"
 . tests/kernel/guest/mtty.sh
 
 torture() { # NAME DEVICE
