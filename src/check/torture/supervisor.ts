@@ -337,13 +337,29 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
       report.notes.push(`the worker (pid ${pid}) did not die: it is asleep in the kernel; the device is wedged`);
     }
   }
-  if (eof) exit = await waitChild(pid);
+  if (eof) {
+    // A worker killed in the kernel (an Oops) may never finish exiting (its device fd's
+    // release can wait on a lock the dead call held): wait a bounded time, then abandon it.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const gaveUp = new Promise<null>((r) => timer = setTimeout(() => r(null), 5000));
+    exit = await Promise.race([waitChild(pid), gaveUp]);
+    clearTimeout(timer);
+    if (!exit) {
+      report.notes.push(
+        `the worker (pid ${pid}) did not finish exiting: it is stuck in the kernel; the device is wedged`,
+      );
+    }
+  }
   sys.close(pr);
   sys.close(aw);
   takeKmsg(current || last);
   if (interrupted) report.interrupted = interrupted;
   if (!summary && !hung && !interrupted && !report.error) {
-    const how = exit?.signal ? `was killed by signal ${exit.signal}` : `exited with code ${exit?.code}`;
+    const how = !exit
+      ? "died and is stuck in the kernel"
+      : exit.signal
+      ? `was killed by signal ${exit.signal}`
+      : `exited with code ${exit.code}`;
     const p = at(current || last);
     p.kinds.add("crash");
     p.detail.push(`the worker ${how} during ${whatOf.get(current || last) ?? "its start"}`);

@@ -43,4 +43,27 @@ if [ -d "$V1" ]; then
 else
     echo "torture mtty_v1-2: skipped (no mtty_v1 module on this kernel)"
 fi
+
+# Positive control of the kernel-log watcher on the real /dev/kmsg: a WARNING record
+# written while the torture runs must come back as a finding with that line (exit 1 of
+# this script if it does not).
+u=$(mtty_create mtty-2) || exit 1
+ev="$OUT/control.jsonl"
+rm -f "$ev"
+(
+    while ! grep -q '"t":"start"' "$ev" 2>/dev/null; do sleep 1; done
+    sleep 2
+    echo "<4>WARNING: CPU: 0 PID: 0 at tests/kernel/guest/torture.sh: planted record (positive control)" >/dev/kmsg
+) &
+out=$(deno run -A cli.ts check --torture --i-accept-state-loss --device "$u" --seed "$SEED" --steps 400 \
+    --only stress --step-timeout 120 --out "$OUT/control" --events "$ev")
+rc=$?
+mtty_remove "$u"
+if [ $rc = 1 ] && echo "$out" | grep -q "kmsg:   WARNING: CPU: 0 PID: 0 at tests/kernel/guest/torture.sh"; then
+    echo "torture kmsg control: the planted record was reported: $(echo "$out" | grep -m1 '^FINDING')"
+else
+    echo "torture kmsg control: FAILED: the planted /dev/kmsg record was not reported (exit $rc)"
+    echo "$out"
+    status=1
+fi
 exit $status
