@@ -1,8 +1,8 @@
 import { arcMismatches, type ArcResult, expectedArc } from "../check/arcs.ts";
 import { type CheckReport, CHECKS, runChecks } from "../check/conformance.ts";
-import { defaultDeviceSpec, openDevice, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor } from "../device/open.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
-import { DeviceState } from "../migration/state_machine.ts";
+import { DeviceState } from "../vfio/state_machine.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 function table(rows: string[][]): string[] {
@@ -125,7 +125,7 @@ Options:
 Exit codes: 0 no FAIL, 1 at least one FAIL, 2 usage error, 3 device not found,
 not openable or not migratable.
 ${TORTURE_HELP}`,
-  run(args) {
+  async run(args) {
     const { values, positionals } = parse("check", args, {
       device: { type: "string", short: "d" },
       json: { type: "boolean" },
@@ -168,6 +168,7 @@ ${TORTURE_HELP}`,
     }
     if (values.torture) return torture(values);
     const spec = values.device ?? defaultDeviceSpec(systemFor([]));
+    await loadBackendsFor([spec]);
     const sys = systemFor([spec]);
     const dev = openDevice(sys, spec);
     // A borrowed (pid:) or inherited (fd:) device cannot be opened again by us.
@@ -236,6 +237,7 @@ async function torture(values: Values): Promise<number> {
     if (!spec) throw new VfioMigError("check --replay: give the device to replay on with --device", "usage");
   }
   spec ??= defaultDeviceSpec(systemFor([]));
+  await loadBackendsFor([spec]);
   const seed = values.seed !== undefined ? num(values, "seed", 0) : crypto.getRandomValues(new Uint32Array(1))[0];
   const steps = num(values, "steps", 200, 1);
   const timeMs = num(values, "time", 0) * 1000;
@@ -273,6 +275,7 @@ async function tortureWorker(values: Values): Promise<number> {
   const spec = values.device as string;
   const trace = values.trace as string;
   const host = libc();
+  await loadBackendsFor([spec]);
   const sys = systemFor([spec]);
   try {
     if (values.replay) return runReplayWorker(sys, values.replay as string, spec, trace, progressFd, ackFd);

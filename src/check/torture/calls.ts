@@ -17,8 +17,8 @@ import { PROT, type Sys } from "../../../ffi/sys.ts";
 import { REGION_FLAGS } from "../../../ffi/vfio_uapi.ts";
 import { openDevice, type VfioDevice } from "../../device/open.ts";
 import { VfioMigError } from "../../errors.ts";
-import { MigrationV2 } from "../../migration/v2.ts";
-import { getRegionInfo } from "../../migration/regions.ts";
+import { MigrationV2 } from "../../vfio/v2.ts";
+import { getRegionInfo } from "../../vfio/regions.ts";
 import { SimKernel } from "../../sim/kernel.ts";
 
 export type Call =

@@ -31,7 +31,7 @@ import {
   stateName,
   supportedStates,
   supportsState,
-} from "../../migration/state_machine.ts";
+} from "../../vfio/state_machine.ts";
 import { expectedArc } from "../arcs.ts";
 import { b64, type Call, Executor, type Result } from "./calls.ts";
 import { LineWriter, TracedExecutor } from "./channel.ts";

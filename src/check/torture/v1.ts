@@ -2,7 +2,7 @@
 // struct vfio_device_migration_info at offset 0 of the migration region, fields
 // device_state u32 @0, pending_bytes u64 @8, data_offset u64 @16, data_size u64 @24,
 // the data section at data_offset; include/uapi/linux/vfio.h before 6.2, and
-// src/migration/v1.ts). Resume-data fuzzing only: each case sets device_state RESUMING,
+// src/vfio/v1.ts). Resume-data fuzzing only: each case sets device_state RESUMING,
 // writes the mutated stream one transaction per piece (data at data_offset, then
 // data_size: the driver consumes it on that write), and sets RUNNING, where the driver
 // loads it. A refusal is at a data write, at the data_size write (the driver rejected

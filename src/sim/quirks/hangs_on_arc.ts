@@ -5,7 +5,7 @@
 // for PRE_COPY (or through it) made from PRE_COPY_P2P takes it, which neither save nor
 // load does.
 
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import { sleepMs } from "../driver.ts";
 import type { QuirkDef } from "../quirks.ts";
 

@@ -8,7 +8,7 @@
 // Once they are all gone, every arc that opens a new session fails with ENOMEM: the
 // device can no longer save or load.
 
-import { arcOpensDataFd } from "../../migration/state_machine.ts";
+import { arcOpensDataFd } from "../../vfio/state_machine.ts";
 import { type SimDevice, sysErr } from "../driver.ts";
 import type { QuirkDef } from "../quirks.ts";
 import { writeFileAtomic } from "../store.ts";

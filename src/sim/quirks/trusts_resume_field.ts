@@ -8,7 +8,7 @@
 // simulated /dev/kmsg, kmsg.ts) and the device stops answering: every later call on it,
 // in any process, blocks for ever (a task in D state), until the device is recreated.
 
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import { type MigrationFile, type SimDevice, sleepMs } from "../driver.ts";
 import { KERN, simPrintk } from "../kmsg.ts";
 import { MTTY_HEADER_SIZE, mttyPorts } from "../models.ts";
