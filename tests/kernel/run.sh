@@ -23,7 +23,8 @@
 #   VFIO_MIG_KERNEL_CACHE (default ~/.cache/vfio-mig-kernel), VFIO_MIG_DENO_VERSION,
 #   VFIO_MIG_KERNEL_PREPARED=1 (--prepare ran: take the cache lock shared),
 #   VFIO_MIG_KERNEL_DENO, VFIO_MIG_KERNEL_JOBS, VFIO_MIG_KERNEL_APPEND (extra
-#   kernel command line): see lib/common.sh and README.md.
+#   kernel command line), VFIO_MIG_KERNEL_PCI=0 (no IOMMU and no ivshmem
+#   functions in the Debian guest): see lib/common.sh and README.md.
 #
 # The command runs under busybox sh as root in the guest, with stdin from
 # /dev/null, in the project checkout (shared read-write over 9p at the same
@@ -147,8 +148,9 @@ main() {
     # Debian kernel: an emulated IOMMU with interrupt remapping (vfio_iommu_type1
     # refuses groups without it) and two ivshmem-plain functions, each alone behind
     # a root port (its own IOMMU group), for the pci group (ivshmem_mig/README.md).
+    # VFIO_MIG_KERNEL_PCI=0 leaves them out.
     machine=q35 pcidevs=()
-    if [ "$FLAVOUR" = debian ]; then
+    if [ "$FLAVOUR" = debian ] && [ "${VFIO_MIG_KERNEL_PCI:-1}" = 1 ]; then
         machine=q35,kernel-irqchip=split
         kcmd="$kcmd intel_iommu=on"
         pcidevs=(-device intel-iommu,intremap=on

@@ -12,7 +12,8 @@
  * pci_error_handlers, migration files dropped in close_device.
  *
  * The device state: BAR0's INTRMASK register and the first mem_bytes of
- * BAR2 (the shared memory a workload writes through the BAR).
+ * BAR2 (the shared memory a workload writes through the BAR region; a
+ * stopped device refuses those writes with EBUSY).
  *
  * Where the state is lost, as on a real function: at a reset through
  * pci_try_reset_function (first open, VFIO_DEVICE_RESET), whose reset_done
@@ -698,6 +699,28 @@ static void ivmg_release_dev(struct vfio_device *vdev)
 	vfio_pci_core_release_dev(vdev);
 }
 
+/*
+ * A stopped device (STOP, STOP_COPY, RESUMING) takes no writes to its memory area
+ * through the BAR region (-EBUSY): what the save streamed stays the device's state.
+ * Writes through an mmap of BAR2 are not seen here, and not stopped.
+ */
+static ssize_t ivmg_write(struct vfio_device *vdev, const char __user *buf, size_t count, loff_t *ppos)
+{
+	struct ivmg_device *ivdev = ivmg_of(vdev);
+	ssize_t ret;
+
+	if (VFIO_PCI_OFFSET_TO_INDEX(*ppos) != VFIO_PCI_BAR2_REGION_INDEX)
+		return vfio_pci_core_write(vdev, buf, count, ppos);
+	mutex_lock(&ivdev->state_mutex);
+	if (ivdev->mig_state == VFIO_DEVICE_STATE_STOP || ivdev->mig_state == VFIO_DEVICE_STATE_STOP_COPY ||
+	    ivdev->mig_state == VFIO_DEVICE_STATE_RESUMING)
+		ret = -EBUSY;
+	else
+		ret = vfio_pci_core_write(vdev, buf, count, ppos);
+	mutex_unlock(&ivdev->state_mutex);
+	return ret;
+}
+
 static const struct vfio_device_ops ivmg_ops = {
 	.name = "ivshmem-vfio-pci",
 	.init = ivmg_init_dev,
@@ -707,7 +730,7 @@ static const struct vfio_device_ops ivmg_ops = {
 	.ioctl = vfio_pci_core_ioctl,
 	.device_feature = vfio_pci_core_ioctl_feature,
 	.read = vfio_pci_core_read,
-	.write = vfio_pci_core_write,
+	.write = ivmg_write,
 	.mmap = vfio_pci_core_mmap,
 	.request = vfio_pci_core_request,
 	.match = vfio_pci_core_match,
