@@ -7,6 +7,13 @@
 // real kernel. The device state: BAR2's first 64 KiB (written through the BAR region)
 // and BAR0's INTRMASK register.
 
+import { SysError } from "../../../ffi/errno.ts";
+import { libc } from "../../../ffi/libc.ts";
+import { encode, IOCTL, STRUCTS } from "../../../ffi/vfio_uapi.ts";
+import { openDevice, type VfioDevice } from "../../../src/device/open.ts";
+import { DeviceState, stateName } from "../../../src/migration/state_machine.ts";
+import { SimKernel } from "../../../src/sim/kernel.ts";
+import { SimStore } from "../../../src/sim/store.ts";
 import { assert, check, cli, eq, extraReport, ok, ROOT, sh, tmp } from "../lib/guest.ts";
 
 const HOLDER = `${ROOT}tests/kernel/guest/holder.ts`;
@@ -365,4 +372,75 @@ if (fns.length < 2 || !Deno.statSync("/sys/module/vfio_pci_core").isDirectory) {
     const failed = rows.filter((c) => c.status === "FAIL");
     eq(r.code, 0, `exit code (failed rows: ${JSON.stringify(failed)}; stderr ${r.stderr.trim()})`);
   });
+
+  await check(
+    "simulator (mtty-2 model, family pci) against the real function: every arc, and VFIO_DEVICE_RESET",
+    async () => {
+      const { exploreArcs } = await import("../../../src/check/arcs.ts");
+      const sim = new SimKernel(libc());
+      new SimStore(sim, `${tmp}/sim-pci`).create({ model: "mtty-2", family: "pci" });
+      const tables = (d: VfioDevice) => {
+        try {
+          return { arcs: exploreArcs(d).map((r) => JSON.stringify(r)), resets: resetRows(d) };
+        } finally {
+          d.close();
+        }
+      };
+      const real = tables(openDevice(libc(), B));
+      const simt = tables(openDevice(sim, `sim:${tmp}/sim-pci`));
+      const diffs: string[] = [];
+      real.arcs.forEach((r, i) => r !== simt.arcs[i] && diffs.push(`arc: real ${r} sim ${simt.arcs[i]}`));
+      real.resets.forEach((r, i) => r !== simt.resets[i] && diffs.push(`reset: real ${r} sim ${simt.resets[i]}`));
+      extraReport.push(
+        `pci vs simulator: ${real.arcs.length} arcs and ${real.resets.length} reset rows compared, ${diffs.length} differences`,
+      );
+      for (const d of diffs) extraReport.push(`pci vs simulator: ${d}`);
+      eq(real.arcs.length, simt.arcs.length, "arc table sizes");
+      assert(diffs.length === 0, `differences:\n  ${diffs.join("\n  ")}`);
+    },
+  );
+}
+
+/** One call's outcome: bytes moved, "ok", or the errno name. */
+function outcome(fn: () => number | void): string {
+  try {
+    const r = fn();
+    return typeof r === "number" ? String(r) : "ok";
+  } catch (e) {
+    if (e instanceof SysError) return e.code;
+    throw e;
+  }
+}
+
+/**
+ * VFIO_DEVICE_RESET on `d` (vfio-pci-core: pci_try_reset_function -> reset_done): the state
+ * after a reset from PRE_COPY, STOP_COPY and RESUMING, and what the data_fd of that
+ * session answers afterwards (read or write, PRECOPY_INFO). The device ends RUNNING.
+ */
+function resetRows(d: VfioDevice): string[] {
+  const rows: string[] = [];
+  const m = d.migration;
+  const { RUNNING, STOP, PRE_COPY, STOP_COPY, RESUMING } = DeviceState;
+  const info = () => d.sys.ioctl(fd, IOCTL.MIG_GET_PRECOPY_INFO, encode(STRUCTS.vfio_precopy_info, { argsz: 24 }));
+  let fd = -1;
+  for (const [target, via] of [[PRE_COPY, RUNNING], [STOP_COPY, STOP], [RESUMING, STOP]] as const) {
+    m.reset();
+    if (via === STOP) m.setState(STOP, RUNNING);
+    const r = m.setState(target, via);
+    fd = r.dataFd ?? -1;
+    const name = stateName(target);
+    rows.push(`${name}: data_fd ${fd >= 0 ? "yes" : "no"}`);
+    if (target !== RESUMING) {
+      rows.push(`${name}: read before reset ${outcome(() => d.sys.read(fd, new Uint8Array(16)))}`);
+    }
+    rows.push(`${name}: reset ${outcome(() => m.reset())}, state ${stateName(m.getState())}`);
+    if (target === RESUMING) {
+      rows.push(`${name}: write after reset ${outcome(() => d.sys.write(fd, new Uint8Array(16)))}`);
+    } else rows.push(`${name}: read after reset ${outcome(() => d.sys.read(fd, new Uint8Array(16)))}`);
+    rows.push(`${name}: PRECOPY_INFO after reset ${outcome(info)}`);
+    d.sys.close(fd);
+  }
+  m.reset();
+  rows.push(`final state ${stateName(m.getState())}`);
+  return rows;
 }
