@@ -15,6 +15,7 @@ import { DeviceState, stateName } from "../../../src/migration/state_machine.ts"
 import { SimKernel } from "../../../src/sim/kernel.ts";
 import { SimStore } from "../../../src/sim/store.ts";
 import { assert, check, cli, eq, extraReport, ok, ROOT, sh, tmp } from "../lib/guest.ts";
+import { qemuAvailable, QemuVm } from "../lib/qemu_vm.ts";
 
 const HOLDER = `${ROOT}tests/kernel/guest/holder.ts`;
 const PARAMS = "/sys/module/ivshmem_vfio_pci/parameters";
@@ -229,7 +230,7 @@ if (fns.length < 2 || !Deno.statSync("/sys/module/vfio_pci_core").isDirectory) {
       let file = "";
       try {
         for (const c of writeCmds(20)) await H.ask(c);
-        file = `${tmp}/pci-20.bin`;
+        file = `${tmp}/pci-20.bin`; // used again by the QEMU check
         await ok(["save", "--device", `pid:${H.pid}`, file]);
       } finally {
         await H.quit();
@@ -372,6 +373,39 @@ if (fns.length < 2 || !Deno.statSync("/sys/module/vfio_pci_core").isDirectory) {
     const failed = rows.filter((c) => c.status === "FAIL");
     eq(r.code, 0, `exit code (failed rows: ${JSON.stringify(failed)}; stderr ${r.stderr.trim()})`);
   });
+
+  const p20 = `${tmp}/pci-20.bin`; // the holder's pattern 20, saved by the fresh-load check
+  if (qemuAvailable("10")) {
+    await check(
+      "QEMU 10 holds A (-device vfio-pci): stop, load and save --device pid:QEMU, load into B, cont",
+      async () => {
+        const vm = await QemuVm.start({ version: "10", devices: [A] });
+        const out = `${tmp}/pci-from-qemu.bin`;
+        try {
+          const r = await cli(["info", "--device", A]);
+          assert(r.code === 3 && r.stderr.includes(`(pid ${vm.pid})`), `EBUSY names QEMU: ${r.stderr.trim()}`);
+          await vm.qmp("stop");
+          await ok(["load", "--device", `pid:${vm.pid}`, p20]);
+          const s = JSON.parse((await ok(["save", "--json", "--resume", "--device", `pid:${vm.pid}`, out])).stdout);
+          eq([s.finalState, s.warnings.length], ["RUNNING", 0], "save from QEMU's fd");
+          await vm.qmp("cont");
+          eq((await vm.qmp("query-status")).status, "running", "QEMU after cont");
+          const qfile = `${tmp}/pci-qemu-migration.bin`;
+          const m = await vm.migrateTo(qfile);
+          eq(m.status, "completed", "QEMU migrated the VM with the function to a file");
+          const ins = await cli(["inspect", qfile]);
+          eq(ins.code, 0, `inspect of QEMU's file: ${ins.stderr.trim()}`);
+          extraReport.push(
+            `pci QEMU 10: inspect of its migration file: ${ins.stdout.trim().split("\n").slice(0, 6).join(" | ")}`,
+          );
+        } finally {
+          await vm.quit().catch(() => vm.kill());
+        }
+        const got = await loadExecRead(B, out, readCmds());
+        eq(got.answers, want(20), "the pattern loaded into QEMU's function, saved from it, read in B");
+      },
+    );
+  }
 
   await check(
     "simulator (mtty-2 model, family pci) against the real function: every arc, and VFIO_DEVICE_RESET",
