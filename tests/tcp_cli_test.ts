@@ -22,7 +22,7 @@ import {
   vmHwm,
   withTemp,
 } from "./proc_helpers.ts";
-import { StreamReader, StreamWriter } from "../mod.ts";
+import { StreamReader, StreamWriter } from "../src/stream/mod.ts";
 import { MAX_CHUNK, type StreamHeader, TAG } from "../src/stream/format.ts";
 import { bulkHeader, bulkRecordHeader } from "../src/sim/models.ts";
 import { TcpClient, TcpSink } from "../src/transport/tcp.ts";
@@ -257,7 +257,7 @@ Deno.test("tcp: TLS with --tls-ca moves the state; an untrusted or CA certificat
 Deno.test("tcp: while a peer migrates, a second client is refused and its device left alone", async () => {
   await withTemp(async (t) => {
     const [a, b, c, alog, blog, clog] = [`${t}/a`, `${t}/b`, `${t}/c`, `${t}/a.log`, `${t}/b.log`, `${t}/c.log`];
-    // A source that never converges holds the connection until SIGUSR1.
+    // A source that never converges holds the connection until SIGUSR2.
     await simCreate(a, "--size", "16M", "--rate", "4G", "--seed", "32");
     await simCreate(b, "--size", "16M", "--seed", "33");
     await simCreate(c, "--size", "16M", "--seed", "34");
@@ -282,7 +282,7 @@ Deno.test("tcp: while a peer migrates, a second client is refused and its device
     assertEquals(second.code, 1, show(second));
     assertMatch(second.stderr.trim(), /^vfio-mig: cannot connect to tcp:\/\/127\.0\.0\.1:\d+: .*refused/i);
     await assertUntouched(c, clog, shaC, "the second client's device");
-    first.kill("SIGUSR1");
+    first.kill("SIGUSR2");
     const r = await first.done(30_000);
     assertEquals(r.code, 0, show(r));
     assertEquals(jsonOf(r.stdout).switchReason, "requested");
@@ -300,14 +300,15 @@ Deno.test("tcp: slow-loris and garbage peers are dropped by the handshake timeou
     const { proc: dst, port } = await listen(b, ["--token", TOKEN, "--handshake-timeout", "500"], {
       VFIO_MIG_SIM_LOG: blog,
     });
-    // Slow-loris: a byte every 100 ms, for ever.
+    // Slow-loris: the greeting a byte every 100 ms (garbage would be refused at its first wrong byte).
     const loris = await Deno.connect({ hostname: "127.0.0.1", port });
     let dripping = true;
     const drip = (async () => {
-      const one = new Uint8Array([0x56]);
-      while (dripping) {
+      const greeting = new Uint8Array(74);
+      greeting.set(new TextEncoder().encode("VFMGAUTH\x01"));
+      for (let i = 0; dripping; i = (i + 1) % greeting.length) {
         try {
-          await loris.write(one);
+          await loris.write(greeting.subarray(i, i + 1));
         } catch {
           return; // dropped by the server
         }

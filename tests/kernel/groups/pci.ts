@@ -11,7 +11,7 @@ import { SysError } from "../../../ffi/errno.ts";
 import { libc } from "../../../ffi/libc.ts";
 import { encode, IOCTL, STRUCTS } from "../../../ffi/vfio_uapi.ts";
 import { openDevice, type VfioDevice } from "../../../src/device/open.ts";
-import { DeviceState, stateName } from "../../../src/migration/state_machine.ts";
+import { DeviceState, stateName } from "../../../src/vfio/state_machine.ts";
 import { SimKernel } from "../../../src/sim/kernel.ts";
 import { SimStore } from "../../../src/sim/store.ts";
 import { assert, check, cli, eq, extraReport, ok, ROOT, sh, tmp } from "../lib/guest.ts";
