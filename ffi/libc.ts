@@ -7,6 +7,7 @@
 
 import { SysError } from "./errno.ts";
 import type { FileStat, IoctlArg, Mapping, PollFd, Sys } from "./sys.ts";
+import { ioctlName } from "./vfio_uapi.ts";
 
 const symbols = {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" }, // int open(const char *path, int flags, mode_t mode)
@@ -157,7 +158,7 @@ export class LibcSys implements Sys {
     const r = arg instanceof Uint8Array
       ? this.#c.ioctl_ptr(fd, req, arg as Uint8Array<ArrayBuffer>)
       : this.#c.ioctl_val(fd, req, BigInt(arg ?? 0));
-    return this.#check("ioctl", r, `0x${request.toString(16)}`);
+    return this.#check("ioctl", r, ioctlName(request));
   }
   read(fd: number, buf: Uint8Array): number {
     const n = Math.min(buf.byteLength, MAX_IO);

@@ -46,6 +46,19 @@ export const IOCTL = {
   IOMMU_IOAS_ALLOC: io(0x81),
 } as const;
 
+/**
+ * The kernel's name of an ioctl request (VFIO_SET_IOMMU, VFIO_DEVICE_FEATURE,
+ * IOMMU_IOAS_ALLOC, ...), as include/uapi/linux/vfio.h and iommufd.h spell it; a
+ * request this table does not know is shown as its number in hex.
+ */
+export function ioctlName(request: number): string {
+  const key = IOCTL_KEYS.get(request);
+  if (key === undefined) return `0x${request.toString(16)}`;
+  return key.startsWith("IOMMU_") ? key : `VFIO_${key}`;
+}
+
+const IOCTL_KEYS = new Map<number, string>(Object.entries(IOCTL).map(([k, v]) => [v, k]));
+
 export const VFIO_API_VERSION = 0;
 export const IOMMU_TYPE = { TYPE1: 1, TYPE1v2: 3 } as const;
 

@@ -161,6 +161,20 @@ function flagsOf(sys: Sys, fd: number): number | null {
   }
 }
 
+/**
+ * VFIO_SET_IOMMU's EPERM: vfio_iommu_type1 refuses a group when the IOMMU has no
+ * interrupt remapping (drivers/vfio/vfio_iommu_type1.c, vfio_iommu_type1_attach_group,
+ * "No interrupt remapping support"). Exit 3.
+ */
+function setIommuRefused(spec: string): VfioMigError {
+  return deviceError(
+    spec,
+    "VFIO_SET_IOMMU: EPERM: the IOMMU has no interrupt remapping, so vfio_iommu_type1 refuses the group; " +
+      "enable interrupt remapping (firmware, intremap=on), or load vfio_iommu_type1 with " +
+      "allow_unsafe_interrupts=1 at your own risk (a device could then forge interrupts)",
+  );
+}
+
 function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): VfioDevice {
   if (dev.kind === "pci" && (!dev.driver || !isVfioDriver(dev.driver))) {
     throw deviceError(
@@ -211,7 +225,13 @@ function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): Vfio
     const type = sys.ioctl(container, IOCTL.CHECK_EXTENSION, IOMMU_TYPE.TYPE1v2) > 0
       ? IOMMU_TYPE.TYPE1v2
       : IOMMU_TYPE.TYPE1;
-    sys.ioctl(container, IOCTL.SET_IOMMU, type);
+    try {
+      sys.ioctl(container, IOCTL.SET_IOMMU, type);
+    } catch (e) {
+      // vfio_iommu_type1_attach_group: EPERM when the IOMMU has no interrupt remapping.
+      if (isErrno(e, "EPERM")) throw setIommuRefused(spec);
+      throw e;
+    }
     const name = new TextEncoder().encode(dev.name + "\0");
     let fd: number;
     try {

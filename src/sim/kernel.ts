@@ -21,7 +21,7 @@
 
 import { Errno, errnoName, SysError } from "../../ffi/errno.ts";
 import { F, type FileStat, type IoctlArg, LOCK, type Mapping, O, POLL, type PollFd, type Sys } from "../../ffi/sys.ts";
-import { decode, encodeInto, FEATURE, FEATURE_FLAGS, IOCTL, STRUCTS } from "../../ffi/vfio_uapi.ts";
+import { decode, encodeInto, FEATURE, FEATURE_FLAGS, IOCTL, ioctlName, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { DeviceState, isHangingArc, nextStep, stateName } from "../vfio/state_machine.ts";
 import { type MigrationFile, type PrecopyNumbers, type ReadIo, sleepMs, sysErr } from "./driver.ts";
 import { CoreDevice, type CoreOps } from "./device.ts";
@@ -226,8 +226,16 @@ export class SimKernel implements Sys {
     const key = dev || file ? ioctlKey(request, arg) : `ioctl:host:${IOCTL_NAMES.get(request) ?? request}`;
     this.#fault(key, "ioctl");
     this.#enter(dev ?? file?.dev, key);
-    if (dev) return this.#deviceIoctl(dev, request, arg, key);
-    if (file) return this.#dataIoctl(file.dev, file.file, request, arg);
+    try {
+      if (dev) return this.#deviceIoctl(dev, request, arg, key);
+      if (file) return this.#dataIoctl(file.dev, file.file, request, arg);
+    } catch (e) {
+      // Name the ioctl, as the libc binding does (never a bare "ioctl: EINVAL").
+      if (e instanceof SysError && e.message.startsWith("ioctl:")) {
+        throw new SysError("ioctl", e.errno, ioctlName(request));
+      }
+      throw e;
+    }
     return this.#host.ioctl(fd, request, arg);
   }
 

@@ -23,7 +23,8 @@
 #   VFIO_MIG_KERNEL_CACHE (default ~/.cache/vfio-mig-kernel), VFIO_MIG_DENO_VERSION,
 #   VFIO_MIG_KERNEL_PREPARED=1 (--prepare ran: take the cache lock shared),
 #   VFIO_MIG_KERNEL_DENO, VFIO_MIG_KERNEL_JOBS, VFIO_MIG_KERNEL_APPEND (extra
-#   kernel command line): see lib/common.sh and README.md.
+#   kernel command line), VFIO_MIG_KERNEL_PCI=0 (no IOMMU and no ivshmem
+#   functions in the Debian guest): see lib/common.sh and README.md.
 #
 # The command runs under busybox sh as root in the guest, with stdin from
 # /dev/null, in the project checkout (shared read-write over 9p at the same
@@ -94,6 +95,7 @@ main() {
         step "unpack kernel" unpack_kernel
         step "mtty.ko" build_mtty
         step "mtty_v1.ko" build_mtty_v1
+        step "ivshmem_vfio_pci.ko" build_ivshmem_mig
         step "QEMU roots" qemu_roots
         KERNEL=$VMLINUZ
     else
@@ -143,7 +145,23 @@ main() {
     fsdev() { echo "local,path=${1//,/,,},mount_tag=$2,security_model=none,multidevs=remap,id=$2${3:+,$3}"; }
     kcmd="console=ttyS0 panic=-1 quiet loglevel=3"
     [ "$VERBOSE" = 1 ] && kcmd="console=ttyS0 panic=-1 loglevel=7"
-    QEMU=(qemu-system-x86_64 -M q35 -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM"
+    # Debian kernel: an emulated IOMMU with interrupt remapping (vfio_iommu_type1
+    # refuses groups without it) and two ivshmem-plain functions, each alone behind
+    # a root port (its own IOMMU group), for the pci group (ivshmem_mig/README.md).
+    # VFIO_MIG_KERNEL_PCI=0 leaves them out.
+    machine=q35 pcidevs=()
+    if [ "$FLAVOUR" = debian ] && [ "${VFIO_MIG_KERNEL_PCI:-1}" = 1 ]; then
+        machine=q35,kernel-irqchip=split
+        # no_timer_check: with the IO-APIC behind interrupt remapping, a slow (loaded, TCG)
+        # host sometimes fails check_timer: "timer doesn't work through Interrupt-remapped IO-APIC".
+        kcmd="$kcmd intel_iommu=on no_timer_check"
+        pcidevs=(-device intel-iommu,intremap=on
+                 -object memory-backend-ram,id=ivm1,size=1M
+                 -device pcie-root-port,id=rp1,chassis=1,slot=1 -device ivshmem-plain,memdev=ivm1,bus=rp1
+                 -object memory-backend-ram,id=ivm2,size=1M
+                 -device pcie-root-port,id=rp2,chassis=2,slot=2 -device ivshmem-plain,memdev=ivm2,bus=rp2)
+    fi
+    QEMU=(qemu-system-x86_64 -M "$machine" "${pcidevs[@]}" -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM"
           -nodefaults -no-user-config -display none -no-reboot -pidfile "$RUN/qemu.pid"
           -kernel "$KERNEL" -initrd "$INITRD"
           -append "$kcmd ${VFIO_MIG_KERNEL_APPEND:-}"

@@ -12,12 +12,21 @@
 //   program PORT SCR B1,B2,…   empty the RX FIFO, write the scratch register and the bytes
 //                              (mtty loops TX into RX)                      {"ok":true}
 //   read PORT                  {"scratch":90,"fifo":[104,105]} (drains the FIFO)
+// and for a PCI function (tests/kernel/groups/pci.ts), region by region (pread/pwrite at
+// the region's offset; index 7 is config space, as vfio-pci virtualises it):
+//   region-write INDEX OFF HEX {"ok":true}
+//   region-read INDEX OFF LEN  {"hex":"0a0b…"}
+//   churn INDEX OFF LEN        writes a counter (4 bytes, little endian) at OFF, OFF+4096, …
+//                              below OFF+LEN every 20 ms until churn-stop; writes the device
+//                              refuses (stopped) are counted, not errors   {"ok":true}
+//   churn-stop                 {"writes":N,"refused":N,"last":N}
 //   quit                       closes the device and exits 0
 // An error answers {"error":"…"} and the holder goes on.
 
 import { registerBuiltinBackends } from "../../../src/backends.ts";
 import { loadBackendsFor, openDevice, systemFor } from "../../../src/device/open.ts";
 import { parseState, stateName } from "../../../src/vfio/state_machine.ts";
+import { decode, encode, IOCTL, STRUCTS } from "../../../ffi/vfio_uapi.ts";
 import { programPort, readPort, uartRegisters } from "./uart.ts";
 
 const spec = Deno.args[0];
@@ -30,6 +39,34 @@ await loadBackendsFor([spec]);
 const sys = systemFor([spec]);
 const dev = openDevice(sys, spec);
 const rw = uartRegisters(sys, dev.fd);
+const regionOffsets = new Map<number, number>();
+function regionOffset(index: number): number {
+  if (!regionOffsets.has(index)) {
+    const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index });
+    sys.ioctl(dev.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
+    regionOffsets.set(index, decode(STRUCTS.vfio_region_info, ri).offset);
+  }
+  return regionOffsets.get(index)!;
+}
+const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+const unhex = (h: string) => new Uint8Array((h.match(/../g) ?? []).map((x) => parseInt(x, 16)));
+let churn: { timer: ReturnType<typeof setInterval>; writes: number; refused: number; last: number } | null = null;
+function churnStart(index: number, off: number, len: number): void {
+  const c = { timer: 0 as unknown as ReturnType<typeof setInterval>, writes: 0, refused: 0, last: 0 };
+  c.timer = setInterval(() => {
+    const v = c.last + 1;
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setUint32(0, v, true);
+    try {
+      for (let at = off; at < off + len; at += 4096) sys.pwrite(dev.fd, b, regionOffset(index) + at);
+      c.writes++;
+      c.last = v;
+    } catch {
+      c.refused++;
+    }
+  }, 20);
+  churn = c;
+}
 
 function answer(line: string): unknown {
   const [cmd, ...args] = line.trim().split(/\s+/);
@@ -46,6 +83,28 @@ function answer(line: string): unknown {
       return { ok: true };
     case "read":
       return readPort(rw, Number(args[0]));
+    case "region-write": {
+      const b = unhex(args[2]);
+      const n = sys.pwrite(dev.fd, b, regionOffset(Number(args[0])) + Number(args[1]));
+      if (n !== b.length) throw new Error(`short write: ${n} of ${b.length}`);
+      return { ok: true };
+    }
+    case "region-read": {
+      const b = new Uint8Array(Number(args[2]));
+      const n = sys.pread(dev.fd, b, regionOffset(Number(args[0])) + Number(args[1]));
+      return { hex: hex(b.subarray(0, n)) };
+    }
+    case "churn":
+      if (churn) throw new Error("already churning");
+      churnStart(Number(args[0]), Number(args[1]), Number(args[2]));
+      return { ok: true };
+    case "churn-stop": {
+      if (!churn) throw new Error("not churning");
+      clearInterval(churn.timer);
+      const { writes, refused, last } = churn;
+      churn = null;
+      return { writes, refused, last };
+    }
     default:
       return { error: `unknown command ${cmd}` };
   }

@@ -23,7 +23,7 @@ export function qemuAvailable(v: QemuVersion): boolean {
 
 export interface QemuOptions {
   version: QemuVersion;
-  /** mdev UUIDs, passed through in order (the first gets 0000:00:01.0, …). */
+  /** mdev UUIDs or PCI addresses, passed through in order (the first gets 0000:00:01.0, …). */
   devices: string[];
   /** -S: the VM does not run (a paused source). */
   paused?: boolean;
@@ -69,8 +69,12 @@ export class QemuVm {
     ];
     if (o.paused) args.push("-S");
     if (o.incoming) args.push("-incoming", "defer");
-    o.devices.forEach((uuid, i) => {
-      args.push("-device", `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${uuid},addr=0x${(i + 1).toString(16)},${props}`);
+    o.devices.forEach((dev, i) => {
+      // An mdev UUID, or a PCI address (a function bound to a vfio variant driver: groups/pci.ts).
+      const sysfs = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(dev)
+        ? "/sys/bus/pci/devices"
+        : "/sys/bus/mdev/devices";
+      args.push("-device", `vfio-pci,sysfsdev=${sysfs}/${dev},addr=0x${(i + 1).toString(16)},${props}`);
     });
     return args;
   }
@@ -161,6 +165,11 @@ export class QemuVm {
       throw new Error(`QEMU ${this.opts.version} exited ${status.code}: ${err.trim()}`);
     }
     return err;
+  }
+
+  /** QEMU's process id (the launcher execs QEMU: the same process), for --device pid:PID. */
+  get pid(): number {
+    return this.#child.pid;
   }
 
   /** Ends QEMU whatever its state (cleanup after a failure). */

@@ -173,6 +173,22 @@ build_mtty_v1() {
     stamp_set "$d" "$k"
 }
 
+# ivshmem_vfio_pci.ko: the test variant driver over vfio-pci-core for QEMU's
+# ivshmem-plain function, with migration uAPI v2 (ivshmem_mig/README.md), for
+# the pci group (groups/pci.ts). Built from the checkout's source.
+build_ivshmem_mig() {
+    local d=$KCACHE/ivshmem_mig src=$HARNESS/ivshmem_mig/ivshmem_vfio_pci.c k
+    k=$(key "$(recipe build_ivshmem_mig)" "@$src" "$(cat "$KROOT/.stamp")")
+    if stamp_ok "$d" "$k" && [ -f "$d/ivshmem_vfio_pci.ko" ]; then STEP_NOTE=cached; return 0; fi
+    rm -rf "$d"; mkdir -p "$d"
+    cp "$src" "$d/"
+    echo 'obj-m := ivshmem_vfio_pci.o' >"$d/Kbuild"
+    quiet ivshmem_mig make -C "$KDIR" M="$d" modules
+    [ "$(modinfo -F vermagic "$d/ivshmem_vfio_pci.ko" | cut -d' ' -f1)" = "$KREL" ] ||
+        die "ivshmem_vfio_pci.ko has the wrong vermagic"
+    stamp_set "$d" "$k"
+}
+
 # ---------------------------------------------------------------------------
 # The deno binary for the guest (glibc build, exported read-only over 9p).
 # Sets DENO_BIN to the real binary (symlinks resolved).
@@ -222,7 +238,8 @@ deno_libs() {
 # initramfs: busybox, /init, modules in dependency order, glibc for deno.
 
 # Modules the guest loads (Debian kernel); their dependencies come first.
-GUEST_MODULES="virtio_pci netfs 9pnet 9pnet_virtio 9p vfio vfio_iommu_type1 mdev"
+# irqbypass and vfio-pci-core: the ivshmem variant driver of the pci group.
+GUEST_MODULES="virtio_pci netfs 9pnet 9pnet_virtio 9p vfio vfio_iommu_type1 mdev irqbypass vfio-pci-core"
 
 # resolve_modules: print module paths (relative to $MODDIR) in load order,
 # skipping modules built into the image.
@@ -255,7 +272,7 @@ build_initramfs() {
                    "@$GUEST_SRC/init" "@/bin/busybox" "$mods" "$libs")
     for l in $libs; do keyargs+=("@$(readlink -f "$l")"); done
     [ "$FLAVOUR" = debian ] && keyargs+=("$(cat "$KROOT/.stamp")" "@$KCACHE/mtty/mtty.ko" \
-                                         "@$KCACHE/mtty_v1/mtty_v1.ko")
+                                         "@$KCACHE/mtty_v1/mtty_v1.ko" "@$KCACHE/ivshmem_mig/ivshmem_vfio_pci.ko")
     k=$(key "${keyargs[@]}")
     if stamp_ok "$d" "$k" && [ -f "$out" ]; then STEP_NOTE=cached; return 0; fi
 
@@ -279,8 +296,8 @@ build_initramfs() {
         echo "$base" >>"$R/etc/vfio-mig/modules"
     done
     if [ "$FLAVOUR" = debian ]; then
-        cp "$KCACHE/mtty/mtty.ko" "$KCACHE/mtty_v1/mtty_v1.ko" "$R/lib/modules/"
-        printf 'mtty.ko\nmtty_v1.ko\n' >>"$R/etc/vfio-mig/modules"
+        cp "$KCACHE/mtty/mtty.ko" "$KCACHE/mtty_v1/mtty_v1.ko" "$KCACHE/ivshmem_mig/ivshmem_vfio_pci.ko" "$R/lib/modules/"
+        printf 'mtty.ko\nmtty_v1.ko\nivshmem_vfio_pci.ko\n' >>"$R/etc/vfio-mig/modules"
     fi
 
     # glibc runtime for the deno binary read over 9p (and for Deno.dlopen).
