@@ -269,7 +269,7 @@ build_initramfs() {
     libs=$(deno_libs)
     [ "$FLAVOUR" = debian ] && mods=$(resolve_modules)
     local keyargs=("$(recipe build_initramfs resolve_modules deno_libs)" "$FLAVOUR"
-                   "@$GUEST_SRC/init" "@/bin/busybox" "$mods" "$libs")
+                   "@$GUEST_SRC/init" "@/bin/busybox" "@/usr/bin/env" "$mods" "$libs")
     for l in $libs; do keyargs+=("@$(readlink -f "$l")"); done
     [ "$FLAVOUR" = debian ] && keyargs+=("$(cat "$KROOT/.stamp")" "@$KCACHE/mtty/mtty.ko" \
                                          "@$KCACHE/mtty_v1/mtty_v1.ko" "@$KCACHE/ivshmem_mig/ivshmem_vfio_pci.ko")
@@ -281,6 +281,11 @@ build_initramfs() {
     mkdir -p "$R"/{bin,sbin,etc/vfio-mig,proc,sys,dev,tmp,run,root,mnt,opt/deno,usr} \
              "$R"/lib/{modules,x86_64-linux-gnu} "$R/lib64"
     cp /bin/busybox "$R/bin/busybox"
+    # GNU env (coreutils; its libraries are glibc's, copied below for deno): the guest's
+    # /bin/deno starts every Deno with SIGUSR1 blocked (--block-signal), as bin/vfio-mig
+    # does on a host, so no guest Deno can open its inspector and vfio-mig does not
+    # re-execute itself (src/launch.ts): a second Deno start costs seconds under TCG.
+    cp /usr/bin/env "$R/bin/coreutils-env"
     install -m 0755 "$GUEST_SRC/init" "$R/init"
     ln -s ../lib "$R/usr/lib"; ln -s ../bin "$R/usr/bin"; ln -s ../sbin "$R/usr/sbin"
 
