@@ -961,10 +961,19 @@ export class TcpSink {
     if (this.#error) throw this.#error;
   }
 
-  /** Sends what is queued, ends the stream and waits for the destination's result. */
-  async commit(): Promise<void> {
+  /**
+   * Resolves once every byte taken by write() was handed to the kernel (the socket's send
+   * buffer): a process killed after that loses none of them. Throws the send's error when
+   * the destination went away.
+   */
+  async drain(): Promise<void> {
     while (this.#pumping) await this.#pumping;
     if (this.#error) throw this.#error;
+  }
+
+  /** Sends what is queued, ends the stream and waits for the destination's result. */
+  async commit(): Promise<void> {
+    await this.drain();
     this.lastByteAt = performance.now();
     const r = await this.client.finish();
     this.peerDoneAt = performance.now();
