@@ -251,6 +251,50 @@ Deno.test("tcp: a client facing a peer that does not know the token refuses it",
   l.close();
 });
 
+Deno.test("tcp: a peer that proved the token and then closed is the peer: the listener neither waits for another nor succeeds", async () => {
+  // A raw client: the right proof, then gone before reading the reply (docs/reliability.md).
+  const { port, server, refused } = listen("t", { acceptTimeoutMs: 5000 });
+  const c = await Deno.connect({ hostname: "127.0.0.1", port: await port });
+  const sh = new Uint8Array(42);
+  for (let off = 0; off < 42;) off += (await c.read(sh.subarray(off))) ?? 42;
+  const nonceC = crypto.getRandomValues(new Uint8Array(32));
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode("t"),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    [
+      "sign",
+    ],
+  );
+  const label = new TextEncoder().encode("vfio-mig client");
+  const input = new Uint8Array([...label, ...sh.subarray(10), ...nonceC]);
+  const proof = new Uint8Array(await crypto.subtle.sign("HMAC", key, input));
+  await c.write(new Uint8Array([...sh.subarray(0, 10), ...nonceC, ...proof]));
+  c.close();
+  const t0 = performance.now();
+  let outcome: string;
+  try {
+    const s = await server;
+    // In: its stream is empty (or reset), never a success with bytes from anyone else.
+    const buf = new Uint8Array(64);
+    let n: number | string;
+    try {
+      n = await s.read(buf);
+    } catch (e) {
+      n = (e as Error).message;
+    }
+    s.close();
+    outcome = `in, read ${n}`;
+    assert(n === 0 || typeof n === "string", outcome);
+  } catch (e) {
+    outcome = (e as Error).message;
+    assertMatch(outcome, /proved the token, then went away/);
+  }
+  assert(performance.now() - t0 < 4000, `settled at once (${outcome}), not at the accept timeout`);
+  assertEquals(refused, [], "the peer that proved the token is not refused as a stranger");
+});
+
 Deno.test("tcp: a kept data chunk is sent from its own buffer, and flowControl waits until it was sent", async () => {
   const sent: { bytes: Uint8Array; sameBuffer: boolean }[] = [];
   const releases: (() => void)[] = [];

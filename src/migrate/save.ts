@@ -373,6 +373,8 @@ async function saveTo(
   }
   const w = new StreamWriter(sink, opts.chunkSize, units.length);
   const getenv = (n: string) => devs[0].sys.getenv(n);
+  // VFIO_MIG_PAUSE_AT: what was written before the phase has left the process when it pauses.
+  const drain = () => sink.drain?.();
   let policy: PrecopyPolicy | null = null;
   let switchReason: SwitchReason | null = null;
   let markers = 0;
@@ -397,11 +399,11 @@ async function saveTo(
     }
     events.phase("setup", "end");
     events.progress("setup", 0);
-    await pausePoint(getenv, "setup", cancel);
+    await pausePoint(getenv, "setup", cancel, drain);
 
     // pre-copy: rounds while the devices run, until what is left fits the downtime limit
     if (live) {
-      await pausePoint(getenv, "pre-copy", cancel);
+      await pausePoint(getenv, "pre-copy", cancel, drain);
       policy = new PrecopyPolicy(opts.downtimeLimitMs, opts.maxPrecopyMs);
       const r = await precopy(units, w, sink, policy, cancel, events);
       switchReason = r.reason;
@@ -421,7 +423,7 @@ async function saveTo(
       u.s.stop(w);
     }
     events.phase("stop-copy", "start");
-    await pausePoint(getenv, "stop-copy", cancel);
+    await pausePoint(getenv, "stop-copy", cancel, drain);
     await readRound(units, w, "stop-copy", Infinity, cancel, events);
     const stopCopyMs = performance.now() - stopAt;
     if (group) { for (const u of units) events.phase("stop-copy", "end", { device: ref(u), bytes: u.stopCopyBytes }); }
@@ -448,7 +450,7 @@ async function saveTo(
     // finish: every session ends in STOP; with resume, all RUNNING_P2P before any RUNNING.
     // Then the output is made visible (over TCP: the destination's result is awaited).
     events.phase("finish", "start");
-    await pausePoint(getenv, "finish", cancel);
+    await pausePoint(getenv, "finish", cancel, drain);
     const resume = !!opts.resume;
     for (const u of units) u.finalState = u.s.finish(resume && !group);
     if (resume && group) {

@@ -223,14 +223,18 @@ export function failure(what: string, cause: unknown, where: string): VfioMigErr
 /**
  * A testing aid: with VFIO_MIG_PAUSE_AT=PHASE the operation stops at the start of
  * that phase (setup, pre-copy, stop-copy, resume, finish), says so on stderr, and
- * waits (up to 60 s) so a test can deliver a signal or kill a peer there.
+ * waits (up to 60 s) so a test can deliver a signal or kill a peer there. `settle`
+ * (a save: its sink's drain) runs first, so every record written before the phase has
+ * left the process when it says so: a peer killed there is killed after them.
  */
 export async function pausePoint(
   getenv: (n: string) => string | undefined,
   phase: string,
   cancel: Cancellation,
+  settle?: () => Promise<void> | void,
 ): Promise<void> {
   if (getenv("VFIO_MIG_PAUSE_AT") !== phase) return;
+  await settle?.();
   console.error(`vfio-mig: paused at ${phase} (VFIO_MIG_PAUSE_AT)`);
   const end = performance.now() + 60_000;
   while (performance.now() < end) {

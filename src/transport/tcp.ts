@@ -786,15 +786,30 @@ class Gate {
     reply[0] = ok ? 0 : 1;
     if (ok) reply.set(await mac(this.key, "vfio-mig server", nonceC, nonceS), 1);
     if (s.over) return;
-    await writeAllConn(conn, reply);
-    if (s.over) return;
-    if (!ok) throw new Refusal("wrongToken", () => "wrong token");
+    if (!ok) {
+      await writeAllConn(conn, reply);
+      if (s.over) return;
+      throw new Refusal("wrongToken", () => "wrong token");
+    }
     if (this.#over) return;
-    // The winner: out of the startups (so #stop leaves it open), then everyone else goes.
+    // The peer proved the token: THE peer from now on, whatever becomes of its connection.
+    // Out of the startups (so #stop leaves it open), then the listener and everyone else go.
     s.over = true;
     this.#startups.delete(conn);
-    this.#resolve({ conn, who: whoOf(conn) });
     this.#stop();
+    const who = whoOf(conn);
+    try {
+      await writeAllConn(conn, reply);
+    } catch (e) {
+      // Gone before our proof reached it: the load fails (nothing touched), it does not wait for another.
+      closeQuietly(conn);
+      const why = e instanceof Error ? e.message : String(e);
+      this.#reject(
+        new VfioMigError(`${who} proved the token, then went away before sending its stream (${why})`, "failure"),
+      );
+      return;
+    }
+    this.#resolve({ conn, who });
   }
 
   /**
@@ -961,10 +976,19 @@ export class TcpSink {
     if (this.#error) throw this.#error;
   }
 
-  /** Sends what is queued, ends the stream and waits for the destination's result. */
-  async commit(): Promise<void> {
+  /**
+   * Resolves once every byte taken by write() was handed to the kernel (the socket's send
+   * buffer): a process killed after that loses none of them. Throws the send's error when
+   * the destination went away.
+   */
+  async drain(): Promise<void> {
     while (this.#pumping) await this.#pumping;
     if (this.#error) throw this.#error;
+  }
+
+  /** Sends what is queued, ends the stream and waits for the destination's result. */
+  async commit(): Promise<void> {
+    await this.drain();
     this.lastByteAt = performance.now();
     const r = await this.client.finish();
     this.peerDoneAt = performance.now();

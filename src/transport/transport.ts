@@ -37,6 +37,11 @@ export interface Sink {
    * when all of it was written). Rejects when abort() is called meanwhile.
    */
   flowControl?(): Promise<void> | void;
+  /**
+   * Sinks that queue (network): resolves once every byte taken was handed to the kernel,
+   * so a process killed afterwards loses none of them. Rejects when the sink failed.
+   */
+  drain?(): Promise<void>;
   /** Over a two-way transport: true once the destination loaded the initial pre-copy data. */
   readonly initAcked?: boolean;
   /**
