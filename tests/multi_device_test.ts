@@ -23,6 +23,7 @@ import {
 } from "../mod.ts";
 import { DeviceState } from "../src/migration/state_machine.ts";
 import { F, O } from "../ffi/sys.ts";
+import { FEATURE, FEATURE_FLAGS, IOCTL } from "../ffi/vfio_uapi.ts";
 import { BASE_ENV, CLI, DENO, MiB, ROOT } from "./proc_helpers.ts";
 
 interface Run {
@@ -677,5 +678,92 @@ Deno.test("no fd leaks: library save + load of several devices, and failed ones,
     assertEquals(fds(), before, "after a failed save");
     await assertRejects(() => loadOnce(file, "write:data_fd@3=EIO"), Error, "EIO");
     assertEquals(fds(), before, "after a failed load");
+  });
+});
+
+/**
+ * A simulated kernel in which device `dir` is reset (VFIO_DEVICE_RESET, as from another
+ * process) just before the tool's SET to `before` reaches it: an asynchronous reset.
+ */
+class ResetBefore extends SimKernel {
+  #armed: { dir: string; before: DeviceState } | null;
+  constructor(dir: string, before: DeviceState) {
+    super(libc());
+    this.#armed = { dir, before };
+  }
+  override ioctl(fd: number, request: number, arg: Uint8Array | number | null): number {
+    const a = this.#armed;
+    if (a && request === IOCTL.DEVICE_FEATURE && arg instanceof Uint8Array && arg.length >= 12) {
+      const v = new DataView(arg.buffer, arg.byteOffset);
+      const flags = v.getUint32(4, true);
+      if (
+        (flags & FEATURE_FLAGS.MASK) === FEATURE.MIG_DEVICE_STATE && (flags & FEATURE_FLAGS.SET) &&
+        v.getUint32(8, true) === a.before && SimKernel.simDeviceOf(libc(), fd) === a.dir
+      ) {
+        this.#armed = null;
+        super.ioctl(fd, IOCTL.DEVICE_RESET, null);
+      }
+    }
+    return super.ioctl(fd, request, arg);
+  }
+}
+
+Deno.test("a SET that returns an unexpected data_fd (a device reset before the quiescing SET): 'data_fd out of sync', the device named, the fd closed, all recovered", async () => {
+  await withTemp(async (t) => {
+    const host = libc();
+    const src = [`${t}/a`, `${t}/b`];
+    src.forEach((p, i) => new SimStore(host, p).create({ model: "bulk", size: 256 << 10, seed: 1 + i }));
+    const fds = () => host.readdir("/proc/self/fd").length;
+    const before = fds();
+    // Live: b resets just before PRE_COPY -> PRE_COPY_P2P; the kernel walks RUNNING ->
+    // RUNNING_P2P -> PRE_COPY_P2P, a new session, and hands out a new data_fd.
+    const k = new ResetBefore(src[1], DeviceState.PRE_COPY_P2P);
+    const devs = src.map((p) => openDevice(k, `sim:${p}`));
+    let err: unknown = null;
+    try {
+      await save(devs, openSink(k, `${t}/live.vfmig`), { live: true });
+    } catch (e) {
+      err = e;
+    } finally {
+      for (const d of devs) d.close();
+    }
+    assert(err instanceof Error, "the save failed");
+    const msg = (err as Error).message;
+    assertStringIncludes(msg, `sim:${src[1]}: data_fd out of sync (the device was reset?)`);
+    assertStringIncludes(msg, "PRE_COPY -> PRE_COPY_P2P");
+    assertEquals((err as { exitCode?: number }).exitCode, 3, msg);
+    assertEquals(fds(), before, "the unexpected data_fd was closed (no fd left open)");
+    for (const x of src) assertStringIncludes(msg, `sim:${x} is RUNNING`);
+    assertEquals(await Promise.all(src.map(stateOf)), ["RUNNING", "RUNNING"], "sources back where they were");
+    assert(!(await Deno.stat(`${t}/live.vfmig`).then(() => true, () => false)), "no stream left");
+
+    // Offline with several devices: a reset just before STOP_COPY (after RUNNING_P2P)
+    // opens the session itself: expected, and the save is whole (the device's state now).
+    const k2 = new ResetBefore(src[0], DeviceState.STOP_COPY);
+    const devs2 = src.map((p) => openDevice(k2, `sim:${p}`));
+    try {
+      await save(devs2, openSink(k2, `${t}/off.vfmig`), { resume: true });
+    } finally {
+      for (const d of devs2) d.close();
+    }
+    assertEquals(fds(), before, "after the offline save");
+  });
+});
+
+Deno.test("several devices: an error of one device's syscall names that device", async () => {
+  await withTemp(async (t) => {
+    const src = [`${t}/a`, `${t}/b`];
+    await simCreate(src[0], "bulk", "--size", String(MiB), "--seed", "1");
+    await simCreate(src[1], "bulk", "--size", String(MiB), "--seed", "2");
+    const log = `${t}/save.log`;
+    // The second PRECOPY_INFO of the live save (the second device's) fails.
+    const r = await cli(["save", "--live", ...src.flatMap((x) => ["--device", `sim:${x}`]), `${t}/f.vfmig`], {
+      VFIO_MIG_SIM_FAULTS: "ioctl:MIG_GET_PRECOPY_INFO@2=EIO",
+      VFIO_MIG_SIM_LOG: log,
+    });
+    const line = assertOneLineFailure(r, 1, "injected EIO");
+    assert((await logLines(log)).some((l) => l.fault === "EIO"), "the fault fired");
+    // The devices are read in order: the second PRECOPY_INFO is the second device's.
+    assertStringIncludes(line, `save of 2 devices failed: sim:${src[1]}: `);
   });
 });

@@ -17,6 +17,7 @@ import { type MigrationV1, V1, v1StateIsError, v1StateName } from "../migration/
 import { MAX_CHUNK, TAG } from "../stream/format.ts";
 import type { StreamWriter } from "../stream/writer.ts";
 import type { IterationResult, ResumeSession, SavePhase, SaveSession } from "./protocol.ts";
+import { named } from "./session.ts";
 
 const { RUNNING, SAVING, RESUMING, MASK } = V1;
 
@@ -97,7 +98,7 @@ export class V1SaveSession implements SaveSession {
         "device",
       );
     }
-    return new V1SaveSession(m);
+    return named(new V1SaveSession(m), d.label);
   }
 
   setup(w: StreamWriter, live: boolean): void {
@@ -282,7 +283,7 @@ export class V1ResumeSession implements ResumeSession {
     if (st & SAVING) {
       throw new VfioMigError(`${m.name} is ${v1StateName(st)} (a save is in progress): not loading into it`, "device");
     }
-    return new V1ResumeSession(m, st);
+    return named(new V1ResumeSession(m, st), m.name);
   }
 
   get touched(): boolean {
