@@ -5,6 +5,8 @@
 //                state is generated from its seed)
 //   lock         flock'ed while a process has the device open (EBUSY otherwise); a
 //                process that borrows the device fd shares the holder's lock
+//   resets       one byte per reset the device had, by any process: an open that finds
+//                more than it saw ends its sessions (their data_fds answer ENODEV)
 // All file I/O goes through the libc Sys, so --allow-ffi is the only permission.
 
 import { O, type Sys } from "../../ffi/sys.ts";
@@ -127,6 +129,35 @@ export class SimStore {
   get msixPath(): string {
     return `${this.dir}/msix.bin`;
   }
+  /** One byte per reset the device ever had (its size is the count: one stat tells it). */
+  get resetsPath(): string {
+    return `${this.dir}/resets`;
+  }
+
+  /**
+   * How many resets the device had (VFIO_DEVICE_RESET, a PCI function's power-on at the
+   * first open or last close, a reset the device did itself), by any process: an open
+   * that saw fewer knows its migration files were disabled meanwhile.
+   */
+  resetCount(): number {
+    try {
+      return this.sys.stat(this.resetsPath).size;
+    } catch (e) {
+      if (isErrno(e, "ENOENT")) return 0;
+      throw e;
+    }
+  }
+
+  /** Counts one more reset; returns the new count. */
+  noteReset(): number {
+    const fd = this.sys.open(this.resetsPath, O.WRONLY | O.CREAT | O.APPEND | O.CLOEXEC, 0o644);
+    try {
+      writeAll(this.sys, fd, new Uint8Array(1));
+    } finally {
+      this.sys.close(fd);
+    }
+    return this.resetCount();
+  }
 
   /** A small persisted file, or null when it does not exist. */
   readOptional(path: string): Uint8Array | null {
@@ -245,7 +276,7 @@ export class SimStore {
       if (!isErrno(e, "EEXIST")) throw e;
     }
     this.writeInitialState(meta);
-    for (const stale of [this.incomingPath, this.configPath, this.msixPath]) this.remove(stale);
+    for (const stale of [this.incomingPath, this.configPath, this.msixPath, this.resetsPath]) this.remove(stale);
     this.writeMeta(meta);
     return meta;
   }
