@@ -731,7 +731,7 @@ Deno.test("a SET that returns an unexpected data_fd (a device reset before the q
     const msg = (err as Error).message;
     assertStringIncludes(msg, `sim:${src[1]}: data_fd out of sync (the device was reset?)`);
     assertStringIncludes(msg, "PRE_COPY -> PRE_COPY_P2P");
-    assertEquals((err as { exitCode?: number }).exitCode, 3, msg);
+    assertEquals((err as { exitCode?: number }).exitCode, 1, msg);
     assertEquals(fds(), before, "the unexpected data_fd was closed (no fd left open)");
     for (const x of src) assertStringIncludes(msg, `sim:${x} is RUNNING`);
     assertEquals(await Promise.all(src.map(stateOf)), ["RUNNING", "RUNNING"], "sources back where they were");

@@ -43,7 +43,7 @@ function startState(d: VfioDevice): DeviceState {
  * back (VFIO_DEVICE_RESET, an FLR, a device-initiated reset) and the kernel walked a new
  * session open: the data of the old one is cut short. The unexpected fd is closed here.
  * QEMU checks the same on every SET (hw/vfio/migration.c vfio_migration_set_state:
- * "data_fd out of sync", -EBADF). Exit 3: the device misbehaved under the tool.
+ * "data_fd out of sync", -EBADF). Exit 1, as any device step that fails mid-way.
  */
 function outOfSync(d: VfioDevice, from: DeviceState | null, to: DeviceState, fd: number, had: boolean): VfioMigError {
   try {
@@ -54,7 +54,6 @@ function outOfSync(d: VfioDevice, from: DeviceState | null, to: DeviceState, fd:
     `${d.label}: data_fd out of sync (the device was reset?): ${arc} returned a new data_fd ` +
       `${had ? "while another one was open" : "where none was expected"}; the data saved so far is not this ` +
       `device's current state`,
-    "device",
   );
 }
 
