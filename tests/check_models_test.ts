@@ -168,3 +168,52 @@ Deno.test("check --json lists the findings; exit 1 on a FAIL, 0 on WARNs only", 
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("a PCI device whose config region cannot be described (xe without get_region_info_caps): check FAILs pci-config-region by name; save warns (stderr, --json, events) what the stream lacks; info says why the ids are unknown", async () => {
+  const r = await check({ model: "xe", size: 1 << 20, quirks: ["no-region-info"] });
+  assertEquals(statusOf(r)["pci-config-region"], "FAIL");
+  assert(!r.ok, "check fails");
+  assertStringIncludes(
+    detailOf(r, "pci-config-region"),
+    "VFIO_DEVICE_GET_REGION_INFO of its PCI config region (index 7) fails with EINVAL",
+  );
+  assertStringIncludes(detailOf(r, "pci-config-region"), "driver defect");
+  // A tidy xe: PASS with its ids.
+  const good = await check({ model: "xe", size: 1 << 20 });
+  assertEquals(statusOf(good)["pci-config-region"], "PASS");
+  assertMatch(detailOf(good, "pci-config-region"), /bytes readable, vendor:device 8086:/);
+
+  await withStore({ model: "xe", size: 1 << 20, quirks: ["no-region-info"] }, async (dir) => {
+    const run = async (...args: string[]) => {
+      const o = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-ffi", CLI, ...args],
+        env: { NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const dec = new TextDecoder();
+      return { code: o.code, stdout: dec.decode(o.stdout), stderr: dec.decode(o.stderr) };
+    };
+    const c = await run("check", "--device", `sim:${dir}`);
+    assertEquals(c.code, 1, c.stdout + c.stderr);
+    assertMatch(c.stdout, /pci-config-region/);
+    const out = `${dir}/../s.vfmig`;
+    const events = `${dir}/../events.jsonl`;
+    const s = await run("save", "--json", "--events", events, "--device", `sim:${dir}`, out);
+    assertEquals(s.code, 0, s.stderr);
+    assertMatch(s.stderr, /warning: .*VFIO_DEVICE_FLAGS_PCI.*the stream has no PCI identity and no config section/);
+    const result = JSON.parse(s.stdout);
+    assert(
+      result.warnings.some((w: string) => w.includes("no PCI identity and no config section")),
+      `--json warnings: ${JSON.stringify(result.warnings)}`,
+    );
+    const notes = (await Deno.readTextFile(events)).trim().split("\n").map((l) => JSON.parse(l))
+      .filter((e) => e.type === "note" && e.level === "warning");
+    assert(notes.some((e) => String(e.message).includes("no PCI identity")), "an event note");
+    const i = await run("info", "--device", `sim:${dir}`);
+    assertEquals(i.code, 0, i.stderr);
+    assertMatch(i.stdout, /unknown: the device reports VFIO_DEVICE_FLAGS_PCI but VFIO_DEVICE_GET_REGION_INFO/);
+    const j = JSON.parse((await run("info", "--json", "--device", `sim:${dir}`)).stdout);
+    assertMatch(j.pciIdsUnknown, /fails with EINVAL/);
+  });
+});

@@ -8,6 +8,7 @@
 import { isErrno, SysError } from "../../ffi/errno.ts";
 import {
   decode,
+  DEVICE_FLAGS,
   encode,
   IOCTL,
   MIGRATION_FLAGS,
@@ -15,7 +16,7 @@ import {
   PRECOPY_INFO_REINIT,
   STRUCTS,
 } from "../../ffi/vfio_uapi.ts";
-import type { VfioDevice } from "../device/open.ts";
+import { pciConfigProblem, type VfioDevice } from "../device/open.ts";
 import { readSome } from "../io.ts";
 import { DeviceState, stateName, supportedStates, supportsState } from "../migration/state_machine.ts";
 import { arcMismatches, type ArcResult, exploreArcs } from "./arcs.ts";
@@ -74,6 +75,8 @@ export const CHECKS: Record<string, string> = {
   "precopy-info-accuracy": "initial_bytes + dirty_bytes against the bytes read until ENOMSG; WARN with the numbers " +
     "when more came (mlx5 4928f67bc911)",
   "reset-ends-session": "after VFIO_DEVICE_RESET the device is RUNNING and an open data_fd answers ENODEV",
+  "pci-config-region": "a device that reports VFIO_DEVICE_FLAGS_PCI describes and reads its PCI config region " +
+    "(xe shipped without get_region_info_caps: EINVAL for every region)",
   "config-after-reset": "command register and MSI/MSI-X enables across VFIO_DEVICE_RESET; WARN when cleared",
   "spontaneous-reset": "no session ends on its own: no data_fd answers ENODEV unless the device was reset (pds)",
   "reopen-session": "after closing and reopening the device, a session carries all its data (hisi_acc 8c6ac1730a97)",
@@ -174,6 +177,7 @@ export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport
     return finish(report);
   }
 
+  add(checkPciConfigRegion(dev));
   const s = new CheckSession(dev, flags);
   try {
     const initial = s.state();
@@ -728,6 +732,33 @@ function capControl(cfg: Uint8Array, capId: number): number | null {
  * resets it must restore its config (Cloud Hypervisor PR #8528 had to). Puts the
  * original values back.
  */
+/** A PCI device (VFIO_DEVICE_FLAGS_PCI) must describe and read its config region: without it no identity, no config. */
+function checkPciConfigRegion(dev: VfioDevice): CheckResult {
+  const id = "pci-config-region";
+  const problem = pciConfigProblem(dev);
+  if (problem) {
+    return fail(id, [
+      `${problem}; a save carries no PCI identity and no config space (command register, MSI/MSI-X), ` +
+      `and a load cannot check the stream is for this device`,
+    ]);
+  }
+  let pci = false;
+  try {
+    pci = (dev.deviceInfo().flags & DEVICE_FLAGS.PCI) !== 0;
+  } catch { /* judged below */ }
+  if (!pci) return skip(id, "not a PCI device (no VFIO_DEVICE_FLAGS_PCI)");
+  const cfg = dev.readConfig();
+  if (!cfg) return fail(id, ["the PCI config region is described but reads nothing"]);
+  return pass(
+    id,
+    `${cfg.length} bytes readable, vendor:device ${hex4(cfg[0] | (cfg[1] << 8))}:${hex4(cfg[2] | (cfg[3] << 8))}`,
+  );
+}
+
+function hex4(n: number): string {
+  return n.toString(16).padStart(4, "0");
+}
+
 function checkConfigAfterReset(s: CheckSession): CheckResult {
   const id = "config-after-reset";
   const base = configOffset(s.dev);

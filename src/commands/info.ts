@@ -37,6 +37,8 @@ export interface DeviceReport {
   deviceId: number | null;
   subsystemVendor: number | null;
   subsystemDevice: number | null;
+  /** Why the PCI ids are unknown on a PCI device (no readable config region: a driver defect), or null. */
+  pciIdsUnknown: string | null;
   deviceFlags: number | null;
   migratable: boolean;
   /** v2 when the device has uAPI v2 (preferred), else v1 when it has the v1 region. */
@@ -101,6 +103,7 @@ export function describeDevice(d: VfioDevice, want: ProtocolChoice = "auto"): De
     deviceId: pci?.device ?? null,
     subsystemVendor: pci?.subsystemVendor ?? null,
     subsystemDevice: pci?.subsystemDevice ?? null,
+    pciIdsUnknown: pci ? null : d.info.pciUnknown ?? null,
     deviceFlags: devFlags,
     migratable: flags !== null || v1 !== null,
     protocol: want === "v1"
@@ -175,6 +178,7 @@ ${EXIT_CODES_HELP}`,
             hex(r.subsystemDevice)
           }`,
         );
+        if (r.pciIdsUnknown) console.log(`                 unknown: ${r.pciIdsUnknown}`);
         if (r.deviceFlags !== null) {
           const names = Object.entries(DEVICE_FLAGS).filter(([, v]) => r.deviceFlags! & v).map(([k]) => k);
           console.log(`device flags:    ${hex(r.deviceFlags, 1)} (${names.join(" ") || "none"})`);

@@ -27,6 +27,7 @@ import {
   deviceError,
   type DeviceHolder,
   type DeviceIdentityInfo,
+  pciConfigProblem,
   pciIdentityFromConfig,
   VfioDevice,
   withIdentity,
@@ -297,6 +298,7 @@ function fromFd(sys: Sys, fd: number, label: string, f: VfioFd, o: FromFd): Vfio
     candidates: found.dev ? [] : found.candidates.map((c) => c.name),
   });
   if (config) d.info.pci = pciIdentityFromConfig(config);
+  else d.info.pciUnknown = pciConfigProblem(d) ?? undefined;
   return d;
 }
 

@@ -21,6 +21,7 @@ export {
   type DeviceAccess,
   type DeviceHolder,
   type DeviceIdentityInfo,
+  pciConfigProblem,
   type PciIdentity,
   pciIdentityFromConfig,
   VfioDevice,

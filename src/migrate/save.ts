@@ -23,7 +23,7 @@
 
 import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
 import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
-import type { VfioDevice } from "../device/open.ts";
+import { pciConfigProblem, type VfioDevice } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
@@ -429,9 +429,21 @@ async function saveTo(
 
     // config state of each device, after all device data (vfio_save_state); the trailer
     events.phase("config", "start");
+    const lacking: string[] = [];
     for (const u of units) {
       const config = readConfigState(u.d);
-      if (!config) continue;
+      if (!config) {
+        // A PCI device without a readable config region is a driver defect: say what the stream lacks.
+        const why = u.d.info.pciUnknown ?? pciConfigProblem(u.d);
+        if (why) {
+          const line = `${u.d.label}: ${why}; the stream has no PCI identity and no config section (command ` +
+            `register, MSI/MSI-X): a load cannot check it is for the same device, nor restore its config`;
+          lacking.push(line);
+          events.note(line, "warning", ref(u));
+          console.error(`vfio-mig: warning: ${line}`);
+        }
+        continue;
+      }
       w.selectDevice(u.i);
       w.sized(TAG.DEV_CONFIG_STATE, encodeConfigState(config));
       w.tag(TAG.END_OF_STATE);
@@ -481,13 +493,13 @@ async function saveTo(
       configBytes: u.configBytes,
     }));
     const first = perDevice[0];
-    const warnings = perDevice.flatMap((d) => {
+    const warnings = lacking.concat(perDevice.flatMap((d) => {
       const short = shortData(d);
       if (!short) return [];
       events.note(short, "warning", { index: d.index, label: d.device });
       console.error(`vfio-mig: warning: ${short}`);
       return [short];
-    });
+    }));
     return {
       device: first.device,
       protocol: first.protocol,

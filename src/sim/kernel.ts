@@ -698,6 +698,10 @@ export class SimKernel implements Sys {
       case IOCTL.DEVICE_GET_INFO:
         return dev.getInfo(arg);
       case IOCTL.DEVICE_GET_REGION_INFO:
+        if (arg instanceof Uint8Array && arg.length >= 12) {
+          const index = new DataView(arg.buffer, arg.byteOffset).getUint32(8, true);
+          for (const { behaviour } of dev.behaviours) behaviour.regionInfo?.(dev, index);
+        }
         return dev.getRegionInfo(arg);
       case IOCTL.DEVICE_RESET:
         this.#sync(dev);

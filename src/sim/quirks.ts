@@ -14,6 +14,7 @@ import { failsMidPath } from "./quirks/fails_mid_path.ts";
 import { fdOnStop } from "./quirks/fd_on_stop.ts";
 import { ignoresOffset } from "./quirks/ignores_offset.ts";
 import { initialGrows } from "./quirks/initial_grows.ts";
+import { noRegionInfo } from "./quirks/no_region_info.ts";
 import { openResetsState } from "./quirks/open_resets_state.ts";
 import { resetClearsConfig } from "./quirks/reset_clears_config.ts";
 import { resetMidSession } from "./quirks/reset_mid_session.ts";
@@ -48,6 +49,7 @@ export const QUIRKS = {
   "ignores-offset": ignoresOffset,
   "dirty-underreport": dirtyUnderreport,
   "reset-clears-config": resetClearsConfig,
+  "no-region-info": noRegionInfo,
 } satisfies Record<string, QuirkDef>;
 
 export type QuirkName = keyof typeof QUIRKS;
