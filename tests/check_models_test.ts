@@ -30,7 +30,7 @@ function check(opts: Create): Promise<CheckReport> {
         },
       });
       assertEquals(sys.forbiddenArcs, [], "STOP_COPY -> PRE_COPY* is never requested");
-      assertEquals(r.finalState, "RUNNING", "the device ends RUNNING");
+      assertEquals(r.finalState, r.protocol === "v1" ? "running (001b)" : "RUNNING", "the device ends RUNNING");
       return r;
     } finally {
       dev.close();
@@ -215,5 +215,44 @@ Deno.test("a PCI device whose config region cannot be described (xe without get_
     assertMatch(i.stdout, /unknown: the device reports VFIO_DEVICE_FLAGS_PCI but VFIO_DEVICE_GET_REGION_INFO/);
     const j = JSON.parse((await run("info", "--json", "--device", `sim:${dir}`)).stdout);
     assertMatch(j.pciIdsUnknown, /fails with EINVAL/);
+  });
+});
+
+Deno.test("check on a v1 device: runs what applies to v1 (region, round trip, config, final state), says which checks are v2-only; exit 0", async () => {
+  for (const model of ["bulk", "mtty-2"] as const) {
+    const r = await check({ model, size: 64 * 1024, protocol: "v1", dataSize: 4096 });
+    assertEquals(r.protocol, "v1");
+    assertEquals(findings(r), [], JSON.stringify(r.checks));
+    const st = statusOf(r);
+    for (const id of ["v1-region", "round-trip", "pci-config-region", "config-after-reset", "final-state"]) {
+      assertEquals(st[id], "PASS", `${model} ${id}: ${detailOf(r, id)}`);
+    }
+    for (const id of ["migration-flags", "arc-states", "precopy-info-states", "reopen-session"]) {
+      assertEquals(st[id], "SKIP", id);
+      assertMatch(detailOf(r, id), /^v2-only: /);
+    }
+    assertMatch(detailOf(r, "round-trip"), /^v1: save \(stopped\), load, save gave the same \d+ bytes/);
+  }
+  // A v1 device that resets itself in stop-and-copy: the round trip FAILs, naming the step.
+  const bad = await check({
+    model: "bulk",
+    size: 64 * 1024,
+    protocol: "v1",
+    dataSize: 4096,
+    quirks: ["reset-mid-session"],
+    quirkOptions: { resetAt: { phase: "stop-copy", after: 8192, to: "running" } },
+  });
+  assertEquals(statusOf(bad)["round-trip"], "FAIL");
+  assertStringIncludes(detailOf(bad, "round-trip"), "a step failed");
+  // The CLI: exit 0, the header names protocol v1.
+  await withStore({ model: "mtty-2", protocol: "v1" }, async (dir) => {
+    const o = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-ffi", CLI, "check", "--device", `sim:${dir}`],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const out = new TextDecoder().decode(o.stdout);
+    assertEquals(o.code, 0, out + new TextDecoder().decode(o.stderr));
+    assertStringIncludes(out, "migration protocol v1 (the deprecated region protocol): the v2-only checks SKIP");
   });
 });

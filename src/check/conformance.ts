@@ -19,7 +19,10 @@ import {
 import { pciConfigProblem, type VfioDevice } from "../device/open.ts";
 import { readSome } from "../io.ts";
 import { DeviceState, stateName, supportedStates, supportsState } from "../migration/state_machine.ts";
+import { v1Of } from "../migrate/protocol.ts";
+import { type MigrationV1, V1, v1StateName } from "../migration/v1.ts";
 import { arcMismatches, type ArcResult, exploreArcs } from "./arcs.ts";
+import { V1_CHECKS, v1RegionFacts, v1RoundTrip, V2_ONLY } from "./v1.ts";
 import { type CaptureResult, CheckSession, StepError } from "./session.ts";
 
 const { STOP, RUNNING, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P } = DeviceState;
@@ -37,6 +40,8 @@ export interface CheckResult {
 
 export interface CheckReport {
   device: string;
+  /** The migration protocol checked: "v2" (uAPI v2), "v1" (the region protocol: the v2-only checks SKIP), null when neither. */
+  protocol: "v1" | "v2" | null;
   driver: string | null;
   mdevType: string | null;
   migratable: boolean;
@@ -125,6 +130,7 @@ export interface CheckOptions {
 export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport {
   const report: CheckReport = {
     device: dev.label,
+    protocol: null,
     driver: dev.info.driver,
     mdevType: dev.info.mdevType,
     migratable: false,
@@ -160,6 +166,8 @@ export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport
   try {
     flags = dev.migration.migrationFlags();
   } catch (e) {
+    const m = isErrno(e, "ENOTTY") ? v1Of(dev) : null;
+    if (m) return runV1Checks(dev, m, report, opts);
     const why = isErrno(e, "ENOTTY")
       ? `not migratable: GET MIGRATION gives ENOTTY (driver ${dev.info.driver ?? "?"} has no migration support)`
       : `GET MIGRATION failed with ${errnoOf(e)}`;
@@ -168,6 +176,7 @@ export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport
     return finish(report);
   }
   report.migratable = true;
+  report.protocol = "v2";
   report.migrationFlags = flags;
   report.flagNames = flagNames(flags);
   report.supportedStates = supportedStates(flags).map(stateName);
@@ -224,9 +233,52 @@ export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport
   return finish(report);
 }
 
+/**
+ * A v1 device (no VFIO_DEVICE_FEATURE_MIGRATION, a v1 migration region): what applies to
+ * v1 runs (v1.ts), every v2-only check is SKIP saying why.
+ */
+function runV1Checks(dev: VfioDevice, m: MigrationV1, report: CheckReport, opts: CheckOptions): CheckReport {
+  const add = (c: CheckResult) => report.checks.push(c);
+  report.migratable = true;
+  report.protocol = "v1";
+  try {
+    report.initialState = v1StateName(m.readState());
+  } catch { /* v1-region says so */ }
+  for (const [id, why] of Object.entries(V2_ONLY)) add(skip(id, `v2-only: ${why}`));
+  const region = v1RegionFacts(dev, m);
+  add(region.problems.length ? fail("v1-region", region.problems) : pass("v1-region", region.detail));
+  const rt = v1RoundTrip(m, opts.maxImageBytes ?? 4 * 1024 ** 3);
+  report.stopCopyBytes = rt.problems.length ? null : rt.bytes;
+  add(
+    rt.problems.length
+      ? fail("round-trip", rt.problems)
+      : pass("round-trip", `v1: save (stopped), load, save gave the same ${rt.bytes} bytes`),
+  );
+  add(checkPciConfigRegion(dev));
+  const s = new CheckSession(dev, 0);
+  try {
+    add(checkConfigAfterReset(s));
+  } catch (e) {
+    if (!(e instanceof StepError || e instanceof SysError)) throw e;
+    add(fail("config-after-reset", [e.message]));
+  }
+  let final: number | null = null;
+  try {
+    if ((m.readState() & V1.MASK) !== V1.RUNNING) m.setState(~V1.MASK, V1.RUNNING, "check: final running");
+    final = m.readState();
+  } catch { /* reported below */ }
+  report.finalState = final === null ? null : v1StateName(final);
+  add(
+    final !== null && (final & V1.MASK) === V1.RUNNING
+      ? pass("final-state", `v1: device_state ${v1StateName(final)}`)
+      : fail("final-state", [`v1: device_state is ${final === null ? "unreadable" : v1StateName(final)} at the end`]),
+  );
+  return finish(report);
+}
+
 function finish(report: CheckReport): CheckReport {
   // Report in the documented order, whatever order the checks ran in.
-  const order = Object.keys(CHECKS);
+  const order = [...Object.keys(V1_CHECKS), ...Object.keys(CHECKS)];
   report.checks.sort((a, b) => order.indexOf(a.id) - order.indexOf(b.id));
   for (const c of report.checks) report.summary[c.status]++;
   report.findings = report.checks.filter((c) => c.status === "FAIL" || c.status === "WARN");
