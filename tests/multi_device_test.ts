@@ -767,3 +767,27 @@ Deno.test("several devices: an error of one device's syscall names that device",
     assertStringIncludes(line, `save of 2 devices failed: sim:${src[1]}: `);
   });
 });
+
+Deno.test("load: each device's config is restored while it is still RESUMING, before RESUMING -> STOP (docs/tools.md)", async () => {
+  await withTemp(async (t) => {
+    const [a, b, c, d] = [`${t}/a`, `${t}/b`, `${t}/c`, `${t}/d`];
+    await Promise.all([
+      simCreate(a, "xe", "--size", String(MiB)),
+      simCreate(b, "mtty-2"),
+      simCreate(c, "xe", "--size", String(MiB)),
+      simCreate(d, "mtty-2"),
+    ]);
+    const file = `${t}/f.vfmig`;
+    await ok(["save", "--device", `sim:${a}`, "--device", `sim:${b}`, file]);
+    const log = `${t}/load.log`;
+    await ok(["load", "--device", `sim:${c}`, "--device", `sim:${d}`, file], { VFIO_MIG_SIM_LOG: log });
+    const lines = await logLines(log);
+    const writes = lines.map((l, i) => (l.call === "pwrite:device" ? i : -1)).filter((i) => i >= 0);
+    const toStop = lines.findIndex((l) => l.from === "RESUMING" && l.to === "STOP");
+    assert(writes.length > 0, "config writes were made");
+    assert(toStop > 0, "RESUMING -> STOP");
+    assert(writes.every((i) => i < toStop), "every config write before any RESUMING -> STOP");
+    const resuming = lines.filter((l) => l.to === "RESUMING" && l.data_fd !== undefined);
+    assert(resuming.length === 2 && lines.indexOf(resuming[1]) < writes[0], "both devices RESUMING before the writes");
+  });
+});

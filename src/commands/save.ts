@@ -88,7 +88,9 @@ Options:
                      the destination; again after a Linux 7.1 REINIT); SIGUSR1
                      switches to stop-copy at once
       --downtime-limit MS  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS})
-      --max-precopy MS  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS})
+      --max-precopy MS  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS}); a device
+                     without MIG_DATA_SIZE never converges (its stop-copy size counts
+                     as 100 GiB, as QEMU's): only this, or the signal above, ends it
 ${NETWORK_HELP}
       --tls          connect with TLS (system roots); --tls-ca FILE trusts a CA
       --protocol P   auto (default: uAPI v2 when the device has it, else the v1

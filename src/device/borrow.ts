@@ -77,7 +77,8 @@ function describeFd(f: VfioFd): string {
  * The holder's fd a pid: spec designates, from its fd table (no side effects): FD when
  * given (it must be a device fd), else its only device fd. Throws VfioMigError: device
  * (no such process, no permission to read its fd table, FD not a VFIO device fd, no
- * device fd at all) or usage (several device fds and no FD).
+ * device fd at all, several device fds and no FD: a borrow problem, as docs/device-state.md
+ * lists, exit 3).
  */
 export function selectHolderFd(
   procfs: Procfs,
@@ -111,7 +112,7 @@ export function selectHolderFd(
   throw new VfioMigError(
     `${label}: ${who} holds ${devices.length} VFIO device fds (${devices.map((d) => d.fd).join(", ")}): ` +
       `choose one with pid:${spec.pid}:FD`,
-    "usage",
+    "device",
   );
 }
 
@@ -168,7 +169,7 @@ function takeFd(sys: Sys, pid: number, fd: number, label: string): number {
  *
  * `sys` must be the SimKernel when the fd is a simulated device (systemFor picks it).
  * Throws VfioMigError: device (no such process, no permission, the fd is not a VFIO
- * device, Linux < 5.6) or usage (several device fds and no FD).
+ * device, Linux < 5.6, several device fds and no FD).
  */
 export function borrowDevice(sys: Sys, spec: string): VfioDevice {
   const parsed = parseFdSpec(spec);

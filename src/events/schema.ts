@@ -193,9 +193,15 @@ export const SCHEMA: Record<string, TypeSpec> = {
       }),
       estimate: atEnd(
         "number",
-        "what stop-copy would send: transport backlog + initial + dirty (or " +
-          "MIG_DATA_SIZE when asked), bytes",
+        "what stop-copy would send by PRECOPY_INFO: transport backlog + initial + dirty (v1: pending_bytes), " +
+          "bytes; always this, also when `exact` was asked",
         BYTES,
+      ),
+      exact: opt(
+        "number",
+        "MIG_DATA_SIZE summed, asked only when `estimate` fit the threshold; the switch needs backlog + " +
+          "exact to fit too, bytes (null: a device cannot say, counted as 100 GiB: never converges)",
+        { nullable: true, ...BYTES },
       ),
       threshold: atEnd(
         "number",
@@ -213,8 +219,8 @@ export const SCHEMA: Record<string, TypeSpec> = {
     fields: {
       reason: req("string", SWITCH_REASONS.map((r) => `\`${r}\``).join(", "), { values: SWITCH_REASONS }),
       iterations: req("integer", "pre-copy iterations", { min: 0 }),
-      estimate: req("number", "the last estimate of what stop-copy sends, bytes", BYTES),
-      exact: opt("number", "MIG_DATA_SIZE summed, when it was asked for, bytes (null: unavailable)", {
+      estimate: req("number", "the last PRECOPY_INFO estimate of what stop-copy sends (as `iteration`), bytes", BYTES),
+      exact: opt("number", "MIG_DATA_SIZE summed, when the last decision asked for it, bytes (null: unavailable)", {
         nullable: true,
         ...BYTES,
       }),
