@@ -14,11 +14,13 @@ import { failsMidPath } from "./quirks/fails_mid_path.ts";
 import { fdOnStop } from "./quirks/fd_on_stop.ts";
 import { ignoresOffset } from "./quirks/ignores_offset.ts";
 import { initialGrows } from "./quirks/initial_grows.ts";
+import { lateWriteback } from "./quirks/late_writeback.ts";
 import { noRegionInfo } from "./quirks/no_region_info.ts";
 import { openResetsState } from "./quirks/open_resets_state.ts";
 import { resetClearsConfig } from "./quirks/reset_clears_config.ts";
 import { resetMidSession } from "./quirks/reset_mid_session.ts";
 import { staleAfterReopen } from "./quirks/stale_after_reopen.ts";
+import { uninitVf } from "./quirks/uninit_vf.ts";
 import { wrongArc } from "./quirks/wrong_arc.ts";
 import { yieldRate } from "./quirks/yield_rate.ts";
 
@@ -50,6 +52,8 @@ export const QUIRKS = {
   "dirty-underreport": dirtyUnderreport,
   "reset-clears-config": resetClearsConfig,
   "no-region-info": noRegionInfo,
+  "late-writeback": lateWriteback,
+  "uninit-vf": uninitVf,
 } satisfies Record<string, QuirkDef>;
 
 export type QuirkName = keyof typeof QUIRKS;

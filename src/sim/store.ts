@@ -67,8 +67,11 @@ export interface SimDeviceMeta {
   family?: "pci" | "mdev";
   /** Settings of the quirks that take any (quirks.ts). */
   quirkOptions?: QuirkOptions;
-  /** What a quirk keeps in device memory across opens (stale-after-reopen's flag). */
-  quirkState?: { migrated?: boolean };
+  /**
+   * What a quirk keeps in device memory across opens: stale-after-reopen's flag;
+   * late-writeback's writes still in the device's cache (state.bin offset and bytes).
+   */
+  quirkState?: { migrated?: boolean; cached?: { at: number; bytes: number[] }[] };
   /** pci family: the device's data is its power-on content (nothing to regenerate). */
   pristine?: boolean;
   /** mtty: the seed its power-on registers came from, when not `seed` (created without one). */
