@@ -791,3 +791,59 @@ Deno.test("load: each device's config is restored while it is still RESUMING, be
     assert(resuming.length === 2 && lines.indexOf(resuming[1]) < writes[0], "both devices RESUMING before the writes");
   });
 });
+
+Deno.test("load: a device reset after the last write, before RESUMING -> STOP, is refused (nothing loaded), never reported loaded", async () => {
+  await withTemp(async (t) => {
+    const host = libc();
+    const [a, b] = [`${t}/a`, `${t}/b`];
+    new SimStore(host, a).create({ model: "bulk", size: 64 << 10, seed: 1 });
+    new SimStore(host, b).create({ model: "bulk", size: 64 << 10, seed: 2 });
+    const file = `${t}/s.vfmig`;
+    {
+      const k = new SimKernel(host);
+      const d = openDevice(k, `sim:${a}`);
+      try {
+        await save(d, openSink(k, file));
+      } finally {
+        d.close();
+      }
+    }
+    const before = await sha(b);
+    // The reset comes just before the tool's GET that precedes RESUMING -> STOP.
+    class ResetBeforeLoad extends SimKernel {
+      armed = true;
+      override ioctl(fd: number, request: number, arg: Uint8Array | number | null): number {
+        if (this.armed && request === IOCTL.DEVICE_FEATURE && arg instanceof Uint8Array && arg.length >= 12) {
+          const v = new DataView(arg.buffer, arg.byteOffset);
+          const flags = v.getUint32(4, true);
+          if ((flags & FEATURE_FLAGS.MASK) === FEATURE.MIG_DEVICE_STATE && (flags & FEATURE_FLAGS.GET)) {
+            const probe = new Uint8Array(arg.length);
+            probe.set(arg);
+            super.ioctl(fd, request, probe);
+            if (new DataView(probe.buffer).getUint32(8, true) === DeviceState.RESUMING) {
+              this.armed = false;
+              super.ioctl(fd, IOCTL.DEVICE_RESET, null);
+            }
+          }
+        }
+        return super.ioctl(fd, request, arg);
+      }
+    }
+    const k = new ResetBeforeLoad(host);
+    const d = openDevice(k, `sim:${b}`);
+    const s = openSource(k, file);
+    try {
+      await assertRejects(
+        () => load(d, s),
+        Error,
+        `sim:${b}: the device left RESUMING before its data was loaded: it is RUNNING (was it reset?)`,
+      );
+    } finally {
+      s.close();
+      d.close();
+    }
+    assert(!k.armed, "the reset was made");
+    assertEquals(await sha(b), before, "nothing was loaded");
+    assertEquals(await stateOf(b), "RUNNING");
+  });
+});

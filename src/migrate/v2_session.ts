@@ -317,6 +317,16 @@ export class V2ResumeSession implements ResumeSession {
   }
 
   endData(): void {
+    // A device reset after the last write is back in RUNNING: RESUMING -> STOP would then
+    // "succeed" with nothing loaded. Ask first (the reset can still come between the two
+    // calls; nothing in the uAPI closes that window).
+    const now = this.d.migration.getState();
+    if (now !== DeviceState.RESUMING) {
+      throw new VfioMigError(
+        `${this.d.label}: the device left RESUMING before its data was loaded: it is ${stateName(now)} ` +
+          `(was it reset?); nothing was loaded`,
+      );
+    }
     // Let the driver validate and load the data (RESUMING -> STOP), then end the
     // session by closing the data_fd, as QEMU's cleanup does.
     setChecked(this.d, DeviceState.STOP, DeviceState.RESUMING, false, this.#dataFd);
