@@ -215,6 +215,12 @@ Deno.test("a PCI device whose config region cannot be described (xe without get_
     assertMatch(i.stdout, /unknown: the device reports VFIO_DEVICE_FLAGS_PCI but VFIO_DEVICE_GET_REGION_INFO/);
     const j = JSON.parse((await run("info", "--json", "--device", `sim:${dir}`)).stdout);
     assertMatch(j.pciIdsUnknown, /fails with EINVAL/);
+    // A load into a tidy xe says what the stream lacks, not "?:?".
+    await withStore({ model: "xe", size: 1 << 20 }, async (tidy) => {
+      const l = await run("load", "--device", `sim:${tidy}`, out);
+      assertEquals(l.code, 4, l.stderr);
+      assertStringIncludes(l.stderr, "the stream carries no PCI ids (its source's config region could not be read");
+    });
   });
 });
 
