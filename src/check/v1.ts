@@ -8,7 +8,7 @@
 
 import { SysError } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
-import { type MigrationV1, V1, v1StateIsError, v1StateName, v1StateValid } from "../migration/v1.ts";
+import { type MigrationV1, V1, v1StateIsError, v1StateName, v1StateValid } from "../vfio/v1.ts";
 
 const { RUNNING, SAVING, RESUMING, MASK } = V1;
 

@@ -1,4 +1,4 @@
-import { defaultDeviceSpec, systemFor, type VfioDevice } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { save, type SaveResult } from "../migrate/save.ts";
@@ -134,6 +134,7 @@ ${EXIT_CODES_HELP}`,
     const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS);
     const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS);
     const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
+    await loadBackendsFor(specs);
     const sys = systemFor(specs);
     if (target === "-" && sys.isatty(1)) {
       throw new VfioMigError(

@@ -13,7 +13,7 @@
 
 import { isRunning } from "../driver.ts";
 import type { SimDevice } from "../driver.ts";
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import { prng } from "../models.ts";
 import type { QuirkDef } from "../quirks.ts";
 import { O } from "../../../ffi/sys.ts";

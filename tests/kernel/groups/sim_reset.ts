@@ -15,7 +15,7 @@ import type { Sys } from "../../../ffi/sys.ts";
 import { IOCTL } from "../../../ffi/vfio_uapi.ts";
 import { SysError } from "../../../ffi/errno.ts";
 import { openDevice, type VfioDevice } from "../../../src/device/open.ts";
-import { DeviceState, stateName, supportedStates } from "../../../src/migration/state_machine.ts";
+import { DeviceState, stateName, supportedStates } from "../../../src/vfio/state_machine.ts";
 import { SimKernel } from "../../../src/sim/kernel.ts";
 import { SimStore } from "../../../src/sim/store.ts";
 
