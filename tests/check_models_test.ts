@@ -219,7 +219,7 @@ Deno.test("a PCI device whose config region cannot be described (xe without get_
     await withStore({ model: "xe", size: 1 << 20 }, async (tidy) => {
       const l = await run("load", "--device", `sim:${tidy}`, out);
       assertEquals(l.code, 4, l.stderr);
-      assertStringIncludes(l.stderr, "the stream carries no PCI ids (its source's config region could not be read");
+      assertStringIncludes(l.stderr, "the stream carries no PCI ids: its source's config region could not be read");
     });
   });
 });

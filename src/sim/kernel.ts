@@ -452,7 +452,7 @@ export class SimKernel implements Sys {
   #attach(fd: number, store: SimStore, borrowed: boolean): CoreDevice {
     const { meta, text } = store.readMetaText();
     const dev = new CoreDevice(this.#ops, this.#host, fd, store, meta, modelInfo(meta.model), borrowed, text);
-    dev.seenResets = store.resetCount();
+    dev.seenResets = store.resetCount() ?? 0;
     dev.loadConfig();
     dev.driver = driverFor(dev);
     if (!borrowed) {
@@ -555,7 +555,7 @@ export class SimKernel implements Sys {
    */
   #resetElsewhere(dev: CoreDevice): void {
     const n = dev.store.resetCount();
-    if (n === dev.seenResets) return;
+    if (n === null || n === dev.seenResets) return;
     dev.seenResets = n;
     this.#sync(dev);
     dev.v1?.dropSessions(); // releases the v1 front end's files first

@@ -143,12 +143,12 @@ export class SimStore {
    * first open or last close, a reset the device did itself), by any process: an open
    * that saw fewer knows its migration files were disabled meanwhile.
    */
-  resetCount(): number {
+  resetCount(): number | null {
     try {
       return this.sys.stat(this.resetsPath).size;
     } catch (e) {
-      if (isErrno(e, "ENOENT")) return 0;
-      throw e;
+      if (isErrno(e, "ENOENT")) return 0; // a device made before the count existed: none yet
+      return null; // unknown now (the caller keeps what it saw)
     }
   }
 
@@ -160,7 +160,7 @@ export class SimStore {
     } finally {
       this.sys.close(fd);
     }
-    return this.resetCount();
+    return this.resetCount() ?? 0;
   }
 
   /** A small persisted file, or null when it does not exist. */
@@ -281,6 +281,7 @@ export class SimStore {
     }
     this.writeInitialState(meta);
     for (const stale of [this.incomingPath, this.configPath, this.msixPath, this.resetsPath]) this.remove(stale);
+    writeFileAtomic(this.sys, this.resetsPath, new Uint8Array(0)); // no reset yet (a stat finds it)
     this.writeMeta(meta);
     return meta;
   }
