@@ -414,7 +414,9 @@ Deno.test("xe: a stream loads into another VF only whole and verified; a flipped
 
 Deno.test("xe: a 64 GiB state is never stored nor held: it streams in constant memory", async () => {
   await withStore({ model: "xe", size: 64 * 1024 * MiB }, (dir) => {
-    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["device.json"], "no state file");
+    // device.json and the (empty) reset count: no state file.
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["device.json", "resets"], "no state file");
+    assertEquals(Deno.statSync(`${dir}/resets`).size, 0, "no reset yet");
     const s = Sim.open(dir);
     try {
       s.set(STOP);
