@@ -5,8 +5,9 @@ import { save, type SaveResult } from "../migrate/save.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/precopy.ts";
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
-import { openSink, type Sink } from "../transport/transport.ts";
-import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
+import { openSink, saveTarget, type Sink } from "../transport/transport.ts";
+import { type Command, parse, printJson } from "./command.ts";
+import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
 import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
 import { freshOpenWarnings } from "../device/family.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
@@ -21,7 +22,7 @@ export function liveSummary(r: SaveResult): string {
   const why = r.switchReason === "converged"
     ? `converged under the ${r.downtimeLimitMs} ms limit`
     : r.switchReason === "requested"
-    ? "switched on request (SIGUSR1)"
+    ? "switched on request (SIGUSR2)"
     : "stopped by --max-precopy";
   const bw = r.bandwidth ? ` at ${formatBytes(r.bandwidth)}/s` : "";
   const toRunning = r.downtimeToRunningMs !== null ? ` (${ms(r.downtimeToRunningMs)} until the destination ran)` : "";
@@ -64,6 +65,9 @@ export function maxPrecopyNote(r: SaveResult): string {
     `downtime was ${ms(r.downtimeMs)}. Raise --downtime-limit, or give more bandwidth.`;
 }
 
+/** The options that mean something only when the output is tcp://HOST:PORT. */
+const TCP_OUTPUT = { what: "a tcp:// output", test: (_: unknown, p: string[]) => /^tcp:/.test(p[0] ?? "") };
+
 export const saveCommand: Command = {
   name: "save",
   handlesSignals: true,
@@ -76,21 +80,25 @@ STOP (or RUNNING with --resume). A file is written under a temporary name and
 appears only when complete; over TCP, save succeeds only when the destination
 reports it loaded the state. On failure the device is returned to the state it was found in
 (RUNNING normally; reset as a last resort) and nothing complete-looking is left.
+QEMU's migrate URIs tcp:HOST:PORT and file:PATH are taken as tcp://HOST:PORT and
+PATH; any other NAME:... output is refused (./NAME:... is a file so named).
 
 Options:
-  -d, --device D     PCI address (0000:3b:00.1), mdev UUID, sysfs path,
-                     /dev/vfio/devices/vfioN, or sim:PATH. Default: $VFIO_MIG_DEVICE,
-                     else the only migration-capable VFIO device.
+${deviceHelp(21)}
       --resume       return the device to RUNNING after saving (default: STOP)
       --live         pre-copy while the device runs, then stop it when the rest fits
                      the downtime limit at the measured bandwidth (needs PRE_COPY);
                      never before the initial data was sent (over tcp://: loaded by
-                     the destination; again after a Linux 7.1 REINIT); SIGUSR1
-                     switches to stop-copy at once
-      --downtime-limit MS  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS})
-      --max-precopy MS  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS}); a device
-                     without MIG_DATA_SIZE never converges (its stop-copy size counts
-                     as 100 GiB, as QEMU's): only this, or the signal above, ends it
+                     the destination; again after a Linux 7.1 REINIT); kill -USR2
+                     switches to stop-copy at its next decision (a SIGUSR2 before
+                     pre-copy: after its first round; without --live: ignored)
+      --downtime-limit TIME  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS}ms;
+                     0: switch only when nothing is left to send)
+      --max-precopy TIME  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS / 1000}s;
+                     0: stop-copy right after the initial data)
+                     A device without MIG_DATA_SIZE never converges (its stop-copy
+                     size counts as 100 GiB, as QEMU's): only --max-precopy or
+                     kill -USR2 ends its pre-copy
 ${NETWORK_HELP}
       --tls          connect with TLS (system roots); --tls-ca FILE trusts a CA
       --protocol P   auto (default: uAPI v2 when the device has it, else the v1
@@ -101,20 +109,31 @@ ${EVENTS_HELP}
   -h, --help         this help
 ${MULTI_SAVE_HELP}
 
+TIME is milliseconds, or a number with a unit: 500ms, 10s, 2m.
 Permissions: deno run --allow-ffi (everything goes through libc); tcp:// also
 needs --allow-net.
-${EXIT_CODES_HELP}`,
+
+${
+    examplesHelp([
+      "vfio-mig save --device 0000:3b:00.1 state.bin",
+      "vfio-mig save --live --downtime-limit 300ms --device pid:4242 - | ssh dst vfio-mig load -d 0000:3b:00.1 -",
+      "vfio-mig save --token $T --device 0000:3b:00.1 tcp://dst:7000",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3, 4, 130], { 4: "the destination (tcp://) refused the stream" })}`,
   async run(args) {
     const { values, positionals } = parse("save", args, {
       device: { type: "string", short: "d", multiple: true },
       "no-p2p": { type: "boolean" },
       resume: { type: "boolean" },
       live: { type: "boolean" },
-      "max-precopy": { type: "string" },
-      "downtime-limit": { type: "string" },
-      tls: { type: "boolean" },
-      "tls-ca": { type: "string" },
-      ...NETWORK_OPTIONS,
+      "max-precopy": { type: "string", needs: "live" },
+      "downtime-limit": { type: "string", needs: "live" },
+      tls: { type: "boolean", needs: TCP_OUTPUT },
+      "tls-ca": { type: "string", needs: TCP_OUTPUT },
+      token: { ...NETWORK_OPTIONS.token, needs: TCP_OUTPUT },
+      "handshake-timeout": { ...NETWORK_OPTIONS["handshake-timeout"], needs: TCP_OUTPUT },
       protocol: { type: "string" },
       ...EVENTS_OPTIONS,
       json: { type: "boolean" },
@@ -130,9 +149,11 @@ ${EXIT_CODES_HELP}`,
         "usage",
       );
     }
-    const target = positionals[0];
-    const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS);
-    const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS);
+    const target = saveTarget(positionals[0]); // QEMU's tcp:H:P and file:P too; other URIs refused
+    const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS, { zero: true });
+    const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS, {
+      zero: true,
+    });
     const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
     await loadBackendsFor(specs);
     const sys = systemFor(specs);

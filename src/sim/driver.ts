@@ -199,6 +199,13 @@ export interface Behaviour {
   reset?(dev: SimDevice): void;
   /** false: new save sessions carry no device data. */
   sessionData?(dev: SimDevice): boolean;
+  /**
+   * Before every call on the device fd or one of its data_fds (`key` as faults.ts names
+   * it): a device that stopped answering blocks here.
+   */
+  call?(dev: SimDevice, key: string): void;
+  /** The user closed the data_fd of `file` (before the core releases it). */
+  fileClosed?(dev: SimDevice, file: MigrationFile): void;
 }
 
 const SLEEPER = new Int32Array(new SharedArrayBuffer(4));

@@ -150,6 +150,11 @@ export class SimKernel implements Sys {
     return short;
   }
 
+  /** Behaviours' call hooks, before a call on a device or its data_fd (a wedged device blocks). */
+  #enter(dev: CoreDevice | undefined, key: string): void {
+    if (dev) { for (const { behaviour } of dev.behaviours) behaviour.call?.(dev, key); }
+  }
+
   #classOf(fd: number): string {
     if (this.#devices.has(fd)) return "device";
     if (this.#files.has(fd)) return "data_fd";
@@ -203,6 +208,7 @@ export class SimKernel implements Sys {
     }
     const f = this.#files.get(fd);
     if (f) {
+      for (const { behaviour } of f.dev.behaviours) behaviour.fileClosed?.(f.dev, f.file);
       // The driver holds its own reference while the session lasts (get_file in
       // mtty_step_state); only a file nobody else holds is released.
       f.file.closed = true;
@@ -219,6 +225,7 @@ export class SimKernel implements Sys {
     const file = this.#files.get(fd);
     const key = dev || file ? ioctlKey(request, arg) : `ioctl:host:${IOCTL_NAMES.get(request) ?? request}`;
     this.#fault(key, "ioctl");
+    this.#enter(dev ?? file?.dev, key);
     if (dev) {
       this.#resetElsewhere(dev);
       return this.#deviceIoctl(dev, request, arg, key);
@@ -233,6 +240,7 @@ export class SimKernel implements Sys {
   read(fd: number, buf: Uint8Array): number {
     const f = this.#files.get(fd);
     const short = this.#fault(`read:${this.#classOf(fd)}`, "read");
+    this.#enter(f?.dev, "read");
     const b = short ? buf.subarray(0, Math.max(1, buf.length >> 1)) : buf;
     if (!f) {
       if (this.#devices.has(fd)) throw err("read", "EINVAL");
@@ -249,6 +257,7 @@ export class SimKernel implements Sys {
   write(fd: number, buf: Uint8Array): number {
     const f = this.#files.get(fd);
     const short = this.#fault(`write:${this.#classOf(fd)}`, "write");
+    this.#enter(f?.dev, "write");
     const b = short ? buf.subarray(0, Math.max(1, buf.length >> 1)) : buf;
     if (!f) {
       if (this.#devices.has(fd)) throw err("write", "EINVAL");
@@ -269,6 +278,7 @@ export class SimKernel implements Sys {
   pread(fd: number, buf: Uint8Array, offset: number): number {
     this.#fault(`pread:${this.#classOf(fd)}`, "pread");
     const dev = this.#devices.get(fd);
+    this.#enter(dev ?? this.#files.get(fd)?.dev, "pread");
     if (dev) {
       this.#resetElsewhere(dev);
       return dev.regionAccess(buf, offset, false, () => this.#sync(dev));
@@ -280,6 +290,7 @@ export class SimKernel implements Sys {
   pwrite(fd: number, buf: Uint8Array, offset: number): number {
     this.#fault(`pwrite:${this.#classOf(fd)}`, "pwrite");
     const dev = this.#devices.get(fd);
+    this.#enter(dev ?? this.#files.get(fd)?.dev, "pwrite");
     if (dev) {
       this.#resetElsewhere(dev);
       return dev.regionAccess(buf, offset, true, () => this.#sync(dev));
