@@ -382,5 +382,5 @@ Deno.test("live: a device without MIG_DATA_SIZE never converges (100 GiB counted
   await sleep(60);
   assertEquals(p.decide(input), "max-precopy");
   const help = await ok(["save", "--help"]);
-  assertMatch(help.stdout.replace(/\s+/g, " "), /a device without MIG_DATA_SIZE never converges/);
+  assertMatch(help.stdout.replace(/\s+/g, " "), /a device without MIG_DATA_SIZE never converges/i);
 });
