@@ -30,7 +30,7 @@ function check(opts: Create): Promise<CheckReport> {
         },
       });
       assertEquals(sys.forbiddenArcs, [], "STOP_COPY -> PRE_COPY* is never requested");
-      assertEquals(r.finalState, "RUNNING", "the device ends RUNNING");
+      assertEquals(r.finalState, r.protocol === "v1" ? "running (001b)" : "RUNNING", "the device ends RUNNING");
       return r;
     } finally {
       dev.close();
@@ -166,5 +166,152 @@ Deno.test("check --json lists the findings; exit 1 on a FAIL, 0 on WARNs only", 
     }
   } finally {
     await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("a PCI device whose config region cannot be described (xe without get_region_info_caps): check FAILs pci-config-region by name; save warns (stderr, --json, events) what the stream lacks; info says why the ids are unknown", async () => {
+  const r = await check({ model: "xe", size: 1 << 20, quirks: ["no-region-info"] });
+  assertEquals(statusOf(r)["pci-config-region"], "FAIL");
+  assert(!r.ok, "check fails");
+  assertStringIncludes(
+    detailOf(r, "pci-config-region"),
+    "VFIO_DEVICE_GET_REGION_INFO of its PCI config region (index 7) fails with EINVAL",
+  );
+  assertStringIncludes(detailOf(r, "pci-config-region"), "driver defect");
+  // A tidy xe: PASS with its ids.
+  const good = await check({ model: "xe", size: 1 << 20 });
+  assertEquals(statusOf(good)["pci-config-region"], "PASS");
+  assertMatch(detailOf(good, "pci-config-region"), /bytes readable, vendor:device 8086:/);
+
+  await withStore({ model: "xe", size: 1 << 20, quirks: ["no-region-info"] }, async (dir) => {
+    const run = async (...args: string[]) => {
+      const o = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-ffi", CLI, ...args],
+        env: { NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const dec = new TextDecoder();
+      return { code: o.code, stdout: dec.decode(o.stdout), stderr: dec.decode(o.stderr) };
+    };
+    const c = await run("check", "--device", `sim:${dir}`);
+    assertEquals(c.code, 1, c.stdout + c.stderr);
+    assertMatch(c.stdout, /pci-config-region/);
+    const out = `${dir}/../s.vfmig`;
+    const events = `${dir}/../events.jsonl`;
+    const s = await run("save", "--json", "--events", events, "--device", `sim:${dir}`, out);
+    assertEquals(s.code, 0, s.stderr);
+    assertMatch(s.stderr, /warning: .*VFIO_DEVICE_FLAGS_PCI.*the stream has no PCI identity and no config section/);
+    const result = JSON.parse(s.stdout);
+    assert(
+      result.warnings.some((w: string) => w.includes("no PCI identity and no config section")),
+      `--json warnings: ${JSON.stringify(result.warnings)}`,
+    );
+    const notes = (await Deno.readTextFile(events)).trim().split("\n").map((l) => JSON.parse(l))
+      .filter((e) => e.type === "note" && e.level === "warning");
+    assert(notes.some((e) => String(e.message).includes("no PCI identity")), "an event note");
+    const i = await run("info", "--device", `sim:${dir}`);
+    assertEquals(i.code, 0, i.stderr);
+    assertMatch(i.stdout, /unknown: the device reports VFIO_DEVICE_FLAGS_PCI but VFIO_DEVICE_GET_REGION_INFO/);
+    const j = JSON.parse((await run("info", "--json", "--device", `sim:${dir}`)).stdout);
+    assertMatch(j.pciIdsUnknown, /fails with EINVAL/);
+    // A load into a tidy xe says what the stream lacks, not "?:?".
+    await withStore({ model: "xe", size: 1 << 20 }, async (tidy) => {
+      const l = await run("load", "--device", `sim:${tidy}`, out);
+      assertEquals(l.code, 4, l.stderr);
+      assertStringIncludes(l.stderr, "the stream carries no PCI ids: its source's config region could not be read");
+    });
+  });
+});
+
+Deno.test("check on a v1 device: runs what applies to v1 (region, round trip, config, final state), says which checks are v2-only; exit 0", async () => {
+  for (const model of ["bulk", "mtty-2"] as const) {
+    const r = await check({ model, size: 64 * 1024, protocol: "v1", dataSize: 4096 });
+    assertEquals(r.protocol, "v1");
+    assertEquals(findings(r), [], JSON.stringify(r.checks));
+    const st = statusOf(r);
+    for (const id of ["v1-region", "round-trip", "pci-config-region", "config-after-reset", "final-state"]) {
+      assertEquals(st[id], "PASS", `${model} ${id}: ${detailOf(r, id)}`);
+    }
+    for (const id of ["migration-flags", "arc-states", "precopy-info-states", "reopen-session"]) {
+      assertEquals(st[id], "SKIP", id);
+      assertMatch(detailOf(r, id), /^v2-only: /);
+    }
+    assertMatch(detailOf(r, "round-trip"), /^v1: save \(stopped\), load, save gave the same \d+ bytes/);
+  }
+  // A v1 device that resets itself in stop-and-copy: the round trip FAILs, naming the step.
+  const bad = await check({
+    model: "bulk",
+    size: 64 * 1024,
+    protocol: "v1",
+    dataSize: 4096,
+    quirks: ["reset-mid-session"],
+    quirkOptions: { resetAt: { phase: "stop-copy", after: 8192, to: "running" } },
+  });
+  assertEquals(statusOf(bad)["round-trip"], "FAIL");
+  assertStringIncludes(detailOf(bad, "round-trip"), "a step failed");
+  // The CLI: exit 0, the header names protocol v1.
+  await withStore({ model: "mtty-2", protocol: "v1" }, async (dir) => {
+    const o = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-ffi", CLI, "check", "--device", `sim:${dir}`],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const out = new TextDecoder().decode(o.stdout);
+    assertEquals(o.code, 0, out + new TextDecoder().decode(o.stderr));
+    assertStringIncludes(out, "migration protocol v1 (the deprecated region protocol): the v2-only checks SKIP");
+  });
+});
+
+Deno.test("check on uninit-vf (a freshly opened PCI function): round-trip FAILs naming the cause; the arc checks are not run", async () => {
+  const r = await check({ model: "bulk", family: "pci", size: 64 * 1024, quirks: ["uninit-vf"] });
+  assertEquals(statusOf(r)["round-trip"], "FAIL");
+  const d = detailOf(r, "round-trip");
+  assertStringIncludes(d, "the RESUMING data_fd refused the device's own image (write: EINVAL)");
+  assertStringIncludes(d, "this open reset the PCI function");
+  assertStringIncludes(d, "never-initialised function");
+  assertStringIncludes(d, "live migration without VF device driver");
+  for (const id of ["arc-states", "arc-data-fd", "unsupported-targets"]) assertEquals(statusOf(r)[id], "SKIP", id);
+  // The same model without the quirk: the round trip passes.
+  const good = await check({ model: "bulk", family: "pci", size: 64 * 1024 });
+  assertEquals(statusOf(good)["round-trip"], "PASS");
+});
+
+Deno.test("late-writeback: a save misses the last writes (sim compare shows it); check sees only two saves of the stopped device that differ (round-trip WARN)", async () => {
+  const r = await check({ model: "bulk", size: 256 * 1024, rate: 4 << 20, quirks: ["late-writeback"] });
+  assertEquals(statusOf(r)["round-trip"], "WARN", detailOf(r, "round-trip"));
+  assertStringIncludes(detailOf(r, "round-trip"), "two saves of the stopped device differ");
+  assertStringIncludes(detailOf(r, "round-trip"), "hisi_acc cache write-back");
+  const tidy = await check({ model: "bulk", size: 256 * 1024, rate: 4 << 20 });
+  assertEquals(statusOf(tidy)["round-trip"], "PASS", "a tidy dirtying device saves the same twice when stopped");
+
+  const run = async (...args: string[]) => {
+    const o = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-ffi", CLI, ...args],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return { code: o.code, out: new TextDecoder().decode(o.stdout) + new TextDecoder().decode(o.stderr) };
+  };
+  for (const quirk of [true, false]) {
+    await withStore({
+      model: "bulk",
+      size: 256 * 1024,
+      rate: 4 << 20,
+      ...(quirk ? { quirks: ["late-writeback"] } : {}),
+    }, async (src) => {
+      await withStore({ model: "bulk", size: 256 * 1024, seed: 9 }, async (dst) => {
+        const file = `${dst}/../s.vfmig`;
+        const s = await run("save", "--device", `sim:${src}`, file);
+        assertEquals(s.code, 0, s.out);
+        const l = await run("load", "--device", `sim:${dst}`, file);
+        assertEquals(l.code, 0, l.out);
+        const c = await run("sim", "compare", src, dst);
+        if (quirk) {
+          assertEquals(c.code, 1, `sim compare shows the loss: ${c.out}`);
+          assertStringIncludes(c.out, "different");
+        } else assertEquals(c.code, 0, `without the quirk the destination holds the source's state: ${c.out}`);
+      });
+    });
   }
 });

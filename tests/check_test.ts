@@ -147,7 +147,7 @@ Deno.test("check: the CLI prints the table and exits 0 on a conformant device; -
     assertMatch(text.out, /^PASS {4}round-trip {13}96 bytes saved, loaded and saved again identically/m);
     assertMatch(text.out, /^STOP {10}STOP_COPY {5}ok {6}STOP_COPY {5}yes {6}=$/m);
     assertMatch(text.out, /^PASS {4}reopen-session {9}a session after reopening gave all 96 bytes, identical$/m);
-    assertMatch(text.out, /summary: 17 PASS, 0 FAIL, 0 WARN, 0 SKIP/);
+    assertMatch(text.out, /summary: 18 PASS, 0 FAIL, 0 WARN, 0 SKIP/);
     const json = await vfioMig(["check", "--device", `sim:${path}`, "--json"]);
     assertEquals(json.code, 0, json.err);
     const r = JSON.parse(json.out) as CheckReport;
@@ -241,7 +241,7 @@ Deno.test("check: the CLI exits 1 on a quirky device and names the failing check
     assertEquals(r.code, 1, r.out + r.err);
     assertMatch(r.out, /^FAIL {4}arc-data-fd {12}RUNNING -> STOP: succeeded, ended in STOP, returned a data_fd/m);
     assertMatch(r.out, /^FAIL {4}precopy-initial-bytes {2}initial_bytes grew/m);
-    assertMatch(r.out, /summary: 15 PASS, 2 FAIL, 0 WARN, 0 SKIP/);
+    assertMatch(r.out, /summary: 16 PASS, 2 FAIL, 0 WARN, 0 SKIP/);
     const bad = await vfioMig(["sim", "create", `${dir}/x`, "--quirk", "no-such-quirk"]);
     assertEquals(bad.code, 2);
     assertStringIncludes(bad.err, "unknown quirk no-such-quirk");

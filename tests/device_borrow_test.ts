@@ -189,7 +189,7 @@ Deno.test("pid:PID picks the holder's only device fd; several need :FD; a non-de
     assertEquals(selectHolderFd(p, { pid: 200, fd: 11 }, "pid:200:11").chosen.fd, 11);
 
     const several = assertThrows(() => selectHolderFd(p, { pid: 200, fd: null }, "pid:200"), VfioMigError);
-    assertEquals(several.exitCode, 2);
+    assertEquals(several.exitCode, 3, "a borrow problem (docs/device-state.md): exit 3, as the others");
     assertEquals(
       several.message,
       "pid:200: pid 200 (dpdk) holds 2 VFIO device fds (10, 11): choose one with pid:200:FD",

@@ -344,3 +344,43 @@ Deno.test("live: REINIT through the CLI (file): precopyInfoV2 and reinits report
     assertEquals(bad.code, 2, show(bad));
   });
 });
+
+Deno.test("live: the switchover event carries `exact` (MIG_DATA_SIZE, asked once the estimate fit); `estimate` stays PRECOPY_INFO's", async () => {
+  await withTemp(async (t) => {
+    const [a, file, events] = [`${t}/a`, `${t}/live.vfmig`, `${t}/events.jsonl`];
+    await simCreate(a, "--size", "8M", "--rate", "4M", "--seed", "3");
+    const r = await ok(["save", "--live", "--json", "--events", events, "--device", `sim:${a}`, file]);
+    assertEquals(jsonOf(r.stdout).switchReason, "converged", show(r));
+    const lines = (await Deno.readTextFile(events)).trim().split("\n").map((l) => JSON.parse(l));
+    const sw = lines.find((e) => e.type === "switchover");
+    assert(sw, "a switchover event");
+    assert(typeof sw.exact === "number", `switchover.exact: ${JSON.stringify(sw)}`);
+    assert(sw.exact <= sw.threshold, "converged: the exact size fit the threshold");
+    const ends = lines.filter((e) => e.type === "iteration" && e.edge === "end");
+    const last = ends[ends.length - 1];
+    assertEquals(last.exact, sw.exact, "the last iteration shows the same exact");
+    assertEquals(last.estimate, sw.estimate, "and the same estimate");
+    for (const it of ends) {
+      const sum = it.devices.reduce(
+        (n: number, d: { initialBytes: number; dirtyBytes: number }) => n + d.initialBytes + d.dirtyBytes,
+        0,
+      );
+      assertEquals(it.estimate, sum + (it.backlog ?? 0), `iteration ${it.n}: estimate is PRECOPY_INFO's`);
+    }
+  });
+});
+
+Deno.test("live: a device without MIG_DATA_SIZE never converges (100 GiB counted): only --max-precopy ends it; save --help says so", async () => {
+  const { PrecopyPolicy } = await import("../src/migrate/precopy.ts");
+  const p = new PrecopyPolicy(300, 50);
+  p.meter.add(1 << 20, 1); // 1 MiB/ms: 300 MiB fit the 300 ms limit
+  const input = { initialBytes: 0, dirtyBytes: 4096, exact: () => null, initAcked: true };
+  assertEquals(p.decide(input), null, "MIG_DATA_SIZE unavailable: no convergence");
+  assertEquals([p.lastExact, p.lastEstimate], [null, 4096], "exact null, estimate PRECOPY_INFO's");
+  assertEquals(p.decide({ ...input, exact: () => 8192 }), "converged", "with MIG_DATA_SIZE it converges");
+  assertEquals(p.lastExact, 8192);
+  await sleep(60);
+  assertEquals(p.decide(input), "max-precopy");
+  const help = await ok(["save", "--help"]);
+  assertMatch(help.stdout.replace(/\s+/g, " "), /a device without MIG_DATA_SIZE never converges/i);
+});

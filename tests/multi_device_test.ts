@@ -13,6 +13,7 @@ import { parseFaults, SimKernel, SimStore } from "../src/sim/mod.ts";
 import { isErrno, libc } from "../src/vfio/mod.ts";
 import { DeviceState } from "../src/vfio/state_machine.ts";
 import { F, O } from "../ffi/sys.ts";
+import { FEATURE, FEATURE_FLAGS, IOCTL } from "../ffi/vfio_uapi.ts";
 import { BASE_ENV, CLI, DENO, MiB, ROOT } from "./proc_helpers.ts";
 
 interface Run {
@@ -667,5 +668,172 @@ Deno.test("no fd leaks: library save + load of several devices, and failed ones,
     assertEquals(fds(), before, "after a failed save");
     await assertRejects(() => loadOnce(file, "write:data_fd@3=EIO"), Error, "EIO");
     assertEquals(fds(), before, "after a failed load");
+  });
+});
+
+/**
+ * A simulated kernel in which device `dir` is reset (VFIO_DEVICE_RESET, as from another
+ * process) just before the tool's SET to `before` reaches it: an asynchronous reset.
+ */
+class ResetBefore extends SimKernel {
+  #armed: { dir: string; before: DeviceState } | null;
+  constructor(dir: string, before: DeviceState) {
+    super(libc());
+    this.#armed = { dir, before };
+  }
+  override ioctl(fd: number, request: number, arg: Uint8Array | number | null): number {
+    const a = this.#armed;
+    if (a && request === IOCTL.DEVICE_FEATURE && arg instanceof Uint8Array && arg.length >= 12) {
+      const v = new DataView(arg.buffer, arg.byteOffset);
+      const flags = v.getUint32(4, true);
+      if (
+        (flags & FEATURE_FLAGS.MASK) === FEATURE.MIG_DEVICE_STATE && (flags & FEATURE_FLAGS.SET) &&
+        v.getUint32(8, true) === a.before && SimKernel.simDeviceOf(libc(), fd) === a.dir
+      ) {
+        this.#armed = null;
+        super.ioctl(fd, IOCTL.DEVICE_RESET, null);
+      }
+    }
+    return super.ioctl(fd, request, arg);
+  }
+}
+
+Deno.test("a SET that returns an unexpected data_fd (a device reset before the quiescing SET): 'data_fd out of sync', the device named, the fd closed, all recovered", async () => {
+  await withTemp(async (t) => {
+    const host = libc();
+    const src = [`${t}/a`, `${t}/b`];
+    src.forEach((p, i) => new SimStore(host, p).create({ model: "bulk", size: 256 << 10, seed: 1 + i }));
+    const fds = () => host.readdir("/proc/self/fd").length;
+    const before = fds();
+    // Live: b resets just before PRE_COPY -> PRE_COPY_P2P; the kernel walks RUNNING ->
+    // RUNNING_P2P -> PRE_COPY_P2P, a new session, and hands out a new data_fd.
+    const k = new ResetBefore(src[1], DeviceState.PRE_COPY_P2P);
+    const devs = src.map((p) => openDevice(k, `sim:${p}`));
+    let err: unknown = null;
+    try {
+      await save(devs, openSink(k, `${t}/live.vfmig`), { live: true });
+    } catch (e) {
+      err = e;
+    } finally {
+      for (const d of devs) d.close();
+    }
+    assert(err instanceof Error, "the save failed");
+    const msg = (err as Error).message;
+    assertStringIncludes(msg, `sim:${src[1]}: data_fd out of sync (the device was reset?)`);
+    assertStringIncludes(msg, "PRE_COPY -> PRE_COPY_P2P");
+    assertEquals((err as { exitCode?: number }).exitCode, 1, msg);
+    assertEquals(fds(), before, "the unexpected data_fd was closed (no fd left open)");
+    for (const x of src) assertStringIncludes(msg, `sim:${x} is RUNNING`);
+    assertEquals(await Promise.all(src.map(stateOf)), ["RUNNING", "RUNNING"], "sources back where they were");
+    assert(!(await Deno.stat(`${t}/live.vfmig`).then(() => true, () => false)), "no stream left");
+
+    // Offline with several devices: a reset just before STOP_COPY (after RUNNING_P2P)
+    // opens the session itself: expected, and the save is whole (the device's state now).
+    const k2 = new ResetBefore(src[0], DeviceState.STOP_COPY);
+    const devs2 = src.map((p) => openDevice(k2, `sim:${p}`));
+    try {
+      await save(devs2, openSink(k2, `${t}/off.vfmig`), { resume: true });
+    } finally {
+      for (const d of devs2) d.close();
+    }
+    assertEquals(fds(), before, "after the offline save");
+  });
+});
+
+Deno.test("several devices: an error of one device's syscall names that device", async () => {
+  await withTemp(async (t) => {
+    const src = [`${t}/a`, `${t}/b`];
+    await simCreate(src[0], "bulk", "--size", String(MiB), "--seed", "1");
+    await simCreate(src[1], "bulk", "--size", String(MiB), "--seed", "2");
+    const log = `${t}/save.log`;
+    // The second PRECOPY_INFO of the live save (the second device's) fails.
+    const r = await cli(["save", "--live", ...src.flatMap((x) => ["--device", `sim:${x}`]), `${t}/f.vfmig`], {
+      VFIO_MIG_SIM_FAULTS: "ioctl:MIG_GET_PRECOPY_INFO@2=EIO",
+      VFIO_MIG_SIM_LOG: log,
+    });
+    const line = assertOneLineFailure(r, 1, "injected EIO");
+    assert((await logLines(log)).some((l) => l.fault === "EIO"), "the fault fired");
+    // The devices are read in order: the second PRECOPY_INFO is the second device's.
+    assertStringIncludes(line, `save of 2 devices failed: sim:${src[1]}: `);
+  });
+});
+
+Deno.test("load: each device's config is restored while it is still RESUMING, before RESUMING -> STOP (docs/tools.md)", async () => {
+  await withTemp(async (t) => {
+    const [a, b, c, d] = [`${t}/a`, `${t}/b`, `${t}/c`, `${t}/d`];
+    await Promise.all([
+      simCreate(a, "xe", "--size", String(MiB)),
+      simCreate(b, "mtty-2"),
+      simCreate(c, "xe", "--size", String(MiB)),
+      simCreate(d, "mtty-2"),
+    ]);
+    const file = `${t}/f.vfmig`;
+    await ok(["save", "--device", `sim:${a}`, "--device", `sim:${b}`, file]);
+    const log = `${t}/load.log`;
+    await ok(["load", "--device", `sim:${c}`, "--device", `sim:${d}`, file], { VFIO_MIG_SIM_LOG: log });
+    const lines = await logLines(log);
+    const writes = lines.map((l, i) => (l.call === "pwrite:device" ? i : -1)).filter((i) => i >= 0);
+    const toStop = lines.findIndex((l) => l.from === "RESUMING" && l.to === "STOP");
+    assert(writes.length > 0, "config writes were made");
+    assert(toStop > 0, "RESUMING -> STOP");
+    assert(writes.every((i) => i < toStop), "every config write before any RESUMING -> STOP");
+    const resuming = lines.filter((l) => l.to === "RESUMING" && l.data_fd !== undefined);
+    assert(resuming.length === 2 && lines.indexOf(resuming[1]) < writes[0], "both devices RESUMING before the writes");
+  });
+});
+
+Deno.test("load: a device reset after the last write, before RESUMING -> STOP, is refused (nothing loaded), never reported loaded", async () => {
+  await withTemp(async (t) => {
+    const host = libc();
+    const [a, b] = [`${t}/a`, `${t}/b`];
+    new SimStore(host, a).create({ model: "bulk", size: 64 << 10, seed: 1 });
+    new SimStore(host, b).create({ model: "bulk", size: 64 << 10, seed: 2 });
+    const file = `${t}/s.vfmig`;
+    {
+      const k = new SimKernel(host);
+      const d = openDevice(k, `sim:${a}`);
+      try {
+        await save(d, openSink(k, file));
+      } finally {
+        d.close();
+      }
+    }
+    const before = await sha(b);
+    // The reset comes just before the tool's GET that precedes RESUMING -> STOP.
+    class ResetBeforeLoad extends SimKernel {
+      armed = true;
+      override ioctl(fd: number, request: number, arg: Uint8Array | number | null): number {
+        if (this.armed && request === IOCTL.DEVICE_FEATURE && arg instanceof Uint8Array && arg.length >= 12) {
+          const v = new DataView(arg.buffer, arg.byteOffset);
+          const flags = v.getUint32(4, true);
+          if ((flags & FEATURE_FLAGS.MASK) === FEATURE.MIG_DEVICE_STATE && (flags & FEATURE_FLAGS.GET)) {
+            const probe = new Uint8Array(arg.length);
+            probe.set(arg);
+            super.ioctl(fd, request, probe);
+            if (new DataView(probe.buffer).getUint32(8, true) === DeviceState.RESUMING) {
+              this.armed = false;
+              super.ioctl(fd, IOCTL.DEVICE_RESET, null);
+            }
+          }
+        }
+        return super.ioctl(fd, request, arg);
+      }
+    }
+    const k = new ResetBeforeLoad(host);
+    const d = openDevice(k, `sim:${b}`);
+    const s = openSource(k, file);
+    try {
+      await assertRejects(
+        () => load(d, s),
+        Error,
+        `sim:${b}: the device left RESUMING before its data was loaded: it is RUNNING (was it reset?)`,
+      );
+    } finally {
+      s.close();
+      d.close();
+    }
+    assert(!k.armed, "the reset was made");
+    assertEquals(await sha(b), before, "nothing was loaded");
+    assertEquals(await stateOf(b), "RUNNING");
   });
 });

@@ -5,7 +5,7 @@
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "./assert.ts";
 import { Errno, SysError } from "../ffi/errno.ts";
 import { libc } from "../ffi/libc.ts";
-import { O } from "../ffi/sys.ts";
+import { F, O } from "../ffi/sys.ts";
 import { decode, encodeInto, FEATURE, FEATURE_FLAGS, IOCTL, STRUCTS } from "../ffi/vfio_uapi.ts";
 import {
   ALL_STATES,
@@ -19,6 +19,7 @@ import {
 import { parseFaults, SimKernel, type SimKernelOptions } from "../src/sim/kernel.ts";
 import { type ModelName, MTTY_MAGIC, mttyHeader } from "../src/sim/models.ts";
 import { SimStore } from "../src/sim/store.ts";
+import { Sim as HelperSim, withStore } from "./sim_helpers.ts";
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = DeviceState;
 const { GET, SET, PROBE } = FEATURE_FLAGS;
@@ -646,4 +647,103 @@ Deno.test("every state is reachable from RUNNING on a 0x7 device, and GET report
   await withDevice("bulk", { size: 4096 }, (s) => {
     for (const st of ALL_STATES.filter((x) => x !== ERROR)) reach(s, st);
   });
+});
+
+// ---------------------------------------------------------------------------
+// A reset from another open (another process: a borrower through pidfd_getfd, or a
+// second fd) ends the holder's session as the kernel does: the driver's reset disables
+// every migration file of the device (mtty_reset -> mtty_disable_files; mlx5vf,
+// hisi_acc, pds from their reset_done), so the old data_fd answers ENODEV, a pci-family
+// device's included (not EIO from its regenerated data).
+
+/** A second open of the holder's device: its fd duplicated and adopted by another kernel (another process). */
+function secondOpen(h: HelperSim): HelperSim {
+  const dup = host.fcntl(h.fd, F.DUPFD_CLOEXEC, 0);
+  const k = new SimKernel(host);
+  k.adopt(dup);
+  return new HelperSim(k, dup, h.dir);
+}
+
+for (
+  const [model, family] of [["mtty-2", "mdev"], ["bulk", "mdev"], ["bulk", "pci"], ["xe", "pci"]] as const
+) {
+  Deno.test(`sim ${model} (${family}): a reset from another open ends the holder's save session: the old data_fd answers ENODEV`, async () => {
+    await withStore({ model, family, size: model === "xe" ? 1 << 20 : 64 << 10 }, (dir) => {
+      const h = HelperSim.open(dir);
+      try {
+        const pre = model === "xe" ? -1 : h.set(PRE_COPY);
+        if (pre >= 0) h.read(pre, 10);
+        h.set(model === "xe" ? STOP : PRE_COPY_P2P);
+        const sc = model === "xe" ? h.set(STOP_COPY) : pre;
+        if (model !== "xe") h.set(STOP_COPY);
+        assertEquals(h.read(sc, 16).length, 16, "the session reads before the reset");
+        const other = secondOpen(h);
+        other.reset();
+        expectErrno(() => h.read(sc, 16), "ENODEV", "read of the old data_fd after the other open's reset");
+        expectErrno(() => h.read(sc, 16), "ENODEV", "and again");
+        assertEquals(h.state(), RUNNING, "the holder sees RUNNING");
+        // A new session from the holder carries the device's data again.
+        h.set(STOP);
+        const fresh = h.set(STOP_COPY);
+        assert(h.drain(fresh).length > 16, "a new session after the reset");
+        other.k.close(other.fd);
+      } finally {
+        h.close();
+      }
+    });
+  });
+}
+
+Deno.test("sim mtty-2: a reset from another open during a pre-copy and a resume session answers as mtty (PRECOPY_INFO EINVAL, ENOMEM before ENODEV)", async () => {
+  await withStore({ model: "mtty-2" }, (dir) => {
+    const h = HelperSim.open(dir);
+    try {
+      const pre = h.set(PRE_COPY);
+      h.read(pre, 10);
+      secondOpen(h).reset();
+      expectErrno(() => h.read(pre, 16), "ENODEV", "read after the reset");
+      // mtty_precopy_ioctl checks the state (RUNNING now) before the disabled file.
+      expectErrno(() => h.precopyInfo(pre), "EINVAL", "PRECOPY_INFO after the reset");
+      h.set(STOP);
+      const res = h.set(RESUMING);
+      h.k.write(res, mttyHeader("mtty-2"));
+      h.k.write(res, new Uint8Array(6));
+      secondOpen(h).reset();
+      // mtty_disable_file zeroes the position; the length check (ENOMEM) comes first.
+      expectErrno(() => h.k.write(res, new Uint8Array(8)), "ENODEV", "write 8 after the reset");
+      expectErrno(() => h.k.write(res, new Uint8Array(200)), "ENOMEM", "write 200 after the reset");
+    } finally {
+      h.close();
+    }
+  });
+});
+
+Deno.test("sim: `vfio-mig reset --device pid:PID:FD` from another process ends this process's session (ENODEV), pci family too", async () => {
+  for (const family of ["mdev", "pci"] as const) {
+    await withStore({ model: "bulk", family, size: 1 << 20 }, async (dir) => {
+      const h = HelperSim.open(dir);
+      try {
+        const pre = h.set(PRE_COPY);
+        h.read(pre, 4096);
+        const r = await new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "--allow-ffi",
+            new URL("../cli.ts", import.meta.url).pathname,
+            "reset",
+            "--device",
+            `pid:${Deno.pid}:${h.fd}`,
+          ],
+          env: { NO_COLOR: "1" },
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        assertEquals(r.code, 0, new TextDecoder().decode(r.stderr));
+        expectErrno(() => h.read(pre, 4096), "ENODEV", `${family}: the holder's read after another process's reset`);
+        assertEquals(h.state(), RUNNING);
+      } finally {
+        h.close();
+      }
+    });
+  }
 });

@@ -414,7 +414,9 @@ Deno.test("xe: a stream loads into another VF only whole and verified; a flipped
 
 Deno.test("xe: a 64 GiB state is never stored nor held: it streams in constant memory", async () => {
   await withStore({ model: "xe", size: 64 * 1024 * MiB }, (dir) => {
-    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["device.json"], "no state file");
+    // device.json and the (empty) reset count: no state file.
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["device.json", "resets"], "no state file");
+    assertEquals(Deno.statSync(`${dir}/resets`).size, 0, "no reset yet");
     const s = Sim.open(dir);
     try {
       s.set(STOP);
@@ -436,4 +438,69 @@ Deno.test("xe: a 64 GiB state is never stored nor held: it streams in constant m
     refused = (e as Error).message;
   }
   assertEquals(refused, "the xe model has no PRE_COPY (flags stop-copy, p2p)");
+});
+
+// ---------------------------------------------------------------------------
+// uninit-vf (hisi_acc: live migration without VF device driver)
+
+Deno.test("uninit-vf: data saved from a never-initialised PCI function (fresh from its reset) is refused by the resume path; an initialised one saves normally", async () => {
+  await withStore({ model: "bulk", family: "pci", size: 64 * 1024, quirks: ["uninit-vf"] }, (dir) => {
+    const s = Sim.open(dir); // the first open resets the function: pristine
+    let image: Uint8Array;
+    try {
+      s.set(STOP);
+      image = s.drain(s.set(STOP_COPY));
+      assertEquals(image.subarray(0, 8), new Uint8Array(8), "the match part reads as zeros");
+      assertEquals(image.subarray(8, BULK_HEADER_SIZE), bulkHeader(64 * 1024).subarray(8), "the rest as it is");
+      // The resume path of the same driver refuses it.
+      s.set(STOP);
+      const r = s.set(RESUMING);
+      expectErrno(() => s.k.write(r, image), "EINVAL", "resume write of data from a never-initialised VF");
+      s.reset();
+      // A device the load of valid data initialised saves its match data.
+      s.set(STOP);
+      const r2 = s.set(RESUMING);
+      const valid = concat(image);
+      valid.set(bulkHeader(64 * 1024).subarray(0, 8), 0);
+      s.writeAll(r2, valid);
+      s.set(STOP);
+      s.closeFd(r2);
+      assertEquals(metaOf(dir).pristine, false, "a load initialised it");
+      const again = s.drain(s.set(STOP_COPY));
+      assertEquals(again, valid, "saved normally now");
+    } finally {
+      s.close();
+    }
+  });
+  // An mdev (state kept, never reset at open) is not affected.
+  await withSim({ model: "bulk", size: 4096, quirks: ["uninit-vf"] }, (s) => {
+    s.set(STOP);
+    assertEquals(s.drain(s.set(STOP_COPY)).subarray(0, 8), bulkHeader(4096).subarray(0, 8));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// late-writeback (hisi_acc cache write-back fix)
+
+Deno.test("late-writeback: the last writes before STOP reach memory after the STOP_COPY data was taken: the saved data misses them", async () => {
+  await withStore({ model: "bulk", size: 256 * 1024, rate: 4 * MiB, quirks: ["late-writeback"] }, (dir) => {
+    const s = Sim.open(dir);
+    try {
+      sleepSync(20);
+      s.set(STOP); // the device's last writes go into its cache
+      const cached = metaOf(dir).quirkState?.cached ?? [];
+      assertEquals(cached.length, 4, "four writes still cached");
+      const memory = stateFile(dir);
+      const saved = s.drain(s.set(STOP_COPY)).subarray(BULK_HEADER_SIZE + 16);
+      assertEquals(saved, memory, "the stop-copy data is device memory without the cached writes");
+      s.set(STOP); // leaving STOP_COPY: the cache is written back
+      const after = stateFile(dir);
+      for (const w of cached) assertEquals([...after.subarray(w.at, w.at + 8)], w.bytes, `write at ${w.at} landed`);
+      assertNotEquals(after, saved, "the device holds what the save lacks");
+      const again = s.drain(s.set(STOP_COPY)).subarray(BULK_HEADER_SIZE + 16);
+      assertEquals(again, after, "a second save of the stopped device has them");
+    } finally {
+      s.close();
+    }
+  });
 });

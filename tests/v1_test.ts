@@ -7,8 +7,9 @@
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { Errno, SysError } from "../ffi/errno.ts";
 import { libc } from "../ffi/libc.ts";
-import { O } from "../ffi/sys.ts";
-import { DEVICE_STATE_V1 } from "../ffi/vfio_uapi.ts";
+import { F, O } from "../ffi/sys.ts";
+import { DEVICE_STATE_V1, IOCTL } from "../ffi/vfio_uapi.ts";
+import { Events } from "../src/events/events.ts";
 import { stateHash } from "../src/commands/sim.ts";
 import { openDevice, type VfioDevice } from "../src/device/open.ts";
 import { VfioMigError } from "../src/errors.ts";
@@ -502,6 +503,47 @@ Deno.test("v1 simulated device persists its device_state across processes, like 
       assertEquals(new DataView(b.buffer).getUint32(0, true), 0, "read back in a new kernel");
     } finally {
       k.close(fd);
+    }
+  });
+});
+
+Deno.test("v1 live save with a reset (from another open) between the last pre-copy iteration and the stop: refused, never a stream of two sessions", async () => {
+  await withDirs(async (t) => {
+    for (const when of ["switchover", "iteration"] as const) {
+      createDevice(`${t}/a`, { size: 256 << 10, seed: 8, dataSize: 64 * 1024 });
+      const k = kernel();
+      const d = openDevice(k, `sim:${t}/a`);
+      // The reset comes through a second fd adopted by another simulated kernel: another process.
+      const other = host.fcntl(d.fd, F.DUPFD_CLOEXEC, 0);
+      const k2 = kernel();
+      k2.adopt(other);
+      let fired = false;
+      const events = new Events().on({
+        event: (e) => {
+          if (fired || e.type !== when || (when === "iteration" && e.edge !== "end")) return;
+          fired = true;
+          k2.ioctl(other, IOCTL.DEVICE_RESET, null);
+        },
+      });
+      events.start({ command: "save", mode: "live" });
+      const file = `${t}/s-${when}.bin`;
+      try {
+        const err = await rejects(
+          save(d, openSink(k, file), { live: true, events }).then((r) => {
+            throw new Error(`saved: ${JSON.stringify(r.statesVisited)}`);
+          }),
+        );
+        assert(fired, `the reset was made (${when})`);
+        assert(err instanceof VfioMigError, String(err));
+        assertStringIncludes(err.message, `sim:${t}/a: `);
+        assertStringIncludes(err.message, "without _SAVING: the device left the save (was it reset?)");
+        assertEquals(err.exitCode, 1);
+        assert(!(await Deno.stat(file).then(() => true, () => false)), `${when}: no stream reported saved`);
+        assertEquals(v1State(`${t}/a`) & MASK, RUNNING, "the device is running, SAVING cleared");
+      } finally {
+        k2.close(other);
+        d.close();
+      }
     }
   });
 });

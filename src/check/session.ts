@@ -102,6 +102,8 @@ export class CheckSession {
   readonly spontaneous: string[] = [];
   /** Sessions the checks opened (for the spontaneous-reset report). */
   sessions = 0;
+  /** The errno of the first write of the device's own image that its RESUMING data_fd refused, or null. */
+  imageRefused: string | null = null;
 
   constructor(public dev: VfioDevice, flags?: number) {
     this.sys = dev.sys;
@@ -214,7 +216,10 @@ export class CheckSession {
       }
     } catch (e) {
       // Leaving RESUMING will then fail, and show it.
-      if (e instanceof SysError) this.noteFailure("writing the image into a RESUMING data_fd", e.code);
+      if (e instanceof SysError) {
+        this.noteFailure("writing the image into a RESUMING data_fd", e.code);
+        this.imageRefused ??= e.code;
+      }
     }
     this.closeFd(fd);
   }

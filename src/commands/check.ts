@@ -1,5 +1,6 @@
 import { arcMismatches, type ArcResult, expectedArc } from "../check/arcs.ts";
 import { type CheckReport, CHECKS, runChecks } from "../check/conformance.ts";
+import { V1_CHECKS } from "../check/v1.ts";
 import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor } from "../device/open.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
 import { DeviceState } from "../vfio/state_machine.ts";
@@ -23,6 +24,12 @@ export function formatCheck(r: CheckReport, arcs = false): string {
         `state ${r.initialState ?? "?"} before, ${r.finalState ?? "?"} after; ${r.resets} reset${
           r.resets === 1 ? "" : "s"
         }`,
+    );
+  } else if (r.protocol === "v1") {
+    out.push(
+      `migration protocol v1 (the deprecated region protocol): the v2-only checks SKIP; state ${
+        r.initialState ?? "?"
+      } before, ${r.finalState ?? "?"} after`,
     );
   }
   out.push("");
@@ -103,6 +110,11 @@ export const checkCommand: Command = {
 Checks a device's migration driver against the VFIO uAPI and prints a PASS / FAIL /
 WARN / SKIP table with reasons:
 ${Object.entries(CHECKS).map(([k, v]) => `  ${k.padEnd(22)} ${v}`).join("\n")}
+${Object.entries(V1_CHECKS).map(([k, v]) => `  ${k.padEnd(22)} ${v}`).join("\n")}
+
+A v1 device (the region protocol, no VFIO_DEVICE_FEATURE_MIGRATION) gets what applies to
+v1: v1-region, round-trip through the region, pci-config-region, config-after-reset,
+final-state; every other check is SKIP "v2-only" with the reason.
 
 The arc exploration requests, from every supported state, every state 0..7, except
 STOP_COPY -> PRE_COPY and -> PRE_COPY_P2P, which Linux 6.2 and later spin forever on

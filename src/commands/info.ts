@@ -63,6 +63,7 @@ ${exitCodesHelp([0, 1, 2, 3])}`,
             hex(r.subsystemDevice)
           }`,
         );
+        if (r.pciIdsUnknown) console.log(`                 unknown: ${r.pciIdsUnknown}`);
         if (r.deviceFlags !== null) {
           const names = Object.entries(DEVICE_FLAGS).filter(([, v]) => r.deviceFlags! & v).map(([k]) => k);
           console.log(`device flags:    ${hex(r.deviceFlags, 1)} (${names.join(" ") || "none"})`);

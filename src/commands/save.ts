@@ -96,6 +96,9 @@ ${deviceHelp(21)}
                      0: switch only when nothing is left to send)
       --max-precopy TIME  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS / 1000}s;
                      0: stop-copy right after the initial data)
+                     A device without MIG_DATA_SIZE never converges (its stop-copy
+                     size counts as 100 GiB, as QEMU's): only --max-precopy or
+                     kill -USR2 ends its pre-copy
 ${NETWORK_HELP}
       --tls          connect with TLS (system roots); --tls-ca FILE trusts a CA
       --protocol P   auto (default: uAPI v2 when the device has it, else the v1

@@ -27,6 +27,7 @@ import {
   deviceError,
   type DeviceHolder,
   type DeviceIdentityInfo,
+  pciConfigProblem,
   pciIdentityFromConfig,
   VfioDevice,
   withIdentity,
@@ -76,7 +77,8 @@ function describeFd(f: VfioFd): string {
  * The holder's fd a pid: spec designates, from its fd table (no side effects): FD when
  * given (it must be a device fd), else its only device fd. Throws VfioMigError: device
  * (no such process, no permission to read its fd table, FD not a VFIO device fd, no
- * device fd at all) or usage (several device fds and no FD).
+ * device fd at all, several device fds and no FD: a borrow problem, as docs/device-state.md
+ * lists, exit 3).
  */
 export function selectHolderFd(
   procfs: Procfs,
@@ -110,7 +112,7 @@ export function selectHolderFd(
   throw new VfioMigError(
     `${label}: ${who} holds ${devices.length} VFIO device fds (${devices.map((d) => d.fd).join(", ")}): ` +
       `choose one with pid:${spec.pid}:FD`,
-    "usage",
+    "device",
   );
 }
 
@@ -168,7 +170,7 @@ function takeFd(sys: Sys, pid: number, fd: number, label: string): number {
  * `sys` must be the backend's syscall layer when the fd is a backend's device, the
  * SimKernel for a simulated one (systemFor picks it).
  * Throws VfioMigError: device (no such process, no permission, the fd is not a VFIO
- * device, Linux < 5.6) or usage (several device fds and no FD).
+ * device, Linux < 5.6, several device fds and no FD).
  */
 export function borrowDevice(sys: Sys, spec: string): VfioDevice {
   const parsed = parseFdSpec(spec);
@@ -306,6 +308,7 @@ function fromFd(sys: Sys, fd: number, label: string, f: VfioFd, o: FromFd): Vfio
     candidates: found.dev ? [] : found.candidates.map((c) => c.name),
   });
   if (config) d.info.pci = pciIdentityFromConfig(config);
+  else d.info.pciUnknown = pciConfigProblem(d) ?? undefined;
   return d;
 }
 

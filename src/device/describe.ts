@@ -38,6 +38,8 @@ export interface DeviceReport {
   deviceId: number | null;
   subsystemVendor: number | null;
   subsystemDevice: number | null;
+  /** Why the PCI ids are unknown on a PCI device (no readable config region: a driver defect), or null. */
+  pciIdsUnknown: string | null;
   deviceFlags: number | null;
   migratable: boolean;
   /** v2 when the device has uAPI v2 (preferred), else v1 when it has the v1 region. */
@@ -109,6 +111,7 @@ export function describeDevice(d: VfioDevice, want: ControlProtocol | "auto" = "
     deviceId: pci?.device ?? null,
     subsystemVendor: pci?.subsystemVendor ?? null,
     subsystemDevice: pci?.subsystemDevice ?? null,
+    pciIdsUnknown: pci ? null : d.info.pciUnknown ?? null,
     deviceFlags: devFlags,
     migratable: flags !== null || v1 !== null,
     protocol: want === "v1"

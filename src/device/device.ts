@@ -3,7 +3,7 @@
 // inherited from the process that started us. open.ts and borrow.ts make them.
 
 import type { Sys } from "../../ffi/sys.ts";
-import { decode, encode, IOCTL, PCI_REGION, STRUCTS } from "../../ffi/vfio_uapi.ts";
+import { decode, DEVICE_FLAGS, encode, IOCTL, PCI_REGION, REGION_FLAGS, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { VfioMigError } from "../errors.ts";
 import { findRegion } from "../vfio/regions.ts";
 import { MigrationV2 } from "../vfio/v2.ts";
@@ -26,6 +26,11 @@ export interface DeviceIdentityInfo {
   driver: string | null;
   mdevType: string | null;
   pci: PciIdentity | null;
+  /**
+   * Why `pci` is null on a device that says it is PCI (VFIO_DEVICE_FLAGS_PCI) but whose
+   * config region cannot be described or read: a driver defect (pciConfigProblem).
+   */
+  pciUnknown?: string;
   /** The backend's model, for a backend's devices (the simulator's). */
   model?: string;
 }
@@ -148,10 +153,51 @@ export class VfioDevice {
   }
 }
 
-/** Reads the device's PCI identity from its config region into `d.info.pci`. */
+/**
+ * Why a device that reports VFIO_DEVICE_FLAGS_PCI has no readable PCI config region, or
+ * null (not PCI, or the region is fine). A vfio-pci device always has one (index 7,
+ * VFIO_PCI_CONFIG_REGION_INDEX): its absence is a driver defect, e.g. the xe variant
+ * driver shipped without get_region_info_caps, so VFIO_DEVICE_GET_REGION_INFO answered
+ * EINVAL for every region (drivers/vfio/pci/xe, fixed Dec 2025). Without it a save has
+ * no PCI identity and no config section. Never throws.
+ */
+export function pciConfigProblem(d: VfioDevice): string | null {
+  try {
+    if (!(d.deviceInfo().flags & DEVICE_FLAGS.PCI)) return null;
+  } catch {
+    return null; // GET_INFO itself fails: not the question here
+  }
+  const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: PCI_REGION.CONFIG });
+  try {
+    d.sys.ioctl(d.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
+  } catch (e) {
+    const code = e instanceof Error && "code" in e ? String((e as { code: unknown }).code) : String(e);
+    return `the device reports VFIO_DEVICE_FLAGS_PCI but VFIO_DEVICE_GET_REGION_INFO of its PCI config region ` +
+      `(index 7) fails with ${code}: a driver defect (the xe variant driver shipped so, without ` +
+      `get_region_info_caps)`;
+  }
+  const r = decode(STRUCTS.vfio_region_info, ri);
+  if (!(r.flags & REGION_FLAGS.READ)) {
+    return `the device reports VFIO_DEVICE_FLAGS_PCI but its PCI config region (index 7) is not readable: a driver defect`;
+  }
+  if (r.size < 0x30) {
+    return `the device reports VFIO_DEVICE_FLAGS_PCI but its PCI config region (index 7) is ${r.size} bytes, ` +
+      `too small for a PCI header: a driver defect`;
+  }
+  return null;
+}
+
+/**
+ * Reads the device's PCI identity from its config region into `d.info.pci`; when a PCI
+ * device has none, `d.info.pciUnknown` says why.
+ */
 export function withIdentity(d: VfioDevice): VfioDevice {
   const cfg = d.readConfig();
   if (cfg) d.info.pci = pciIdentityFromConfig(cfg);
+  else {
+    const why = pciConfigProblem(d);
+    if (why) d.info.pciUnknown = why;
+  }
   return d;
 }
 

@@ -29,6 +29,7 @@ export {
   type DeviceAccess,
   type DeviceHolder,
   type DeviceIdentityInfo,
+  pciConfigProblem,
   type PciIdentity,
   pciIdentityFromConfig,
   VfioDevice,

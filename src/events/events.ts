@@ -70,6 +70,8 @@ export interface IterationEnd {
   bandwidth: number | null;
   /** Bytes the transport still held unsent. */
   backlog?: number;
+  /** MIG_DATA_SIZE summed, when the policy asked for it in this iteration (null: a device could not say). */
+  exact?: number | null;
 }
 
 export interface Switchover {
@@ -328,6 +330,7 @@ export class Events {
         reinit: d.reinit || undefined,
       })),
       estimate: whole(it.estimate) ?? 0,
+      exact: it.exact === undefined ? undefined : whole(it.exact),
       threshold: whole(it.threshold),
       bandwidth: whole(it.bandwidth),
       backlog: it.backlog,

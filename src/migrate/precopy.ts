@@ -63,8 +63,17 @@ export class PrecopyPolicy {
   requested = false;
   iterations = 0;
   lastThreshold = 0;
-  /** The last estimate of what stop-copy would send (backlog + initial + dirty, or exact), bytes. */
+  /** The last estimate of what stop-copy would send from PRECOPY_INFO: backlog + initial + dirty, bytes. */
   lastEstimate = 0;
+  /**
+   * MIG_DATA_SIZE summed over the devices, when the last decision asked for it (only once
+   * the estimate fit the threshold): bytes; null when a device could not say (then
+   * UNKNOWN_STOP_COPY_SIZE counts, as QEMU does, and the save never converges: only
+   * --max-precopy or a switch request end pre-copy); undefined when it was not asked.
+   */
+  lastExact: number | null | undefined = undefined;
+  /** What the last decision compared with the threshold: the estimate, or backlog + exact when asked, bytes. */
+  lastJudged = 0;
   /** The bandwidth the last decision used, bytes per ms (null before any data moved). */
   lastRate: number | null = null;
 
@@ -79,6 +88,8 @@ export class PrecopyPolicy {
     this.iterations++;
     const backlog = input.backlogBytes ?? 0;
     this.lastEstimate = backlog + input.initialBytes + input.dirtyBytes;
+    this.lastJudged = this.lastEstimate;
+    this.lastExact = undefined;
     const rate = this.meter.rate(now);
     this.lastRate = rate;
     if (this.requested) return "requested";
@@ -91,8 +102,8 @@ export class PrecopyPolicy {
     const threshold = (rate ?? Infinity) * this.downtimeLimitMs;
     this.lastThreshold = threshold;
     if (this.lastEstimate > threshold) return null;
-    const exact = backlog + (input.exact() ?? UNKNOWN_STOP_COPY_SIZE);
-    this.lastEstimate = exact;
-    return exact <= threshold ? "converged" : null;
+    this.lastExact = input.exact();
+    this.lastJudged = backlog + (this.lastExact ?? UNKNOWN_STOP_COPY_SIZE);
+    return this.lastJudged <= threshold ? "converged" : null;
   }
 }

@@ -23,7 +23,7 @@
 
 import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
 import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
-import type { VfioDevice } from "../device/open.ts";
+import { pciConfigProblem, type VfioDevice } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
@@ -431,9 +431,21 @@ async function saveTo(
 
     // config state of each device, after all device data (vfio_save_state); the trailer
     events.phase("config", "start");
+    const lacking: string[] = [];
     for (const u of units) {
       const config = readConfigState(u.d);
-      if (!config) continue;
+      if (!config) {
+        // A PCI device without a readable config region is a driver defect: say what the stream lacks.
+        const why = u.d.info.pciUnknown ?? pciConfigProblem(u.d);
+        if (why) {
+          const line = `${u.d.label}: ${why}; the stream has no PCI identity and no config section (command ` +
+            `register, MSI/MSI-X): a load cannot check it is for the same device, nor restore its config`;
+          lacking.push(line);
+          events.note(line, "warning", ref(u));
+          console.error(`vfio-mig: warning: ${line}`);
+        }
+        continue;
+      }
       w.selectDevice(u.i);
       w.sized(TAG.DEV_CONFIG_STATE, encodeConfigState(config));
       w.tag(TAG.END_OF_STATE);
@@ -483,13 +495,13 @@ async function saveTo(
       configBytes: u.configBytes,
     }));
     const first = perDevice[0];
-    const warnings = perDevice.flatMap((d) => {
+    const warnings = lacking.concat(perDevice.flatMap((d) => {
       const short = shortData(d);
       if (!short) return [];
       events.note(short, "warning", { index: d.index, label: d.device });
       console.error(`vfio-mig: warning: ${short}`);
       return [short];
-    });
+    }));
     return {
       device: first.device,
       protocol: first.protocol,
@@ -511,7 +523,7 @@ async function saveTo(
       reinits: units.reduce((a, u) => a + u.reinits, 0),
       initDataSent: markers,
       initAcks: sink.initAcks ?? null,
-      estimateAtSwitch: policy ? policy.lastEstimate : null,
+      estimateAtSwitch: policy ? policy.lastJudged : null,
       backlogAtSwitch,
       statesVisited: first.statesVisited,
       finalState: first.finalState,
@@ -628,6 +640,7 @@ async function precopy(
           reinit: u.status!.reinit,
         })),
         estimate: policy.lastEstimate,
+        exact: policy.lastExact,
         threshold,
         bandwidth: rate === null ? null : rate * 1000,
         backlog: sink.queuedBytes,
@@ -637,6 +650,7 @@ async function precopy(
           reason,
           iterations: policy.iterations,
           estimate: policy.lastEstimate,
+          exact: policy.lastExact,
           threshold,
           downtimeLimitMs: policy.downtimeLimitMs,
           bandwidth: rate === null ? null : rate * 1000,

@@ -213,10 +213,40 @@ export function recoverDevice(d: VfioDevice, target: DeviceState, resetFirst = f
   return `${d.label} was reset and is ${state === null ? "in an unknown state" : stateName(state)}`;
 }
 
-/** Wraps a cause into one line with the device's final state. */
+/** The device (its label) whose session threw an error, for errors of sessions made by `named`. */
+const errorDevice = new WeakMap<object, string>();
+
+/**
+ * `session` with every method's error remembered as this device's (`failure` then names
+ * it): with several devices in one operation, a syscall's error ("read: ENODEV") says
+ * which device failed. Methods run on the session itself (its private fields).
+ */
+export function named<T extends object>(session: T, label: string): T {
+  return new Proxy(session, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target);
+      if (typeof v !== "function") return v;
+      return (...args: unknown[]) => {
+        try {
+          return v.apply(target, args);
+        } catch (e) {
+          if (typeof e === "object" && e !== null && !errorDevice.has(e)) errorDevice.set(e, label);
+          throw e;
+        }
+      };
+    },
+  });
+}
+
+/**
+ * Wraps a cause into one line with the device's final state. A cause from one device's
+ * session (`named`) names that device when neither `what` nor the message does.
+ */
 export function failure(what: string, cause: unknown, where: string): VfioMigError {
   const kind = cause instanceof VfioMigError ? cause.kind : "failure";
-  const msg = cause instanceof Error ? cause.message : String(cause);
+  let msg = cause instanceof Error ? cause.message : String(cause);
+  const dev = typeof cause === "object" && cause !== null ? errorDevice.get(cause) : undefined;
+  if (dev !== undefined && !what.includes(dev) && !msg.includes(dev)) msg = `${dev}: ${msg}`;
   return new VfioMigError(`${what}: ${msg}; ${where}`, kind, { cause });
 }
 

@@ -17,6 +17,7 @@ import { type MigrationV1, V1, v1StateIsError, v1StateName } from "../vfio/v1.ts
 import { MAX_CHUNK, TAG } from "../stream/format.ts";
 import type { StreamWriter } from "../stream/writer.ts";
 import type { IterationResult, ResumeSession, SavePhase, SaveSession } from "./protocol.ts";
+import { named } from "./session.ts";
 
 const { RUNNING, SAVING, RESUMING, MASK } = V1;
 
@@ -69,6 +70,8 @@ export class V1SaveSession implements SaveSession {
   readonly headerExtra: Record<string, unknown>;
   readonly p2p = false;
   #live = false;
+  /** The device_state this save last set (null before setup): every step checks the device is still there. */
+  #expected: number | null = null;
   /** This pre-copy round's iteration was made. */
   #iterated = false;
   /** pending_bytes read at the start of the current iteration, or null. */
@@ -97,7 +100,7 @@ export class V1SaveSession implements SaveSession {
         "device",
       );
     }
-    return new V1SaveSession(m);
+    return named(new V1SaveSession(m), d.label);
   }
 
   setup(w: StreamWriter, live: boolean): void {
@@ -107,8 +110,31 @@ export class V1SaveSession implements SaveSession {
     // An offline save stops the device first, as savevm's vm_stop(RUN_STATE_SAVE_VM)
     // does (vfio_vmstate_change: RUNNING cleared, SAVING set).
     if (!live) this.m.setState(~RUNNING, SAVING, "stop for save");
-    this.m.setState(MASK, SAVING, "set SAVING");
+    this.#expected = this.m.setState(MASK, SAVING, "set SAVING") & MASK;
     w.tag(TAG.END_OF_STATE);
+  }
+
+  /**
+   * The device is still in the save this session set up: device_state reads what the
+   * save last wrote (_SAVING, with _RUNNING while live pre-copy lasts). A device that
+   * reset (by itself, or VFIO_DEVICE_RESET from another process) reads _RUNNING without
+   * _SAVING, and setting _SAVING again would start a second session whose data does not
+   * follow the first's: a stream of two sessions is never reported saved. Checked at
+   * every step of the save (each pre-copy iteration, each stop-copy buffer, before the
+   * stop and before SAVING is cleared). libvfio-user #853 is the class: a reset during
+   * pre-copy that reads back RUNNING. Throws VfioMigError (exit 1).
+   */
+  #checkStillSaving(step: string): void {
+    if (this.#expected === null) return;
+    const st = this.m.readState();
+    if ((st & MASK) === this.#expected) return;
+    throw new VfioMigError(
+      `${this.m.name}: ${step}: device_state is ${v1StateName(st)}, not ${v1StateName(this.#expected)} as this save ` +
+        `set it${
+          st & SAVING ? "" : ", without _SAVING"
+        }: the device left the save (was it reset?); the data saved so ` +
+        `far belongs to a session that ended, so nothing is reported saved`,
+    );
   }
 
   /** vfio_save_buffer(): data_offset, data_size, then the bytes. Returns data_size. */
@@ -162,6 +188,7 @@ export class V1SaveSession implements SaveSession {
     if (phase === "pre-copy") {
       if (this.#iterated) return 0; // this round's iteration is done
       this.#iterated = true;
+      this.#checkStillSaving("pre-copy iteration");
       if (this.#pending === null) this.#pending = this.m.pendingBytes();
       if (this.#pending === 0) {
         this.#stillSaving();
@@ -170,9 +197,11 @@ export class V1SaveSession implements SaveSession {
       const n = this.#saveBuffer(w);
       w.tag(TAG.END_OF_STATE);
       // (f) of the documented loop: read pending_bytes again.
+      this.#checkStillSaving("pre-copy iteration");
       this.#pending = this.m.pendingBytes();
       return n;
     }
+    this.#checkStillSaving("stop-copy");
     if (this.m.pendingBytes() === 0) {
       this.#stillSaving();
       return 0;
@@ -215,12 +244,16 @@ export class V1SaveSession implements SaveSession {
   stop(): void {
     // The VM stops (vfio_vmstate_change: RUNNING cleared), then
     // vfio_save_complete_precopy sets SAVING without RUNNING.
-    if (this.#live) this.m.setState(~RUNNING, 0, "stop the device");
-    this.m.setState(~RUNNING, SAVING, "set stop-and-copy");
+    this.#checkStillSaving("stop");
+    if (this.#live) this.#expected = this.m.setState(~RUNNING, 0, "stop the device") & MASK;
+    this.#checkStillSaving("stop");
+    this.#expected = this.m.setState(~RUNNING, SAVING, "set stop-and-copy") & MASK;
   }
 
   endStopCopy(w: StreamWriter): void {
+    this.#checkStillSaving("end of stop-copy");
     w.tag(TAG.END_OF_STATE);
+    this.#expected = null;
     this.m.setState(~SAVING, 0, "set stopped");
   }
 
@@ -282,7 +315,7 @@ export class V1ResumeSession implements ResumeSession {
     if (st & SAVING) {
       throw new VfioMigError(`${m.name} is ${v1StateName(st)} (a save is in progress): not loading into it`, "device");
     }
-    return new V1ResumeSession(m, st);
+    return named(new V1ResumeSession(m, st), m.name);
   }
 
   get touched(): boolean {

@@ -12,7 +12,7 @@ import { DeviceState, isSavingState, stateName } from "../vfio/state_machine.ts"
 import { TAG } from "../stream/format.ts";
 import type { StreamWriter } from "../stream/writer.ts";
 import type { IterationResult, ResumeSession, SavePhase, SaveSession } from "./protocol.ts";
-import { recoverDevice, tryGetState } from "./session.ts";
+import { named, recoverDevice, tryGetState } from "./session.ts";
 
 /**
  * The state a save or load starts from (a GET that fails is reported as it failed).
@@ -35,6 +35,43 @@ function startState(d: VfioDevice): DeviceState {
     );
   }
   return found;
+}
+
+/**
+ * The error of a SET that handed out a data_fd nobody expected: none was expected (the
+ * arc opens no session), or another one is open. The device was reset behind the tool's
+ * back (VFIO_DEVICE_RESET, an FLR, a device-initiated reset) and the kernel walked a new
+ * session open: the data of the old one is cut short. The unexpected fd is closed here.
+ * QEMU checks the same on every SET (hw/vfio/migration.c vfio_migration_set_state:
+ * "data_fd out of sync", -EBADF). Exit 1, as any device step that fails mid-way.
+ */
+function outOfSync(d: VfioDevice, from: DeviceState | null, to: DeviceState, fd: number, had: boolean): VfioMigError {
+  try {
+    d.sys.close(fd);
+  } catch { /* released anyway */ }
+  const arc = `${from === null ? "?" : stateName(from)} -> ${stateName(to)}`;
+  return new VfioMigError(
+    `${d.label}: data_fd out of sync (the device was reset?): ${arc} returned a new data_fd ` +
+      `${had ? "while another one was open" : "where none was expected"}; the data saved so far is not this ` +
+      `device's current state`,
+  );
+}
+
+/**
+ * SET `to` on `d`, believed to be in `from`; `expect` says whether this SET opens a new
+ * session (and must return a data_fd). An fd where none was expected, or one while
+ * `open` (a session's fd) is still held, is closed and thrown as "data_fd out of sync".
+ */
+function setChecked(
+  d: VfioDevice,
+  to: DeviceState,
+  from: DeviceState | null,
+  expect: boolean,
+  open: number | null,
+): number | null {
+  const r = d.migration.setState(to, from ?? undefined);
+  if (r.dataFd !== null && (!expect || open !== null)) throw outOfSync(d, from, to, r.dataFd, open !== null);
+  return r.dataFd;
 }
 
 export class V2SaveSession implements SaveSession {
@@ -73,7 +110,7 @@ export class V2SaveSession implements SaveSession {
     // A device left in a saving state by an interrupted save: end that session first,
     // so that STOP_COPY below opens a fresh data_fd.
     if (isSavingState(found)) {
-      d.migration.setState(DeviceState.STOP, found);
+      setChecked(d, DeviceState.STOP, found, false, null);
       found = DeviceState.RUNNING;
     }
     if (live && found !== DeviceState.RUNNING) {
@@ -83,7 +120,7 @@ export class V2SaveSession implements SaveSession {
         "device",
       );
     }
-    return new V2SaveSession(d, flags, sizeEstimate, found);
+    return named(new V2SaveSession(d, flags, sizeEstimate, found), d.label);
   }
 
   setup(w: StreamWriter, live: boolean): void {
@@ -92,7 +129,7 @@ export class V2SaveSession implements SaveSession {
       // Linux 7.1: opt in to precopy-info v2 so the driver may report REINIT (initial
       // data that reappears); older kernels answer EINVAL or ENOTTY, which is fine.
       this.precopyInfoV2 = this.d.migration.enablePrecopyInfoV2();
-      this.#dataFd = this.d.migration.setState(DeviceState.PRE_COPY, this.#cur).dataFd;
+      this.#dataFd = setChecked(this.d, DeviceState.PRE_COPY, this.#cur, true, this.#dataFd);
       this.#cur = DeviceState.PRE_COPY;
       if (this.#dataFd === null) throw new VfioMigError(`${this.d.label}: RUNNING -> PRE_COPY returned no data_fd`);
     }
@@ -168,23 +205,18 @@ export class V2SaveSession implements SaveSession {
     else if (this.#cur === DeviceState.PRE_COPY) this.#set(DeviceState.PRE_COPY_P2P);
   }
 
-  #set(to: DeviceState): number | null {
-    const r = this.d.migration.setState(to, this.#cur);
+  /** A SET that opens no session: any data_fd it returns is out of sync. */
+  #set(to: DeviceState): void {
+    setChecked(this.d, to, this.#cur, false, this.#dataFd);
     this.#cur = to;
-    return r.dataFd;
   }
 
   stop(w: StreamWriter): void {
     w.tag(TAG.SWITCHOVER);
-    const r = this.d.migration.setState(DeviceState.STOP_COPY, this.#cur);
+    // STOP_COPY opens the session of an offline save; a live save's is already open.
+    const fd = setChecked(this.d, DeviceState.STOP_COPY, this.#cur, this.#dataFd === null, this.#dataFd);
     this.#cur = DeviceState.STOP_COPY;
-    if (r.dataFd !== null) {
-      if (this.#dataFd !== null) {
-        this.d.sys.close(r.dataFd);
-        throw new VfioMigError(`${this.d.label}: data_fd out of sync (the device was reset asynchronously?)`);
-      }
-      this.#dataFd = r.dataFd;
-    }
+    this.#dataFd ??= fd;
     if (this.#dataFd === null) throw new VfioMigError(`${this.d.label}: STOP_COPY returned no data_fd`);
   }
 
@@ -215,7 +247,7 @@ export class V2SaveSession implements SaveSession {
     const now = tryGetState(this.d);
     if (now === DeviceState.STOP || now === DeviceState.STOP_COPY || now === DeviceState.PRE_COPY_P2P) {
       try {
-        this.d.migration.setState(DeviceState.RUNNING_P2P, now);
+        setChecked(this.d, DeviceState.RUNNING_P2P, now, false, null);
         this.#cur = DeviceState.RUNNING_P2P;
       } catch { /* abort() resets it */ }
     }
@@ -250,7 +282,7 @@ export class V2ResumeSession implements ResumeSession {
   static open(d: VfioDevice): V2ResumeSession {
     const flags = d.migration.migrationFlags();
     const found = startState(d);
-    return new V2ResumeSession(d, found, (flags & MIGRATION_FLAGS.P2P) !== 0);
+    return named(new V2ResumeSession(d, found, (flags & MIGRATION_FLAGS.P2P) !== 0), d.label);
   }
 
   get touched(): boolean {
@@ -260,9 +292,8 @@ export class V2ResumeSession implements ResumeSession {
 
   begin(): void {
     // The destination enters RESUMING as the stream starts (reference §2.4 load_setup).
-    const r = this.d.migration.setState(DeviceState.RESUMING, this.found);
+    this.#dataFd = setChecked(this.d, DeviceState.RESUMING, this.found, true, null);
     this.#resuming = true;
-    this.#dataFd = r.dataFd;
     if (this.#dataFd === null) throw new VfioMigError(`${this.d.label}: RESUMING returned no data_fd`);
   }
 
@@ -286,9 +317,19 @@ export class V2ResumeSession implements ResumeSession {
   }
 
   endData(): void {
+    // A device reset after the last write is back in RUNNING: RESUMING -> STOP would then
+    // "succeed" with nothing loaded. Ask first (the reset can still come between the two
+    // calls; nothing in the uAPI closes that window).
+    const now = this.d.migration.getState();
+    if (now !== DeviceState.RESUMING) {
+      throw new VfioMigError(
+        `${this.d.label}: the device left RESUMING before its data was loaded: it is ${stateName(now)} ` +
+          `(was it reset?); nothing was loaded`,
+      );
+    }
     // Let the driver validate and load the data (RESUMING -> STOP), then end the
     // session by closing the data_fd, as QEMU's cleanup does.
-    this.d.migration.setState(DeviceState.STOP, DeviceState.RESUMING);
+    setChecked(this.d, DeviceState.STOP, DeviceState.RESUMING, false, this.#dataFd);
     this.#resuming = false;
     const fd = this.#dataFd!;
     this.#dataFd = null; // a failed close still releases the fd: never close it twice
@@ -296,12 +337,12 @@ export class V2ResumeSession implements ResumeSession {
   }
 
   prepareStart(): void {
-    if (this.p2p) this.d.migration.setState(DeviceState.RUNNING_P2P, DeviceState.STOP);
+    if (this.p2p) setChecked(this.d, DeviceState.RUNNING_P2P, DeviceState.STOP, false, null);
   }
 
   finish(noStart: boolean): string {
     const finalState = noStart ? DeviceState.STOP : DeviceState.RUNNING;
-    if (finalState !== DeviceState.STOP) this.d.migration.setState(finalState);
+    if (finalState !== DeviceState.STOP) setChecked(this.d, finalState, null, false, null);
     return stateName(finalState);
   }
 

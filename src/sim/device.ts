@@ -33,6 +33,8 @@ export class CoreDevice implements SimDevice {
   readonly precopyHooks: Behaviour[];
   /** device.json as this kernel last wrote or read it. */
   metaText: string;
+  /** The device's reset count (store.resetCount) as this open last saw it. */
+  seenResets = 0;
   config: Uint8Array;
 
   constructor(

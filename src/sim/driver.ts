@@ -193,6 +193,8 @@ export interface Behaviour {
   precopyInfo?(dev: SimDevice, file: MigrationFile, next: () => PrecopyNumbers): PrecopyNumbers;
   /** Milliseconds until a read of `file` would not block (0: it would not now). */
   readyIn?(dev: SimDevice, file: MigrationFile): number;
+  /** Before VFIO_DEVICE_GET_REGION_INFO of region `index` is answered: a throw fails it. */
+  regionInfo?(dev: SimDevice, index: number): void;
   /** After VFIO_DEVICE_RESET did its work. */
   reset?(dev: SimDevice): void;
   /** false: new save sessions carry no device data. */

@@ -227,8 +227,14 @@ export class SimKernel implements Sys {
     this.#fault(key, "ioctl");
     this.#enter(dev ?? file?.dev, key);
     try {
-      if (dev) return this.#deviceIoctl(dev, request, arg, key);
-      if (file) return this.#dataIoctl(file.dev, file.file, request, arg);
+      if (dev) {
+        this.#resetElsewhere(dev);
+        return this.#deviceIoctl(dev, request, arg, key);
+      }
+      if (file) {
+        this.#resetElsewhere(file.dev);
+        return this.#dataIoctl(file.dev, file.file, request, arg);
+      }
     } catch (e) {
       // Name the ioctl, as the libc binding does (never a bare "ioctl: EINVAL").
       if (e instanceof SysError && e.message.startsWith("ioctl:")) {
@@ -249,6 +255,7 @@ export class SimKernel implements Sys {
       return this.#host.read(fd, b);
     }
     if (f.file.kind !== "save") throw err("read", "EBADF");
+    this.#resetElsewhere(f.dev);
     const io: ReadIo = { v1: false, nonblock: () => (this.#host.fcntl(fd, F.GETFL) & O.NONBLOCK) !== 0 };
     const n = this.#readFile(f.dev, f.file, b, io);
     this.#log({ key: "read:data_fd", fd, len: b.length, ret: n });
@@ -265,6 +272,7 @@ export class SimKernel implements Sys {
       return this.#host.write(fd, b);
     }
     if (f.file.kind !== "resume") throw err("write", "EBADF");
+    this.#resetElsewhere(f.dev);
     try {
       const n = this.#writeFile(f.dev, f.file, b);
       this.#log({ key: "write:data_fd", fd, len: b.length, ret: n });
@@ -279,7 +287,10 @@ export class SimKernel implements Sys {
     this.#fault(`pread:${this.#classOf(fd)}`, "pread");
     const dev = this.#devices.get(fd);
     this.#enter(dev ?? this.#files.get(fd)?.dev, "pread");
-    if (dev) return dev.regionAccess(buf, offset, false, () => this.#sync(dev));
+    if (dev) {
+      this.#resetElsewhere(dev);
+      return dev.regionAccess(buf, offset, false, () => this.#sync(dev));
+    }
     if (this.#files.has(fd)) throw err("pread", "ESPIPE");
     return this.#host.pread(fd, buf, offset);
   }
@@ -288,7 +299,10 @@ export class SimKernel implements Sys {
     this.#fault(`pwrite:${this.#classOf(fd)}`, "pwrite");
     const dev = this.#devices.get(fd);
     this.#enter(dev ?? this.#files.get(fd)?.dev, "pwrite");
-    if (dev) return dev.regionAccess(buf, offset, true, () => this.#sync(dev));
+    if (dev) {
+      this.#resetElsewhere(dev);
+      return dev.regionAccess(buf, offset, true, () => this.#sync(dev));
+    }
     if (this.#files.has(fd)) throw err("pwrite", "ESPIPE");
     return this.#host.pwrite(fd, buf, offset);
   }
@@ -404,6 +418,7 @@ export class SimKernel implements Sys {
   }
 
   #pollFile(dev: CoreDevice, file: MigrationFile, events: number): { revents: number; readyIn: number } {
+    this.#resetElsewhere(dev);
     if (file.kind === "resume") return { revents: events & POLL.OUT, readyIn: 0 };
     if (file.disabled) return { revents: (events & POLL.IN) | POLL.ERR, readyIn: 0 };
     let readyIn = 0;
@@ -456,6 +471,7 @@ export class SimKernel implements Sys {
   #attach(fd: number, store: SimStore, borrowed: boolean): CoreDevice {
     const { meta, text } = store.readMetaText();
     const dev = new CoreDevice(this.#ops, this.#host, fd, store, meta, modelInfo(meta.model), borrowed, text);
+    dev.seenResets = store.resetCount() ?? 0;
     dev.loadConfig();
     dev.driver = driverFor(dev);
     if (!borrowed) {
@@ -512,6 +528,7 @@ export class SimKernel implements Sys {
   /** A PCI function's power-on state: RUNNING, the data's initial content, config cleared. */
   #powerOn(dev: CoreDevice, why: string): void {
     dev.driver.endSessions();
+    dev.seenResets = dev.store.noteReset();
     if (dev.meta.v1) dev.meta.v1.state = 1; // RUNNING
     if (!dev.meta.pristine) dev.driver.powerOn();
     dev.meta.pristine = true;
@@ -534,6 +551,7 @@ export class SimKernel implements Sys {
   #reset(d: CoreDevice, to: DeviceState, why: string | null): void {
     d.v1?.reset();
     d.driver.endSessions();
+    d.seenResets = d.store.noteReset(); // other opens (processes) end their sessions too
     if (d.family === "pci") {
       if (!d.meta.pristine) d.driver.powerOn();
       d.meta.pristine = true;
@@ -544,6 +562,24 @@ export class SimKernel implements Sys {
     d.persist();
     if (why === null) this.#log({ key: "ioctl:DEVICE_RESET", state: "RUNNING", dev: d.store.dir });
     else this.#log({ key: "reset", by: "device", why, state: stateName(d.meta.state), dev: d.store.dir });
+  }
+
+  /**
+   * Another open of the device (another process: a borrower, an inheritor, the holder)
+   * reset it since this open last looked: the driver's reset disabled every migration
+   * file of the device, whoever holds it (mtty_reset -> mtty_disable_files; mlx5vf,
+   * hisi_acc and pds the same from their reset_done), so this open's sessions end here:
+   * their data_fds answer ENODEV, an mtty file's position is back to 0, a v1 device's
+   * session is over. One stat per call (the store's reset count).
+   */
+  #resetElsewhere(dev: CoreDevice): void {
+    const n = dev.store.resetCount();
+    if (n === null || n === dev.seenResets) return;
+    dev.seenResets = n;
+    this.#sync(dev);
+    dev.v1?.dropSessions(); // releases the v1 front end's files first
+    dev.driver.endSessions();
+    this.#log({ key: "reset-seen", by: "another open", dev: dev.store.dir, state: stateName(dev.meta.state) });
   }
 
   /** Adopts device.json when another process rewrote it since this kernel last saw it. */
@@ -683,6 +719,10 @@ export class SimKernel implements Sys {
       case IOCTL.DEVICE_GET_INFO:
         return dev.getInfo(arg);
       case IOCTL.DEVICE_GET_REGION_INFO:
+        if (arg instanceof Uint8Array && arg.length >= 12) {
+          const index = new DataView(arg.buffer, arg.byteOffset).getUint32(8, true);
+          for (const { behaviour } of dev.behaviours) behaviour.regionInfo?.(dev, index);
+        }
         return dev.getRegionInfo(arg);
       case IOCTL.DEVICE_RESET:
         this.#sync(dev);

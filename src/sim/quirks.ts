@@ -16,11 +16,14 @@ import { hangsOnArc } from "./quirks/hangs_on_arc.ts";
 import { ignoresOffset } from "./quirks/ignores_offset.ts";
 import { initialGrows } from "./quirks/initial_grows.ts";
 import { leaksSession } from "./quirks/leaks_session.ts";
+import { lateWriteback } from "./quirks/late_writeback.ts";
+import { noRegionInfo } from "./quirks/no_region_info.ts";
 import { openResetsState } from "./quirks/open_resets_state.ts";
 import { resetClearsConfig } from "./quirks/reset_clears_config.ts";
 import { resetMidSession } from "./quirks/reset_mid_session.ts";
 import { staleAfterReopen } from "./quirks/stale_after_reopen.ts";
 import { trustsResumeField } from "./quirks/trusts_resume_field.ts";
+import { uninitVf } from "./quirks/uninit_vf.ts";
 import { wrongArc } from "./quirks/wrong_arc.ts";
 import { yieldRate } from "./quirks/yield_rate.ts";
 
@@ -55,6 +58,9 @@ export const QUIRKS = {
   "trusts-resume-field": trustsResumeField,
   "hangs-on-arc": hangsOnArc,
   "leaks-session": leaksSession,
+  "no-region-info": noRegionInfo,
+  "late-writeback": lateWriteback,
+  "uninit-vf": uninitVf,
 } satisfies Record<string, QuirkDef>;
 
 export type QuirkName = keyof typeof QUIRKS;

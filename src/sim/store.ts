@@ -5,6 +5,8 @@
 //                state is generated from its seed)
 //   lock         flock'ed while a process has the device open (EBUSY otherwise); a
 //                process that borrows the device fd shares the holder's lock
+//   resets       one byte per reset the device had, by any process: an open that finds
+//                more than it saw ends its sessions (their data_fds answer ENODEV)
 // All file I/O goes through the libc Sys, so --allow-ffi is the only permission.
 
 import { O, type Sys } from "../../ffi/sys.ts";
@@ -66,8 +68,11 @@ export interface SimDeviceMeta {
   family?: "pci" | "mdev";
   /** Settings of the quirks that take any (quirks.ts). */
   quirkOptions?: QuirkOptions;
-  /** What a quirk keeps in device memory across opens (stale-after-reopen's flag). */
-  quirkState?: { migrated?: boolean };
+  /**
+   * What a quirk keeps in device memory across opens: stale-after-reopen's flag;
+   * late-writeback's writes still in the device's cache (state.bin offset and bytes).
+   */
+  quirkState?: { migrated?: boolean; cached?: { at: number; bytes: number[] }[] };
   /** pci family: the device's data is its power-on content (nothing to regenerate). */
   pristine?: boolean;
   /** mtty: the seed its power-on registers came from, when not `seed` (created without one). */
@@ -127,6 +132,35 @@ export class SimStore {
   /** The MSI-X table BAR's contents (absent: zeros). */
   get msixPath(): string {
     return `${this.dir}/msix.bin`;
+  }
+  /** One byte per reset the device ever had (its size is the count: one stat tells it). */
+  get resetsPath(): string {
+    return `${this.dir}/resets`;
+  }
+
+  /**
+   * How many resets the device had (VFIO_DEVICE_RESET, a PCI function's power-on at the
+   * first open or last close, a reset the device did itself), by any process: an open
+   * that saw fewer knows its migration files were disabled meanwhile.
+   */
+  resetCount(): number | null {
+    try {
+      return this.sys.stat(this.resetsPath).size;
+    } catch (e) {
+      if (isErrno(e, "ENOENT")) return 0; // a device made before the count existed: none yet
+      return null; // unknown now (the caller keeps what it saw)
+    }
+  }
+
+  /** Counts one more reset; returns the new count. */
+  noteReset(): number {
+    const fd = this.sys.open(this.resetsPath, O.WRONLY | O.CREAT | O.APPEND | O.CLOEXEC, 0o644);
+    try {
+      writeAll(this.sys, fd, new Uint8Array(1));
+    } finally {
+      this.sys.close(fd);
+    }
+    return this.resetCount() ?? 0;
   }
 
   /** A small persisted file, or null when it does not exist. */
@@ -246,7 +280,8 @@ export class SimStore {
       if (!isErrno(e, "EEXIST")) throw e;
     }
     this.writeInitialState(meta);
-    for (const stale of [this.incomingPath, this.configPath, this.msixPath]) this.remove(stale);
+    for (const stale of [this.incomingPath, this.configPath, this.msixPath, this.resetsPath]) this.remove(stale);
+    writeFileAtomic(this.sys, this.resetsPath, new Uint8Array(0)); // no reset yet (a stat finds it)
     this.writeMeta(meta);
     return meta;
   }

@@ -210,6 +210,11 @@ export class V1Device {
     this.#setState(RUNNING);
   }
 
+  /** Another open reset the device (its device_state, RUNNING, came with device.json): the sessions end. */
+  dropSessions(): void {
+    this.#endSessions();
+  }
+
   #endSessions(): void {
     if (this.#saveOpen) this.backend.endSave();
     if (this.#resumeOpen) this.backend.endResume();

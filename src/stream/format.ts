@@ -170,8 +170,14 @@ export function identityMismatch(stream: StreamIdentity, dest: StreamIdentity): 
   const hex = (n: unknown) =>
     typeof n === "number" ? `0x${n.toString(16).padStart(4, "0")}` : n === null ? "?" : JSON.stringify(n) ?? "none";
   if (stream.vendor !== dest.vendor || stream.device !== dest.device) {
+    // No ids on one side: a PCI device whose config region could not be read (a driver defect).
+    const why = stream.vendor === null && dest.vendor !== null
+      ? " (the stream carries no PCI ids: its source's config region could not be read when it was saved)"
+      : dest.vendor === null && stream.vendor !== null
+      ? " (the destination's PCI ids are unknown: its config region cannot be read; 'vfio-mig info' says why)"
+      : "";
     return `the stream is from a ${hex(stream.vendor)}:${hex(stream.device)} device, the destination is ` +
-      `${hex(dest.vendor)}:${hex(dest.device)}`;
+      `${hex(dest.vendor)}:${hex(dest.device)}${why}`;
   }
   if (stream.subsystemVendor !== dest.subsystemVendor || stream.subsystemDevice !== dest.subsystemDevice) {
     return `subsystem ids differ: stream ${hex(stream.subsystemVendor)}:${hex(stream.subsystemDevice)}, ` +

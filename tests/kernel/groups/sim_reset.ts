@@ -3,10 +3,16 @@
 // migration files, f_pos back to 0, the UART registers kept) and for what the old data_fd
 // answers after it: the same table of outcomes, row by row, from both devices.
 //
+// The same for a reset through a second fd (pidfd_getfd, as another process borrows it)
+// while the first fd's session is open: on the simulator the second fd belongs to a
+// second simulated kernel (another process), which shares only the device's store.
+//
 // Imported by tests/kernel/suite.ts inside the guest; `deno run -A
 // tests/kernel/groups/sim_reset.ts` runs this group alone (in the guest).
 
 import { libc } from "../../../ffi/libc.ts";
+import type { Sys } from "../../../ffi/sys.ts";
+import { IOCTL } from "../../../ffi/vfio_uapi.ts";
 import { SysError } from "../../../ffi/errno.ts";
 import { openDevice, type VfioDevice } from "../../../src/device/open.ts";
 import { DeviceState, stateName, supportedStates } from "../../../src/vfio/state_machine.ts";
@@ -123,6 +129,72 @@ export function resetTable(d: VfioDevice): string[] {
   return rows;
 }
 
+/**
+ * A reset through a second fd of the device (pidfd_getfd of this process's own device
+ * fd: what `vfio-mig reset --device pid:PID:FD` borrows from another process) while a
+ * session is open on the first: `resetOther` resets through it. Rows: what the old
+ * data_fd answers to read, PRECOPY_INFO and write afterwards, and the state the first fd
+ * reads. The device ends RUNNING.
+ */
+export function crossResetTable(d: VfioDevice, resetOther: () => void): string[] {
+  const rows: string[] = [];
+  const m = d.migration;
+  const row = (name: string, value: string | number) => rows.push(`${name}: ${value}`);
+  const read = (fd: number, n: number) => () => d.sys.read(fd, new Uint8Array(n));
+  const write = (fd: number, n: number) => () => d.sys.write(fd, new Uint8Array(n));
+  const info = (fd: number) => () => void m.precopyInfo(fd);
+  m.reset();
+
+  let fd = m.setState(PRE_COPY, RUNNING).dataFd!;
+  row("second fd, PRE_COPY: read 10 before the reset", outcome(read(fd, 10)));
+  resetOther();
+  row("second fd, PRE_COPY: state after the reset", stateName(m.getState()));
+  row("second fd, PRE_COPY: read after the reset", outcome(read(fd, 16)));
+  row("second fd, PRE_COPY: PRECOPY_INFO after the reset", outcome(info(fd)));
+  row("second fd, PRE_COPY: read again", outcome(read(fd, 16)));
+  d.sys.close(fd);
+
+  m.setState(STOP, RUNNING);
+  fd = m.setState(STOP_COPY, STOP).dataFd!;
+  const header = new Uint8Array(24);
+  row("second fd, STOP_COPY: read 24 before the reset", outcome(() => d.sys.read(fd, header)));
+  resetOther();
+  row("second fd, STOP_COPY: state after the reset", stateName(m.getState()));
+  row("second fd, STOP_COPY: read after the reset", outcome(read(fd, 16)));
+  d.sys.close(fd);
+
+  m.setState(STOP, RUNNING);
+  fd = m.setState(RESUMING, STOP).dataFd!;
+  row("second fd, RESUMING: write the header before the reset", outcome(() => d.sys.write(fd, header)));
+  row("second fd, RESUMING: write 6 before the reset", outcome(write(fd, 6)));
+  resetOther();
+  row("second fd, RESUMING: state after the reset", stateName(m.getState()));
+  row("second fd, RESUMING: write 8 after the reset", outcome(write(fd, 8)));
+  row("second fd, RESUMING: write 200 after the reset", outcome(write(fd, 200)));
+  d.sys.close(fd);
+  return rows;
+}
+
+/** A second fd of `fd` as another process gets it: pidfd_getfd (here of this process). */
+function secondFd(sys: Sys, fd: number): number {
+  const pidfd = sys.pidfdOpen(sys.getpid());
+  try {
+    return sys.pidfdGetfd(pidfd, fd);
+  } finally {
+    sys.close(pidfd);
+  }
+}
+
+/** The cross-fd table on a real device: the reset is VFIO_DEVICE_RESET on a second fd. */
+export function realCrossResetTable(d: VfioDevice): string[] {
+  const other = secondFd(d.sys, d.fd);
+  try {
+    return crossResetTable(d, () => void d.sys.ioctl(other, IOCTL.DEVICE_RESET, null));
+  } finally {
+    d.sys.close(other);
+  }
+}
+
 /** The same table from the simulator's mtty-2 (a fresh device in `dir`). */
 export function simResetTable(dir: string): string[] {
   const sys = new SimKernel(libc());
@@ -131,6 +203,26 @@ export function simResetTable(dir: string): string[] {
   try {
     return resetTable(d);
   } finally {
+    d.close();
+  }
+}
+
+/**
+ * The cross-fd table from the simulator's mtty-2: the second fd is adopted by a second
+ * simulated kernel, as another process's vfio-mig would (it shares only the store).
+ */
+export function simCrossResetTable(dir: string): string[] {
+  const host = libc();
+  const sys = new SimKernel(host);
+  new SimStore(sys, dir).create({ model: "mtty-2" });
+  const d = openDevice(sys, `sim:${dir}`);
+  const other = secondFd(host, d.fd);
+  const k2 = new SimKernel(host);
+  try {
+    k2.adopt(other);
+    return crossResetTable(d, () => void k2.ioctl(other, IOCTL.DEVICE_RESET, null));
+  } finally {
+    k2.close(other);
     d.close();
   }
 }
@@ -153,6 +245,27 @@ if (Deno.env.get("VFIO_MIG_KERNEL_GUEST") === "1") {
     g.eq(simRows.length, realRows.length, "rows");
     g.assert(diffs.length === 0, `differences:\n  ${diffs.join("\n  ")}`);
   }, { cdev: true });
+
+  await g.check(
+    "simulator conformance: a reset through a second fd ends the first fd's session (old data_fd errno)",
+    () => {
+      const real = openDevice(libc(), g.spec(uuid));
+      let realRows: string[];
+      try {
+        realRows = realCrossResetTable(real);
+      } finally {
+        real.close();
+      }
+      const simRows = simCrossResetTable(`${g.tmp}/sim-reset-cross-mtty2`);
+      const diffs = realRows.map((r, i) => r === simRows[i] ? null : `real "${r}", sim "${simRows[i]}"`)
+        .filter((x) => x !== null);
+      g.extraReport.push(`second-fd reset table: ${realRows.length} rows compared, ${diffs.length} differences`);
+      g.extraReport.push(...realRows.map((r) => `  real ${r}`));
+      g.eq(simRows.length, realRows.length, "rows");
+      g.assert(diffs.length === 0, `differences:\n  ${diffs.join("\n  ")}`);
+    },
+    { cdev: true },
+  );
 
   if (import.meta.main) {
     for (const line of g.extraReport) console.log(line);
