@@ -6,7 +6,7 @@ import { kindOf, sniffAsync, type StreamKind } from "../qemu/sniff.ts";
 import { SEEK } from "../../ffi/sys.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { Cancellation, failure, formatBytes, onCancel } from "../migrate/session.ts";
-import { interruptedOr } from "../migrate/operation.ts";
+import { type FailureScope, interruptedOr, noteFailureStates, withFailureReport } from "../migrate/operation.ts";
 import { operationName } from "../migrate/group.ts";
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -118,172 +118,187 @@ ${MULTI_LOAD_HELP}
 FILE defaults to '-' (standard input). Permissions: deno run --allow-ffi; --listen
 also needs --allow-net.
 ${EXIT_CODES_HELP}`,
-  async run(allArgs) {
+  run(allArgs) {
     // Everything after --exec is the command (its own options are not ours).
     const ex = allArgs.indexOf("--exec");
-    const execArgv = ex >= 0 ? allArgs.slice(ex + 1) : null;
     const args = ex >= 0 ? allArgs.slice(0, ex) : allArgs;
-    const { values, positionals } = parse("load", args, {
-      device: { type: "string", short: "d", multiple: true },
-      map: { type: "string", multiple: true },
-      "no-p2p": { type: "boolean" },
-      "no-start": { type: "boolean" },
-      "no-config": { type: "boolean" },
-      "no-verify-first": { type: "boolean" },
-      protocol: { type: "string" },
-      "qemu-id": { type: "string" },
-      listen: { type: "string" },
-      "idle-timeout": { type: "string" },
-      "accept-timeout": { type: "string" },
-      "tls-cert": { type: "string" },
-      "tls-key": { type: "string" },
-      ...NETWORK_OPTIONS,
-      ...EVENTS_OPTIONS,
-      json: { type: "boolean" },
-      quiet: { type: "boolean", short: "q" },
-    });
-    if (values.help) {
-      console.log(this.help);
-      return 0;
-    }
-    if (positionals.length > 1) throw new VfioMigError("load: give at most one input FILE (or -)", "usage");
-    if (execArgv && execArgv.length === 0) throw new VfioMigError("load: --exec needs a command", "usage");
-    if (values.listen !== undefined && positionals.length > 0) {
-      throw new VfioMigError("load: give either an input FILE or --listen, not both", "usage");
-    }
-    const from = values.listen !== undefined ? `tcp listener ${values.listen}` : positionals[0] ?? "-";
-    const maps = parseMaps(values.map ?? []);
-    if (maps.length && values.device?.length) {
-      throw new VfioMigError("load: give the destinations with --device (in order) or with --map, not both", "usage");
-    }
-    const specs = maps.length
-      ? maps.map((m) => m.spec)
-      : values.device?.length
-      ? values.device
-      : [defaultDeviceSpec(systemFor([]))];
-    if (execArgv && specs.length !== 1) throw new VfioMigError("load: --exec hands on one device; give one", "usage");
-    const sys = systemFor(specs);
-    if (from === "-" && values.listen === undefined && sys.isatty(0)) {
-      throw new VfioMigError("load: standard input is a terminal: pipe a stream in or give a FILE", "usage");
-    }
-    if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
-      throw new VfioMigError("load: --tls-cert and --tls-key go together", "usage");
-    }
-    // The events (--events, the progress bar) before anything else can fail or change.
-    const { events } = migrationEvents(sys, {
-      events: values.events,
-      progress: !values.quiet && !values.json,
-      reservedFds: from === "-" ? [0] : [],
-    });
-    events.start({ command: "load", target: from });
-    let source: StreamSource | null = null;
-    const cancel = new Cancellation().install();
-    try {
-      if (values.listen === undefined) source = openStreamSource(sys, from);
-      const devs = openDevices(sys, specs);
-      try {
-        // A QEMU migration stream (its magic) is read by its own record reader.
-        let reader: LoadOptions["reader"];
-        if (source) {
-          const pending = source;
-          const unbind = onCancel(cancel, () => pending.interrupt?.());
-          // A regular file is told by pread (its offset stays, so load() can check it whole
-          // first through the same descriptor); anything else by its first bytes, replayed.
-          const kind = pending instanceof FdSource ? peekKind(pending) : null;
-          const sniffed = kind !== null ? { kind, source: pending } : await sniffAsync(pending).catch((e) => {
-            // A signal ended the wait for the stream's first bytes: nothing was touched.
-            if (!cancel.signal) throw e;
-            throw failure(
-              `${operationName("load into", devs.map((d) => d.label))} refused`,
-              interruptedOr(cancel, e),
-              devs.length === 1 ? `${devs[0].label} was not touched` : "no device was touched",
-            );
-          }).finally(unbind);
-          if (kind !== null) unbind();
-          source = sniffed.source;
-          if (sniffed.kind === "qemu") {
-            reader = await qemuLoadReader(sys, from, devs, {
-              qemuId: values["qemu-id"],
-              protocol: parseProtocol(values.protocol, "load"),
-            });
-          }
-        }
-        if (values["qemu-id"] !== undefined && !reader) {
-          throw new VfioMigError("load: --qemu-id is for QEMU migration streams; the input is not one", "usage");
-        }
-        if (values.listen !== undefined) {
-          // The device is open (so nobody takes it meanwhile) but untouched until a
-          // peer has authenticated and its stream header matched.
-          let token = tokenFrom(sys, values.token);
-          const generated = token === undefined;
-          token ??= newToken();
-          const conn = await TcpServerConn.accept(values.listen, {
-            token,
-            handshakeTimeoutMs: msOption(
-              values["handshake-timeout"],
-              "handshake-timeout",
-              DEFAULT_HANDSHAKE_TIMEOUT_MS,
-            ),
-            idleTimeoutMs: msOption(values["idle-timeout"], "idle-timeout", DEFAULT_IDLE_TIMEOUT_MS),
-            acceptTimeoutMs: values["accept-timeout"] === undefined
-              ? undefined
-              : msOption(values["accept-timeout"], "accept-timeout", 1),
-            tlsCert: readPem(sys, values["tls-cert"], "TLS certificate"),
-            tlsKey: readPem(sys, values["tls-key"], "TLS key"),
-            onListening: (a) => {
-              events.transport("listening", { peer: `${a.hostname}:${a.port}` });
-              console.error(
-                `vfio-mig: listening on ${a.hostname}:${a.port}` +
-                  (generated ? `; token ${token} (give it to save with --token or VFIO_MIG_TOKEN)` : ""),
-              );
-            },
-            onRefused: (why) => {
-              events.transport("refused", { message: why });
-              console.error(`vfio-mig: ${why}`);
-            },
-            signal: cancel.abortSignal,
-          });
-          events.transport("authenticated", { peer: conn.label });
-          // load() ends a read that waits on a silent peer on a signal (then resets the device).
-          source = new TcpSource(conn);
-        }
-        const r = await load(devs.map((d, i) => ({ device: d, source: maps[i]?.source })), source!, {
-          noStart: values["no-start"],
-          noConfig: values["no-config"],
-          protocol: parseProtocol(values.protocol, "load"),
-          events,
-          cancel,
-          noP2p: values["no-p2p"],
-          reader,
-          verifyFirst: !values["no-verify-first"],
-          progress: !values.quiet && !values.json,
-        });
-        // A fresh open of a device vfio-pci resets: the state dies with our fd unless
-        // --exec hands it on.
-        const fresh = execArgv ? [] : devs.flatMap((d) => freshOpenWarnings(d, "load"));
-        for (const w of fresh) {
-          events.note(w, "warning");
-          console.error(`vfio-mig: warning: ${w}`);
-        }
-        const summary = { command: "load", input: from, ...r, warnings: fresh };
-        events.result(summary);
-        if (values.json) printJson(summary);
-        else if (!values.quiet) { for (const line of loadSummary(r)) console.error(line); }
-        if (execArgv) {
-          // CMD inherits the device fd (VFIO_MIG_DEVICE_FD): the loaded state lives while it holds it.
-          return await execWithDeviceFd(devs[0], execArgv, { signal: cancel.abortSignal });
-        }
-        return 0;
-      } finally {
-        closeDevices(devs);
-      }
-    } catch (e) {
-      events.error(e);
-      throw e;
-    } finally {
-      events.close();
-      cancel.uninstall();
-      source?.close();
-    }
+    // --json: any failure, a usage error included, prints one JSON object (docs/tools.md).
+    const scope: FailureScope = { labels: [], devices: [], toStderr: false };
+    return withFailureReport("load", args.includes("--json"), scope, () => runLoad(this.help, allArgs, scope));
   },
 };
+
+async function runLoad(help: string, allArgs: string[], scope: FailureScope): Promise<number> {
+  const ex = allArgs.indexOf("--exec");
+  const execArgv = ex >= 0 ? allArgs.slice(ex + 1) : null;
+  const args = ex >= 0 ? allArgs.slice(0, ex) : allArgs;
+  const { values, positionals } = parse("load", args, {
+    device: { type: "string", short: "d", multiple: true },
+    map: { type: "string", multiple: true },
+    "no-p2p": { type: "boolean" },
+    "no-start": { type: "boolean" },
+    "no-config": { type: "boolean" },
+    "no-verify-first": { type: "boolean" },
+    protocol: { type: "string" },
+    "qemu-id": { type: "string" },
+    listen: { type: "string" },
+    "idle-timeout": { type: "string" },
+    "accept-timeout": { type: "string" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
+    ...NETWORK_OPTIONS,
+    ...EVENTS_OPTIONS,
+    json: { type: "boolean" },
+    quiet: { type: "boolean", short: "q" },
+  });
+  if (values.help) {
+    console.log(help);
+    return 0;
+  }
+  if (positionals.length > 1) throw new VfioMigError("load: give at most one input FILE (or -)", "usage");
+  if (execArgv && execArgv.length === 0) throw new VfioMigError("load: --exec needs a command", "usage");
+  if (values.listen !== undefined && positionals.length > 0) {
+    throw new VfioMigError("load: give either an input FILE or --listen, not both", "usage");
+  }
+  const from = values.listen !== undefined ? `tcp listener ${values.listen}` : positionals[0] ?? "-";
+  const maps = parseMaps(values.map ?? []);
+  if (maps.length && values.device?.length) {
+    throw new VfioMigError("load: give the destinations with --device (in order) or with --map, not both", "usage");
+  }
+  const specs = maps.length
+    ? maps.map((m) => m.spec)
+    : values.device?.length
+    ? values.device
+    : [defaultDeviceSpec(systemFor([]))];
+  scope.labels = specs;
+  if (execArgv && specs.length !== 1) throw new VfioMigError("load: --exec hands on one device; give one", "usage");
+  const sys = systemFor(specs);
+  if (from === "-" && values.listen === undefined && sys.isatty(0)) {
+    throw new VfioMigError("load: standard input is a terminal: pipe a stream in or give a FILE", "usage");
+  }
+  if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
+    throw new VfioMigError("load: --tls-cert and --tls-key go together", "usage");
+  }
+  // The events (--events, the progress bar) before anything else can fail or change.
+  const { events } = migrationEvents(sys, {
+    events: values.events,
+    progress: !values.quiet && !values.json,
+    reservedFds: from === "-" ? [0] : [],
+  });
+  events.start({ command: "load", target: from });
+  let source: StreamSource | null = null;
+  const cancel = new Cancellation().install();
+  try {
+    if (values.listen === undefined) source = openStreamSource(sys, from);
+    const devs = openDevices(sys, specs);
+    scope.labels = devs.map((d) => d.label);
+    scope.devices = devs;
+    try {
+      // A QEMU migration stream (its magic) is read by its own record reader.
+      let reader: LoadOptions["reader"];
+      if (source) {
+        const pending = source;
+        const unbind = onCancel(cancel, () => pending.interrupt?.());
+        // A regular file is told by pread (its offset stays, so load() can check it whole
+        // first through the same descriptor); anything else by its first bytes, replayed.
+        const kind = pending instanceof FdSource ? peekKind(pending) : null;
+        const sniffed = kind !== null ? { kind, source: pending } : await sniffAsync(pending).catch((e) => {
+          // A signal ended the wait for the stream's first bytes: nothing was touched.
+          if (!cancel.signal) throw e;
+          throw failure(
+            `${operationName("load into", devs.map((d) => d.label))} refused`,
+            interruptedOr(cancel, e),
+            devs.length === 1 ? `${devs[0].label} was not touched` : "no device was touched",
+          );
+        }).finally(unbind);
+        if (kind !== null) unbind();
+        source = sniffed.source;
+        if (sniffed.kind === "qemu") {
+          reader = await qemuLoadReader(sys, from, devs, {
+            qemuId: values["qemu-id"],
+            protocol: parseProtocol(values.protocol, "load"),
+          });
+        }
+      }
+      if (values["qemu-id"] !== undefined && !reader) {
+        throw new VfioMigError("load: --qemu-id is for QEMU migration streams; the input is not one", "usage");
+      }
+      if (values.listen !== undefined) {
+        // The device is open (so nobody takes it meanwhile) but untouched until a
+        // peer has authenticated and its stream header matched.
+        let token = tokenFrom(sys, values.token);
+        const generated = token === undefined;
+        token ??= newToken();
+        const conn = await TcpServerConn.accept(values.listen, {
+          token,
+          handshakeTimeoutMs: msOption(
+            values["handshake-timeout"],
+            "handshake-timeout",
+            DEFAULT_HANDSHAKE_TIMEOUT_MS,
+          ),
+          idleTimeoutMs: msOption(values["idle-timeout"], "idle-timeout", DEFAULT_IDLE_TIMEOUT_MS),
+          acceptTimeoutMs: values["accept-timeout"] === undefined
+            ? undefined
+            : msOption(values["accept-timeout"], "accept-timeout", 1),
+          tlsCert: readPem(sys, values["tls-cert"], "TLS certificate"),
+          tlsKey: readPem(sys, values["tls-key"], "TLS key"),
+          onListening: (a) => {
+            events.transport("listening", { peer: `${a.hostname}:${a.port}` });
+            console.error(
+              `vfio-mig: listening on ${a.hostname}:${a.port}` +
+                (generated ? `; token ${token} (give it to save with --token or VFIO_MIG_TOKEN)` : ""),
+            );
+          },
+          onRefused: (why) => {
+            events.transport("refused", { message: why });
+            console.error(`vfio-mig: ${why}`);
+          },
+          signal: cancel.abortSignal,
+        });
+        events.transport("authenticated", { peer: conn.label });
+        // load() ends a read that waits on a silent peer on a signal (then resets the device).
+        source = new TcpSource(conn);
+      }
+      const r = await load(devs.map((d, i) => ({ device: d, source: maps[i]?.source })), source!, {
+        noStart: values["no-start"],
+        noConfig: values["no-config"],
+        protocol: parseProtocol(values.protocol, "load"),
+        events,
+        cancel,
+        noP2p: values["no-p2p"],
+        reader,
+        verifyFirst: !values["no-verify-first"],
+        progress: !values.quiet && !values.json,
+      });
+      // A fresh open of a device vfio-pci resets: the state dies with our fd unless
+      // --exec hands it on.
+      const fresh = execArgv ? [] : devs.flatMap((d) => freshOpenWarnings(d, "load"));
+      for (const w of fresh) {
+        events.note(w, "warning");
+        console.error(`vfio-mig: warning: ${w}`);
+      }
+      const summary = { command: "load", input: from, ...r, warnings: fresh };
+      events.result(summary);
+      if (values.json) printJson(summary);
+      else if (!values.quiet) { for (const line of loadSummary(r)) console.error(line); }
+      if (execArgv) {
+        // CMD inherits the device fd (VFIO_MIG_DEVICE_FD): the loaded state lives while it holds it.
+        return await execWithDeviceFd(devs[0], execArgv, { signal: cancel.abortSignal });
+      }
+      return 0;
+    } catch (e) {
+      noteFailureStates(e, devs); // where the devices are left, while they are open
+      throw e;
+    } finally {
+      scope.devices = [];
+      closeDevices(devs);
+    }
+  } catch (e) {
+    events.error(e);
+    throw e;
+  } finally {
+    events.close();
+    cancel.uninstall();
+    source?.close();
+  }
+}

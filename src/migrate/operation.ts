@@ -255,3 +255,38 @@ export function checkLine(label: string, total: number, enabled: boolean, why = 
     },
   };
 }
+
+/** What a command knows, as it goes, for its failure object. */
+export interface FailureScope {
+  /** The devices it was given (labels or specs), once known. */
+  labels: string[];
+  /** Those open now (their state is read if the operation did not record it). */
+  devices: VfioDevice[];
+  /** The failure object goes to stderr (stdout carries the stream). */
+  toStderr: boolean;
+}
+
+/**
+ * Runs a command's work; on any failure with `json`, prints failureReport's object
+ * (one JSON object, where the success summary would have gone) before the error goes
+ * on to the one line on stderr and the exit code (cli.ts).
+ */
+export async function withFailureReport(
+  command: OperationKind,
+  json: boolean,
+  scope: FailureScope,
+  work: () => Promise<number>,
+): Promise<number> {
+  try {
+    return await work();
+  } catch (e) {
+    if (json) {
+      const text = JSON.stringify(failureReport(command, e, scope.labels, scope.devices), null, 2);
+      try {
+        if (scope.toStderr) console.error(text);
+        else console.log(text);
+      } catch { /* a closed output: the exit code still says it */ }
+    }
+    throw e;
+  }
+}
