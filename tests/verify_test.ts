@@ -20,6 +20,7 @@ import {
   sha,
   show,
   simCreate,
+  sleep,
   stateOf,
   stateSets,
   withTemp,
@@ -165,5 +166,25 @@ Deno.test("verify FILE: exit 0 for an intact stream, 4 with the damage's byte an
     }
     const usage = await cli(["verify"]);
     assertEquals(usage.code, 2);
+  });
+});
+
+Deno.test("load FILE: a signal during the whole-file check ends it (exit 130) with the destination untouched", async () => {
+  await withTemp(async (t) => {
+    const { b, file } = await setup(t);
+    const before = await sha(b);
+    for (const sig of ["SIGINT", "SIGTERM"] as const) {
+      const log = `${t}/${sig}.log`;
+      const p = new Proc(DENO, ["run", "--allow-ffi", "--allow-net", CLI, "load", "--device", `sim:${b}`, file], {
+        env: { VFIO_MIG_PAUSE_AT: "verify", VFIO_MIG_SIM_LOG: log },
+      });
+      for (let i = 0; i < 600 && !p.stderr.includes("paused at verify"); i++) await sleep(50);
+      assertStringIncludes(p.stderr, "paused at verify");
+      p.child.kill(sig);
+      const line = oneLine(await p.done(), 130, sig);
+      assertStringIncludes(line, `interrupted by ${sig}`);
+      assertStringIncludes(line, "was not touched");
+      await assertUntouched(b, log, before, sig);
+    }
   });
 });

@@ -17,7 +17,7 @@
 // the resume sessions; this file never branches on the protocol.
 
 import { VfioDevice } from "../device/open.ts";
-import { InterruptedError, StreamError, VfioMigError } from "../errors.ts";
+import { StreamError, VfioMigError } from "../errors.ts";
 import { identityMismatch, type StreamDeviceEntry, type StreamHeader } from "../stream/format.ts";
 import { type RecordReader, StreamReader } from "../stream/reader.ts";
 import { FdSource, openStreamSource, type StreamSource } from "../transport/transport.ts";
@@ -311,7 +311,7 @@ async function precheck(source: FdSource, start: number, ctx: OperationContext, 
     const r = await verifyStream(new PreadSource(source.sys, source.fd, source.label, start), {
       checkConfig: (b) => void decodeConfigState(b),
       onProgress: line.update,
-      stopped: () => (ctx.cancel.signal ? new InterruptedError(ctx.cancel.signal) : null),
+      checkpoint: () => ctx.cancel.checkpoint(),
     });
     if (!r.ok) {
       const p = r.problem!;
@@ -340,7 +340,10 @@ async function loadFrom(
   try {
     ({ header, units, warnings } = await openUnits(reader, list, opts));
     // The header matched every destination: before any is touched, the whole file.
-    if (start !== null) await precheck(source as FdSource, start, ctx, opts);
+    if (start !== null) {
+      await pausePoint((n) => list[0].device.sys.getenv(n), "verify", cancel);
+      await precheck(source as FdSource, start, ctx, opts);
+    }
   } catch (e) {
     const err = failure(
       `${what} refused`,

@@ -12,8 +12,7 @@
 //   end        result or error told to the events the operation owns; unbound; a
 //              source opened here closed
 //
-// and the per-device result assembly both results share (the first device's fields at
-// the top, every device's in `devices`).
+// and the failure object `--json` prints (failureReport), built here once for both.
 
 import type { VfioDevice } from "../device/open.ts";
 import { describeError, InterruptedError, StreamError, VfioMigError } from "../errors.ts";
@@ -146,20 +145,6 @@ export async function runOperation<R extends object>(
 
 /** A device's DeviceRef in events. */
 export const deviceRef = (u: { i: number; d: VfioDevice }): DeviceRef => ({ index: u.i, label: u.d.label });
-
-/**
- * A result's shape: the first device's `fields` at the top (as the stream header has
- * the first device's), every device's in `devices`, in stream order.
- */
-export function withFirstDevice<D extends object, K extends keyof D, T extends object>(
-  perDevice: D[],
-  fields: readonly K[],
-  rest: T,
-): T & Pick<D, K> & { devices: D[] } {
-  const first = perDevice[0];
-  const top = Object.fromEntries(fields.map((k) => [k, first[k]])) as Pick<D, K>;
-  return { ...top, ...rest, devices: perDevice };
-}
 
 /**
  * The JSON object `--json` prints when an operation fails, where its summary would have

@@ -49,8 +49,11 @@ export interface VerifyOptions {
    * the stream layer does not know the section's inside (src/migrate/config_state.ts).
    */
   checkConfig?: (bytes: Uint8Array) => void;
-  /** Ends the walk (throws what it throws) when it returns an error: a signal. */
-  stopped?: () => Error | null;
+  /**
+   * Awaited before each record: lets signal listeners run (a turn of the event loop now
+   * and then) and throws to end the walk (Cancellation.checkpoint: InterruptedError).
+   */
+  checkpoint?: () => Promise<void>;
 }
 
 /**
@@ -101,7 +104,7 @@ export function grammarFor(entries: readonly StreamDeviceEntry[]): RecordGrammar
  * Walks a whole vfio-mig stream: header, device list, every record's framing and CRC,
  * the record order, the trailer's totals and that nothing follows it. Constant memory
  * (StreamReader's bounds). Never throws for damage (the result says where); throws
- * what `stopped` returns, and errors of the source itself (I/O).
+ * what `checkpoint` throws, and errors of the source itself (I/O).
  */
 export async function verifyStream(src: StreamSource, opts: VerifyOptions = {}): Promise<VerifyResult> {
   const reader = new StreamReader(src);
@@ -122,8 +125,7 @@ export async function verifyStream(src: StreamSource, opts: VerifyOptions = {}):
     result.devices = entries.length;
     const grammar = grammarFor(entries);
     for (;;) {
-      const stop = opts.stopped?.();
-      if (stop) throw stop;
+      await opts.checkpoint?.();
       const rec = await reader.next();
       const step = rec.kind === "end"
         ? grammar.end()
