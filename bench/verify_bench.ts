@@ -24,7 +24,9 @@ const { values: opt } = parseArgs({
   },
 });
 if (opt.help) {
-  console.log("deno task bench:verify [--sizes 1G,8G] [--rounds 3] [--dir /dev/shm/vfio-mig-verify-bench] [--out FILE]");
+  console.log(
+    "deno task bench:verify [--sizes 1G,8G] [--rounds 3] [--dir /dev/shm/vfio-mig-verify-bench] [--out FILE]",
+  );
   Deno.exit(0);
 }
 const SIZES = (opt.sizes ?? "1G,8G").split(",").map(parseSize);
@@ -95,7 +97,16 @@ try {
 
 const gibs = (bytes: number, s: number) => (s > 0 ? (bytes / GiB / s).toFixed(2) : "-");
 printTable([
-  ["size", "cat s", "verify s", "verify walk GiB/s", "load s", "load --no-verify-first s", "pre-check s", "pre-check %"],
+  [
+    "size",
+    "cat s",
+    "verify s",
+    "verify walk GiB/s",
+    "load s",
+    "load --no-verify-first s",
+    "pre-check s",
+    "pre-check %",
+  ],
   ...rows.map((r) => [
     sizeLabel(r.size),
     r.median.cat.toFixed(2),

@@ -40,7 +40,7 @@ the order of the records (each device's setup, pre-copy, stop-copy and config
 sections), the trailer and its totals, and that nothing follows it. It is the check
 'vfio-mig load' makes of a FILE before it touches the device (--no-verify-first
 skips it there). A QEMU migration stream is checked as 'inspect' checks it.
-Constant memory; about 1.1 s per GiB here (bench/verify_bench.ts). For where and
+Constant memory; 0.7-1.1 GiB/s measured (bench/verify_bench.ts). For where and
 why a stream is damaged, record by record: vfio-mig inspect.
 
 Options:

@@ -2,10 +2,11 @@
 //
 //   refuse     the header, then every destination's identity, protocol and state, and
 //              P2P on all when there are several, are checked before any device is
-//              touched
+//              touched; a vfio-mig stream in a regular file is then checked whole
+//              (src/stream/verify.ts, through the same descriptor with pread)
 //   records    each device enters RESUMING when its setup section ends; each chunk
 //              reaches its device only after its checksum matched, in the record order
-//              of src/stream/order.ts
+//              of src/stream/grammar.ts
 //   finish     after the trailer (the whole stream verified): each device's config
 //              space is restored while it is still RESUMING (QEMU's vfio_load_state
 //              loads DEV_CONFIG_STATE then), then every driver takes its data
