@@ -41,7 +41,8 @@ function withStdinPipe(bytes: Uint8Array, args: string[], env: Record<string, st
 
 function oneLine(r: Run, code: number, what: string): string {
   assertEquals(r.code, code, `${what}: exit ${code}\n${show(r)}`);
-  const lines = r.stderr.trim().split("\n");
+  // (VFIO_MIG_PAUSE_AT's own line aside)
+  const lines = r.stderr.trim().split("\n").filter((l) => !l.startsWith("vfio-mig: paused at "));
   assertEquals(lines.length, 1, `${what}: one line on stderr\n${show(r)}`);
   return lines[0];
 }

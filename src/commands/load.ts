@@ -4,6 +4,7 @@ import { load, type LoadOptions, type LoadResult } from "../migrate/load.ts";
 import { qemuLoadReader } from "../qemu/reader.ts";
 import { kindOf, sniffAsync, type StreamKind } from "../qemu/sniff.ts";
 import { SEEK } from "../../ffi/sys.ts";
+import { isErrno } from "../../ffi/errno.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { Cancellation, failure, formatBytes, onCancel } from "../migrate/session.ts";
 import { type FailureScope, interruptedOr, noteFailureStates, withFailureReport } from "../migrate/operation.ts";
@@ -23,22 +24,32 @@ import { freshOpenWarnings } from "../device/family.ts";
 import { execWithDeviceFd } from "../device/exec.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
 
-/** The kind of stream in a regular file, from its first bytes read with pread (the offset does not move). */
+/**
+ * The kind of stream in a regular file, from its first bytes read with pread (the
+ * offset does not move); null for anything that is not a regular file. Throws
+ * VfioMigError when the file cannot be read.
+ */
 function peekKind(src: FdSource): StreamKind | null {
+  let at: number;
   try {
     if (!src.sys.fstat(src.fd).isRegular) return null;
-    const at = src.sys.lseek(src.fd, 0, SEEK.CUR);
-    const lead = new Uint8Array(8);
-    let n = 0;
+    at = src.sys.lseek(src.fd, 0, SEEK.CUR);
+  } catch {
+    return null; // not seekable: told by its first bytes
+  }
+  const lead = new Uint8Array(8);
+  let n = 0;
+  try {
     while (n < lead.length) {
       const got = src.sys.pread(src.fd, lead.subarray(n), at + n);
       if (got === 0) break;
       n += got;
     }
-    return kindOf(lead.subarray(0, n));
-  } catch {
-    return null; // not seekable: told by its first bytes
+  } catch (e) {
+    if (isErrno(e, "EINTR")) return peekKind(src);
+    throw new VfioMigError(`cannot read ${src.label}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
   }
+  return kindOf(lead.subarray(0, n));
 }
 
 /** The text summary of a load: one line, and with several devices one line each. */

@@ -81,7 +81,7 @@ order, or not a stream vfio-mig loads), 2 usage error, 1 the input cannot be rea
         else if (source instanceof FdSource) summary = await verifyOther(sys, from, label, source, t0);
         else summary = fromVfioMig(label, await verifyStream(source, { onProgress: line.update }), seconds(t0));
       } finally {
-        line.done();
+        line.done(false); // verify prints its own result
       }
     } finally {
       source.close();

@@ -308,6 +308,7 @@ function precheckStart(source: StreamSource, opts: LoadOptions): number | null {
  */
 async function precheck(source: FdSource, start: number, ctx: OperationContext, opts: LoadOptions): Promise<void> {
   const line = checkLine(source.label, source.sys.fstat(source.fd).size - start, !!opts.progress);
+  let ok = false;
   try {
     const r = await verifyStream(new PreadSource(source.sys, source.fd, source.label, start), {
       checkConfig: (b) => void decodeConfigState(b),
@@ -318,8 +319,9 @@ async function precheck(source: FdSource, start: number, ctx: OperationContext, 
       const p = r.problem!;
       throw new StreamError(p.message, p.offset ?? undefined, p.record ?? undefined);
     }
+    ok = true;
   } finally {
-    line.done();
+    line.done(ok);
   }
 }
 

@@ -212,12 +212,14 @@ function causeChain(e: unknown): unknown[] {
 
 /**
  * The line a whole-file check draws on a terminal (stderr), redrawn at most every
- * 100 ms: how far, of how much, and the rate; cleared when done. Nothing when
- * `enabled` is false or stderr is not a terminal.
+ * 100 ms: how far, of how much, the rate (the label last, so a narrow terminal cuts
+ * it, not the figures); at the end, when the check passed, one line saying so (it
+ * stays above what follows), else the line is cleared for the error. Nothing when
+ * `enabled` is false, stderr is not a terminal, or the check took under 0.2 s.
  */
 export function checkLine(label: string, total: number, enabled: boolean, why = " before loading"): {
   update: (bytes: number) => void;
-  done: () => void;
+  done: (ok: boolean) => void;
 } {
   if (!enabled || !Deno.stderr.isTerminal()) return { update: () => {}, done: () => {} };
   const out = stderrOutput();
@@ -230,13 +232,15 @@ export function checkLine(label: string, total: number, enabled: boolean, why = 
       const pct = total > 0 ? Math.min(100, Math.floor((bytes / total) * 100)) : 100;
       const rate = s > 0 ? bytes / s : 0;
       const eta = rate > 0 ? formatDuration((total - bytes) / rate) : "?";
-      const text = `vfio-mig: checking ${label}${why}: ${pct}% of ${formatBytes(total)} ` +
-        `(${formatBytes(rate)}/s, ${eta} left)`;
+      const text = `vfio-mig: checking ${pct}% of ${formatBytes(total)}  ${formatBytes(rate)}/s  ${eta} left  ` +
+        `${label}${why}`;
       out.write(`\r\x1b[K${text.slice(0, out.columns() - 1)}`);
       shown = true;
     },
-    done() {
-      if (shown) out.write("\r\x1b[K");
+    done(ok) {
+      if (!shown) return;
+      const s = ((performance.now() - t0) / 1000).toFixed(1);
+      out.write(ok ? `\r\x1b[Kvfio-mig: checked ${label} whole: ${formatBytes(total)} intact in ${s}s\n` : "\r\x1b[K");
     },
   };
 }
