@@ -2,6 +2,7 @@
 // an exit code. Each command lives in src/commands/<name>.ts.
 
 import { libc } from "./ffi/libc.ts";
+import { registerBuiltinBackends } from "./src/backends.ts";
 import { EXIT_CODES_HELP } from "./src/commands/command.ts";
 import { COMMANDS } from "./src/commands/index.ts";
 import { describeError, EXIT, VfioMigError } from "./src/errors.ts";
@@ -24,6 +25,11 @@ Examples:
 
 ${EXIT_CODES_HELP}`;
 }
+
+// The simulator is a device backend: registered here by its descriptor alone, loaded
+// (src/sim/ops.ts) only when a spec names a simulated device (sim:PATH, or a pid:/fd:
+// whose fd is one). The dynamic import keeps it in what `deno compile` embeds.
+registerBuiltinBackends();
 
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args;

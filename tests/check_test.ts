@@ -7,7 +7,7 @@ import { libc } from "../ffi/libc.ts";
 import { arcPairs, expectedArc, exploreArcs } from "../src/check/arcs.ts";
 import { type CheckReport, runChecks } from "../src/check/conformance.ts";
 import { openDevice } from "../src/device/open.ts";
-import { DeviceState, isHangingArc, supportedStates } from "../src/migration/state_machine.ts";
+import { DeviceState, isHangingArc, supportedStates } from "../src/vfio/state_machine.ts";
 import { SimKernel } from "../src/sim/kernel.ts";
 import type { ModelName } from "../src/sim/models.ts";
 import { SimStore } from "../src/sim/store.ts";

@@ -5,7 +5,9 @@
 
 import { createHash } from "node:crypto";
 import { assert, assertEquals, assertMatch, assertRejects, assertStringIncludes, fail } from "./assert.ts";
-import { libc, load, openDevice, openSink, openSource, save, SimKernel, SimStore, VERSION } from "../mod.ts";
+import { load, openDevice, openSink, openSource, save, VERSION } from "../mod.ts";
+import { SimKernel, SimStore } from "../src/sim/mod.ts";
+import { libc } from "../src/vfio/mod.ts";
 import { parseFaults } from "../src/sim/kernel.ts";
 import { StreamReader } from "../src/stream/reader.ts";
 import type { Source } from "../src/transport/transport.ts";

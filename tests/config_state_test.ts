@@ -18,7 +18,7 @@ import {
 } from "../src/migrate/config_state.ts";
 import { load, type LoadOptions } from "../src/migrate/load.ts";
 import { save } from "../src/migrate/save.ts";
-import { getRegionInfo } from "../src/migration/regions.ts";
+import { getRegionInfo } from "../src/vfio/regions.ts";
 import { SimKernel } from "../src/sim/kernel.ts";
 import { CAP_MSI_AT, CAP_MSIX_AT } from "../src/sim/models.ts";
 import { SimStore } from "../src/sim/store.ts";

@@ -14,7 +14,8 @@ import { freshOpenWarnings, realResetBehaviour, survivesCloseText } from "../src
 import { Procfs } from "../src/device/procfs.ts";
 import { Sysfs } from "../src/device/sysfs.ts";
 import { VfioMigError } from "../src/errors.ts";
-import { describeAccess, type DeviceReport } from "../src/commands/info.ts";
+import { describeAccess } from "../src/commands/info.ts";
+import type { DeviceReport } from "../src/device/describe.ts";
 import { BASE_ENV, CLI, DENO, euid, ROOT } from "./proc_helpers.ts";
 
 const MDEV_A = "b1a2c3d4-0000-4000-8000-00000000000a";

@@ -24,7 +24,7 @@ import { openDevice } from "../src/device/open.ts";
 import { VfioMigError } from "../src/errors.ts";
 import { load } from "../src/migrate/load.ts";
 import { save } from "../src/migrate/save.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { parseFaults, SimKernel } from "../src/sim/kernel.ts";
 import { SimStore } from "../src/sim/store.ts";
 import { StreamReader } from "../src/stream/reader.ts";

@@ -33,7 +33,7 @@ import { inspectStream } from "../src/inspect/inspect.ts";
 import { load } from "../src/migrate/load.ts";
 import { save } from "../src/migrate/save.ts";
 import { Cancellation } from "../src/migrate/session.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { SimKernel } from "../src/sim/kernel.ts";
 import { SimStore } from "../src/sim/store.ts";
 import { V1_DATA_OFFSET, V1_REGION_INDEX } from "../src/sim/v1_device.ts";

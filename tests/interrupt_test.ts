@@ -19,7 +19,7 @@ import { O } from "../ffi/sys.ts";
 import { StreamReader } from "../src/stream/reader.ts";
 import { BASE_ENV, CLI, DENO, type LogLine, logLines, MiB, ROOT, sleep, stateSets } from "./proc_helpers.ts";
 import { SimStore } from "../src/sim/store.ts";
-import { stateName } from "../src/migration/state_machine.ts";
+import { stateName } from "../src/vfio/state_machine.ts";
 
 const host = libc();
 const TOKEN = "interrupt-test-token";

@@ -55,3 +55,62 @@ Deno.test("README Library example: open two devices by spec, save one to a file,
     await Deno.remove(t, { recursive: true });
   }
 });
+
+Deno.test("mod.ts is the front door: the first-use set, with a @module doc whose @example runs", async () => {
+  const mod = await import("../mod.ts");
+  assertEquals(Object.keys(mod).sort(), [
+    "Cancellation",
+    "DeviceBusyError",
+    "EXIT",
+    "StreamError",
+    "SysError",
+    "TcpClient",
+    "TcpServerConn",
+    "TcpSink",
+    "TcpSource",
+    "VERSION",
+    "VfioDevice",
+    "VfioMigError",
+    "defaultDeviceSpec",
+    "describeError",
+    "load",
+    "loadBackendsFor",
+    "openDevice",
+    "openSink",
+    "openSource",
+    "openStreamSource",
+    "save",
+    "systemFor",
+  ]);
+  // deno test --doc runs the ```ts blocks of the JSDoc: mod.ts's @example and ./sim's.
+  const r = await run(
+    ["test", "--doc", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", "mod.ts", "src/sim/mod.ts"],
+    ROOT,
+  );
+  assertEquals(r.code, 0, `the @examples run: ${r.stdout}${r.stderr}`);
+  assertStringIncludes(r.stdout, "2 passed");
+});
+
+Deno.test("every sub-path of deno.json exports is an entry file that imports, with what the README names", async () => {
+  const exports: Record<string, string> = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).exports;
+  const expected: Record<string, string[]> = {
+    ".": ["openDevice", "save", "load"],
+    "./device": ["borrowDevice", "execWithDeviceFd", "listDevices", "describeDevice", "migrationControl"],
+    "./migrate": ["chooseProtocol", "readConfigState", "restoreConfigState"],
+    "./uapi": ["uapi", "libc", "DeviceState", "MigrationV2", "MigrationV1", "getRegionInfo"],
+    "./stream": ["StreamReader", "StreamWriter", "streamFormat"],
+    "./inspect": ["inspectStream", "inspectQemuStream"],
+    "./events": ["Events", "JsonLinesWriter", "ProgressBar", "validateEvent"],
+    "./report": ["readEventsFile", "renderSvg", "renderHtml"],
+    "./check": ["runChecks", "CHECKS", "exploreArcs"],
+    "./qemu": ["QemuStreamParser", "qemuLoadReader", "spliceQemuStream"],
+    "./sim": ["SimKernel", "SimStore", "MODEL_NAMES"],
+  };
+  assertEquals(Object.keys(exports).sort(), Object.keys(expected).sort());
+  const readme = await Deno.readTextFile(`${ROOT}README.md`);
+  for (const [sub, file] of Object.entries(exports)) {
+    const m = await import(new URL(file, `file://${ROOT}`).href);
+    for (const name of expected[sub]) assert(name in m, `${sub} (${file}) exports ${name}`);
+    if (sub !== ".") assertStringIncludes(readme, `| \`${sub}\``, `the README's Library section names ${sub}`);
+  }
+});

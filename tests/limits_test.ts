@@ -12,7 +12,7 @@ import { openDevice } from "../src/device/open.ts";
 import { StreamError } from "../src/errors.ts";
 import { inspectStream } from "../src/inspect/inspect.ts";
 import { save } from "../src/migrate/save.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { SimKernel } from "../src/sim/kernel.ts";
 import { SimStore } from "../src/sim/store.ts";
 import { encodeHeader, MAX_CHUNK, type StreamHeader, TAG } from "../src/stream/format.ts";

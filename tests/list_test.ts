@@ -6,7 +6,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { listDevices } from "../src/commands/list.ts";
 import { openDevice, systemFor } from "../src/device/open.ts";
 import { libc } from "../ffi/libc.ts";
-import { SimStore } from "../src/sim/store.ts";
+import { SimStore } from "../src/sim/mod.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const MDEV = "b1a2c3d4-0000-4000-8000-000000000001";
@@ -201,6 +201,40 @@ Deno.test("list: --include-sim shows simulated devices' migration facts, and 'bu
     const missing = await vfioMig(["list", "--sysfs", empty, "--include-sim", empty]);
     assertEquals(missing.code, 2, "a folder without simulated devices is a usage error");
     assertStringIncludes(missing.err, "no simulated device there");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(empty, { recursive: true });
+  }
+});
+
+// Issue 22 item 5: a device that speaks the v1 region protocol (QEMU 7.2's) is migratable,
+// and list and info say through which protocol, not "not supported (ENOTTY)".
+Deno.test("list and info: a v1 device names the v1 region protocol and its device_state", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vfio-mig-list-v1-" });
+  const empty = await Deno.makeTempDir({ prefix: "vfio-mig-sysfs-" });
+  try {
+    const made = await vfioMig(["sim", "create", `${dir}/v1`, "--model", "mtty-2", "--protocol", "v1"]);
+    assertEquals(made.code, 0, made.err);
+    const r = await vfioMig(["list", "--sysfs", empty, "--include-sim", dir, "--json"]);
+    assertEquals(r.code, 0, r.err);
+    const [d] = JSON.parse(r.out).devices;
+    assertEquals(d.migration, {
+      migratable: true,
+      protocol: "v1",
+      flags: null,
+      flagNames: [],
+      dataSize: null,
+      state: "running (001b)",
+      dirtyTracking: "none",
+    });
+    const text = await vfioMig(["list", "--sysfs", empty, "--include-sim", dir]);
+    assertMatch(text.out, /migration {4}protocol v1 \(deprecated region protocol\), device_state running \(001b\)/);
+    assert(!text.out.includes("ENOTTY"), text.out);
+    assertMatch(text.out, /1 device: 1 migratable/);
+    const info = await vfioMig(["info", "--device", `sim:${dir}/v1`]);
+    assertEquals(info.code, 0, info.err);
+    assertMatch(info.out, /migration: {7}protocol v1 \(deprecated region protocol\)/);
+    assert(!info.out.includes("ENOTTY"), info.out);
   } finally {
     await Deno.remove(dir, { recursive: true });
     await Deno.remove(empty, { recursive: true });

@@ -5,10 +5,13 @@
 
 import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "./assert.ts";
 import { jsonOf, logLines, MiB, ok, sha, show, simCreate, sleep, stateOf, vfioMig, withTemp } from "./proc_helpers.ts";
-import { libc, load, openDevice, save, type SaveResult, SimKernel, SimStore, streamFormat } from "../mod.ts";
+import { load, openDevice, save, type SaveResult } from "../mod.ts";
+import { SimKernel, SimStore } from "../src/sim/mod.ts";
+import { streamFormat } from "../src/stream/mod.ts";
+import { libc } from "../src/vfio/mod.ts";
 import { isErrno } from "../ffi/errno.ts";
 import { decode, encodeInto, FEATURE, FEATURE_FLAGS, featureBuffer, IOCTL, STRUCTS } from "../ffi/vfio_uapi.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import type { Sink, StreamSource } from "../src/transport/transport.ts";
 
 const REINIT = 1;

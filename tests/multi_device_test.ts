@@ -8,20 +8,10 @@
 
 import { createHash } from "node:crypto";
 import { assert, assertEquals, assertMatch, assertRejects, assertStringIncludes, fail } from "./assert.ts";
-import {
-  isErrno,
-  libc,
-  load,
-  openDevice,
-  openSink,
-  openSource,
-  parseFaults,
-  save,
-  SimKernel,
-  SimStore,
-  type VfioDevice,
-} from "../mod.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { load, openDevice, openSink, openSource, save, type VfioDevice } from "../mod.ts";
+import { parseFaults, SimKernel, SimStore } from "../src/sim/mod.ts";
+import { isErrno, libc } from "../src/vfio/mod.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { F, O } from "../ffi/sys.ts";
 import { BASE_ENV, CLI, DENO, MiB, ROOT } from "./proc_helpers.ts";
 

@@ -11,7 +11,7 @@ import { assert, assertEquals, assertMatch, fail } from "./assert.ts";
 import { libc } from "../ffi/libc.ts";
 import { openDevice } from "../src/device/open.ts";
 import { save } from "../src/migrate/save.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { SimKernel } from "../src/sim/kernel.ts";
 import { SimStore } from "../src/sim/store.ts";
 import { openSink } from "../src/transport/transport.ts";

@@ -8,7 +8,7 @@
 
 import { assertEquals } from "./assert.ts";
 import { O } from "../ffi/sys.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { SimKernel } from "../src/sim/kernel.ts";
 import { CAP_MSIX_AT, initialMttyState } from "../src/sim/models.ts";
 import { expectErrno, host, metaOf, Sim, stateFile, withStore } from "./sim_helpers.ts";
@@ -262,4 +262,61 @@ Deno.test("simDeviceOf and adopt refuse what is not a simulated device", async (
       s.close();
     }
   });
+});
+
+// Issue 22 item 4: a device's family comes from one rule (src/sim/store.ts familyOf: the
+// device's --family, else its model's), and every layer that names it agrees: the
+// device layer (info), the inventory (list), and the fresh-open warnings (a pci-family
+// device was reset by the first open; its loaded state is lost at the last close).
+Deno.test("family: every model without --family: sim create, info, list and fresh-open warnings agree", async () => {
+  const { openDevice, systemFor, freshOpenWarnings } = await import("../src/device/open.ts");
+  const { listDevices } = await import("../src/commands/list.ts");
+  const { defaultFamily, familyOf, MODEL_NAMES, SimStore } = await import("../src/sim/mod.ts");
+  const dir = await Deno.makeTempDir({ prefix: "vfio-mig-family-" });
+  const sysfs = await Deno.makeTempDir({ prefix: "vfio-mig-sysfs-" });
+  try {
+    for (const model of MODEL_NAMES) new SimStore(host, `${dir}/${model}`).create({ model });
+    const listed = listDevices({ sysfs, includeSim: [dir], noOpen: true }).devices;
+    for (const model of MODEL_NAMES) {
+      const spec = `sim:${dir}/${model}`;
+      const kind = familyOf(new SimStore(host, `${dir}/${model}`).readMeta());
+      assertEquals(kind, defaultFamily(model), `${model}: the stored device has its model's family`);
+      const pci = kind === "pci";
+      const d = openDevice(systemFor([spec]), spec);
+      try {
+        assertEquals([d.family, d.resetsOnClose], [`sim-${kind}`, pci], `${model}: the device layer`);
+        const item = listed.find((x) => x.device === spec)!;
+        assertEquals([item.family, item.stateSurvivesClose], [`sim-${kind}`, !pci], `${model}: list`);
+        assertEquals(freshOpenWarnings(d, "save").length, pci ? 1 : 0, `${model}: fresh save warns of the reset`);
+        assertEquals(freshOpenWarnings(d, "load").length, pci ? 1 : 0, `${model}: load warns of the last close`);
+      } finally {
+        d.close();
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(sysfs, { recursive: true });
+  }
+});
+
+Deno.test("family: the CLI's sim create and info say the same family for xe (pci) and mtty-2 (mdev)", async () => {
+  const CLI = new URL("../cli.ts", import.meta.url).pathname;
+  const dir = await Deno.makeTempDir({ prefix: "vfio-mig-family-" });
+  const run = async (...args: string[]) => {
+    const o = await new Deno.Command(Deno.execPath(), { args: ["run", "--allow-ffi", CLI, ...args] }).output();
+    return { code: o.code, out: new TextDecoder().decode(o.stdout), err: new TextDecoder().decode(o.stderr) };
+  };
+  try {
+    for (const [model, kind] of [["xe", "pci"], ["mtty-2", "mdev"]]) {
+      const made = await run("sim", "create", `${dir}/${model}`, "--model", model);
+      assertEquals(made.code, 0, made.err);
+      assertEquals(made.out.includes(`family ${kind}`), true, made.out);
+      const info = await run("info", "--device", `sim:${dir}/${model}`, "--json");
+      assertEquals(info.code, 0, info.err);
+      const j = JSON.parse(info.out);
+      assertEquals([j.family, j.stateSurvivesClose], [`sim-${kind}`, kind === "mdev"], model);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

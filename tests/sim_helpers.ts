@@ -7,7 +7,7 @@ import { Errno, SysError } from "../ffi/errno.ts";
 import { libc } from "../ffi/libc.ts";
 import { O } from "../ffi/sys.ts";
 import { decode, encodeInto, FEATURE, FEATURE_FLAGS, IOCTL, STRUCTS } from "../ffi/vfio_uapi.ts";
-import type { DeviceState } from "../src/migration/state_machine.ts";
+import type { DeviceState } from "../src/vfio/state_machine.ts";
 import { SimKernel, type SimKernelOptions } from "../src/sim/kernel.ts";
 import { SimStore } from "../src/sim/store.ts";
 

@@ -15,7 +15,7 @@ import {
   resolvePath,
   stateName,
   supportedStates,
-} from "../src/migration/state_machine.ts";
+} from "../src/vfio/state_machine.ts";
 import { parseFaults, SimKernel, type SimKernelOptions } from "../src/sim/kernel.ts";
 import { type ModelName, MTTY_MAGIC, mttyHeader } from "../src/sim/models.ts";
 import { SimStore } from "../src/sim/store.ts";

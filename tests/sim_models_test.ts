@@ -9,7 +9,7 @@
 import { assert, assertEquals, assertNotEquals } from "./assert.ts";
 import { F, O, POLL } from "../ffi/sys.ts";
 import { DEVICE_STATE_V1, STRUCTS } from "../ffi/vfio_uapi.ts";
-import { DeviceState } from "../src/migration/state_machine.ts";
+import { DeviceState } from "../src/vfio/state_machine.ts";
 import { BULK_HEADER_SIZE, bulkHeader, CAP_MSI_AT, CAP_MSIX_AT, fillXe, mttyHeader } from "../src/sim/models.ts";
 import { SimStore } from "../src/sim/store.ts";
 import { V1_REGION_INDEX } from "../src/sim/v1_device.ts";

@@ -8,7 +8,7 @@ import { openDevice } from "../src/device/open.ts";
 import { VfioMigError } from "../src/errors.ts";
 import { load } from "../src/migrate/load.ts";
 import { save, type SaveOptions, type SaveResult } from "../src/migrate/save.ts";
-import { DeviceState, stateName } from "../src/migration/state_machine.ts";
+import { DeviceState, stateName } from "../src/vfio/state_machine.ts";
 import { SimKernel } from "../src/sim/kernel.ts";
 import { SimStore } from "../src/sim/store.ts";
 import { stateHash } from "../src/commands/sim.ts";

@@ -17,7 +17,7 @@ import {
   stateName,
   supportedStates,
   supportsState,
-} from "../src/migration/state_machine.ts";
+} from "../src/vfio/state_machine.ts";
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = DeviceState;
 const NON_ERROR = ALL_STATES.filter((s) => s !== ERROR);

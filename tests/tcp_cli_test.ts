@@ -22,7 +22,7 @@ import {
   vmHwm,
   withTemp,
 } from "./proc_helpers.ts";
-import { StreamReader, StreamWriter } from "../mod.ts";
+import { StreamReader, StreamWriter } from "../src/stream/mod.ts";
 import { MAX_CHUNK, type StreamHeader, TAG } from "../src/stream/format.ts";
 import { bulkHeader, bulkRecordHeader } from "../src/sim/models.ts";
 import { TcpClient, TcpSink } from "../src/transport/tcp.ts";
@@ -300,14 +300,15 @@ Deno.test("tcp: slow-loris and garbage peers are dropped by the handshake timeou
     const { proc: dst, port } = await listen(b, ["--token", TOKEN, "--handshake-timeout", "500"], {
       VFIO_MIG_SIM_LOG: blog,
     });
-    // Slow-loris: a byte every 100 ms, for ever.
+    // Slow-loris: the greeting a byte every 100 ms (garbage would be refused at its first wrong byte).
     const loris = await Deno.connect({ hostname: "127.0.0.1", port });
     let dripping = true;
     const drip = (async () => {
-      const one = new Uint8Array([0x56]);
-      while (dripping) {
+      const greeting = new Uint8Array(74);
+      greeting.set(new TextEncoder().encode("VFMGAUTH\x01"));
+      for (let i = 0; dripping; i = (i + 1) % greeting.length) {
         try {
-          await loris.write(one);
+          await loris.write(greeting.subarray(i, i + 1));
         } catch {
           return; // dropped by the server
         }

@@ -1,8 +1,18 @@
 // The TCP transport's handshake: only a peer that proves it knows the token gets to
 // send a byte of state; everyone else is refused with a clear reason.
 
-import { assert, assertEquals } from "./assert.ts";
-import { FRAME, parseListen, parseTcpUrl, TcpClient, TcpServerConn, TcpSink } from "../src/transport/tcp.ts";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import {
+  FRAME,
+  parseListen,
+  parseMaxStartups,
+  parseTcpUrl,
+  TcpClient,
+  TcpServerConn,
+  TcpSink,
+  type TurnedAway,
+  turnedAwayLine,
+} from "../src/transport/tcp.ts";
 
 function listen(token: string, extra: Partial<Parameters<typeof TcpServerConn.accept>[1]> = {}) {
   let resolvePort!: (p: number) => void;
@@ -47,6 +57,17 @@ Deno.test("tcp: addresses parse, the listener defaults to loopback", () => {
     threw = true;
   }
   assert(threw, "http:// must be refused");
+  assertEquals(parseMaxStartups("10:30:100"), { start: 10, rate: 30, full: 100 });
+  assertEquals(parseMaxStartups("64"), { start: 64, rate: 100, full: 64 });
+  for (const bad of ["0", "10:30", "100:30:10", "1:101:2", "a"]) {
+    let t = false;
+    try {
+      parseMaxStartups(bad);
+    } catch {
+      t = true;
+    }
+    assert(t, `--max-startups ${bad} must be refused`);
+  }
 });
 
 Deno.test("tcp: the right token connects; bytes and the result frame flow", async () => {
@@ -82,25 +103,110 @@ Deno.test("tcp: a wrong token is refused on both sides, and the listener keeps w
   s.close();
 });
 
-Deno.test("tcp: garbage and a silent (slow-loris) peer are refused by the handshake timeout", async () => {
-  const { port, server, refused } = listen("t", { acceptTimeoutMs: 4000 });
+Deno.test("tcp: garbage is refused at its first byte, a silent peer at its handshake timeout", async () => {
+  const refused: string[] = [];
+  let refusal = () => {};
+  const { port, server } = listen("t", {
+    acceptTimeoutMs: 4000,
+    onRefused: (why) => {
+      refused.push(why);
+      refusal();
+    },
+  });
   const p = await port;
-  const junk = await Deno.connect({ hostname: "127.0.0.1", port: p });
-  await junk.write(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n".padEnd(74, "x")));
+  const nextRefusal = () => new Promise<void>((r) => refusal = r);
   const silent = await Deno.connect({ hostname: "127.0.0.1", port: p });
+  const t0 = performance.now();
+  let seen = nextRefusal();
+  const junk = await Deno.connect({ hostname: "127.0.0.1", port: p });
+  await junk.write(new TextEncoder().encode("G")); // one byte that cannot start the greeting
+  await seen;
+  assert(/not a vfio-mig peer/.test(refused[0]), `refusals: ${refused}`);
+  assert(performance.now() - t0 < 400, "garbage is refused before the handshake timeout");
+  seen = nextRefusal();
+  await seen;
+  assert(/no answer within 500 ms/.test(refused[1]), `refusals: ${refused}`);
+  const good = await TcpClient.connect(`tcp://127.0.0.1:${p}`, { token: "t" });
+  const s = await server;
+  for (const c of [junk, silent, good]) closeQuietly(c);
+  s.close();
+});
+
+Deno.test("tcp: handshakes run side by side: silent peers do not delay the right one, and are closed when it is in", async () => {
+  const { port, server, refused } = listen("t", { handshakeTimeoutMs: 5000, acceptTimeoutMs: 8000 });
+  const p = await port;
+  const silent = await Promise.all(Array.from({ length: 20 }, () => Deno.connect({ hostname: "127.0.0.1", port: p })));
   const t0 = performance.now();
   const good = await TcpClient.connect(`tcp://127.0.0.1:${p}`, { token: "t" });
   const s = await server;
-  assert(refused.some((r) => /not a vfio-mig peer/.test(r)), `refusals: ${refused}`);
-  assert(refused.some((r) => /no answer within 500 ms/.test(r)), `refusals: ${refused}`);
-  assert(performance.now() - t0 < 3000, "the silent peer held the listener too long");
-  for (const c of [junk, silent, good]) {
-    try {
-      c.close();
-    } catch { /* closed by the server */ }
+  assert(performance.now() - t0 < 2500, `the right peer waited ${performance.now() - t0} ms`);
+  assertEquals(refused, [], "nobody was refused: the silent ones were still waiting");
+  // Every other connection is closed once the peer is in: each reads the greeting, then the end.
+  for (const c of silent) {
+    const buf = new Uint8Array(64);
+    let n = 0;
+    for (;;) {
+      const r = await c.read(buf).catch(() => null);
+      if (r === null) break;
+      n += r;
+    }
+    assertEquals(n, 42, "a silent peer got the server's greeting and then the connection closed");
+    closeQuietly(c);
   }
+  good.close();
   s.close();
 });
+
+Deno.test("tcp: over MaxStartups the longest-waiting idle connection is dropped, not one mid-handshake; drops are counted", async () => {
+  const turned: TurnedAway[] = [];
+  const { port, server, refused } = listen("t", {
+    handshakeTimeoutMs: 5000,
+    acceptTimeoutMs: 8000,
+    maxStartups: { start: 4, rate: 100, full: 4 },
+    onTurnedAway: (t) => turned.push(t),
+  });
+  const p = await port;
+  const conn = () => Deno.connect({ hostname: "127.0.0.1", port: p });
+  const closedAt = (c: Deno.Conn) =>
+    (async () => {
+      const buf = new Uint8Array(64);
+      while ((await c.read(buf).catch(() => null)) !== null) { /* the greeting */ }
+      return performance.now();
+    })();
+  // One peer mid-handshake: it sent the greeting's start (magic and version), not the rest.
+  const mid = await conn();
+  await mid.write(new Uint8Array([...new TextEncoder().encode("VFMGAUTH"), 1, 0]));
+  await new Promise((r) => setTimeout(r, 100));
+  const idle: Deno.Conn[] = [];
+  for (let i = 0; i < 3; i++) idle.push(await conn());
+  await new Promise((r) => setTimeout(r, 100));
+  const idleClosed = idle.map(closedAt);
+  const midClosed = closedAt(mid);
+  // Three more: each drops the oldest idle one.
+  const late: Deno.Conn[] = [];
+  for (let i = 0; i < 3; i++) late.push(await conn());
+  const dropped = await Promise.all(idleClosed);
+  let midOpen = true;
+  midClosed.then(() => midOpen = false);
+  await new Promise((r) => setTimeout(r, 100));
+  assert(midOpen, "the connection mid-handshake was dropped for a newcomer");
+  assert(dropped[0] <= dropped[1] && dropped[1] <= dropped[2], "the longest-waiting first");
+  const good = await TcpClient.connect(`tcp://127.0.0.1:${p}`, { token: "t" });
+  const s = await server;
+  assertEquals(refused, []);
+  assertEquals(turned.length, 1, "one report, at the end");
+  assertEquals(turned[0].dropped, 4, "the three idle ones, then the oldest late one for the real peer");
+  assertMatch(turnedAwayLine(turned[0]), /^dropped 4 connections over the limit .*\(--max-startups 4:100:4\) so far$/);
+  await midClosed;
+  for (const c of [mid, ...idle, ...late, good]) closeQuietly(c);
+  s.close();
+});
+
+function closeQuietly(c: { close(): void }): void {
+  try {
+    c.close();
+  } catch { /* closed by the server */ }
+}
 
 Deno.test("tcp: once a peer is in, a second client cannot connect", async () => {
   const { port, server } = listen("t");
@@ -175,4 +281,65 @@ Deno.test("tcp: a kept data chunk is sent from its own buffer, and flowControl w
   assertEquals(sent.map((s) => s.bytes.length), [3, 1 << 20]);
   assert(sent[1].sameBuffer, "the kept chunk was copied");
   assert(sent[1].bytes.every((b) => b === 7));
+});
+
+Deno.test("tcp: the source says when the destination accepted but never greeted, or closed before its greeting", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  const held: Deno.Conn[] = [];
+  const connectError = async () => {
+    try {
+      await TcpClient.connect(`tcp://127.0.0.1:${p}`, { token: "t", handshakeTimeoutMs: 300 });
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return "connected";
+  };
+  // Accepts and says nothing.
+  const mute = l.accept().then((c) => held.push(c));
+  assertMatch(
+    await connectError(),
+    /^handshake with tcp:\/\/127\.0\.0\.1:\d+: no answer within 300 ms: the destination accepted the connection but never sent its greeting/,
+  );
+  await mute;
+  // Accepts and closes at once (as a listener over its limit drops a connection).
+  const drop = l.accept().then((c) => c.close());
+  assertMatch(await connectError(), /accepted the connection and closed it before its greeting.*--max-startups/);
+  await drop;
+  for (const c of held) closeQuietly(c);
+  l.close();
+});
+
+Deno.test("tcp: --accept-timeout ends the wait with silent connections open; the counts are reported once at the end", async () => {
+  const turned: TurnedAway[] = [];
+  const refused: string[] = [];
+  const { port, server } = listen("t", {
+    handshakeTimeoutMs: 100,
+    acceptTimeoutMs: 600,
+    onRefused: (why) => refused.push(why),
+    onTurnedAway: (t) => turned.push(t),
+  });
+  const p = await port;
+  // Ten silent ones: 8 refusals reported one by one, the other 2 counted.
+  const silent = await Promise.all(Array.from({ length: 10 }, () => Deno.connect({ hostname: "127.0.0.1", port: p })));
+  let err = "";
+  try {
+    await server;
+  } catch (e) {
+    err = (e as Error).message;
+  }
+  assertEquals(err, "no authenticated peer connected within 600 ms");
+  assertEquals(refused.length, 8);
+  assertEquals(turned.length, 1);
+  assertEquals(turned[0].timedOut, 2);
+  assertMatch(turnedAwayLine(turned[0]), /^refused 2 more \(2 timed out\) so far$/);
+  for (const c of silent) closeQuietly(c);
+  // The listener is closed.
+  let refusedConnect = false;
+  try {
+    (await Deno.connect({ hostname: "127.0.0.1", port: p })).close();
+  } catch {
+    refusedConnect = true;
+  }
+  assert(refusedConnect, "the listener still accepts after giving up");
 });

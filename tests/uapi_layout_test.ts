@@ -31,7 +31,7 @@ import {
   VFIO_API_VERSION,
 } from "../ffi/vfio_uapi.ts";
 import * as uapi from "../ffi/vfio_uapi.ts";
-import { DeviceState, STATE_COUNT } from "../src/migration/state_machine.ts";
+import { DeviceState, STATE_COUNT } from "../src/vfio/state_machine.ts";
 
 const INSTALL_HINT = "install the C toolchain and kernel headers: apt-get install gcc libc6-dev linux-libc-dev";
 

@@ -14,7 +14,7 @@ import {
   stateName,
   supportedStates,
   supportsState,
-} from "../migration/state_machine.ts";
+} from "../vfio/state_machine.ts";
 import { CheckSession } from "./session.ts";
 
 export interface ArcResult {

@@ -6,18 +6,13 @@
 // it ends RUNNING.
 
 import { isErrno, SysError } from "../../ffi/errno.ts";
-import {
-  decode,
-  encode,
-  IOCTL,
-  MIGRATION_FLAGS,
-  PCI_REGION,
-  PRECOPY_INFO_REINIT,
-  STRUCTS,
-} from "../../ffi/vfio_uapi.ts";
+import { MIGRATION_FLAGS, PCI_REGION, PRECOPY_INFO_REINIT } from "../../ffi/vfio_uapi.ts";
 import type { VfioDevice } from "../device/open.ts";
+import { capControl } from "../pci/config.ts";
+import { findRegion } from "../vfio/regions.ts";
+import { migrationFlagNames } from "../vfio/v2.ts";
 import { readSome } from "../io.ts";
-import { DeviceState, stateName, supportedStates, supportsState } from "../migration/state_machine.ts";
+import { DeviceState, stateName, supportedStates, supportsState } from "../vfio/state_machine.ts";
 import { arcMismatches, type ArcResult, exploreArcs } from "./arcs.ts";
 import { type CaptureResult, CheckSession, StepError } from "./session.ts";
 
@@ -103,10 +98,6 @@ function errnoOf(e: unknown): string {
   throw e;
 }
 
-function flagNames(flags: number): string[] {
-  return Object.entries(MIGRATION_FLAGS).filter(([, v]) => flags & v).map(([k]) => k);
-}
-
 export interface CheckOptions {
   /** Largest STOP_COPY image the checks hold (in a memfd); default 4 GiB. */
   maxImageBytes?: number;
@@ -166,7 +157,7 @@ export function runChecks(dev: VfioDevice, opts: CheckOptions = {}): CheckReport
   }
   report.migratable = true;
   report.migrationFlags = flags;
-  report.flagNames = flagNames(flags);
+  report.flagNames = migrationFlagNames(flags);
   report.supportedStates = supportedStates(flags).map(stateName);
   add(checkFlags(flags));
   if (!(flags & MIGRATION_FLAGS.STOP_COPY)) {
@@ -233,7 +224,7 @@ function finish(report: CheckReport): CheckReport {
 function checkFlags(flags: number): CheckResult {
   const id = "migration-flags";
   const known = MIGRATION_FLAGS.STOP_COPY | MIGRATION_FLAGS.P2P | MIGRATION_FLAGS.PRE_COPY;
-  const names = flagNames(flags).join(" ") || "none";
+  const names = migrationFlagNames(flags).join(" ") || "none";
   if (!(flags & MIGRATION_FLAGS.STOP_COPY)) {
     return fail(id, [`flags 0x${flags.toString(16)} (${names}) lack STOP_COPY, which the uAPI requires`]);
   }
@@ -698,28 +689,10 @@ function checkResetEndsSession(s: CheckSession, flags: number): CheckResult {
   );
 }
 
-/** The config region's offset on the device fd, or null without one. */
+/** The config region's offset on the device fd, or null without one (src/vfio/regions.ts). */
 function configOffset(dev: VfioDevice): number | null {
-  const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: PCI_REGION.CONFIG });
-  try {
-    dev.sys.ioctl(dev.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
-  } catch (e) {
-    if (isErrno(e, "EINVAL") || isErrno(e, "ENOTTY")) return null;
-    throw e;
-  }
-  const r = decode(STRUCTS.vfio_region_info, ri);
-  return r.size >= 0x40 ? r.offset : null;
-}
-
-/** Offsets of a PCI capability's 16-bit control register (MSI 0x05, MSI-X 0x11), or null. */
-function capControl(cfg: Uint8Array, capId: number): number | null {
-  if (!(cfg[0x06] & 0x10)) return null;
-  let at = cfg[0x34] & 0xfc;
-  for (let hops = 0; at >= 0x40 && at + 3 < cfg.length && hops < 48; hops++) {
-    if (cfg[at] === capId) return at + 2;
-    at = cfg[at + 1] & 0xfc;
-  }
-  return null;
+  const r = findRegion(dev.sys, dev.fd, PCI_REGION.CONFIG);
+  return r && r.size >= 0x40 ? r.offset : null;
 }
 
 /**

@@ -8,7 +8,7 @@ import { SysError } from "../../ffi/errno.ts";
 import { SEEK, type Sys } from "../../ffi/sys.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { readFull, readSome, writeAll } from "../io.ts";
-import { DeviceState, isHangingArc, resolvePath, stateName } from "../migration/state_machine.ts";
+import { DeviceState, isHangingArc, resolvePath, stateName } from "../vfio/state_machine.ts";
 
 const { ERROR, STOP, STOP_COPY, RESUMING } = DeviceState;
 const MFD_CLOEXEC = 1;

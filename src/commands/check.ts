@@ -1,8 +1,8 @@
 import { arcMismatches, type ArcResult, expectedArc } from "../check/arcs.ts";
 import { type CheckReport, CHECKS, runChecks } from "../check/conformance.ts";
-import { defaultDeviceSpec, openDevice, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor } from "../device/open.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
-import { DeviceState } from "../migration/state_machine.ts";
+import { DeviceState } from "../vfio/state_machine.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 function table(rows: string[][]): string[] {
@@ -90,7 +90,7 @@ Options:
 
 Exit codes: 0 no FAIL, 1 at least one FAIL, 2 usage error, 3 device not found,
 not openable or not migratable.`,
-  run(args) {
+  async run(args) {
     const { values, positionals } = parse("check", args, {
       device: { type: "string", short: "d" },
       json: { type: "boolean" },
@@ -104,6 +104,7 @@ not openable or not migratable.`,
       throw new VfioMigError(`check: unexpected argument ${positionals[0]} (use --device)`, "usage");
     }
     const spec = values.device ?? defaultDeviceSpec(systemFor([]));
+    await loadBackendsFor([spec]);
     const sys = systemFor([spec]);
     const dev = openDevice(sys, spec);
     // A borrowed (pid:) or inherited (fd:) device cannot be opened again by us.

@@ -3,7 +3,7 @@
 // devices (`save --device A --device B … OUT`, `load --device B1 --device B2 … IN`).
 
 import type { Sys } from "../../ffi/sys.ts";
-import { openDevice, type VfioDevice } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 
 export const MULTI_SAVE_HELP = `
@@ -59,4 +59,18 @@ export function parseMaps(maps: string[]): { source: string; spec: string }[] {
     }
     return { source: m.slice(0, at), spec: m.slice(at + 1) };
   });
+}
+
+/** What --device takes, for the help of the commands that open one device. */
+export const DEVICE_OPTION_HELP = `PCI address (0000:3b:00.1), mdev UUID, sysfs path,
+                   /dev/vfio/devices/vfioN, sim:PATH; pid:PID[:FD] borrows the
+                   device fd process PID holds (needs ptrace rights over it: root,
+                   or its user); fd:N uses an fd this process inherited.
+                   Default: $VFIO_MIG_DEVICE, else the only migratable device.`;
+
+/** The device --device names, or the default one ($VFIO_MIG_DEVICE, else the only migratable one), open. */
+export async function openNamedDevice(spec: string | undefined): Promise<VfioDevice> {
+  const s = spec ?? defaultDeviceSpec(systemFor([]));
+  await loadBackendsFor([s]);
+  return openDevice(systemFor([s]), s);
 }

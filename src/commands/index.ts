@@ -30,12 +30,12 @@ export const COMMANDS: CommandEntry[] = [
   {
     name: "state",
     summary: "print a device's migration state, or request a new one",
-    load: async () => (await import("./info.ts")).stateCommand,
+    load: async () => (await import("./state.ts")).stateCommand,
   },
   {
     name: "reset",
     summary: "reset a device (VFIO_DEVICE_RESET): recovers ERROR and aborts RESUMING",
-    load: async () => (await import("./info.ts")).resetCommand,
+    load: async () => (await import("./state.ts")).resetCommand,
   },
   {
     name: "sim",

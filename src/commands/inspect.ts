@@ -1,6 +1,5 @@
 import { libc } from "../../ffi/libc.ts";
 import type { Sys } from "../../ffi/sys.ts";
-import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
 import { type InspectReport, inspectStream, type RecordInfo, type SectionInfo } from "../inspect/inspect.ts";
 import { CHUNK_HEADER, type StreamDeviceEntry, type StreamIdentity } from "../stream/format.ts";
@@ -8,6 +7,7 @@ import { formatQemuReport, inspectQemuStream, type QemuInspectReport } from "../
 import { readFileDescription } from "../qemu/description.ts";
 import { sniff } from "../qemu/sniff.ts";
 import { openSource, type Source } from "../transport/transport.ts";
+import { migrationFlagNames } from "../vfio/v2.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 const DUMP_DEFAULT = 256;
@@ -44,7 +44,7 @@ function identityLine(d: StreamIdentity): string {
 }
 
 function flagNames(flags: number | null): string {
-  const names = flags === null ? [] : Object.entries(MIGRATION_FLAGS).filter(([, v]) => flags & v).map(([k]) => k);
+  const names = flags === null ? [] : migrationFlagNames(flags);
   return names.length ? ` (${names.join(" ")})` : "";
 }
 
@@ -109,7 +109,7 @@ function headerLines(r: InspectReport): string[] {
     );
   }
   const flags = typeof f.migrationFlags === "number" ? f.migrationFlags : null;
-  const names = flags === null ? "" : Object.entries(MIGRATION_FLAGS).filter(([, v]) => flags & v).map(([k]) => k);
+  const names = flags === null ? "" : migrationFlagNames(flags);
   out.push(
     `  migration protocol ${f.protocol ?? "?"}, ${f.mode ?? "?"} save, flags ${hex(flags, 1)}` +
       `${names ? ` (${(names as string[]).join(" ")})` : ""}, MIG_DATA_SIZE at save ${

@@ -1,332 +1,12 @@
-// `vfio-mig list`: every device bound to a vfio driver, with its IOMMU group (and
-// whether the group is viable), its cdev node and, when it can be opened without
-// disturbing anyone, its migration flags, MIG_DATA_SIZE, state and dirty tracking.
+// `vfio-mig list`: the device layer's inventory (src/device/inventory.ts), printed.
 
-import { isErrno, SysError } from "../../ffi/errno.ts";
-import { libc } from "../../ffi/libc.ts";
-import { O, type Sys } from "../../ffi/sys.ts";
-import { decode, encode, FEATURE, GROUP_FLAGS, IOCTL, MIGRATION_FLAGS, STRUCTS } from "../../ffi/vfio_uapi.ts";
-import { DeviceBusyError, openDevice, type VfioDevice } from "../device/open.ts";
-import { busyError } from "../device/busy.ts";
-import {
-  type DeviceFamily,
-  realResetBehaviour,
-  type ResetBehaviour,
-  simResetBehaviour,
-  survivesCloseText,
-} from "../device/family.ts";
-import { isVfioDriver, Sysfs, type SysfsDevice, UUID } from "../device/sysfs.ts";
+import { survivesCloseText } from "../device/family.ts";
+import { listDevices, type ListedDevice, type ListResult } from "../device/inventory.ts";
+import { loadBackendsFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { stateName } from "../migration/state_machine.ts";
-import { SimKernel } from "../sim/kernel.ts";
-import { modelInfo } from "../sim/models.ts";
-import { SimStore } from "../sim/store.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
-export interface GroupMember {
-  name: string;
-  driver: string | null;
-}
-
-export interface ListedMigration {
-  migratable: boolean;
-  flags: number | null;
-  flagNames: string[];
-  /** MIG_DATA_SIZE, or null where the kernel lacks it. */
-  dataSize: number | null;
-  state: string | null;
-  /** "dma-logging" when PROBE of DMA_LOGGING_START succeeds, else "none". */
-  dirtyTracking: "dma-logging" | "none";
-}
-
-export interface ListedDevice {
-  /** PCI address, mdev UUID, or sim:PATH. */
-  device: string;
-  kind: "pci" | "mdev" | "sim";
-  driver: string | null;
-  mdevType: string | null;
-  iommuGroup: string | null;
-  /** The other devices in the IOMMU group. */
-  groupPeers: GroupMember[];
-  /** From sysfs: every group member bound to a vfio driver, pci-stub, pcieport, or unbound. */
-  viable: boolean | null;
-  /** The kernel's answer (GROUP_GET_STATUS), when the group could be opened. */
-  kernelViable: boolean | null;
-  /** Why kernelViable is null. */
-  groupNote: string | null;
-  /** /dev/vfio/devices/vfioN, when the kernel made one. */
-  cdev: string | null;
-  /** "ok": opened and queried; "busy": someone else has it open; "unavailable": see `unavailable`. */
-  access: "ok" | "busy" | "unavailable";
-  unavailable: string | null;
-  /** The processes holding a busy device, from /proc (borrow with --device pid:PID). */
-  holders: { pid: number; command: string }[];
-  migration: ListedMigration | null;
-  /**
-   * The driver family: vfio-pci (vfio-pci-core and its variant drivers), mdev, or a
-   * simulated device's (sim-pci, sim-mdev); it decides whether state survives a close.
-   */
-  family: DeviceFamily;
-  /** false when the device is reset at its first open and last close (vfio-pci with a working reset). */
-  stateSurvivesClose: boolean;
-  /** Why, in a few words ("vfio-pci resets the function"). */
-  resetReason: string;
-}
-
-export interface ListOptions {
-  /** sysfs root (default $VFIO_MIG_SYSFS, else /sys). */
-  sysfs?: string;
-  /** Folders of simulated devices (each subfolder with a device.json, or the folder itself). */
-  includeSim?: string[];
-  /** Do not open devices (sysfs facts only). */
-  noOpen?: boolean;
-}
-
-export interface ListResult {
-  sysfs: string;
-  devices: ListedDevice[];
-}
-
-// Drivers the kernel lets share a group with a vfio user (driver_managed_dma): the
-// stub that only holds a device, and PCIe port services of bridges.
-const GROUP_SAFE_DRIVERS = new Set(["pci-stub", "pcieport"]);
-
-function memberIsSafe(m: GroupMember): boolean {
-  return m.driver === null || isVfioDriver(m.driver) || GROUP_SAFE_DRIVERS.has(m.driver) || UUID.test(m.name);
-}
-
-const NOT_OPENED = "not opened (--no-open)";
-
-/** A Sys whose VFIO_MIG_SYSFS is `root`, so that openDevice looks devices up there. */
-function withSysfsRoot(sys: Sys, root: string): Sys {
-  return new Proxy(sys, {
-    get(target, prop) {
-      if (prop === "getenv") {
-        return (name: string) => (name === "VFIO_MIG_SYSFS" ? root : target.getenv(name));
-      }
-      const v = Reflect.get(target, prop, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  });
-}
-
-function reasonOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
-function isBusy(e: unknown): boolean {
-  return e instanceof DeviceBusyError || isErrno(e, "EBUSY") ||
-    (e instanceof VfioMigError && /\bbusy\b/.test(e.message));
-}
-
-function setReset(out: ListedDevice, r: ResetBehaviour): void {
-  out.family = r.family;
-  out.stateSurvivesClose = !r.resetsOnClose;
-  out.resetReason = r.reason;
-}
-
-function listDir(sys: Sys, path: string): string[] {
-  try {
-    return sys.readdir(path);
-  } catch (e) {
-    if (isErrno(e, "ENOENT") || isErrno(e, "ENOTDIR")) return [];
-    throw e;
-  }
-}
-
-function exists(sys: Sys, path: string): boolean {
-  try {
-    sys.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** The kernel's view of a group: open it, GROUP_GET_STATUS, close. */
-function probeGroup(sys: Sys, group: string): { viable: boolean | null; note: string | null } {
-  const path = `/dev/vfio/${group}`;
-  let fd: number;
-  try {
-    fd = sys.open(path, O.RDWR | O.CLOEXEC);
-  } catch (e) {
-    if (isErrno(e, "EBUSY")) return { viable: null, note: "busy (another process has the group open)" };
-    if (isErrno(e, "ENOENT")) return { viable: null, note: `no ${path}` };
-    if (isErrno(e, "EACCES") || isErrno(e, "EPERM")) return { viable: null, note: `permission denied on ${path}` };
-    return { viable: null, note: `cannot open ${path}: ${reasonOf(e)}` };
-  }
-  try {
-    const st = encode(STRUCTS.vfio_group_status, { argsz: 8 });
-    sys.ioctl(fd, IOCTL.GROUP_GET_STATUS, st);
-    return { viable: (decode(STRUCTS.vfio_group_status, st).flags & GROUP_FLAGS.VIABLE) !== 0, note: null };
-  } catch (e) {
-    if (e instanceof SysError) return { viable: null, note: `GROUP_GET_STATUS failed: ${e.code}` };
-    throw e;
-  } finally {
-    sys.close(fd);
-  }
-}
-
-/** Migration facts of an open device; read-only calls (GET and PROBE). */
-export function migrationFacts(d: VfioDevice): ListedMigration {
-  let flags: number | null = null;
-  try {
-    flags = d.migration.migrationFlags();
-  } catch (e) {
-    if (!isErrno(e, "ENOTTY")) throw e;
-  }
-  if (flags === null) {
-    return { migratable: false, flags: null, flagNames: [], dataSize: null, state: null, dirtyTracking: "none" };
-  }
-  return {
-    migratable: true,
-    flags,
-    flagNames: Object.entries(MIGRATION_FLAGS).filter(([, v]) => flags! & v).map(([k]) => k),
-    dataSize: d.migration.dataSize(),
-    state: stateName(d.migration.getState()),
-    dirtyTracking: d.migration.probe(FEATURE.DMA_LOGGING_START, true) ? "dma-logging" : "none",
-  };
-}
-
-/** Opens a device only to read its migration facts; busy and failures become fields. */
-function query(sys: Sys, spec: string, out: ListedDevice): void {
-  let d: VfioDevice;
-  try {
-    d = openDevice(sys, spec);
-  } catch (e) {
-    if (isBusy(e)) {
-      out.access = "busy";
-      if (e instanceof DeviceBusyError) out.holders = e.holders.map((h) => ({ pid: h.pid, command: h.command }));
-    } else {
-      out.access = "unavailable";
-      // openDevice's messages start with the spec, which the listing already shows.
-      const why = reasonOf(e);
-      out.unavailable = why.startsWith(`${spec}: `) ? why.slice(spec.length + 2) : why;
-    }
-    return;
-  }
-  try {
-    setReset(out, d.reset); // refined by VFIO_DEVICE_GET_INFO's RESET flag
-    out.migration = migrationFacts(d);
-    out.access = "ok";
-  } catch (e) {
-    out.access = "unavailable";
-    out.unavailable = `opened, but a migration query failed: ${reasonOf(e)}`;
-  } finally {
-    try {
-      d.close();
-    } catch { /* nothing to do */ }
-  }
-}
-
-function fromSysfs(sysfs: Sysfs, d: SysfsDevice): ListedDevice {
-  const members = d.group ? sysfs.groupMembers(d.group) : [];
-  const reset = realResetBehaviour(sysfs, d);
-  return {
-    device: d.name,
-    kind: d.kind,
-    driver: d.driver,
-    mdevType: d.mdevType,
-    iommuGroup: d.group,
-    groupPeers: members.filter((m) => m.name !== d.name),
-    viable: d.group ? members.every(memberIsSafe) : null,
-    kernelViable: null,
-    groupNote: d.group ? null : "no IOMMU group",
-    cdev: d.cdev ? `/dev/vfio/devices/${d.cdev}` : null,
-    access: "unavailable",
-    unavailable: null,
-    holders: [],
-    migration: null,
-    family: reset.family,
-    stateSurvivesClose: !reset.resetsOnClose,
-    resetReason: reset.reason,
-  };
-}
-
-/** The simulated devices in a folder: its subfolders holding a device.json, or itself. */
-function simFolders(sys: Sys, dir: string): string[] {
-  const clean = dir.replace(/\/+$/, "") || "/";
-  if (exists(sys, `${clean}/device.json`)) return [clean];
-  return listDir(sys, clean).map((n) => `${clean}/${n}`).filter((p) => exists(sys, `${p}/device.json`));
-}
-
-/** Every vfio-bound device under the sysfs root, then the simulated ones asked for. */
-export function listDevices(opts: ListOptions = {}): ListResult {
-  const host = libc();
-  const root = (opts.sysfs || host.getenv("VFIO_MIG_SYSFS") || "/sys").replace(/\/+$/, "") || "/";
-  const sys = withSysfsRoot(host, root);
-  const sysfs = new Sysfs(sys, root);
-  const devices: ListedDevice[] = [];
-
-  const found: SysfsDevice[] = [];
-  for (const n of listDir(sys, `${root}/bus/pci/devices`)) {
-    const d = sysfs.find(`${root}/bus/pci/devices/${n}`);
-    if (d?.driver && isVfioDriver(d.driver)) found.push(d);
-  }
-  for (const n of listDir(sys, `${root}/bus/mdev/devices`)) {
-    const d = sysfs.find(`${root}/bus/mdev/devices/${n}`);
-    if (d) found.push({ ...d, kind: "mdev" });
-  }
-  for (const d of found) {
-    const item = fromSysfs(sysfs, d);
-    if (!opts.noOpen) {
-      if (d.group) {
-        const g = probeGroup(sys, d.group);
-        item.kernelViable = g.viable;
-        item.groupNote = g.note;
-      }
-      if (item.groupNote?.startsWith("busy")) {
-        item.access = "busy";
-        item.holders = busyError(sys, d.name, { group: d.group, cdev: d.cdev }).holders
-          .map((h) => ({ pid: h.pid, command: h.command }));
-      } else query(sys, d.name, item);
-    } else item.unavailable = NOT_OPENED;
-    devices.push(item);
-  }
-
-  if (opts.includeSim?.length) {
-    const simSys = SimKernel.fromEnv(host);
-    for (const dir of opts.includeSim) {
-      const folders = simFolders(host, dir);
-      if (folders.length === 0) {
-        throw new VfioMigError(
-          `--include-sim ${dir}: no simulated device there (no device.json in it or its subfolders)`,
-          "usage",
-        );
-      }
-      for (const path of folders) {
-        const meta = new SimStore(host, path).readMeta();
-        const item: ListedDevice = {
-          device: `sim:${path}`,
-          kind: "sim",
-          driver: null,
-          mdevType: null,
-          iommuGroup: null,
-          groupPeers: [],
-          viable: null,
-          kernelViable: null,
-          groupNote: "simulated: no IOMMU group",
-          cdev: null,
-          access: "unavailable",
-          unavailable: null,
-          holders: [],
-          migration: null,
-          family: "sim-mdev",
-          stateSurvivesClose: true,
-          resetReason: "",
-        };
-        const info = modelInfo(meta.model);
-        setReset(item, simResetBehaviour(meta, (info as { family?: string }).family));
-        item.driver = info.driver;
-        item.mdevType = info.mdevType ?? null;
-        if (!opts.noOpen) query(simSys, item.device, item);
-        else item.unavailable = NOT_OPENED;
-        devices.push(item);
-      }
-    }
-  }
-  return { sysfs: root, devices };
-}
+export { listDevices, type ListedDevice, type ListOptions, type ListResult } from "../device/inventory.ts";
 
 function describeGroup(d: ListedDevice): string {
   if (!d.iommuGroup) return d.groupNote ?? "none";
@@ -350,6 +30,7 @@ function describeMigration(d: ListedDevice): string {
   if (d.access === "unavailable") return `unavailable: ${d.unavailable ?? "not opened"}`;
   const m = d.migration!;
   if (!m.migratable) return "not supported by this driver (ENOTTY)";
+  if (m.protocol === "v1") return `protocol v1 (deprecated region protocol), device_state ${m.state}`;
   return `flags ${hex(m.flags, 1)} (${m.flagNames.join(" ")}), MIG_DATA_SIZE ${m.dataSize ?? "not reported"}, ` +
     `state ${m.state}, dirty tracking ${m.dirtyTracking === "dma-logging" ? "DMA logging" : "none"}`;
 }
@@ -407,7 +88,7 @@ Options:
                          device.json (or DIR itself); repeatable
       --no-open          sysfs facts only: open no group or device
   -h, --help             this help`,
-  run(args) {
+  async run(args) {
     const { values, positionals } = parse("list", args, {
       json: { type: "boolean" },
       sysfs: { type: "string" },
@@ -416,12 +97,13 @@ Options:
     });
     if (values.help) {
       console.log(this.help);
-      return Promise.resolve(0);
+      return 0;
     }
     if (positionals.length) throw new VfioMigError(`list: unexpected argument ${positionals[0]}`, "usage");
+    if (values["include-sim"]?.length) await loadBackendsFor(["sim:"]);
     const r = listDevices({ sysfs: values.sysfs, includeSim: values["include-sim"], noOpen: values["no-open"] });
     if (values.json) printJson(r);
     else console.log(formatList(r));
-    return Promise.resolve(0);
+    return 0;
   },
 };

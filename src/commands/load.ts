@@ -1,4 +1,4 @@
-import { defaultDeviceSpec, systemFor } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, systemFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { load, type LoadOptions, type LoadResult } from "../migrate/load.ts";
 import { qemuLoadReader } from "../qemu/reader.ts";
@@ -22,7 +22,17 @@ import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { freshOpenWarnings } from "../device/family.ts";
 import { execWithDeviceFd } from "../device/exec.ts";
-import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
+import {
+  LISTEN_HELP,
+  LISTEN_OPTIONS,
+  maxStartupsOption,
+  msOption,
+  NETWORK_HELP,
+  NETWORK_OPTIONS,
+  readPem,
+  reportTurnedAway,
+  tokenFrom,
+} from "./network.ts";
 
 /**
  * The kind of stream in a regular file, from its first bytes read with pread (the
@@ -115,7 +125,11 @@ Options:
                      defaults to 127.0.0.1 (say 0.0.0.0 to accept from other hosts).
                      The peer must prove it knows the token before any state is
                      read; without --token or $VFIO_MIG_TOKEN a random token is
-                     printed. Peers that fail are refused and the wait goes on.
+                     printed. Handshakes run side by side, each with its own timeout:
+                     silent, slow or wrong peers never delay the right one. Peers that
+                     fail are refused and the wait goes on; once one is in, every
+                     other connection is closed.
+${LISTEN_HELP}
 ${NETWORK_HELP}
       --idle-timeout MS  fail when the peer sends nothing for MS (default ${DEFAULT_IDLE_TIMEOUT_MS})
       --accept-timeout MS  give up when no peer authenticated within MS (default: wait)
@@ -158,6 +172,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
     ...NETWORK_OPTIONS,
+    ...LISTEN_OPTIONS,
     ...EVENTS_OPTIONS,
     json: { type: "boolean" },
     quiet: { type: "boolean", short: "q" },
@@ -183,6 +198,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
     : [defaultDeviceSpec(systemFor([]))];
   scope.labels = specs;
   if (execArgv && specs.length !== 1) throw new VfioMigError("load: --exec hands on one device; give one", "usage");
+  await loadBackendsFor(specs);
   const sys = systemFor(specs);
   if (from === "-" && values.listen === undefined && sys.isatty(0)) {
     throw new VfioMigError("load: standard input is a terminal: pipe a stream in or give a FILE", "usage");
@@ -264,6 +280,8 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
             events.transport("refused", { message: why });
             console.error(`vfio-mig: ${why}`);
           },
+          maxStartups: maxStartupsOption(values["max-startups"]),
+          onTurnedAway: (t) => reportTurnedAway(events, t),
           signal: cancel.abortSignal,
         });
         events.transport("authenticated", { peer: conn.label });

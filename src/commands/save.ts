@@ -1,4 +1,4 @@
-import { defaultDeviceSpec, systemFor, type VfioDevice } from "../device/open.ts";
+import { defaultDeviceSpec, loadBackendsFor, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { save, type SaveResult } from "../migrate/save.ts";
@@ -143,6 +143,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
   const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS);
   const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
   scope.labels = specs;
+  await loadBackendsFor(specs);
   const sys = systemFor(specs);
   if (target === "-" && sys.isatty(1)) {
     throw new VfioMigError(

@@ -2,14 +2,14 @@ import { createHash } from "node:crypto";
 import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
-import { stateName } from "../migration/state_machine.ts";
+import { stateName } from "../vfio/state_machine.ts";
 import { defaultFamily, MODEL_NAMES, type ModelName, stopCopyBytes } from "../sim/models.ts";
 import { familyOf, type QuirkOptions, SimStore } from "../sim/store.ts";
 import { parseQuirks, QUIRK_NAMES, quirkMismatch, type QuirkName, QUIRKS } from "../sim/quirks.ts";
 import { DEFAULT_READ_DELAY_MS } from "../sim/quirks/blocking_read.ts";
 import { RESET_PHASES } from "../sim/quirks/reset_mid_session.ts";
 import { V1_SPARSE, type V1Sparse } from "../sim/v1_device.ts";
-import { v1StateName } from "../migration/v1.ts";
+import { v1StateName } from "../vfio/v1.ts";
 import { type Command, parse, printJson } from "./command.ts";
 
 /**

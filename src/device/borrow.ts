@@ -34,7 +34,7 @@ import {
 import { realResetBehaviour, type ResetBehaviour } from "./family.ts";
 import { bindIommufd } from "./iommufd.ts";
 import { isDeviceFd, Procfs, type VfioFd } from "./procfs.ts";
-import { adoptSimFd, simDeviceFacts, simDeviceOf } from "./sim.ts";
+import { backendOps, registeredBackends } from "./backend.ts";
 import { isVfioDriver, Sysfs, type SysfsDevice } from "./sysfs.ts";
 
 /** A device spec that names an fd rather than a device: pid:PID, pid:PID:FD, fd:N. */
@@ -165,7 +165,8 @@ function takeFd(sys: Sys, pid: number, fd: number, label: string): number {
  * device beyond read-only queries (VFIO_DEVICE_GET_INFO, config space reads); closing
  * the VfioDevice closes only our fd.
  *
- * `sys` must be the SimKernel when the fd is a simulated device (systemFor picks it).
+ * `sys` must be the backend's syscall layer when the fd is a backend's device, the
+ * SimKernel for a simulated one (systemFor picks it).
  * Throws VfioMigError: device (no such process, no permission, the fd is not a VFIO
  * device, Linux < 5.6) or usage (several device fds and no FD).
  */
@@ -207,7 +208,7 @@ export interface OpenFdOptions {
  * Opens a device from an fd this process holds (inherited across exec, or opened by
  * the caller): a group-path device fd, a cdev fd (bound; or not yet bound, which is then
  * bound to a new iommufd here, as `exec 7<>/dev/vfio/devices/vfio0` leaves it), or a
- * simulated device's fd (then `sys` must be the SimKernel). The VfioDevice owns `fd`:
+ * backend's device fd (a simulated device's: then `sys` must be the SimKernel). The VfioDevice owns `fd`:
  * close() closes it (dup it first to keep a copy); `access` is "inherited", and
  * `openedFresh` is true only when the bind here was the device's first open.
  *
@@ -251,14 +252,22 @@ interface FromFd {
 }
 
 function fromFd(sys: Sys, fd: number, label: string, f: VfioFd, o: FromFd): VfioDevice {
-  if (f.kind === "sim") {
-    if (o.access === "inherited" && simDeviceOf(sys, fd, label) === null) {
-      throw deviceError(label, `fd ${fd} (${f.target}) is not a simulated device`);
+  if (f.kind === "backend") {
+    const backend = registeredBackends().find((b) => b.name === f.backend)!;
+    const ops = backendOps(backend, label);
+    if (!ops.serves(sys)) {
+      throw new VfioMigError(
+        `${label}: fd ${fd} is a ${backend.name} device: it needs that backend's syscall layer (use systemFor)`,
+        "usage",
+      );
     }
-    adoptSimFd(sys, fd, label);
-    const { info, reset } = simDeviceFacts(sys, f.dir);
+    if (o.access === "inherited" && ops.deviceOf(sys, fd) === null) {
+      throw deviceError(label, `fd ${fd} (${f.target}) is not a ${backend.name} device`);
+    }
+    ops.adopt(sys, fd);
+    const { info, reset } = ops.facts(sys, f.dir);
     const d = new VfioDevice(sys, fd, label, info, [], o.access, {
-      path: "sim",
+      path: backend.name,
       holder: o.holder,
       reset,
       openedFresh: false,
@@ -391,18 +400,21 @@ function resetOf(sysfs: Sysfs, found: Identified, flags: number): ResetBehaviour
 }
 
 /**
- * Whether a pid:/fd: spec refers to a simulated device (so systemFor must give the
- * SimKernel). No side effects; false when it cannot tell (the open then says why).
+ * The backend whose device a pid:/fd: spec's fd is (so systemFor must give that
+ * backend's syscall layer), or null: a host device, or it cannot tell (the open then
+ * says why). No side effects; needs only the backends' descriptors.
  */
-export function fdSpecIsSim(host: Sys, spec: FdSpec): boolean {
+export function fdSpecBackend(host: Sys, spec: FdSpec): string | null {
   try {
     if (spec.kind === "pid") {
-      return selectHolderFd(Procfs.fromEnv(host), spec, "").chosen.kind === "sim";
+      const f = selectHolderFd(Procfs.fromEnv(host), spec, "").chosen;
+      return f.kind === "backend" ? f.backend : null;
     }
     const self = new Procfs(host, "/proc");
     const target = self.target("self", spec.fd);
-    return target !== null && self.classify(spec.fd, target)?.kind === "sim";
+    const f = target === null ? null : self.classify(spec.fd, target);
+    return f?.kind === "backend" ? f.backend : null;
   } catch {
-    return false;
+    return null;
   }
 }

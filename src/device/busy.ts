@@ -16,8 +16,8 @@ export interface BusyTarget {
   group?: string | null;
   /** vfioN: a holder has /dev/vfio/devices/vfioN open. */
   cdev?: string | null;
-  /** A simulated device's folder: a holder has its lock file open. */
-  simDir?: string | null;
+  /** A backend's device folder (a simulated device's): a holder has its device fd open. */
+  backendDir?: string | null;
 }
 
 export interface BusyHolder {
@@ -47,7 +47,7 @@ function holds(p: VfioProcess, t: BusyTarget): VfioFd[] {
   return p.fds.filter((f) =>
     (f.kind === "group" && t.group != null && f.group === t.group) ||
     (f.kind === "cdev" && t.cdev != null && f.node === t.cdev) ||
-    (f.kind === "sim" && t.simDir != null && f.dir === t.simDir)
+    (f.kind === "backend" && t.backendDir != null && f.dir === t.backendDir)
   );
 }
 

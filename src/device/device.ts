@@ -2,44 +2,44 @@
 // cdev, simulated), borrowed from the process that holds it (pidfd_getfd), or
 // inherited from the process that started us. open.ts and borrow.ts make them.
 
-import { isErrno } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
 import { decode, encode, IOCTL, PCI_REGION, STRUCTS } from "../../ffi/vfio_uapi.ts";
 import { VfioMigError } from "../errors.ts";
-import { MigrationV2 } from "../migration/v2.ts";
-import type { DeviceFamily, ResetBehaviour } from "./family.ts";
+import { findRegion } from "../vfio/regions.ts";
+import { MigrationV2 } from "../vfio/v2.ts";
+import { type PciIdentity, pciIdentityFromConfig } from "../pci/identity.ts";
+import { type DeviceFamily, type ResetBehaviour, UNKNOWN_RESET } from "./family.ts";
 
-export interface PciIdentity {
-  vendor: number;
-  device: number;
-  subsystemVendor: number;
-  subsystemDevice: number;
-  classCode: number;
-  revision: number;
-}
+export { type PciIdentity, pciIdentityFromConfig };
+
+/**
+ * A device backend's name (src/device/backend.ts): "sim" for the simulator. A backend's
+ * devices report it as their `kind`, `access` and `path`.
+ */
+export type BackendName = string;
 
 export interface DeviceIdentityInfo {
-  /** How the device was reached: pci, mdev, sim. */
-  kind: "pci" | "mdev" | "sim";
-  /** The sysfs name (PCI address, mdev UUID), the sim folder, or the spec when unknown. */
+  /** How the device was reached: pci, mdev, or a backend's name (sim). */
+  kind: "pci" | "mdev" | BackendName;
+  /** The sysfs name (PCI address, mdev UUID), the backend's folder, or the spec when unknown. */
   name: string;
   driver: string | null;
   mdevType: string | null;
   pci: PciIdentity | null;
-  /** Simulated model, for sim devices. */
+  /** The backend's model, for a backend's devices (the simulator's). */
   model?: string;
 }
 
 /**
  * How this process got the device fd:
- * - `group`, `cdev`, `sim`: opened here (VFIO_GROUP_GET_DEVICE_FD on a group in a new
- *   container; BIND_IOMMUFD on /dev/vfio/devices/vfioN; a simulated device);
+ * - `group`, `cdev`, a backend's name (`sim`): opened here (VFIO_GROUP_GET_DEVICE_FD on a
+ *   group in a new container; BIND_IOMMUFD on /dev/vfio/devices/vfioN; a backend's device);
  * - `borrowed`: duplicated from the process holding it (pidfd_getfd), `holder` says which;
  * - `inherited`: an fd this process was started with (`--device fd:N`).
  * A borrowed or inherited fd is a second reference to the same open file: closing it
  * releases nothing (the device is closed when its last reference goes).
  */
-export type DeviceAccess = "group" | "cdev" | "sim" | "borrowed" | "inherited";
+export type DeviceAccess = "group" | "cdev" | "borrowed" | "inherited" | BackendName;
 
 /** The process a borrowed fd was taken from. */
 export interface DeviceHolder {
@@ -51,8 +51,8 @@ export interface DeviceHolder {
 }
 
 export interface VfioDeviceOptions {
-  /** How the device file was opened, by us or by the holder: group path, cdev, or simulated. */
-  path?: "group" | "cdev" | "sim";
+  /** How the device file was opened, by us or by the holder: group path, cdev, or a backend's name. */
+  path?: "group" | "cdev" | BackendName;
   holder?: DeviceHolder | null;
   /** Whether the device keeps its state across a close (family.ts); default: unknown family. */
   reset?: ResetBehaviour;
@@ -65,17 +65,11 @@ export interface VfioDeviceOptions {
   candidates?: string[];
 }
 
-const UNKNOWN_RESET: ResetBehaviour = {
-  family: "unknown",
-  resetsOnClose: true,
-  reason: "unknown driver family: assume vfio-pci, which resets the function",
-};
-
 /** An open device fd and everything needed to drive its migration. */
 export class VfioDevice {
   readonly migration: MigrationV2;
-  /** group, cdev or sim: the way the device file was opened (here, or by the holder). */
-  readonly path: "group" | "cdev" | "sim";
+  /** group, cdev or a backend's name (sim): the way the device file was opened (here, or by the holder). */
+  readonly path: "group" | "cdev" | BackendName;
   readonly holder: DeviceHolder | null;
   readonly reset: ResetBehaviour;
   /** This process performed the device's first open (false when borrowed or inherited). */
@@ -99,7 +93,7 @@ export class VfioDevice {
     this.path = opts.path ?? (access === "borrowed" || access === "inherited" ? "group" : access);
     this.holder = opts.holder ?? null;
     this.reset = opts.reset ?? UNKNOWN_RESET;
-    this.openedFresh = opts.openedFresh ?? (access === "group" || access === "cdev" || access === "sim");
+    this.openedFresh = opts.openedFresh ?? (access !== "borrowed" && access !== "inherited");
     this.candidates = opts.candidates ?? [];
   }
 
@@ -120,19 +114,15 @@ export class VfioDevice {
     return this.reset.resetsOnClose;
   }
 
-  /** Reads the PCI config space through the VFIO config region. */
+  /**
+   * Reads the PCI config space (at most 4096 bytes) through the VFIO config region
+   * (VFIO_PCI_CONFIG_REGION_INDEX, region info from src/vfio/regions.ts); null when the
+   * device has no config region (EINVAL, ENOTTY) or one shorter than 0x30 bytes. Other
+   * errors are thrown (SysError): a save must not silently drop the identity.
+   */
   readConfig(): Uint8Array | null {
-    const ri = encode(STRUCTS.vfio_region_info, { argsz: 32, index: PCI_REGION.CONFIG });
-    try {
-      this.sys.ioctl(this.fd, IOCTL.DEVICE_GET_REGION_INFO, ri);
-    } catch (e) {
-      // No config region (EINVAL: no such index; ENOTTY). Any other error is a failure,
-      // not an absence: a save must not silently drop the identity or config space.
-      if (isErrno(e, "EINVAL") || isErrno(e, "ENOTTY")) return null;
-      throw e;
-    }
-    const r = decode(STRUCTS.vfio_region_info, ri);
-    if (r.size < 0x30) return null;
+    const r = findRegion(this.sys, this.fd, PCI_REGION.CONFIG);
+    if (!r || r.size < 0x30) return null;
     const buf = new Uint8Array(Math.min(r.size, 4096));
     const n = this.sys.pread(this.fd, buf, r.offset);
     return buf.subarray(0, n);
@@ -156,18 +146,6 @@ export class VfioDevice {
       } catch { /* released anyway */ }
     }
   }
-}
-
-export function pciIdentityFromConfig(cfg: Uint8Array): PciIdentity {
-  const v = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
-  return {
-    vendor: v.getUint16(0, true),
-    device: v.getUint16(2, true),
-    revision: v.getUint8(8),
-    classCode: v.getUint8(9) | (v.getUint16(10, true) << 8),
-    subsystemVendor: cfg.length >= 0x30 ? v.getUint16(0x2c, true) : 0,
-    subsystemDevice: cfg.length >= 0x30 ? v.getUint16(0x2e, true) : 0,
-  };
 }
 
 /** Reads the device's PCI identity from its config region into `d.info.pci`. */

@@ -12,16 +12,27 @@
 // there is lost when the last fd is closed.
 
 import { DEVICE_FLAGS } from "../../ffi/vfio_uapi.ts";
-import type { SimDeviceMeta } from "../sim/store.ts";
 import type { Sysfs, SysfsDevice } from "./sysfs.ts";
 
+/** The two driver families: a PCI function on vfio-pci-core, or a mediated device. */
+export type FamilyKind = "pci" | "mdev";
+
 /**
+ * The family strings `info`, `list` and `--json` print, made by one rule (`familyName`):
  * - `vfio-pci`: a PCI function on vfio-pci-core;
  * - `mdev`: a mediated device (state kept by its parent driver);
- * - `sim-pci` / `sim-mdev`: a simulated device of that family (`sim create --family`);
+ * - `BACKEND-pci` / `BACKEND-mdev`: a device of a backend (src/device/backend.ts) of that
+ *   family: `sim-pci`, `sim-mdev` for the simulator (`sim create --family`, or the model's);
  * - `unknown`: nothing says (a borrowed fd sysfs could not name).
  */
-export type DeviceFamily = "vfio-pci" | "mdev" | "sim-pci" | "sim-mdev" | "unknown";
+export type DeviceFamily = "vfio-pci" | "mdev" | `${string}-pci` | `${string}-mdev` | "unknown";
+
+/** The family string of a host device (`backend` null) or of a backend's device. */
+export function familyName(kind: FamilyKind | "unknown", backend: string | null = null): DeviceFamily {
+  if (kind === "unknown") return "unknown";
+  if (backend !== null) return `${backend}-${kind}`;
+  return kind === "pci" ? "vfio-pci" : "mdev";
+}
 
 export interface ResetBehaviour {
   family: DeviceFamily;
@@ -51,7 +62,7 @@ export function realResetBehaviour(
   deviceFlags: number | null = null,
 ): ResetBehaviour {
   if (dev?.kind === "mdev") {
-    return { family: "mdev", resetsOnClose: false, reason: "mdev: its parent driver keeps it" };
+    return { family: familyName("mdev"), resetsOnClose: false, reason: "mdev: its parent driver keeps it" };
   }
   if (dev?.kind === "pci") {
     let works: boolean | null = null;
@@ -62,30 +73,37 @@ export function realResetBehaviour(
     }
     if (works === false) {
       return {
-        family: "vfio-pci",
+        family: familyName("pci"),
         resetsOnClose: false,
         reason: "vfio-pci, but the function has no reset method: its state is kept",
       };
     }
-    return { family: "vfio-pci", resetsOnClose: true, reason: "vfio-pci resets the function" };
+    return { family: familyName("pci"), resetsOnClose: true, reason: "vfio-pci resets the function" };
   }
-  return {
-    family: "unknown",
-    resetsOnClose: true,
-    reason: "unknown driver family: assume vfio-pci, which resets the function",
-  };
+  return UNKNOWN_RESET;
 }
 
+/** The behaviour of a device nothing names: assume vfio-pci's. */
+export const UNKNOWN_RESET: ResetBehaviour = {
+  family: familyName("unknown"),
+  resetsOnClose: true,
+  reason: "unknown driver family: assume vfio-pci, which resets the function",
+};
+
 /**
- * The reset behaviour of a simulated device: `family` in its device.json (`sim create
- * --family pci|mdev`), else the model's default (`family` of the model, if it has one),
- * else mdev (the behaviour of simulated devices before families existed).
+ * The reset behaviour of a backend's device of family `kind` (the backend decides it:
+ * the simulator by its one rule, src/sim/store.ts familyOf): a pci-family device is
+ * reset at its first open and last close, an mdev keeps its state. `what` names the
+ * backend's devices in the reason ("simulated").
  */
-export function simResetBehaviour(meta: SimDeviceMeta, modelFamily?: string): ResetBehaviour {
-  const family = (meta as { family?: string }).family ?? modelFamily ?? "mdev";
-  return family === "pci"
-    ? { family: "sim-pci", resetsOnClose: true, reason: "simulated vfio-pci: reset at first open and last close" }
-    : { family: "sim-mdev", resetsOnClose: false, reason: "simulated mdev: state kept" };
+export function backendResetBehaviour(backend: string, kind: FamilyKind, what: string): ResetBehaviour {
+  return kind === "pci"
+    ? {
+      family: familyName("pci", backend),
+      resetsOnClose: true,
+      reason: `${what} vfio-pci: reset at first open and last close`,
+    }
+    : { family: familyName("mdev", backend), resetsOnClose: false, reason: `${what} mdev: state kept` };
 }
 
 /** What an operation did with a device, for `freshOpenWarnings`. */

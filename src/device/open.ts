@@ -1,6 +1,6 @@
-// Opening a VFIO device: the legacy group/container path, the iommufd cdev path,
-// simulated devices ("sim:PATH"), and fds another process holds (pid:PID[:FD],
-// borrowed) or handed down (fd:N, inherited: borrow.ts). Every failure becomes one
+// Opening a VFIO device: the legacy group/container path, the iommufd cdev path, a
+// registered backend's devices ("sim:PATH": backend.ts), and fds another process holds
+// (pid:PID[:FD], borrowed) or handed down (fd:N, inherited: borrow.ts). Every failure becomes one
 // clear line; a device another process has open names that process.
 
 import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
@@ -8,16 +8,24 @@ import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { decode, encode, GROUP_FLAGS, IOCTL, IOMMU_TYPE, STRUCTS, VFIO_API_VERSION } from "../../ffi/vfio_uapi.ts";
 import { VfioMigError } from "../errors.ts";
-import { SimKernel } from "../sim/kernel.ts";
-import { borrowDevice, fdSpecIsSim, openDeviceFd, parseFdSpec } from "./borrow.ts";
+import {
+  backendOfSpec,
+  backendOps,
+  backendServing,
+  type DeviceBackend,
+  loadBackend,
+  registeredBackends,
+} from "./backend.ts";
+import { borrowDevice, fdSpecBackend, openDeviceFd, parseFdSpec } from "./borrow.ts";
 import { busyError } from "./busy.ts";
 import { deviceError, type DeviceIdentityInfo, VfioDevice, withIdentity } from "./device.ts";
 import { realResetBehaviour } from "./family.ts";
 import { bindIommufd, explainOpen, openOrExplain } from "./iommufd.ts";
-import { simDeviceFacts } from "./sim.ts";
 import { CDEV, isVfioDriver, PCI_ADDR, Sysfs, type SysfsDevice, UUID } from "./sysfs.ts";
 
+export { type BackendOps, type DeviceBackend, loadBackend, registerBackend, registeredBackends } from "./backend.ts";
 export {
+  type BackendName,
   type DeviceAccess,
   type DeviceHolder,
   type DeviceIdentityInfo,
@@ -32,27 +40,56 @@ export { DEVICE_FD_ENV, DEVICE_NAME_ENV, type ExecOptions, execWithDeviceFd } fr
 export {
   type DeviceFamily,
   type DeviceOperation,
+  familyName,
   freshOpenWarnings,
   type ResetBehaviour,
   survivesCloseText,
 } from "./family.ts";
 
+/** The backend a spec names: by its prefix (sim:PATH), or a pid:/fd: spec whose fd is a backend's device. */
+function backendOf(host: Sys, spec: string): DeviceBackend | null {
+  const byPrefix = backendOfSpec(spec);
+  if (byPrefix) return byPrefix;
+  try {
+    const fdSpec = parseFdSpec(spec);
+    const name = fdSpec === null ? null : fdSpecBackend(host, fdSpec);
+    return name === null ? null : registeredBackends().find((b) => b.name === name) ?? null;
+  } catch {
+    return null; // malformed: openDevice says so
+  }
+}
+
 /**
- * The syscall layer for a set of device specs: the simulated kernel when any is
- * simulated (sim:PATH, or a pid:/fd: spec whose fd is a simulated device's), else libc.
+ * Loads the backends `specs` need (src/device/backend.ts): the one a `sim:PATH` names,
+ * or whose device a pid:/fd: spec's fd is. Host device specs load nothing. Call it
+ * before `systemFor` where a backend was registered without its operations (cli.ts).
+ */
+export async function loadBackendsFor(specs: string[]): Promise<void> {
+  const host = libc();
+  for (const s of specs) {
+    const b = backendOf(host, s);
+    if (b) await loadBackend(b);
+  }
+}
+
+/**
+ * The syscall layer for a set of device specs: a backend's when any spec is its device
+ * (sim:PATH, or a pid:/fd: spec whose fd is a simulated device's: the SimKernel), else
+ * libc. Throws VfioMigError (usage) when that backend is registered but not loaded
+ * (`loadBackendsFor` loads it).
  */
 export function systemFor(specs: string[]): Sys {
   const host = libc();
-  const sim = specs.some((s) => {
-    if (s.startsWith("sim:")) return true;
-    try {
-      const fdSpec = parseFdSpec(s);
-      return fdSpec !== null && fdSpecIsSim(host, fdSpec);
-    } catch {
-      return false; // malformed: openDevice says so
-    }
-  });
-  return sim ? SimKernel.fromEnv(host) : host;
+  for (const s of specs) {
+    const b = backendOf(host, s);
+    if (b) return backendOps(b, s).system(host);
+  }
+  return host;
+}
+
+export interface OpenOptions {
+  /** Where to look devices up by name (default: $VFIO_MIG_SYSFS, else /sys): the inventory's root. */
+  sysfs?: Sysfs;
 }
 
 /**
@@ -67,15 +104,16 @@ export function systemFor(specs: string[]): Sys {
  * viable, no permission).
  */
 export function openDevice(spec: string): VfioDevice;
-export function openDevice(sys: Sys, spec: string): VfioDevice;
-export function openDevice(a: Sys | string, b?: string): VfioDevice {
+export function openDevice(sys: Sys, spec: string, opts?: OpenOptions): VfioDevice;
+export function openDevice(a: Sys | string, b?: string, opts: OpenOptions = {}): VfioDevice {
   const sys = typeof a === "string" ? systemFor([a]) : a;
   const spec = typeof a === "string" ? a : b!;
-  if (spec.startsWith("sim:")) return openSimDevice(sys, spec);
+  const backend = backendOfSpec(spec);
+  if (backend) return openBackendDevice(sys, spec, backend);
   const fdSpec = parseFdSpec(spec);
   if (fdSpec?.kind === "pid") return borrowDevice(sys, spec);
   if (fdSpec?.kind === "fd") return openDeviceFd(sys, fdSpec.fd, { label: spec });
-  const sysfs = Sysfs.fromEnv(sys);
+  const sysfs = opts.sysfs ?? Sysfs.fromEnv(sys);
   const cdev = CDEV.exec(spec);
   const dev = cdev ? sysfs.findByCdev(cdev[1]) : sysfs.find(spec);
   if (cdev) return openCdev(sys, spec, dev, cdev[1], sysfs);
@@ -83,7 +121,9 @@ export function openDevice(a: Sys | string, b?: string): VfioDevice {
     if (!PCI_ADDR.test(spec) && !UUID.test(spec) && !spec.startsWith("/sys/")) {
       throw new VfioMigError(
         `${spec}: not a device name: give a PCI address (0000:3b:00.1), an mdev UUID, a sysfs path, ` +
-          `/dev/vfio/devices/vfioN, sim:PATH, pid:PID[:FD] or fd:N`,
+          `/dev/vfio/devices/vfioN, ${
+            registeredBackends().map((b) => `${b.prefix}PATH, `).join("")
+          }pid:PID[:FD] or fd:N`,
         "usage",
       );
     }
@@ -207,20 +247,24 @@ function openCdev(sys: Sys, spec: string, dev: SysfsDevice | null, node: string,
   }
 }
 
-function openSimDevice(sys: Sys, spec: string): VfioDevice {
-  const path = spec.slice(4);
-  if (!(sys instanceof SimKernel)) {
-    throw new VfioMigError(`${spec}: simulated devices need the simulated kernel (use systemFor)`, "usage");
+function openBackendDevice(sys: Sys, spec: string, backend: DeviceBackend): VfioDevice {
+  const path = spec.slice(backend.prefix.length);
+  const ops = backendOps(backend, spec);
+  if (backendServing(sys)?.ops !== ops) {
+    throw new VfioMigError(
+      `${spec}: ${backend.name} devices need the ${backend.name} backend's kernel (use systemFor)`,
+      "usage",
+    );
   }
-  const { info, reset } = simDeviceFacts(sys, path); // clear error when it does not exist
+  const { info, reset } = ops.facts(sys, path); // clear error when it does not exist
   let fd: number;
   try {
     fd = sys.open(spec, O.RDWR | O.CLOEXEC);
   } catch (e) {
-    if (isErrno(e, "EBUSY")) throw busyError(sys, spec, { simDir: absolutePath(sys, path) });
+    if (isErrno(e, "EBUSY")) throw busyError(sys, spec, { backendDir: absolutePath(sys, path) });
     throw e;
   }
-  const d = new VfioDevice(sys, fd, spec, info, [], "sim", { path: "sim", reset, openedFresh: true });
+  const d = new VfioDevice(sys, fd, spec, info, [], backend.name, { path: backend.name, reset, openedFresh: true });
   try {
     return withIdentity(d);
   } catch (e) {

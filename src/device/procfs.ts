@@ -1,6 +1,6 @@
 // What /proc says about the VFIO files a process holds: its fd table (readlink of
 // /proc/PID/fd/N) classified into device fds, groups, containers, iommufd and
-// simulated devices, and its command name. Used to borrow a device from the process
+// the devices of a registered backend (a simulated device), and its command name. Used to borrow a device from the process
 // that holds it (borrow.ts) and to name the holder of a busy device.
 //
 // The /proc root can be moved (VFIO_MIG_PROCFS) for tests with a fake tree: symlinks
@@ -9,7 +9,7 @@
 import { isErrno, SysError } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
-import { SimStore } from "../sim/store.ts";
+import { backendOfFdTarget } from "./backend.ts";
 
 /**
  * One VFIO-related file in a process's fd table, by what readlink(/proc/PID/fd/N) shows:
@@ -17,7 +17,8 @@ import { SimStore } from "../sim/store.ts";
  *   drivers/vfio/group.c vfio_device_open_file);
  * - `cdev`: a device cdev `/dev/vfio/devices/vfioN` (bound or not, drivers/vfio/device_cdev.c);
  * - `group`: `/dev/vfio/N`; `container`: `/dev/vfio/vfio`; `iommufd`: `/dev/iommu`;
- * - `sim`: a simulated device's fd, the flock'ed lock file of its folder (src/sim/store.ts).
+ * - `backend`: a device fd of a registered backend (src/device/backend.ts), as the backend
+ *   recognises it: a simulated device's fd is the flock'ed lock file of its folder.
  */
 export type VfioFd =
   | { fd: number; kind: "device"; target: string }
@@ -25,7 +26,7 @@ export type VfioFd =
   | { fd: number; kind: "group"; target: string; group: string }
   | { fd: number; kind: "container"; target: string }
   | { fd: number; kind: "iommufd"; target: string }
-  | { fd: number; kind: "sim"; target: string; dir: string };
+  | { fd: number; kind: "backend"; target: string; backend: string; dir: string };
 
 /** A process and the VFIO files it holds. */
 export interface VfioProcess {
@@ -40,7 +41,7 @@ const CDEV_NODE = /^\/dev\/vfio\/devices\/(vfio\d+)$/;
 
 /** Device fds: what can be borrowed (a group, container or iommufd fd cannot be migrated). */
 export function isDeviceFd(f: VfioFd): boolean {
-  return f.kind === "device" || f.kind === "cdev" || f.kind === "sim";
+  return f.kind === "device" || f.kind === "cdev" || f.kind === "backend";
 }
 
 export class Procfs {
@@ -88,12 +89,8 @@ export class Procfs {
     if (group) return { fd, kind: "group", target, group: group[1] };
     if (target === "/dev/vfio/vfio") return { fd, kind: "container", target };
     if (target === "/dev/iommu") return { fd, kind: "iommufd", target };
-    const slash = target.lastIndexOf("/");
-    if (target.startsWith("/") && slash > 0) {
-      const store = new SimStore(this.sys, target.slice(0, slash));
-      if (store.lockPath === target && this.#exists(store.metaPath)) return { fd, kind: "sim", target, dir: store.dir };
-    }
-    return null;
+    const b = backendOfFdTarget(this.sys, target);
+    return b ? { fd, kind: "backend", target, backend: b.backend.name, dir: b.dir } : null;
   }
 
   /**
@@ -163,15 +160,6 @@ export class Procfs {
     } catch (e) {
       if (e instanceof SysError) return null;
       throw e;
-    }
-  }
-
-  #exists(path: string): boolean {
-    try {
-      this.sys.stat(path);
-      return true;
-    } catch {
-      return false;
     }
   }
 }

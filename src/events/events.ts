@@ -33,7 +33,14 @@ export interface EventSubscriber {
 
 export type Phase = "setup" | "pre-copy" | "stop-copy" | "config" | "trailer" | "resume" | "finish";
 export type ProgressPhase = "setup" | "pre-copy" | "stop-copy" | "resume" | "finish";
-export type TransportStep = "listening" | "connected" | "authenticated" | "refused" | "init-ack" | "peer-result";
+export type TransportStep =
+  | "listening"
+  | "connected"
+  | "authenticated"
+  | "refused"
+  | "dropped"
+  | "init-ack"
+  | "peer-result";
 
 /** What each device's PRECOPY_INFO said after an iteration (v1: initialBytes 0, dirtyBytes = pending_bytes). */
 export interface IterationDevice {
@@ -98,6 +105,8 @@ export interface TransportFields {
   ok?: boolean;
   message?: string;
   finalState?: string;
+  dropped?: number;
+  refused?: number;
 }
 
 export interface EventsOptions {

@@ -65,6 +65,7 @@ export const TRANSPORT_STEPS = [
   "connected",
   "authenticated",
   "refused",
+  "dropped",
   "init-ack",
   "peer-result",
 ] as const;
@@ -230,7 +231,8 @@ export const SCHEMA: Record<string, TypeSpec> = {
   transport: {
     device: "none",
     doc: "A step of a tcp:// transfer: `listening` (load), `connected`, `authenticated`, `refused` (a peer " +
-      "the listener turned away), `init-ack` (the destination loaded a DEV_INIT_DATA_SENT: switchover-ack), " +
+      "the listener turned away), `dropped` (the counts of connections it turned away without a `refused` " +
+      "each: at most every 30 s while they grow, and when the wait ends), `init-ack` (the destination loaded a DEV_INIT_DATA_SENT: switchover-ack), " +
       "`peer-result` (the destination's result).",
     fields: {
       step: req("string", TRANSPORT_STEPS.map((s) => `\`${s}\``).join(", "), { values: TRANSPORT_STEPS }),
@@ -238,7 +240,11 @@ export const SCHEMA: Record<string, TypeSpec> = {
       tls: opt("boolean", "the connection uses TLS"),
       acks: opt("integer", "init-ack: markers acknowledged so far", { min: 1 }),
       ok: opt("boolean", "peer-result: the destination loaded the state"),
-      message: opt("string", "refused: why; peer-result: the destination's words"),
+      message: opt("string", "refused: why; dropped: the stderr line; peer-result: the destination's words"),
+      dropped: opt("integer", "dropped: connections closed unread over --max-startups, so far", { min: 0 }),
+      refused: opt("integer", "dropped: connections refused by the handshake without a `refused` each, so far", {
+        min: 0,
+      }),
       finalState: opt("string", "peer-result: the destination device's state"),
     },
   },

@@ -18,7 +18,7 @@ import type { VfioDevice } from "../device/open.ts";
 import { describeError, InterruptedError, StreamError, VfioMigError } from "../errors.ts";
 import { type DeviceRef, Events } from "../events/events.ts";
 import { formatDuration, ProgressBar, stderrOutput } from "../events/progress_bar.ts";
-import { stateName } from "../migration/state_machine.ts";
+import { stateName } from "../vfio/state_machine.ts";
 import { type Cancellation, formatBytes, observeDevices, onCancel, tryGetState } from "./session.ts";
 
 export type OperationKind = "save" | "load";

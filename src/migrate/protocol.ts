@@ -8,8 +8,8 @@
 import { isErrno } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { MigrationV1 } from "../migration/v1.ts";
-import type { StateObserver } from "../migration/v2.ts";
+import { MigrationV1 } from "../vfio/v1.ts";
+import type { StateObserver } from "../vfio/v2.ts";
 import type { StreamWriter } from "../stream/writer.ts";
 
 export type Protocol = "v1" | "v2";

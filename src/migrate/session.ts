@@ -7,8 +7,8 @@ import type { VfioDevice } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
 import { nextTurn } from "../io.ts";
 import { claimSignals } from "../signals.ts";
-import { DeviceState, stateName } from "../migration/state_machine.ts";
-import type { StateObserver } from "../migration/v2.ts";
+import { DeviceState, stateName } from "../vfio/state_machine.ts";
+import type { StateObserver } from "../vfio/v2.ts";
 import type { Events } from "../events/events.ts";
 import { observeV1 } from "./protocol.ts";
 import type { StreamIdentity } from "../stream/format.ts";
@@ -103,15 +103,8 @@ export function observeDevices(devs: readonly VfioDevice[], events: Events): () 
   };
 }
 
-export function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${i === 0 ? Math.round(n) : n.toFixed(1)} ${units[i]}`;
-}
+/** "512 B", "14.1 MiB", "1.50 GiB": the one byte formatter (src/units.ts). */
+export { fmtBytes as formatBytes } from "../units.ts";
 
 export function streamIdentity(d: VfioDevice): StreamIdentity {
   return {

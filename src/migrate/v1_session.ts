@@ -13,7 +13,7 @@
 import { SysError } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
-import { type MigrationV1, V1, v1StateIsError, v1StateName } from "../migration/v1.ts";
+import { type MigrationV1, V1, v1StateIsError, v1StateName } from "../vfio/v1.ts";
 import { MAX_CHUNK, TAG } from "../stream/format.ts";
 import type { StreamWriter } from "../stream/writer.ts";
 import type { IterationResult, ResumeSession, SavePhase, SaveSession } from "./protocol.ts";

@@ -8,7 +8,7 @@ import { F, O } from "../../ffi/sys.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { writeAll } from "../io.ts";
-import { DeviceState, isSavingState, stateName } from "../migration/state_machine.ts";
+import { DeviceState, isSavingState, stateName } from "../vfio/state_machine.ts";
 import { TAG } from "../stream/format.ts";
 import type { StreamWriter } from "../stream/writer.ts";
 import type { IterationResult, ResumeSession, SavePhase, SaveSession } from "./protocol.ts";

@@ -1,5 +1,7 @@
 // Small helpers of the report: escaping, numbers in people's units, axis ticks.
 
+import { byteUnit, fmtBytes } from "../units.ts";
+
 /** Text for SVG and HTML: & < > " ' escaped, control characters dropped. */
 export function esc(s: string): string {
   return s
@@ -12,26 +14,8 @@ export function esc(s: string): string {
     .replace(/'/g, "&#39;");
 }
 
-const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-
-/** The binary unit that suits `n` bytes: [divisor, name]. */
-export function byteUnit(n: number): [number, string] {
-  let i = 0;
-  let d = 1;
-  while (Math.abs(n) >= 1024 * d && i < UNITS.length - 1) {
-    d *= 1024;
-    i++;
-  }
-  return [d, UNITS[i]];
-}
-
-/** "512 B", "14.1 MiB", "256 MiB", "1.50 GiB": three significant digits, whole numbers without decimals. */
-export function fmtBytes(n: number): string {
-  const [d, u] = byteUnit(n);
-  const v = n / d;
-  if (d === 1 || Number.isInteger(v)) return `${Math.round(v)} ${u}`;
-  return `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${u}`;
-}
+// Bytes are formatted by the one formatter (src/units.ts).
+export { byteUnit, fmtBytes };
 
 export function fmtRate(n: number): string {
   return `${fmtBytes(n)}/s`;

@@ -4,7 +4,7 @@
 
 import type { IoctlArg, Sys } from "../../ffi/sys.ts";
 import { decode, encodeInto, PCI_REGION, REGION_FLAGS, STRUCTS } from "../../ffi/vfio_uapi.ts";
-import type { DeviceState } from "../migration/state_machine.ts";
+import type { DeviceState } from "../vfio/state_machine.ts";
 import { type Behaviour, type SimDevice, type SimDriver, sysErr } from "./driver.ts";
 import { CAP_MSIX_AT, configSpace, configWritable, type ModelInfo } from "./models.ts";
 import { behavioursOf } from "./quirks.ts";

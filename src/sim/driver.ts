@@ -18,7 +18,7 @@
 
 import { Errno, SysError } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
-import { DeviceState } from "../migration/state_machine.ts";
+import { DeviceState } from "../vfio/state_machine.ts";
 import type { ModelInfo } from "./models.ts";
 import type { SimDeviceMeta, SimStore } from "./store.ts";
 import type { V1Device } from "./v1_device.ts";

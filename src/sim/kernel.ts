@@ -22,7 +22,7 @@
 import { Errno, errnoName, SysError } from "../../ffi/errno.ts";
 import { F, type FileStat, type IoctlArg, LOCK, type Mapping, O, POLL, type PollFd, type Sys } from "../../ffi/sys.ts";
 import { decode, encodeInto, FEATURE, FEATURE_FLAGS, IOCTL, STRUCTS } from "../../ffi/vfio_uapi.ts";
-import { DeviceState, isHangingArc, nextStep, stateName } from "../migration/state_machine.ts";
+import { DeviceState, isHangingArc, nextStep, stateName } from "../vfio/state_machine.ts";
 import { type MigrationFile, type PrecopyNumbers, type ReadIo, sleepMs, sysErr } from "./driver.ts";
 import { CoreDevice, type CoreOps } from "./device.ts";
 import { driverFor } from "./drivers/index.ts";
@@ -30,6 +30,8 @@ import { type Fault, IOCTL_NAMES, ioctlKey, parseFaults } from "./faults.ts";
 import { modelInfo } from "./models.ts";
 import { type SimDeviceMeta, SimStore } from "./store.ts";
 import { V1_REGION_INDEX, type V1Backend, V1Device } from "./v1_device.ts";
+// Loading the simulated kernel registers it as the device layer's "sim" backend.
+import "./ops.ts";
 
 export { type Fault, parseFaults } from "./faults.ts";
 

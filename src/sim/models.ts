@@ -15,7 +15,8 @@
 // as it is read, and verified against the same generator as it is written back. A
 // 32-byte header (magic "VFIMXEVF", u32 version, u32 seed, u64 size) then the data.
 
-import type { PciIdentity } from "../device/open.ts";
+import { CAP_ID, PCI_CAPABILITY_LIST, PCI_COMMAND, PCI_STATUS, PCI_STATUS_CAP_LIST } from "../pci/config.ts";
+import type { PciIdentity } from "../pci/identity.ts";
 import { Errno, SysError } from "../../ffi/errno.ts";
 
 export type ModelName = "mtty-1" | "mtty-2" | "bulk" | "xe";
@@ -224,8 +225,8 @@ export function configSpace(info: ModelInfo): Uint8Array {
   const id = info.identity;
   v.setUint16(0x00, id.vendor, true);
   v.setUint16(0x02, id.device, true);
-  v.setUint16(0x04, 0x0000, true); // command
-  v.setUint16(0x06, 0x0200, true); // status
+  v.setUint16(PCI_COMMAND, 0x0000, true);
+  v.setUint16(PCI_STATUS, 0x0200, true); // DEVSEL medium
   v.setUint8(0x08, id.revision);
   v.setUint8(0x09, id.classCode & 0xff);
   v.setUint16(0x0a, id.classCode >> 8, true);
@@ -234,11 +235,11 @@ export function configSpace(info: ModelInfo): Uint8Array {
   v.setUint16(0x2e, id.subsystemDevice, true);
   // Capabilities: MSI (64-bit) at 0x50, MSI-X at 0x70.
   const caps: [number, number][] = [];
-  if (info.msi) caps.push([CAP_MSI_AT, 0x05]);
-  if (info.msix) caps.push([CAP_MSIX_AT, 0x11]);
+  if (info.msi) caps.push([CAP_MSI_AT, CAP_ID.MSI]);
+  if (info.msix) caps.push([CAP_MSIX_AT, CAP_ID.MSIX]);
   if (caps.length) {
-    v.setUint16(0x06, 0x0210, true); // status: capability list
-    v.setUint8(0x34, caps[0][0]);
+    v.setUint16(PCI_STATUS, 0x0200 | PCI_STATUS_CAP_LIST, true);
+    v.setUint8(PCI_CAPABILITY_LIST, caps[0][0]);
     caps.forEach(([at, id], i) => {
       v.setUint8(at, id);
       v.setUint8(at + 1, caps[i + 1]?.[0] ?? 0);
@@ -259,7 +260,7 @@ export const CAP_MSIX_AT = 0x70;
 
 /** Whether a config space byte is writable in the simulated models. */
 export function configWritable(info: ModelInfo, at: number): boolean {
-  if (at === 0x04 || at === 0x05) return true; // command
+  if (at === PCI_COMMAND || at === PCI_COMMAND + 1) return true;
   if (info.msi && at >= CAP_MSI_AT + 2 && at < CAP_MSI_AT + 14) return true; // control, address, data
   if (info.msix && at === CAP_MSIX_AT + 3) return true; // enable, function mask (bits 15, 14)
   return false;
@@ -272,8 +273,8 @@ export function configWritable(info: ModelInfo, at: number): boolean {
  */
 export function clearCommandAndEnables(info: ModelInfo, cfg: Uint8Array): boolean {
   const before = cfg.slice();
-  cfg[0x04] = 0;
-  cfg[0x05] = 0;
+  cfg[PCI_COMMAND] = 0;
+  cfg[PCI_COMMAND + 1] = 0;
   if (info.msi) cfg[CAP_MSI_AT + 2] &= ~0x01;
   if (info.msix) cfg[CAP_MSIX_AT + 3] &= 0x3f;
   return before.some((b, i) => b !== cfg[i]);

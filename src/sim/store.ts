@@ -9,7 +9,7 @@
 
 import { O, type Sys } from "../../ffi/sys.ts";
 import { isErrno } from "../../ffi/errno.ts";
-import { DeviceState } from "../migration/state_machine.ts";
+import { DeviceState } from "../vfio/state_machine.ts";
 import {
   defaultFamily,
   fillBulk,
@@ -22,6 +22,7 @@ import {
 import { VfioMigError } from "../errors.ts";
 import { V1_DEFAULT_DATA_SIZE, type V1Meta, type V1Sparse } from "./v1_device.ts";
 import { readSmallFile, writeAll } from "../io.ts";
+import { SIM_FILES } from "../backends.ts";
 
 export interface SimDeviceMeta {
   format: 1;
@@ -108,7 +109,7 @@ export class SimStore {
   constructor(readonly sys: Sys, readonly dir: string) {}
 
   get metaPath(): string {
-    return `${this.dir}/device.json`;
+    return `${this.dir}/${SIM_FILES.meta}`;
   }
   get statePath(): string {
     return `${this.dir}/state.bin`;
@@ -117,7 +118,7 @@ export class SimStore {
     return `${this.dir}/incoming.bin`;
   }
   get lockPath(): string {
-    return `${this.dir}/lock`;
+    return `${this.dir}/${SIM_FILES.lock}`;
   }
   /** PCI config space as last written (absent: the model's initial one). */
   get configPath(): string {

@@ -91,22 +91,37 @@ function randomBytes(n: number): Uint8Array {
   return crypto.getRandomValues(new Uint8Array(n));
 }
 
-type NodeCrypto = typeof import("node:crypto");
-
 /**
- * node:crypto, imported when a handshake needs it: it costs a local save or load ~3 ms
- * of start-up and ~1 MiB of memory that only tcp:// uses.
+ * The token as an HMAC-SHA256 key (Web Crypto: node:crypto would cost the process ~10 MiB
+ * of resident memory, measured on deno 2.9.6; Web Crypto ~3 MiB).
  */
-function nodeCrypto(): Promise<NodeCrypto> {
-  return import("node:crypto");
+function macKey(token: string): Promise<CryptoKey> {
+  return crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(token),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign", "verify"],
+  );
 }
 
-function mac(c: NodeCrypto, token: string, label: string, a: Uint8Array, b: Uint8Array): Uint8Array {
-  return new Uint8Array(c.createHmac("sha256", token).update(label).update(a).update(b).digest());
+/** HMAC(token, label | a | b): the bytes the handshake's proofs are made of. */
+function macInput(label: string, a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
+  const l = new TextEncoder().encode(label);
+  const out = new Uint8Array(l.length + a.length + b.length);
+  out.set(l, 0);
+  out.set(a, l.length);
+  out.set(b, l.length + a.length);
+  return out;
 }
 
-function macEqual(c: NodeCrypto, a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && c.timingSafeEqual(a, b);
+async function mac(key: CryptoKey, label: string, a: Uint8Array, b: Uint8Array): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, macInput(label, a, b)));
+}
+
+/** Whether `proof` is HMAC(token, label | a | b); compared in constant time (Web Crypto's verify). */
+function macVerify(key: CryptoKey, proof: Uint8Array, label: string, a: Uint8Array, b: Uint8Array): Promise<boolean> {
+  return crypto.subtle.verify("HMAC", key, proof.slice(), macInput(label, a, b));
 }
 
 function timeout<T>(p: Promise<T>, ms: number, onTimeout: () => void, what: string): Promise<T> {
@@ -179,6 +194,9 @@ export class TcpClient {
 
   static async connect(url: string, opts: ConnectOptions): Promise<TcpClient> {
     const ep = parseTcpUrl(url);
+    // Before connecting, so our proof follows the listener's greeting at once: a listener
+    // under a flood drops connections that stay silent (MaxStartups).
+    const key = await macKey(opts.token);
     let conn: Deno.Conn;
     try {
       conn = opts.tls || opts.tlsCa
@@ -192,18 +210,27 @@ export class TcpClient {
       throw netError(e, `cannot connect to ${url}`);
     }
     const ms = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    // How far the destination got: what a timeout or a close means depends on it.
+    let greeted = false;
     try {
       await timeout(
         (async () => {
-          const sh = await readExact(conn, SERVER_HELLO, url);
+          const sh = await readExact(conn, SERVER_HELLO, url).catch((e) => {
+            if (!(e instanceof VfioMigError)) throw e; // TLS errors: explained below
+            throw new VfioMigError(
+              `${url} accepted the connection and closed it before its greeting: a listener that dropped ` +
+                `it (over its --max-startups limit: try again) or not a vfio-mig listener`,
+              "failure",
+            );
+          });
+          greeted = true;
           checkHello(sh, url);
           const nonceS = sh.subarray(MAGIC.length + 2);
-          const c = await nodeCrypto();
           const nonceC = randomBytes(NONCE);
-          await writeAllConn(conn, hello(nonceC, mac(c, opts.token, "vfio-mig client", nonceS, nonceC)));
+          await writeAllConn(conn, hello(nonceC, await mac(key, "vfio-mig client", nonceS, nonceC)));
           const reply = await readExact(conn, SERVER_REPLY, url);
           if (reply[0] !== 0) throw new VfioMigError(`${url} refused the token (wrong --token?)`, "failure");
-          if (!macEqual(c, reply.subarray(1), mac(c, opts.token, "vfio-mig server", nonceC, nonceS))) {
+          if (!(await macVerify(key, reply.subarray(1), "vfio-mig server", nonceC, nonceS))) {
             throw new VfioMigError(`${url} did not prove it knows the token: not the expected peer`, "failure");
           }
         })(),
@@ -215,6 +242,16 @@ export class TcpClient {
       try {
         conn.close();
       } catch { /* already closed */ }
+      if (e instanceof VfioMigError && /: no answer within \d+ ms$/.test(e.message)) {
+        throw new VfioMigError(
+          e.message +
+            (greeted
+              ? ": the destination greeted us but did not answer our proof of the token"
+              : ": the destination accepted the connection but never sent its greeting (not a vfio-mig " +
+                "listener, one busy with another peer, or one that cannot keep up)"),
+          "failure",
+        );
+      }
       if (e instanceof VfioMigError) throw e;
       // TLS errors surface on the first read: say what they mean.
       throw new VfioMigError(`handshake with ${url} failed: ${explainTls(e)}`, "failure");
@@ -314,14 +351,103 @@ export class TcpClient {
   }
 }
 
+/**
+ * How many unauthenticated connections the listener holds at once, as sshd's MaxStartups
+ * (sshd_config(5) "MaxStartups start:rate:full"): with `start` of them open, a new
+ * connection makes the listener drop one with probability `rate`%, rising linearly to 100%
+ * at `full`, so never more than `full` are open. Unlike sshd, the one dropped is not
+ * the newcomer but the longest-waiting connection that has not yet sent a byte of a
+ * well-formed greeting (for TLS: first one whose TLS handshake is not done, then one that
+ * finished TLS but sent nothing since); one that has sent the greeting's first bytes is
+ * never dropped for a newcomer: it keeps its handshake timeout. Only when every open
+ * connection has is the newcomer closed.
+ */
+export interface MaxStartups {
+  start: number;
+  /** Percent, 0-100. */
+  rate: number;
+  full: number;
+}
+
+/**
+ * 1024 unauthenticated connections at most, drops from 768 on: each costs the listener a
+ * descriptor and ~8 KiB (README's TCP section; measured by tests/tcp_flood_test.ts).
+ */
+export const DEFAULT_MAX_STARTUPS: MaxStartups = { start: 768, rate: 30, full: 1024 };
+
+/** Parses sshd's syntax "START:RATE:FULL" (or a lone "FULL": drops only at FULL). */
+export function parseMaxStartups(spec: string): MaxStartups {
+  const m = /^(\d+)(?::(\d+):(\d+))?$/.exec(spec);
+  const bad = () =>
+    new VfioMigError(`--max-startups ${spec}: expected START:RATE:FULL (e.g. 512:30:1024) or FULL`, "usage");
+  if (!m) throw bad();
+  const [start, rate, full] = m[2] === undefined ? [Number(m[1]), 100, Number(m[1])] : [m[1], m[2], m[3]].map(Number);
+  if (!(start >= 1 && start <= full && rate <= 100 && full <= 65536)) throw bad();
+  return { start, rate, full };
+}
+
+/**
+ * Connections a TLS listener accepts per second at most, after a burst of as many: deno
+ * runs the TLS handshake of each connection it accepts (a key exchange and a signature,
+ * ~1 ms of CPU here), so a flood of ClientHellos costs a bounded share of a CPU. Past the
+ * rate, connections wait in the kernel's accept queue, in arrival order.
+ */
+export const TLS_HANDSHAKES_PER_S = 200;
+export const TLS_HANDSHAKE_BURST = 200;
+/** Refused peers reported one by one (onRefused); the ones after are only counted (onTurnedAway). */
+export const REFUSALS_SHOWN = 8;
+/** How often, at most, onTurnedAway reports counts while the listener waits. */
+export const TURNED_AWAY_EVERY_MS = 30_000;
+
+/** Connections the listener turned away without reporting each: totals since it started listening. */
+export interface TurnedAway {
+  /** Closed unread over MaxStartups (or while descriptors ran out). */
+  dropped: number;
+  /** Refused by the handshake beyond the first REFUSALS_SHOWN, by reason. */
+  wrongToken: number;
+  notVfioMig: number;
+  timedOut: number;
+  closed: number;
+  tls: number;
+  /** The MaxStartups in force. */
+  limits: MaxStartups;
+}
+
+/** The one line that reports a TurnedAway (stderr and the `dropped` event's message). */
+export function turnedAwayLine(t: TurnedAway): string {
+  const refused = [
+    [t.wrongToken, "wrong token"],
+    [t.notVfioMig, "not vfio-mig"],
+    [t.timedOut, "timed out"],
+    [t.closed, "closed by the peer"],
+    [t.tls, "TLS failed"],
+  ].filter(([n]) => n) as [number, string][];
+  const parts = [];
+  if (t.dropped) {
+    parts.push(
+      `dropped ${t.dropped} connection${t.dropped === 1 ? "" : "s"} over the limit of unauthenticated ones ` +
+        `(--max-startups ${t.limits.start}:${t.limits.rate}:${t.limits.full})`,
+    );
+  }
+  if (refused.length) {
+    const n = refused.reduce((a, [k]) => a + k, 0);
+    parts.push(`refused ${n} more (${refused.map(([k, w]) => `${k} ${w}`).join(", ")})`);
+  }
+  return `${parts.join("; ")} so far`;
+}
+
 export interface ListenOptions {
   token: string;
   handshakeTimeoutMs?: number;
   idleTimeoutMs?: number;
   tlsCert?: string;
   tlsKey?: string;
-  /** Called with each refused peer's reason (wrong token, garbage, slow). */
+  /** Unauthenticated connections at once (default DEFAULT_MAX_STARTUPS). */
+  maxStartups?: MaxStartups;
+  /** Called with each refused peer's reason (wrong token, garbage, slow), for the first REFUSALS_SHOWN. */
   onRefused?: (why: string) => void;
+  /** Called with the counts of those not reported one by one: every TURNED_AWAY_EVERY_MS while they grow, and at the end. */
+  onTurnedAway?: (t: TurnedAway) => void;
   /** Called once listening, with the bound address. */
   onListening?: (addr: Deno.NetAddr) => void;
   /** Give up waiting for a valid peer after this long. */
@@ -339,66 +465,30 @@ export class TcpServerConn {
     this.#idleMs = idleMs;
   }
 
-  /** Listens, authenticates peers until one succeeds, then stops listening. */
+  /**
+   * Listens and runs the handshakes of every connection side by side, each with its own
+   * deadline (handshakeTimeoutMs); the first peer that proves it knows the token wins, the
+   * listener is closed and so is every other connection. What unauthenticated connections
+   * cost is bounded by MaxStartups (a descriptor and ~8 KiB each) and, with TLS, by
+   * TLS_HANDSHAKES_PER_S. Throws VfioMigError "failure" when acceptTimeoutMs passes or the
+   * address cannot be bound ("usage" without --allow-net), the signal's reason on abort.
+   */
   static async accept(spec: string, opts: ListenOptions): Promise<TcpServerConn> {
     const ep = parseListen(spec);
+    if (opts.signal?.aborted) throw opts.signal.reason;
+    const key = await macKey(opts.token); // before listening: every handshake needs it
+    const tls = !!(opts.tlsCert && opts.tlsKey);
     let listener: Deno.Listener;
     try {
-      listener = opts.tlsCert && opts.tlsKey
-        ? Deno.listenTls({ hostname: ep.hostname, port: ep.port, cert: opts.tlsCert, key: opts.tlsKey })
+      listener = tls
+        ? Deno.listenTls({ hostname: ep.hostname, port: ep.port, cert: opts.tlsCert!, key: opts.tlsKey! })
         : Deno.listen({ hostname: ep.hostname, port: ep.port });
     } catch (e) {
       throw netError(e, `cannot listen on ${ep.hostname}:${ep.port}`);
     }
     opts.onListening?.(listener.addr as Deno.NetAddr);
-    const hsMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
-    const deadline = opts.acceptTimeoutMs ? performance.now() + opts.acceptTimeoutMs : Infinity;
-    let current: Deno.Conn | null = null; // the peer in its handshake
-    const onAbort = () => {
-      for (const c of [listener, current]) {
-        try {
-          c?.close();
-        } catch { /* already closed */ }
-      }
-    };
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    try {
-      for (;;) {
-        if (opts.signal?.aborted) throw opts.signal.reason;
-        const left = deadline - performance.now();
-        if (left <= 0) {
-          throw new VfioMigError(`no authenticated peer connected within ${opts.acceptTimeoutMs} ms`, "failure");
-        }
-        const conn = Number.isFinite(left)
-          ? await timeout(listener.accept(), left, () => listener.close(), "waiting for a peer")
-          : await listener.accept();
-        const peer = conn.remoteAddr as Deno.NetAddr;
-        const who = `${peer.hostname}:${peer.port}`;
-        current = conn;
-        try {
-          await timeout(serverHandshake(conn, opts.token, who), hsMs, () => conn.close(), `handshake with ${who}`);
-          current = null;
-          if (opts.signal?.aborted) throw opts.signal.reason;
-          return new TcpServerConn(conn, who, opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
-        } catch (e) {
-          current = null;
-          try {
-            conn.close();
-          } catch { /* closed by the timeout */ }
-          if (opts.signal?.aborted) throw opts.signal.reason;
-          opts.onRefused?.(`refused ${who}: ${e instanceof VfioMigError ? e.message : explainTls(e)}`);
-        }
-      }
-    } catch (e) {
-      if (opts.signal?.aborted) throw opts.signal.reason;
-      throw e;
-    } finally {
-      opts.signal?.removeEventListener("abort", onAbort);
-      // Exactly one peer: nobody else can connect once we have one (or gave up).
-      try {
-        listener.close();
-      } catch { /* already closed */ }
-    }
+    const won = await new Gate(listener, opts, key, tls).run();
+    return new TcpServerConn(won.conn, won.who, opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
   }
 
   /** Reads stream bytes; 0 at end. Fails when the peer is silent for the idle timeout. */
@@ -426,20 +516,318 @@ export class TcpServerConn {
   }
 }
 
-async function serverHandshake(conn: Deno.Conn, token: string, who: string): Promise<void> {
-  const c = await nodeCrypto();
-  const nonceS = randomBytes(NONCE);
-  await writeAllConn(conn, hello(nonceS));
-  const ch = await readExact(conn, CLIENT_HELLO, who);
-  checkHello(ch, who);
-  const nonceC = ch.subarray(MAGIC.length + 2, MAGIC.length + 2 + NONCE);
-  const macC = ch.subarray(MAGIC.length + 2 + NONCE);
-  const ok = macEqual(c, macC, mac(c, token, "vfio-mig client", nonceS, nonceC));
-  const reply = new Uint8Array(SERVER_REPLY);
-  reply[0] = ok ? 0 : 1;
-  if (ok) reply.set(mac(c, token, "vfio-mig server", nonceC, nonceS), 1);
-  await writeAllConn(conn, reply);
-  if (!ok) throw new VfioMigError("wrong token", "failure");
+/** The greeting's fixed part: magic and version; a peer that sent it is mid-handshake. */
+const GREETING = MAGIC.length + 2;
+
+type Reason = "wrongToken" | "notVfioMig" | "timedOut" | "closed" | "tls";
+
+/** Why a peer was refused; the words are made (with its address) only when it is reported. */
+class Refusal {
+  constructor(readonly reason: Reason, readonly words: (who: string) => string) {}
+}
+
+/** One unauthenticated connection (kept small: a flood makes many). */
+interface Startup {
+  conn: Deno.Conn;
+  /** 0: nothing yet (TLS not done, no byte); 1: TLS done, no byte since; 2: sent the greeting's start. */
+  stage: 0 | 1 | 2;
+  /** performance.now() when its handshake timeout ends. */
+  deadline: number;
+  /** Refused, dropped, timed out, or the listener is done: nothing more is done with it. */
+  over: boolean;
+  /** Ended while its handshake was pending: its descriptor is freed when that settles. */
+  closing?: boolean;
+}
+
+/**
+ * The listener's gate: accepts while handshakes run side by side, bounds the
+ * unauthenticated ones (MaxStartups, TLS handshake rate), counts what it turned away.
+ */
+class Gate {
+  readonly #startups = new Map<Deno.Conn, Startup>(); // in arrival order
+  readonly #max: MaxStartups;
+  readonly #hsMs: number;
+  #tlsBudget = TLS_HANDSHAKE_BURST;
+  #tlsAt = performance.now();
+  #over = false;
+  /** Connections closed whose pending read still holds the descriptor (freed at the loop's next turn). */
+  #closing = 0;
+  #shown = 0;
+  #counts = { dropped: 0, wrongToken: 0, notVfioMig: 0, timedOut: 0, closed: 0, tls: 0 };
+  #reported = 0;
+  #timers: ReturnType<typeof setTimeout>[] = [];
+  /** One timer for every handshake deadline: the oldest connection's (all have the same timeout). */
+  #sweep: ReturnType<typeof setTimeout> | undefined;
+  #resolve!: (w: { conn: Deno.Conn; who: string }) => void;
+  #reject!: (e: unknown) => void;
+
+  constructor(
+    readonly listener: Deno.Listener,
+    readonly opts: ListenOptions,
+    readonly key: CryptoKey,
+    readonly tls: boolean,
+  ) {
+    this.#max = opts.maxStartups ?? DEFAULT_MAX_STARTUPS;
+    this.#hsMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+  }
+
+  run(): Promise<{ conn: Deno.Conn; who: string }> {
+    const won = new Promise<{ conn: Deno.Conn; who: string }>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    const onAbort = () => this.#fail(this.opts.signal!.reason);
+    this.opts.signal?.addEventListener("abort", onAbort, { once: true });
+    if (this.opts.acceptTimeoutMs) {
+      const ms = this.opts.acceptTimeoutMs;
+      this.#timers.push(setTimeout(
+        () => this.#fail(new VfioMigError(`no authenticated peer connected within ${ms} ms`, "failure")),
+        ms,
+      ));
+    }
+    this.#timers.push(setInterval(() => this.#report(), TURNED_AWAY_EVERY_MS));
+    this.#acceptLoop();
+    return won.finally(() => {
+      this.opts.signal?.removeEventListener("abort", onAbort);
+      this.#stop();
+    });
+  }
+
+  /** Everything counted so far. */
+  get #total(): number {
+    return Object.values(this.#counts).reduce((a, b) => a + b, 0);
+  }
+
+  #report(): void {
+    const total = this.#total;
+    if (total === this.#reported) return;
+    this.#reported = total;
+    this.opts.onTurnedAway?.({ ...this.#counts, limits: this.#max });
+  }
+
+  #fail(e: unknown): void {
+    if (this.#over) return;
+    this.#reject(e);
+    this.#stop();
+  }
+
+  /** No more connections: the listener, the handshakes and the timers end; the counts are reported. */
+  #stop(): void {
+    if (this.#over) return;
+    this.#over = true;
+    try {
+      this.listener.close();
+    } catch { /* already closed */ }
+    for (const s of this.#startups.values()) this.#end(s);
+    clearTimeout(this.#sweep);
+    for (const t of this.#timers) clearTimeout(t);
+    this.#report();
+  }
+
+  async #acceptLoop(): Promise<void> {
+    while (!this.#over) {
+      let conn: Deno.Conn;
+      try {
+        if (this.tls) await this.#tlsTurn();
+        if (this.#over) return;
+        conn = await this.listener.accept();
+      } catch (e) {
+        if (this.#over) return;
+        // EMFILE/ENFILE: the connection waits in the kernel's queue; make room for it.
+        if (e instanceof Error && /os error 2[34]\b/.test(e.message)) {
+          if (!this.#evict()) await new Promise((r) => setTimeout(r, 50));
+          continue;
+        }
+        this.#fail(netError(e, "accepting a connection"));
+        return;
+      }
+      if (this.#over) {
+        closeQuietly(conn);
+        return;
+      }
+      this.#admit(conn);
+      // Descriptors: a closed connection's is freed once its pending read ends, at the
+      // loop's next turn; wait for that (a few turns at most) rather than hold more than `full`.
+      for (
+        let turn = 0;
+        turn < 20 && this.#closing > 0 && this.#startups.size + this.#closing >= this.#max.full;
+        turn++
+      ) {
+        await new Promise((r) => setTimeout(r, 0));
+      }
+    }
+  }
+
+  /** MaxStartups: past `start`, a newcomer drops the longest-waiting idle connection with rising probability. */
+  #admit(conn: Deno.Conn): void {
+    const n = this.#startups.size;
+    const { start, rate, full } = this.#max;
+    if (n >= start) {
+      const p = n >= full ? 1 : (rate + (100 - rate) * (n - start) / (full - start)) / 100;
+      if (Math.random() < p && !this.#evict()) {
+        this.#counts.dropped++;
+        closeQuietly(conn);
+        return;
+      }
+    }
+    const s: Startup = { conn, stage: 0, over: false, deadline: performance.now() + this.#hsMs };
+    this.#startups.set(conn, s);
+    this.#sweep ??= setTimeout(() => this.#timeOut(), this.#hsMs);
+    this.#handshake(s);
+  }
+
+  /** Refuses the connections whose handshake timeout passed (the oldest first), and waits for the next one's. */
+  #timeOut(): void {
+    this.#sweep = undefined;
+    const now = performance.now();
+    for (const s of this.#startups.values()) {
+      if (s.deadline > now) {
+        this.#sweep = setTimeout(() => this.#timeOut(), s.deadline - now);
+        return;
+      }
+      const ms = this.#hsMs;
+      this.#refuse(s, new Refusal("timedOut", (who) => `handshake with ${who}: no answer within ${ms} ms`));
+    }
+  }
+
+  /** Drops the longest-waiting connection that sent nothing (stage 0, then 1); false when there is none. */
+  #evict(): boolean {
+    for (const stage of [0, 1]) {
+      for (const s of this.#startups.values()) {
+        if (s.stage === stage) {
+          this.#counts.dropped++;
+          this.#end(s);
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  #end(s: Startup): void {
+    if (s.over) return;
+    s.over = true;
+    this.#startups.delete(s.conn);
+    s.closing = true;
+    this.#closing++;
+    closeQuietly(s.conn);
+  }
+
+  #refuse(s: Startup, r: Refusal): void {
+    if (s.over || this.#over) return;
+    this.#end(s);
+    if (this.#shown < REFUSALS_SHOWN) {
+      this.#shown++;
+      const who = whoOf(s.conn);
+      this.opts.onRefused?.(`refused ${who}: ${r.words(who)}`);
+    } else this.#counts[r.reason]++;
+  }
+
+  /** The server's side of the handshake (the file's header); resolves the gate when the peer proved the token. */
+  async #handshake(s: Startup): Promise<void> {
+    try {
+      await this.#serverHandshake(s);
+    } catch (e) {
+      if (s.over) return; // timed out, dropped, or another peer won: its own account
+      const why = e instanceof Error ? e.message : String(e);
+      this.#refuse(s, e instanceof Refusal ? e : new Refusal("closed", () => why));
+    } finally {
+      if (s.closing) {
+        s.closing = false;
+        this.#closing--;
+      }
+    }
+  }
+
+  async #serverHandshake(s: Startup): Promise<void> {
+    const conn = s.conn;
+    if (this.tls) {
+      try {
+        await (conn as Deno.TlsConn).handshake();
+      } catch (e) {
+        if (s.over) return;
+        const why = explainTls(e);
+        throw new Refusal("tls", () => `TLS handshake failed: ${why}`);
+      }
+      if (s.over) return;
+      s.stage = 1;
+    }
+    // One buffer: our greeting (with its nonce), then the peer's.
+    const buf = new Uint8Array(SERVER_HELLO + CLIENT_HELLO);
+    const sh = buf.subarray(0, SERVER_HELLO);
+    sh.set(MAGIC);
+    sh[MAGIC.length] = VERSION;
+    crypto.getRandomValues(sh.subarray(GREETING));
+    const nonceS = sh.subarray(GREETING);
+    await writeAllConn(conn, sh);
+    const ch = buf.subarray(SERVER_HELLO);
+    let off = 0;
+    while (off < CLIENT_HELLO) {
+      const r = await conn.read(ch.subarray(off));
+      if (s.over) return;
+      if (r === null) throw new Refusal("closed", (who) => `${who}: the peer closed the connection`);
+      // The greeting is checked byte by byte as it comes: garbage is refused at once.
+      for (let i = off; i < Math.min(off + r, GREETING); i++) {
+        if (i < MAGIC.length && ch[i] !== MAGIC[i]) {
+          throw new Refusal("notVfioMig", (who) => `${who} is not a vfio-mig peer (bad greeting)`);
+        }
+        if (i === MAGIC.length && ch[i] !== VERSION) {
+          const v = ch[i];
+          throw new Refusal("notVfioMig", (who) => `${who} speaks handshake version ${v}, not ${VERSION}`);
+        }
+      }
+      off += r;
+      if (off >= GREETING) s.stage = 2;
+    }
+    const nonceC = ch.subarray(GREETING, GREETING + NONCE);
+    const ok = await macVerify(this.key, ch.subarray(GREETING + NONCE), "vfio-mig client", nonceS, nonceC);
+    if (s.over) return;
+    const reply = new Uint8Array(SERVER_REPLY);
+    reply[0] = ok ? 0 : 1;
+    if (ok) reply.set(await mac(this.key, "vfio-mig server", nonceC, nonceS), 1);
+    if (s.over) return;
+    await writeAllConn(conn, reply);
+    if (s.over) return;
+    if (!ok) throw new Refusal("wrongToken", () => "wrong token");
+    if (this.#over) return;
+    // The winner: out of the startups (so #stop leaves it open), then everyone else goes.
+    s.over = true;
+    this.#startups.delete(conn);
+    this.#resolve({ conn, who: whoOf(conn) });
+    this.#stop();
+  }
+
+  /**
+   * Waits until the TLS listener may accept once more: deno's TLS listener runs the
+   * handshake of every connection it accepts, so each accept takes one of
+   * TLS_HANDSHAKE_BURST turns, given back at TLS_HANDSHAKES_PER_S (a token bucket), and the
+   * handshakes' CPU is bounded whatever the peers do. Connections past the rate wait in the
+   * kernel's accept queue, unread.
+   */
+  async #tlsTurn(): Promise<void> {
+    for (;;) {
+      const now = performance.now();
+      this.#tlsBudget = Math.min(
+        TLS_HANDSHAKE_BURST,
+        this.#tlsBudget + (now - this.#tlsAt) * TLS_HANDSHAKES_PER_S / 1000,
+      );
+      this.#tlsAt = now;
+      if (this.#tlsBudget >= 1 || this.#over) break;
+      await new Promise((r) => setTimeout(r, Math.ceil((1 - this.#tlsBudget) * 1000 / TLS_HANDSHAKES_PER_S)));
+    }
+    this.#tlsBudget--;
+  }
+}
+
+function whoOf(conn: Deno.Conn): string {
+  const peer = conn.remoteAddr as Deno.NetAddr;
+  return `${peer.hostname}:${peer.port}`;
+}
+
+function closeQuietly(c: { close(): void }): void {
+  try {
+    c.close();
+  } catch { /* already closed */ }
 }
 
 // ---------------------------------------------------------------------------

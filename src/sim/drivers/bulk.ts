@@ -10,7 +10,7 @@
 import { MAP, O, PROT } from "../../../ffi/sys.ts";
 import type { Mapping } from "../../../ffi/sys.ts";
 import { PRECOPY_INFO_REINIT } from "../../../ffi/vfio_uapi.ts";
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import { isPrecopy, isRunning, MigrationFile, type PrecopyNumbers, type SimDevice, sysErr } from "../driver.ts";
 import {
   BULK_HEADER_SIZE,

@@ -10,7 +10,7 @@
 
 import { O } from "../../../ffi/sys.ts";
 import { SysError } from "../../../ffi/errno.ts";
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import { MigrationFile, sysErr } from "../driver.ts";
 import { MTTY_HEADER_SIZE, MTTY_PORT_SIZE, mttyHeader, validateMttyHeader } from "../models.ts";
 import { SaveQueueFile, SessionDriver } from "./session.ts";

@@ -4,7 +4,7 @@
 // through a file position, as mtty_save_read and mlx5vf_save_read do.
 
 import type { Sys } from "../../../ffi/sys.ts";
-import { arcClosesSession, arcOpensDataFd, DeviceState } from "../../migration/state_machine.ts";
+import { arcClosesSession, arcOpensDataFd, DeviceState } from "../../vfio/state_machine.ts";
 import { MigrationFile, type PrecopyNumbers, type ReadIo, type SimDevice, type SimDriver, sysErr } from "../driver.ts";
 
 const { STOP_COPY, RESUMING, STOP, PRE_COPY, PRE_COPY_P2P } = DeviceState;

@@ -7,7 +7,7 @@
 // verified against the generator of the seed its header names, so a wrong byte is
 // refused (EINVAL) and a whole, verified stream makes that seed the device's content.
 
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import { MigrationFile, sysErr } from "../driver.ts";
 import { fillXe, parseXeHeader, XE_HEADER_SIZE, xeHeader } from "../models.ts";
 import { SaveQueueFile, SessionDriver } from "./session.ts";

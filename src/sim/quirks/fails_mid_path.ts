@@ -4,7 +4,7 @@
 // (--fail-leaves intermediate, the default) or in ERROR (--fail-leaves error). Single
 // arcs work. A tool must read the state back after a failed SET rather than assume it.
 
-import { DeviceState, stateName } from "../../migration/state_machine.ts";
+import { DeviceState, stateName } from "../../vfio/state_machine.ts";
 import { sysErr } from "../driver.ts";
 import type { QuirkDef } from "../quirks.ts";
 

@@ -2,7 +2,7 @@
 // where the uAPI says no session starts.
 
 import { O } from "../../../ffi/sys.ts";
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import type { QuirkDef } from "../quirks.ts";
 
 const { STOP, RUNNING, RUNNING_P2P } = DeviceState;

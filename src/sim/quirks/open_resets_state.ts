@@ -3,7 +3,7 @@
 // device finds it RUNNING, whatever state the last user left it in; the device's data is
 // kept (the pci family also resets that, at the first open). `check` reopen-state warns.
 
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import type { QuirkDef } from "../quirks.ts";
 
 export const openResetsState: QuirkDef = {

@@ -8,7 +8,7 @@
 // phase's next read or write, or at the SET that leaves the phase (which then fails with
 // EIO). A tool must never report such a session as saved or loaded.
 
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import { type MigrationFile, type SimDevice, sysErr } from "../driver.ts";
 import type { QuirkDef } from "../quirks.ts";
 import type { QuirkOptions } from "../store.ts";

@@ -4,7 +4,7 @@
 // migration session skips the data: it carries the header only. Only `sim create` (a new
 // device) clears the flag. `check` reopen-session catches it.
 
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import type { QuirkDef } from "../quirks.ts";
 
 const NAME = "stale-after-reopen";

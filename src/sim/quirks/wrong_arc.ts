@@ -2,7 +2,7 @@
 // request whose last arc enters RUNNING reports success but leaves the device one step
 // short of it.
 
-import { DeviceState } from "../../migration/state_machine.ts";
+import { DeviceState } from "../../vfio/state_machine.ts";
 import type { QuirkDef } from "../quirks.ts";
 
 export const wrongArc: QuirkDef = {

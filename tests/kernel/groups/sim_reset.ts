@@ -9,7 +9,7 @@
 import { libc } from "../../../ffi/libc.ts";
 import { SysError } from "../../../ffi/errno.ts";
 import { openDevice, type VfioDevice } from "../../../src/device/open.ts";
-import { DeviceState, stateName, supportedStates } from "../../../src/migration/state_machine.ts";
+import { DeviceState, stateName, supportedStates } from "../../../src/vfio/state_machine.ts";
 import { SimKernel } from "../../../src/sim/kernel.ts";
 import { SimStore } from "../../../src/sim/store.ts";
 

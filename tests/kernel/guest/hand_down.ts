@@ -9,13 +9,16 @@
 // tests/borrow_sim_test.ts (simulated).
 
 import { execWithDeviceFd } from "../../../src/device/exec.ts";
-import { openDevice, systemFor } from "../../../src/device/open.ts";
+import { registerBuiltinBackends } from "../../../src/backends.ts";
+import { loadBackendsFor, openDevice, systemFor } from "../../../src/device/open.ts";
 
 const [spec, ...argv] = Deno.args;
 if (!spec || argv.length === 0) {
   console.error("usage: hand_down.ts SPEC CMD [ARGS...]");
   Deno.exit(2);
 }
+registerBuiltinBackends(); // as cli.ts: the simulator is loaded only for a sim: spec
+await loadBackendsFor([spec]);
 const dev = openDevice(systemFor([spec]), spec);
 console.log(JSON.stringify({ pid: Deno.pid, fd: dev.fd }));
 const code = await execWithDeviceFd(dev, argv);

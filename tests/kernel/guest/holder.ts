@@ -15,8 +15,9 @@
 //   quit                       closes the device and exits 0
 // An error answers {"error":"…"} and the holder goes on.
 
-import { openDevice, systemFor } from "../../../src/device/open.ts";
-import { parseState, stateName } from "../../../src/migration/state_machine.ts";
+import { registerBuiltinBackends } from "../../../src/backends.ts";
+import { loadBackendsFor, openDevice, systemFor } from "../../../src/device/open.ts";
+import { parseState, stateName } from "../../../src/vfio/state_machine.ts";
 import { programPort, readPort, uartRegisters } from "./uart.ts";
 
 const spec = Deno.args[0];
@@ -24,6 +25,8 @@ if (!spec) {
   console.error("usage: holder.ts SPEC");
   Deno.exit(2);
 }
+registerBuiltinBackends(); // as cli.ts: the simulator is loaded only for a sim: spec
+await loadBackendsFor([spec]);
 const sys = systemFor([spec]);
 const dev = openDevice(sys, spec);
 const rw = uartRegisters(sys, dev.fd);

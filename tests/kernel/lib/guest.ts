@@ -4,7 +4,7 @@
 
 import { libc } from "../../../ffi/libc.ts";
 import { openDevice } from "../../../src/device/open.ts";
-import { parseState, stateName } from "../../../src/migration/state_machine.ts";
+import { parseState, stateName } from "../../../src/vfio/state_machine.ts";
 import { programPort, readPort, uartRegisters, type UartRw } from "../guest/uart.ts";
 
 export const ROOT = new URL("../../../", import.meta.url).pathname;

@@ -3,9 +3,27 @@
 
 import { isErrno, SysError } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
-import { decode, encodeInto, FEATURE, FEATURE_FLAGS, featureBuffer, IOCTL, STRUCTS } from "../../ffi/vfio_uapi.ts";
+import {
+  decode,
+  encodeInto,
+  FEATURE,
+  FEATURE_FLAGS,
+  featureBuffer,
+  IOCTL,
+  MIGRATION_FLAGS,
+  STRUCTS,
+} from "../../ffi/vfio_uapi.ts";
 import { DeviceState, isHangingArc, resolvePath, stateName } from "./state_machine.ts";
 import { VfioMigError } from "../errors.ts";
+
+/**
+ * The names of the VFIO_MIGRATION_* bits set in `flags` (struct
+ * vfio_device_feature_migration's migration_flags, include/uapi/linux/vfio.h), in the
+ * header's order: 0x7 -> ["STOP_COPY", "P2P", "PRE_COPY"]. Unknown bits are left out.
+ */
+export function migrationFlagNames(flags: number): string[] {
+  return Object.entries(MIGRATION_FLAGS).filter(([, v]) => flags & v).map(([k]) => k);
+}
 
 export interface PrecopyInfo {
   initialBytes: number;

@@ -5,7 +5,7 @@
 // it needs, and we ask again with a buffer that large. Each capability header's
 // `next` is an offset from the start of the info buffer; 0 ends the chain.
 
-import { SysError } from "../../ffi/errno.ts";
+import { isErrno, SysError } from "../../ffi/errno.ts";
 import type { Sys } from "../../ffi/sys.ts";
 import { decode, encode, IOCTL, REGION_CAP, REGION_FLAGS, STRUCTS } from "../../ffi/vfio_uapi.ts";
 
@@ -32,6 +32,20 @@ export interface RegionInfo {
 const MAX_ARGSZ = 64 * 1024;
 /** More capabilities than this in one chain means a loop. */
 const MAX_CAPS = 64;
+
+/**
+ * getRegionInfo, or null when the device has no such region: EINVAL (no region at that
+ * index: drivers/vfio/pci/vfio_pci_core.c vfio_pci_ioctl_get_region_info) or ENOTTY (no
+ * region ioctl at all). Any other error is thrown (SysError): a failure, not an absence.
+ */
+export function findRegion(sys: Sys, fd: number, index: number): RegionInfo | null {
+  try {
+    return getRegionInfo(sys, fd, index);
+  } catch (e) {
+    if (isErrno(e, "EINVAL") || isErrno(e, "ENOTTY")) return null;
+    throw e;
+  }
+}
 
 /** GET_REGION_INFO for one index, with its capability chain; throws SysError. */
 export function getRegionInfo(sys: Sys, fd: number, index: number): RegionInfo {
