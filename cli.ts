@@ -1,87 +1,20 @@
-// vfio-mig command line: parse the command, dispatch, turn errors into one line and
-// an exit code. Each command lives in src/commands/<name>.ts.
+// vfio-mig command line. The first thing it does, before any other module of the tool is
+// loaded, is to make sure it runs with SIGUSR1 blocked, so that Deno's inspector cannot be
+// opened by a signal (src/launch.ts: re-executes this same command once when it was not
+// started through bin/vfio-mig). Then src/main.ts parses the command and dispatches.
 
-import { libc } from "./ffi/libc.ts";
-import { registerBuiltinBackends } from "./src/backends.ts";
-import { EXIT_CODES_HELP } from "./src/commands/command.ts";
-import { COMMANDS } from "./src/commands/index.ts";
-import { describeError, EXIT, VfioMigError } from "./src/errors.ts";
-import { dropUnclaimedSignal, onUnclaimedSignal } from "./src/signals.ts";
-import { VERSION } from "./src/version.ts";
+import { type Guard, runWithoutInspectorSignal } from "./src/launch.ts";
 
-function usage(): string {
-  const width = Math.max(...COMMANDS.map((c) => c.name.length));
-  return `vfio-mig ${VERSION}: save and restore the migration state of Linux VFIO devices
-
-Usage: vfio-mig COMMAND [options]    (vfio-mig COMMAND --help for details)
-
-Commands:
-${COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join("\n")}
-
-Examples:
-  vfio-mig save --device 0000:3b:00.1 state.bin
-  vfio-mig save --device A - | ssh dst vfio-mig load --device B -
-  vfio-mig sim create /tmp/a --model mtty-2 && vfio-mig info --device sim:/tmp/a
-
-${EXIT_CODES_HELP}`;
-}
-
-// The simulator is a device backend: registered here by its descriptor alone, loaded
-// (src/sim/ops.ts) only when a spec names a simulated device (sim:PATH, or a pid:/fd:
-// whose fd is one). The dynamic import keeps it in what `deno compile` embeds.
-registerBuiltinBackends();
-
+/**
+ * Runs the command line `args` (as after `vfio-mig`) in this process and returns its exit
+ * code; errors become one line on stderr. No re-exec: the caller owns the process.
+ */
 export async function main(args: string[]): Promise<number> {
-  const [name, ...rest] = args;
-  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
-    const entry = COMMANDS.find((c) => c.name === rest[0]);
-    console.log(entry ? (await entry.load()).help : usage());
-    return name === undefined ? EXIT.USAGE : EXIT.OK;
-  }
-  if (name === "--version" || name === "version") {
-    console.log(`vfio-mig ${VERSION}`);
-    return EXIT.OK;
-  }
-  const entry = COMMANDS.find((c) => c.name === name);
-  if (!entry) {
-    console.error(`vfio-mig: unknown command '${name}' (commands: ${COMMANDS.map((c) => c.name).join(", ")})`);
-    return EXIT.USAGE;
-  }
-  // A signal no command claims (src/signals.ts) ends the run with one line and exit 130:
-  // while the command's modules load (a few ms here, seconds in a slow guest) nothing
-  // was touched yet; save and load claim signals for their whole work (the fallback
-  // stays for what they do around it), any other command gets the default action back.
-  let started = false;
-  onUnclaimedSignal((sig) => {
-    console.error(`vfio-mig: interrupted by ${sig}${started ? "" : " while starting; nothing was touched"}`);
-    Deno.exit(EXIT.INTERRUPTED);
-  });
-  try {
-    const command = await entry.load();
-    started = true;
-    if (!command.handlesSignals) dropUnclaimedSignal();
-    return await command.run(rest);
-  } catch (e) {
-    return report(e);
-  }
-}
-
-function report(e: unknown): number {
-  const { exitCode, kind, message } = describeError(e);
-  console.error(`vfio-mig: ${message}${kind === "internal" ? " (set VFIO_MIG_DEBUG=1 for details)" : ""}`);
-  if (safeDebug()) console.error(e instanceof VfioMigError ? e.cause ?? e : e);
-  return exitCode;
-}
-
-// Through libc's getenv: no --allow-env needed, and no permission prompt.
-function safeDebug(): boolean {
-  try {
-    return libc().getenv("VFIO_MIG_DEBUG") === "1";
-  } catch {
-    return false;
-  }
+  return await (await import("./src/main.ts")).main(args);
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  const guard: Guard = runWithoutInspectorSignal(); // returns only when no re-exec was needed or possible
+  const cli = await import("./src/main.ts");
+  Deno.exit(await cli.main(Deno.args, guard));
 }

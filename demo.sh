@@ -3,8 +3,9 @@
 # other through a pipe (save - | load -), and they end up equal.
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/ensure-deno.sh >/dev/null
-vm() { deno run --allow-ffi cli.ts "$@"; }
+export VFIO_MIG_DENO; VFIO_MIG_DENO=$(bash scripts/ensure-deno.sh)
+# bin/vfio-mig: deno run cli.ts with SIGUSR1 blocked (README "Security").
+vm() { bin/vfio-mig "$@"; }
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 size=${DEMO_SIZE:-256M}

@@ -14,7 +14,7 @@ export const EXIT = {
   DEVICE: 3,
   /** The stream is damaged, truncated, or for another device. */
   STREAM: 4,
-  /** Interrupted by a signal (SIGINT / SIGTERM). */
+  /** Interrupted by a signal: SIGINT, SIGTERM or SIGHUP alike (not 128+N: one code says "interrupted"). */
   INTERRUPTED: 130,
 } as const;
 

@@ -1,6 +1,6 @@
 // Live saves (--live) of simulated bulk devices that dirty their state while RUNNING:
 // convergence under the downtime limit with the downtime measured, --max-precopy when
-// the limit cannot be met, SIGUSR1, and Linux 7.1 precopy-info v2 with REINIT (the
+// the limit cannot be met, SIGUSR2, and Linux 7.1 precopy-info v2 with REINIT (the
 // simulator's --precopy-v2 / --reinit-after), down to the ioctl and up to the CLI.
 
 import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "./assert.ts";
@@ -73,7 +73,7 @@ Deno.test("live: an impossible limit ends by --max-precopy with switchReason max
   });
 });
 
-Deno.test("live: SIGUSR1 during pre-copy switches to stop-copy at once (switchReason requested)", async () => {
+Deno.test("live: SIGUSR2 during pre-copy switches to stop-copy at once (switchReason requested)", async () => {
   await withTemp(async (t) => {
     const [a, b, file, log] = [`${t}/a`, `${t}/b`, `${t}/live.vfmig`, `${t}/a.log`];
     await simCreate(a, "--size", "16M", "--rate", "4G", "--seed", "9");
@@ -82,7 +82,7 @@ Deno.test("live: SIGUSR1 during pre-copy switches to stop-copy at once (switchRe
       ["save", "--live", "--json", "--downtime-limit", "1", "--max-precopy", "60000", "--device", `sim:${a}`, file],
       { env: { VFIO_MIG_SIM_LOG: log } },
     );
-    // Pre-copy has begun (and the SIGUSR1 listener is in place) once the data_fd is read.
+    // Pre-copy has begun (and claims the switchover) once the data_fd is read.
     const end = performance.now() + 15_000;
     while (!(await logLines(log)).some((l) => l.key === "read:data_fd")) {
       assert(performance.now() < end, "pre-copy did not start");
@@ -90,7 +90,7 @@ Deno.test("live: SIGUSR1 during pre-copy switches to stop-copy at once (switchRe
     }
     await sleep(200);
     const sent = performance.now();
-    p.kill("SIGUSR1");
+    p.kill("SIGUSR2");
     const r = await p.done(20_000);
     assertEquals(r.code, 0, show(r));
     assert(performance.now() - sent < 10_000, "switched soon after the signal");

@@ -134,8 +134,13 @@ export async function killAll(): Promise<void> {
   }
 }
 
+/**
+ * vfio-mig as bin/vfio-mig starts it: SIGUSR1 blocked from exec (README "Security"), so
+ * cli.ts runs at once, without its re-exec (tests/security_test.ts runs both ways).
+ */
 export function vfioMig(args: string[], opts: { env?: Record<string, string>; net?: boolean } = {}): Proc {
-  return new Proc(DENO, ["run", "--allow-ffi", ...(opts.net === false ? [] : ["--allow-net"]), CLI, ...args], opts);
+  const flags = ["--allow-ffi", ...(opts.net === false ? [] : ["--allow-net"])];
+  return new Proc("env", ["--block-signal=USR1", "--ignore-signal=USR2", DENO, "run", ...flags, CLI, ...args], opts);
 }
 
 /** Runs vfio-mig to the end (bounded by ms). */

@@ -1,4 +1,5 @@
-// src/signals.ts: SIGINT/SIGTERM go to the newest claim; a signal that comes as a claim
+// src/signals.ts: SIGINT/SIGTERM/SIGHUP go to the newest claim, SIGUSR2 to the newest
+// switchover claim; a signal that comes as a claim
 // is released reaches the fallback (the command line's); releasing the last claim gives the process
 // the default action back. Each case runs in a child process (the test runner has its
 // own SIGINT listener), which signals itself and prints what its handlers saw.
@@ -9,7 +10,9 @@ const SIGNALS = new URL("../src/signals.ts", import.meta.url).href;
 
 async function child(body: string): Promise<{ out: string; signal: Deno.Signal | null }> {
   const code = `
-    import { claimSignals, dropUnclaimedSignal, onUnclaimedSignal } from ${JSON.stringify(SIGNALS)};
+    import { claimSignals, claimSwitchover, dropUnclaimedSignal, holdSwitchoverSignal, onUnclaimedSignal } from ${
+    JSON.stringify(SIGNALS)
+  };
     const got: string[] = [];
     const until = async (n: number) => {
       const end = performance.now() + 5000;
@@ -69,4 +72,36 @@ Deno.test("signals: once the fallback is dropped (a command that does not claim 
     await new Promise((r) => setTimeout(r, 3000));
     got.push("survived");`);
   assertEquals(r, { out: "", signal: "SIGINT" });
+});
+
+Deno.test("signals: SIGHUP is an interrupt like SIGINT and SIGTERM", async () => {
+  const r = await child(`
+    const release = claimSignals((s) => got.push(s));
+    Deno.kill(Deno.pid, "SIGHUP");
+    await until(1);
+    release();`);
+  assertEquals(r, { out: "SIGHUP", signal: null });
+});
+
+Deno.test("signals: SIGUSR2 goes to the newest switchover claim; with none it does nothing, never the default kill", async () => {
+  const r = await child(`
+    holdSwitchoverSignal();
+    const release = claimSwitchover(() => got.push("switch"));
+    Deno.kill(Deno.pid, "SIGUSR2");
+    await until(1);
+    release();
+    Deno.kill(Deno.pid, "SIGUSR2");
+    await new Promise((r) => setTimeout(r, 1500));
+    got.push("survived");`);
+  assertEquals(r, { out: "switch,survived", signal: null });
+});
+
+Deno.test("signals: without holdSwitchoverSignal (a library's process) SIGUSR2 keeps its default action", async () => {
+  const r = await child(`
+    const release = claimSwitchover(() => got.push("switch"));
+    Deno.kill(Deno.pid, "SIGUSR2");
+    await new Promise((r) => setTimeout(r, 1500));
+    release();
+    got.push("survived");`);
+  assertEquals(r, { out: "", signal: "SIGUSR2" });
 });

@@ -50,8 +50,18 @@ interface Proc {
 }
 
 function spawn(args: string[], env: Record<string, string>, net = false): Proc {
-  const child = new Deno.Command(DENO, {
-    args: ["run", "--allow-ffi", ...(net ? ["--allow-net"] : []), CLI, ...args],
+  // As bin/vfio-mig starts it: SIGUSR1 blocked from exec, no re-exec (README "Security").
+  const child = new Deno.Command("env", {
+    args: [
+      "--block-signal=USR1",
+      "--ignore-signal=USR2",
+      DENO,
+      "run",
+      "--allow-ffi",
+      ...(net ? ["--allow-net"] : []),
+      CLI,
+      ...args,
+    ],
     cwd: ROOT,
     env: { ...BASE_ENV, ...env },
     stdin: "null",
@@ -183,16 +193,16 @@ interface SignalCase {
   op: "save" | "load";
   live: boolean;
   phase: string;
-  sig: "SIGINT" | "SIGTERM";
+  sig: "SIGINT" | "SIGTERM" | "SIGHUP";
 }
 
 const SIGNAL_CASES: SignalCase[] = [
   ...["setup", "stop-copy", "finish"].map((phase) => ({ op: "save" as const, live: false, phase })),
   ...["setup", "pre-copy", "stop-copy", "finish"].map((phase) => ({ op: "save" as const, live: true, phase })),
   ...["resume", "finish"].map((phase) => ({ op: "load" as const, live: false, phase })),
-].flatMap((c) => (["SIGINT", "SIGTERM"] as const).map((sig) => ({ ...c, sig })));
+].flatMap((c) => (["SIGINT", "SIGTERM", "SIGHUP"] as const).map((sig) => ({ ...c, sig })));
 
-Deno.test("SIGINT and SIGTERM in every phase of save (offline, live) and load: exit 130, devices restored", async () => {
+Deno.test("SIGINT, SIGTERM and SIGHUP in every phase of save (offline, live) and load: exit 130, devices restored", async () => {
   await withTemp(async (t) => {
     await pool(SIGNAL_CASES, 2, async (c) => {
       const what = `${c.sig} at ${c.op}${c.live ? " --live" : ""} ${c.phase}`;
@@ -416,3 +426,139 @@ Deno.test("disk full (a 1 MiB tmpfs): save fails with ENOSPC, source RUNNING, no
     }
   });
 });
+
+// ---------------------------------------------------------------------------
+// Hangups: a terminal that closes under a save, nohup, and a second signal while the
+// devices are being put back.
+
+/** Makes this test process the reaper of orphans below it (prctl PR_SET_CHILD_SUBREAPER), so their exit can be waited for. */
+function becomeSubreaper(): void {
+  const lib = Deno.dlopen("libc.so.6", { prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" } });
+  try {
+    assertEquals(lib.symbols.prctl(36, /* PR_SET_CHILD_SUBREAPER */ 1n, 0n, 0n, 0n), 0, "prctl");
+  } finally {
+    lib.close();
+  }
+}
+
+Deno.test("a terminal that hangs up under save at stop-copy: SIGHUP, the line lost to EIO, exit 130, source RUNNING, no output", async () => {
+  if (!which("script")) {
+    console.log("skipped: script (util-linux) not found");
+    return;
+  }
+  await withTemp(async (t) => {
+    const [a, out, log, ev] = [`${t}/a`, `${t}/out`, `${t}/calls.log`, `${t}/ev.jsonl`];
+    Deno.mkdirSync(out);
+    createDevice(a, 3, 4 * MiB);
+    const crcA = crcOf(a);
+    becomeSubreaper();
+    // script(1) gives the save a terminal (stdout and stderr) whose session it leads; killing
+    // script closes the terminal's master: the kernel hangs it up and sends SIGHUP.
+    const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+    const cmd = `exec ${q(DENO)} run --allow-ffi ${q(CLI)} save --device ${q(`sim:${a}`)} ${q(`${out}/s.vfmig`)} ` +
+      `--events ${q(ev)}`;
+    const script = new Deno.Command("script", {
+      args: ["-qfec", cmd, "/dev/null"],
+      cwd: ROOT,
+      env: { ...BASE_ENV, VFIO_MIG_PAUSE_AT: "stop-copy", VFIO_MIG_SIM_LOG: log },
+      stdin: "piped", // held open: script ends with its child, not at stdin's EOF
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    let tty = "";
+    const dec = new TextDecoder();
+    const reading = (async () => {
+      for await (const c of script.stdout) tty += dec.decode(c, { stream: true });
+    })();
+    await waitFor(() => tty, /paused at stop-copy/, "the save pausing at stop-copy");
+    const pid = logOf(log)[0]?.pid as number;
+    assert(pid > 0, "the save's pid");
+    assertEquals(stateOf(a), DeviceState.STOP_COPY, "the source is in STOP_COPY when the terminal goes");
+    script.kill("SIGKILL");
+    await script.status;
+    await reading;
+    const { waitChild } = await import("../ffi/process.ts");
+    const st = await Promise.race([
+      waitChild(pid),
+      new Promise<never>((_, rej) => setTimeout(() => rej(new Error("the save did not end within 20 s")), 20_000)),
+    ]);
+    assertEquals(
+      st,
+      { code: 130, signal: null },
+      `exit 130, not a death by SIGHUP (129) nor a failure (1); the last events:\n${readText(ev).slice(-1500)}`,
+    );
+    assertEquals(stateOf(a), RUNNING, "source back to RUNNING");
+    assertEquals(crcOf(a), crcA, "source state intact");
+    assertEquals(ls(out), [], "no output file, complete or partial");
+    checkLog(logOf(log), "hangup at stop-copy");
+    const last = readText(ev).trim().split("\n").map((l) => JSON.parse(l)).at(-1);
+    assertEquals([last.type, last.exitCode], ["error", 130]);
+    assertMatch(last.message, /interrupted by SIGHUP/);
+  });
+});
+
+Deno.test("nohup: a SIGHUP ignored at start stays ignored; the live save goes on and ends on SIGUSR2", async () => {
+  await withTemp(async (t) => {
+    const [a, b, file, log] = [`${t}/a`, `${t}/b`, `${t}/s.vfmig`, `${t}/calls.log`];
+    new SimStore(host, a).create({ model: "bulk", size: 16 * MiB, seed: 5, rate: 4 * 1024 ** 3 });
+    createDevice(b, 6, 16 * MiB);
+    const cmd = `trap '' HUP; exec "$0" run --allow-ffi "$1" save -q --live --json --downtime-limit 1 ` +
+      `--device "sim:$2" "$3"`;
+    const p = new Deno.Command("sh", {
+      args: ["-c", cmd, DENO, CLI, a, file],
+      cwd: ROOT,
+      env: { ...BASE_ENV, VFIO_MIG_SIM_LOG: log },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const out = p.output();
+    const end = Date.now() + 30_000;
+    while (!logOf(log).some((l) => l.key === "read:data_fd")) {
+      assert(Date.now() < end, "pre-copy did not start");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    p.kill("SIGHUP");
+    await new Promise((r) => setTimeout(r, 1000));
+    assertEquals(stateOf(a), DeviceState.PRE_COPY, "still in pre-copy after the SIGHUP");
+    p.kill("SIGUSR2");
+    const r = await out;
+    const err = new TextDecoder().decode(r.stderr);
+    assertEquals([r.code, r.signal], [0, null], err);
+    assertEquals(JSON.parse(new TextDecoder().decode(r.stdout)).switchReason, "requested");
+    await spawn(["load", "-q", "--device", `sim:${b}`, file], {}).done;
+    assertEquals(crcOf(b), crcOf(a));
+  });
+});
+
+Deno.test("a second signal while an operation stops says what it does and what a SIGKILL would leave; it does not cut it short", async () => {
+  const session = new URL("../src/migrate/session.ts", import.meta.url).href;
+  const code = `
+    import { Cancellation } from ${JSON.stringify(session)};
+    const c = new Cancellation().install();
+    Deno.kill(Deno.pid, "SIGINT");
+    while (!c.signal) await new Promise((r) => setTimeout(r, 5));
+    Deno.kill(Deno.pid, "SIGHUP");
+    await new Promise((r) => setTimeout(r, 300));
+    console.log(c.signal);
+    c.uninstall();`;
+  const out = await new Deno.Command(DENO, { args: ["eval", "--ext=ts", code], stdout: "piped", stderr: "piped" })
+    .output();
+  const err = new TextDecoder().decode(out.stderr).trim();
+  assertEquals([out.code, new TextDecoder().decode(out.stdout).trim()], [0, "SIGINT"], err);
+  assertEquals(err.split("\n").length, 1, err);
+  assertMatch(
+    err,
+    /^vfio-mig: SIGHUP again: still putting the devices back .* after SIGINT; a SIGKILL now abandons that and leaves each device as it is \(mid-migration: STOP_COPY, PRE_COPY or RESUMING; then 'vfio-mig reset'\)$/,
+  );
+});
+
+function which(cmd: string): boolean {
+  return (Deno.env.get("PATH") ?? "").split(":").some((d) => {
+    try {
+      return Deno.statSync(`${d}/${cmd}`).isFile;
+    } catch {
+      return false;
+    }
+  });
+}

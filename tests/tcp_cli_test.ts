@@ -257,7 +257,7 @@ Deno.test("tcp: TLS with --tls-ca moves the state; an untrusted or CA certificat
 Deno.test("tcp: while a peer migrates, a second client is refused and its device left alone", async () => {
   await withTemp(async (t) => {
     const [a, b, c, alog, blog, clog] = [`${t}/a`, `${t}/b`, `${t}/c`, `${t}/a.log`, `${t}/b.log`, `${t}/c.log`];
-    // A source that never converges holds the connection until SIGUSR1.
+    // A source that never converges holds the connection until SIGUSR2.
     await simCreate(a, "--size", "16M", "--rate", "4G", "--seed", "32");
     await simCreate(b, "--size", "16M", "--seed", "33");
     await simCreate(c, "--size", "16M", "--seed", "34");
@@ -282,7 +282,7 @@ Deno.test("tcp: while a peer migrates, a second client is refused and its device
     assertEquals(second.code, 1, show(second));
     assertMatch(second.stderr.trim(), /^vfio-mig: cannot connect to tcp:\/\/127\.0\.0\.1:\d+: .*refused/i);
     await assertUntouched(c, clog, shaC, "the second client's device");
-    first.kill("SIGUSR1");
+    first.kill("SIGUSR2");
     const r = await first.done(30_000);
     assertEquals(r.code, 0, show(r));
     assertEquals(jsonOf(r.stdout).switchReason, "requested");

@@ -46,4 +46,4 @@ export function hex(n: number | null | undefined, width = 4): string {
 
 export const EXIT_CODES_HELP = `Exit codes: 0 success, 1 failure (a device step or I/O failed), 2 usage error,
 3 device not found / not openable / not migratable, 4 stream damaged or for another
-device, 130 interrupted (SIGINT/SIGTERM).`;
+device, 130 interrupted (SIGINT, SIGTERM or SIGHUP; SIGQUIT still quits at once).`;

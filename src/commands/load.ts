@@ -16,7 +16,7 @@ import {
   TcpServerConn,
   TcpSource,
 } from "../transport/tcp.ts";
-import { FdSource, openStreamSource, type StreamSource } from "../transport/transport.ts";
+import { FdSource, loadInput, openStreamSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
@@ -91,6 +91,8 @@ type, driver) before touching the device, then moves it to RESUMING, writes each
 chunk once its checksum matched, and on a complete stream STOP (the driver validates)
 then RUNNING. A truncated or corrupted stream, or any failure after RESUMING, resets
 the device (the only way to abort RESUMING); it is then RUNNING with its old state lost.
+file:PATH (QEMU's URI) is PATH; a tcp: address is refused: vfio-mig listens only
+where --listen says; any other NAME:... input is refused (./NAME:... is the file).
 
 A FILE (or standard input redirected from a file) is first checked whole, before
 the device is touched: every chunk's checksum, the record order, the trailer and
@@ -186,7 +188,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
   if (values.listen !== undefined && positionals.length > 0) {
     throw new VfioMigError("load: give either an input FILE or --listen, not both", "usage");
   }
-  const from = values.listen !== undefined ? `tcp listener ${values.listen}` : positionals[0] ?? "-";
+  const from = values.listen !== undefined ? `tcp listener ${values.listen}` : loadInput(positionals[0] ?? "-");
   const maps = parseMaps(values.map ?? []);
   if (maps.length && values.device?.length) {
     throw new VfioMigError("load: give the destinations with --device (in order) or with --map, not both", "usage");

@@ -6,7 +6,7 @@ import { type FailureScope, noteFailureStates, withFailureReport } from "../migr
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/precopy.ts";
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
-import { openSink, type Sink } from "../transport/transport.ts";
+import { openSink, saveTarget, type Sink } from "../transport/transport.ts";
 import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
 import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
 import { freshOpenWarnings } from "../device/family.ts";
@@ -22,7 +22,7 @@ export function liveSummary(r: SaveResult): string {
   const why = r.switchReason === "converged"
     ? `converged under the ${r.downtimeLimitMs} ms limit`
     : r.switchReason === "requested"
-    ? "switched on request (SIGUSR1)"
+    ? "switched on request (SIGUSR2)"
     : "stopped by --max-precopy";
   const bw = r.bandwidth ? ` at ${formatBytes(r.bandwidth)}/s` : "";
   const toRunning = r.downtimeToRunningMs !== null ? ` (${ms(r.downtimeToRunningMs)} until the destination ran)` : "";
@@ -77,6 +77,8 @@ STOP (or RUNNING with --resume). A file is written under a temporary name and
 appears only when complete; over TCP, save succeeds only when the destination
 reports it loaded the state. On failure the device is returned to the state it was found in
 (RUNNING normally; reset as a last resort) and nothing complete-looking is left.
+QEMU's migrate URIs tcp:HOST:PORT and file:PATH are taken as tcp://HOST:PORT and
+PATH; any other NAME:... output is refused (./NAME:... is a file so named).
 
 Options:
   -d, --device D     PCI address (0000:3b:00.1), mdev UUID, sysfs path,
@@ -86,8 +88,9 @@ Options:
       --live         pre-copy while the device runs, then stop it when the rest fits
                      the downtime limit at the measured bandwidth (needs PRE_COPY);
                      never before the initial data was sent (over tcp://: loaded by
-                     the destination; again after a Linux 7.1 REINIT); SIGUSR1
-                     switches to stop-copy at once
+                     the destination; again after a Linux 7.1 REINIT); kill -USR2
+                     switches to stop-copy at its next decision (a SIGUSR2 before
+                     pre-copy: after its first round; without --live: ignored)
       --downtime-limit MS  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS})
       --max-precopy MS  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS})
 ${NETWORK_HELP}
@@ -138,7 +141,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
       "usage",
     );
   }
-  const target = positionals[0];
+  const target = saveTarget(positionals[0]); // QEMU's tcp:H:P and file:P too; other URIs refused
   const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS);
   const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS);
   const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];

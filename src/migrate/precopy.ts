@@ -6,7 +6,7 @@
 // Switch when estimate and exact both fit the threshold and the initial data has been
 // sent (and, over a two-way transport, loaded by the destination: switchover-ack; after
 // a REINIT the new initial data must be sent and acknowledged again);
-// or when the user asks (SIGUSR1), or after --max-precopy.
+// or when the user asks (SIGUSR2), or after --max-precopy.
 
 export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
 export const DEFAULT_MAX_PRECOPY_MS = 60_000;

@@ -129,7 +129,7 @@ export interface SaveResult {
   stopCopyMs: number;
   /** Pre-copy iterations (live saves). */
   iterations: number;
-  /** Why pre-copy ended: converged, max-precopy, requested (SIGUSR1); null for offline saves. */
+  /** Why pre-copy ended: converged, max-precopy, requested (SIGUSR2 or Cancellation.requestSwitchover); null for offline saves. */
   switchReason: SwitchReason | null;
   /** Measured pre-copy bandwidth the switchover was judged by, bytes/s, or null. */
   bandwidth: number | null;
@@ -504,8 +504,9 @@ function initAcked(sink: Sink, markers: number): boolean {
 /**
  * Pre-copy: each round reads every device in turn, one chunk at a time, until each has
  * nothing now (or ITERATION_MS passed); then one policy judges the sum of what the
- * devices report (QEMU sums every device's estimate against one threshold). SIGUSR1
- * asks for the switch at once. Returns why pre-copy ended and the DEV_INIT_DATA_SENT
+ * devices report (QEMU sums every device's estimate against one threshold). A
+ * switchover request (cancel.requestSwitchover: SIGUSR2 on the command line) ends it at
+ * the next decision. Returns why pre-copy ended and the DEV_INIT_DATA_SENT
  * markers written.
  */
 async function precopy(
@@ -516,10 +517,7 @@ async function precopy(
   cancel: Cancellation,
   events: Events,
 ): Promise<{ reason: SwitchReason; markers: number }> {
-  const onUsr1 = () => policy.requested = true;
-  try {
-    Deno.addSignalListener("SIGUSR1", onUsr1);
-  } catch { /* no SIGUSR1 here */ }
+  const unswitch = cancel.onSwitchover(() => policy.requested = true);
   let markers = 0;
   let acks = sink.initAcks ?? 0;
   const start = performance.now();
@@ -615,9 +613,7 @@ async function precopy(
       if (bytes === 0) await sleep(5);
     }
   } finally {
-    try {
-      Deno.removeSignalListener("SIGUSR1", onUsr1);
-    } catch { /* was not added */ }
+    unswitch();
   }
 }
 

@@ -1,23 +1,37 @@
-// What save and load share: cancellation on SIGINT/SIGTERM, the devices' state changes
-// told to the events, the stream identity of a device, and putting a device back in a
-// safe state.
+// What save and load share: cancellation on SIGINT/SIGTERM/SIGHUP and the switchover
+// request (SIGUSR2), the devices' state changes told to the events, the stream identity
+// of a device, and putting a device back in a safe state.
 
 import { SysError } from "../../ffi/errno.ts";
 import type { VfioDevice } from "../device/open.ts";
 import { InterruptedError, VfioMigError } from "../errors.ts";
 import { nextTurn } from "../io.ts";
-import { claimSignals } from "../signals.ts";
+import { claimSignals, claimSwitchover } from "../signals.ts";
 import { DeviceState, stateName } from "../vfio/state_machine.ts";
 import type { StateObserver } from "../vfio/v2.ts";
 import type { Events } from "../events/events.ts";
 import { observeV1 } from "./protocol.ts";
 import type { StreamIdentity } from "../stream/format.ts";
 
-/** Set by signal listeners; checked between chunks (the data path is synchronous). */
+/**
+ * An operation's interruption and switchover requests: set by signal listeners once
+ * install()ed (the command line does), or by a library caller itself (requestSwitchover()
+ * asks a live save to leave pre-copy; no signal is bound then). Checked between chunks
+ * (the data path is synchronous).
+ */
 export class Cancellation {
   signal: string | null = null;
+  /** A live save should leave pre-copy at its next decision (SIGUSR2, or requestSwitchover). */
+  switchoverRequested = false;
+  /**
+   * What the operation does once interrupted, for the line a second signal prints (the
+   * operation may set a more precise phrase while it puts its devices back).
+   */
+  stopping = "putting the devices back in their documented states";
   #last = 0;
   #release: (() => void) | null = null;
+  #releaseSwitchover: (() => void) | null = null;
+  readonly #switchoverListeners = new Set<() => void>();
   readonly #abort = new AbortController();
 
   /** Aborted (reason: an InterruptedError) when a signal comes: for waits that are not between chunks (network). */
@@ -25,18 +39,49 @@ export class Cancellation {
     return this.#abort.signal;
   }
 
-  /** Catches SIGINT/SIGTERM for the life of an operation (src/signals.ts). */
+  /**
+   * Catches the interrupts (SIGINT, SIGTERM, SIGHUP) and the switchover signal (SIGUSR2)
+   * for the life of an operation (src/signals.ts). A second interrupt does not cut the
+   * cleanup short: it prints one line saying what the cleanup does and what a SIGKILL
+   * would leave.
+   */
   install(): this {
     this.#release ??= claimSignals((sig) => {
+      if (this.signal) {
+        stderrLine(
+          `vfio-mig: ${sig} again: still ${this.stopping} after ${this.signal}; a SIGKILL now abandons that and ` +
+            "leaves each device as it is (mid-migration: STOP_COPY, PRE_COPY or RESUMING; then 'vfio-mig reset')",
+        );
+        return;
+      }
       this.signal = sig;
       if (!this.#abort.signal.aborted) this.#abort.abort(new InterruptedError(sig));
     });
+    this.#releaseSwitchover ??= claimSwitchover(() => this.requestSwitchover());
     return this;
   }
 
   uninstall(): void {
     this.#release?.();
     this.#release = null;
+    this.#releaseSwitchover?.();
+    this.#releaseSwitchover = null;
+  }
+
+  /** Asks a live save to switch over (leave pre-copy) at its next decision; does nothing elsewhere. */
+  requestSwitchover(): void {
+    this.switchoverRequested = true;
+    for (const fn of [...this.#switchoverListeners]) fn();
+  }
+
+  /**
+   * `fn` runs on each switchover request from now on, and at once if one already came
+   * (before pre-copy started, say). Returns the unbinding.
+   */
+  onSwitchover(fn: () => void): () => void {
+    this.#switchoverListeners.add(fn);
+    if (this.switchoverRequested) fn();
+    return () => this.#switchoverListeners.delete(fn);
   }
 
   /** Throws if a signal came. */
@@ -53,6 +98,13 @@ export class Cancellation {
     }
     this.check();
   }
+}
+
+/** One line on stderr, if it can be written (a hung-up terminal gives EIO: the line is lost, nothing else changes). */
+function stderrLine(line: string): void {
+  try {
+    console.error(line);
+  } catch { /* stderr is gone */ }
 }
 
 /**

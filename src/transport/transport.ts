@@ -466,3 +466,82 @@ export function openStreamSource(sys: Sys, from: string): StreamSource {
     throw e;
   }
 }
+
+// ---------------------------------------------------------------------------
+// The command line's positional output (save) and input (load). Operators type QEMU's
+// migrate URIs (docs/devel/migration/main.rst: tcp:HOST:PORT, file:PATH[,offset=N],
+// exec:CMD, unix:PATH, fd:NAME, rdma:, vsock:); a positional argument never silently
+// becomes a file named like one.
+
+/** A positional that starts like a URI: a scheme of two or more letters, then ':'. */
+const SCHEME = /^([a-zA-Z][a-zA-Z0-9+.-]+):/;
+
+function fileUri(arg: string, cmd: string): string {
+  const path = arg.slice("file:".length);
+  if (path === "") throw new VfioMigError(`${cmd}: file: needs a path (file:PATH)`, "usage");
+  if (/,offset=/.test(path)) {
+    throw new VfioMigError(`${cmd}: ${arg}: QEMU's ,offset= is not supported; give the path alone`, "usage");
+  }
+  return path;
+}
+
+function notAUri(arg: string, cmd: string, scheme: string): VfioMigError {
+  const why = scheme === "exec"
+    ? "exec: is not supported (it would run a command line as root from an argument); use a pipe: " +
+      (cmd === "save" ? "save … - | CMD" : "CMD | vfio-mig load … -")
+    : `${scheme}: is not a transport vfio-mig has (${
+      cmd === "save"
+        ? "FILE, -, tcp://HOST:PORT, tcp:HOST:PORT or file:PATH"
+        : "FILE, -, file:PATH or --listen HOST:PORT"
+    })`;
+  return new VfioMigError(`${cmd}: ${arg}: ${why}; for a file of that name write ./${arg}`, "usage");
+}
+
+/**
+ * save's positional, normalized: "-" (standard output), "tcp://HOST:PORT" (also from
+ * QEMU's tcp:HOST:PORT, IPv6 as [::1]), or a path (also from QEMU's file:PATH). A path
+ * that starts like a URI (`name:`) is refused: `./name:…` is the file. Throws
+ * VfioMigError (usage) for every refusal.
+ */
+export function saveTarget(arg: string): string {
+  if (arg === "-" || arg.startsWith("tcp://")) return arg;
+  const scheme = SCHEME.exec(arg)?.[1];
+  if (scheme === undefined) return arg;
+  if (scheme === "file") return fileUri(arg, "save");
+  if (scheme === "tcp") {
+    const hostPort = arg.slice("tcp:".length);
+    if (!/^(\[[^\]]+\]|[^:/\[\]]+):\d+$/.test(hostPort)) {
+      throw new VfioMigError(`save: ${arg}: expected tcp:HOST:PORT (or tcp://HOST:PORT)`, "usage");
+    }
+    return `tcp://${hostPort}`;
+  }
+  throw notAUri(arg, "save", scheme);
+}
+
+/**
+ * load's positional, normalized: "-" (standard input) or a path (also from QEMU's
+ * file:PATH). A tcp: or tcp:// address is refused naming --listen: QEMU's
+ * `-incoming tcp:0:PORT` listens on every interface, and vfio-mig never listens where it
+ * was not told to. Any other `name:` start is refused (`./name:…` is the file). Throws
+ * VfioMigError (usage).
+ */
+export function loadInput(arg: string): string {
+  if (arg === "-") return arg;
+  const scheme = SCHEME.exec(arg)?.[1];
+  if (scheme === undefined) return arg;
+  if (scheme === "file") return fileUri(arg, "load");
+  if (scheme === "tcp") {
+    const m = /^tcp:(?:\/\/)?(\[[^\]]*\]|[^:]*):(\d+)\/?$/.exec(arg);
+    const host = m?.[1] ?? "";
+    const listen = !m
+      ? "--listen HOST:PORT"
+      : host === "" || host === "0" || host === "0.0.0.0" || host === "[::]"
+      ? `--listen 0.0.0.0:${m[2]} (every interface, as QEMU's tcp:0: is; --listen ${m[2]} is loopback only)`
+      : `--listen ${host}:${m[2]}`;
+    throw new VfioMigError(
+      `load: ${arg}: load reads a FILE or -; to accept a 'vfio-mig save … tcp://' peer give ${listen}`,
+      "usage",
+    );
+  }
+  throw notAUri(arg, "load", scheme);
+}

@@ -6,6 +6,9 @@
 //   deno run --allow-ffi tests/kernel/guest/as_user.ts UID vfio-mig-args...
 
 import { main } from "../../../cli.ts";
+import { runWithoutInspectorSignal } from "../../../src/launch.ts";
+
+runWithoutInspectorSignal(); // as cli.ts does: SIGUSR1 blocked (re-executes this script once), before the drop
 
 const [uid, ...args] = Deno.args;
 const id = Number(uid);
