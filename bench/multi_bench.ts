@@ -98,7 +98,7 @@ async function setup(): Promise<void> {
     if (m && m.size === SIZE && (src ? m.yieldRate === RATE : !m.yieldRate)) return;
     const seed = src ? 100 + k : 200 + k;
     await sh(
-      `${TOOL} sim create ${shq(d)} --model bulk --size ${SIZE} --seed ${seed}` +
+      `rm -rf ${shq(d)} && ${TOOL} sim create ${shq(d)} --model bulk --size ${SIZE} --seed ${seed}` +
         (src ? ` --yield-rate ${RATE}` : ""),
     );
   }));

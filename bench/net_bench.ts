@@ -179,7 +179,11 @@ async function main() {
     dmaLatencyHeld: dma !== null,
   };
   const create = (path: string, seed: number, rate = 0) =>
-    sh(`${TOOL} sim create ${path} --size ${SIZE} --seed ${seed}${rate ? ` --rate ${Math.round(rate)}` : ""}`);
+    sh(
+      `rm -rf ${shq(path)} && ${TOOL} sim create ${path} --size ${SIZE} --seed ${seed}${
+        rate ? ` --rate ${Math.round(rate)}` : ""
+      }`,
+    );
   try {
     await create(A, 1);
     await create(B, 2);

@@ -107,7 +107,7 @@ console.log("size   what                          resident  executable  anonymou
 try {
   for (const size of opt.sizes!.split(",").map((s) => parseSize(s.trim()))) {
     const dev = `${opt.dir}/dev-${sizeLabel(size)}`;
-    await sh(`${cli} sim create ${shq(dev)} --model bulk --size ${size} --seed 1 >/dev/null`);
+    await sh(`rm -rf ${shq(dev)} && ${cli} sim create ${shq(dev)} --model bulk --size ${size} --seed 1 >/dev/null`);
     const save = await peaks(
       `${cli} save -q --device ${shq("sim:" + dev)} - > >(cat >/dev/null) & echo $!; wait $!`,
     );

@@ -44,10 +44,18 @@ export async function main(args: string[], guard?: Guard): Promise<number> {
   // would kill the process, mid-migration or not. Nothing claims it here: ignored.
   holdSwitchoverSignal();
   const [name, ...rest] = args;
-  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
+  if (name === undefined) {
+    console.error(usage()); // no command: a usage error, so the usage goes to stderr
+    return EXIT.USAGE;
+  }
+  if (name === "help" || name === "--help" || name === "-h") {
     const entry = COMMANDS.find((c) => c.name === rest[0]);
+    if (rest[0] !== undefined && !entry) {
+      console.error(`vfio-mig: help: no command '${rest[0]}' (commands: ${COMMANDS.map((c) => c.name).join(", ")})`);
+      return EXIT.USAGE;
+    }
     console.log(entry ? (await entry.load()).help : usage());
-    return name === undefined ? EXIT.USAGE : EXIT.OK;
+    return EXIT.OK;
   }
   if (name === "--version" || name === "version") {
     console.log(`vfio-mig ${VERSION}`);

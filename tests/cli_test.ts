@@ -428,7 +428,8 @@ Deno.test("top-level usage: --help exits 0, no command exits 2, unknown command 
   assertStringIncludes(help.stdout, "Usage: vfio-mig COMMAND");
   const none = await cli([]);
   assertEquals(none.code, 2, show(none));
-  assertStringIncludes(none.stdout, "Usage: vfio-mig COMMAND");
+  assertEquals(none.stdout, "", "a usage error prints nothing on stdout");
+  assertStringIncludes(none.stderr, "Usage: vfio-mig COMMAND");
   const unknown = await cli(["frobnicate"]);
   assertOneLineFailure(unknown, 2, "unknown command", "unknown command 'frobnicate'");
   const version = await cli(["--version"]);

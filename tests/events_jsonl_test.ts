@@ -81,7 +81,10 @@ Deno.test("jsonl: targets are checked before anything happens: usage errors (exi
     usage("fd:-1", /fd:N takes a descriptor number/);
     usage("fd:987654", /descriptor 987654 is not open \(EBADF\)/);
     usage("fd:1", /that descriptor carries the stream/, [1]);
-    usage(`${dir}/no/such/folder/ev.jsonl`, /cannot create it .*ENOENT/);
+    usage(
+      `${dir}/no/such/folder/ev.jsonl`,
+      /--events: cannot create .*ev\.jsonl: its folder .* does not exist \(create it first\)/,
+    );
     const fd = sys.open(`${dir}/ro`, O.RDONLY | O.CREAT | O.CLOEXEC, 0o644);
     try {
       usage(`fd:${fd}`, new RegExp(`descriptor ${fd} is open for reading only`));

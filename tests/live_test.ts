@@ -61,13 +61,13 @@ Deno.test("live: an impossible limit ends by --max-precopy with switchReason max
     assertEquals(await sha(b), await sha(a), "a forced switch still moves the whole state");
 
     // The text summary says it too.
-    await ok(["sim", "create", a, "--size", "16M", "--rate", "4G", "--seed", "7"]);
+    await ok(["sim", "create", a, "--size", "16M", "--rate", "4G", "--seed", "7", "--force"]);
     const txt = await ok(args);
     assertMatch(txt.stderr, /^saved .* device is STOP$/m);
     assertMatch(txt.stderr, /^pre-copy: \d+ iterations, .*stopped by --max-precopy; stop-copy .*; downtime \d/m);
     assertMatch(txt.stderr, /^vfio-mig: note: pre-copy did not converge/m);
     // --quiet says nothing.
-    await ok(["sim", "create", a, "--size", "16M", "--rate", "4G", "--seed", "8"]);
+    await ok(["sim", "create", a, "--size", "16M", "--rate", "4G", "--seed", "8", "--force"]);
     const q = await ok([...args, "--quiet"]);
     assertEquals(q.stderr, "");
   });

@@ -187,3 +187,67 @@ Deno.test({
     }
   },
 });
+
+Deno.test("progress: the finish phase shows the bar full, whatever the size estimate said", () => {
+  const frames: string[] = [];
+  const bar = new ProgressBar({ write: (s) => frames.push(s), columns: () => 100 });
+  const ev = (t: number, type: string, f: Record<string, unknown> = {}) => bar.event({ v: 1, t, type, ...f });
+  ev(0, "start", { command: "save", mode: "offline" });
+  ev(1, "header", { mode: "offline", sizeEstimate: 512 * MiB });
+  ev(2, "phase", { phase: "stop-copy", edge: "start" });
+  ev(200, "progress", { phase: "stop-copy", bytes: 480 * MiB, rate: 500 * MiB, total: 512 * MiB });
+  assertMatch(bar.render(100), /480 MiB \/ ~512 MiB/);
+  ev(210, "phase", { phase: "stop-copy", edge: "end", bytes: 489 * MiB });
+  ev(211, "phase", { phase: "trailer", edge: "end", bytes: 489 * MiB + 40 });
+  ev(212, "phase", { phase: "finish", edge: "start" });
+  const last = frames.at(-1)!;
+  assert(last.startsWith(CLEAR), "a redraw");
+  assertMatch(last.slice(CLEAR.length), /^save finish {2}\[#{30}\] {2}489 MiB \/ ~489 MiB {2}/, JSON.stringify(last));
+  // A progress event in the finish phase does not bring the estimate back.
+  ev(300, "progress", { phase: "finish", bytes: 489 * MiB + 40, rate: 0, total: 512 * MiB });
+  assertMatch(bar.render(100), /\[#{30}\]/);
+});
+
+Deno.test({
+  name: "progress: save - | load - on one terminal: one bar (save's), never two on one line",
+  ignore: noScript !== null,
+  fn: async () => {
+    const t = await Deno.makeTempDir({ prefix: "vfio-mig-bar-" });
+    try {
+      const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+      const cli = `${q(Deno.execPath())} run --allow-ffi ${q(new URL("../cli.ts", import.meta.url).pathname)}`;
+      const sh = async (cmd: string, pty: boolean) => {
+        const out = await new Deno.Command(pty ? "script" : "sh", {
+          args: pty ? ["-qfec", `stty cols 100; ${cmd}`, "/dev/null"] : ["-c", cmd],
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const text = new TextDecoder().decode(out.stdout);
+        assert(out.success, `${cmd}: ${text}${new TextDecoder().decode(out.stderr)}`);
+        return text;
+      };
+      await sh(`${cli} sim create ${t}/a --model bulk --size 256M --seed 1 --yield-rate 256M`, false);
+      await sh(`${cli} sim create ${t}/b --model bulk --size 256M --seed 2`, false);
+      const tty = await sh(`${cli} save --device sim:${t}/a - | ${cli} load --device sim:${t}/b -`, true);
+      const drawn = tty.split(CLEAR).slice(1).map((f) => f.split("\r\n")[0]).filter((f) => f);
+      assert(
+        drawn.some((f) => f.startsWith("save stop-copy")),
+        `save's bar drawn: ${JSON.stringify(tty.slice(0, 300))}`,
+      );
+      const loads = drawn.filter((f) => f.startsWith("load "));
+      assertEquals(loads, [], "load draws no bar under save's");
+      assertMatch(tty, /saved 256(\.0)? MiB from .* to standard output/);
+      assertMatch(tty, /loaded 256(\.0)? MiB into /);
+      // load alone on a terminal still draws.
+      await sh(`${cli} save --device sim:${t}/a ${t}/s.vfmig`, false);
+      const alone = await sh(`cat ${t}/s.vfmig | ${cli} load --device sim:${t}/b -`, true);
+      assert(
+        alone.split(CLEAR).some((f) => f.startsWith("load ")),
+        `load's bar: ${JSON.stringify(alone.slice(0, 300))}`,
+      );
+    } finally {
+      await Deno.remove(t, { recursive: true });
+    }
+  },
+});

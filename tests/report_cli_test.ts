@@ -17,10 +17,13 @@ async function withEvents(fn: (dir: string, events: string) => Promise<void>): P
   }
 }
 
-Deno.test("report CLI: writes the HTML page and the SVG picture, quietly; --json says what was drawn", () =>
+Deno.test("report CLI: writes the HTML page and the SVG picture, says where (-q: not); --json says what was drawn", () =>
   withEvents(async (dir, events) => {
     const r = await ok(["report", events, "-o", `${dir}/r.html`]);
-    assertEquals([r.stdout, r.stderr], ["", ""]);
+    assertEquals(r.stdout, "");
+    assertMatch(r.stderr, new RegExp(`^wrote ${dir}/r\\.html: a page of \\d+ events\n$`));
+    const quiet = await ok(["report", "-q", events, "-o", `${dir}/q.html`]);
+    assertEquals([quiet.stdout, quiet.stderr], ["", ""]);
     const html = await Deno.readTextFile(`${dir}/r.html`);
     assertMatch(html, /^<!DOCTYPE html>/);
     assertStringIncludes(html, `class="mark switchover"`);
@@ -140,8 +143,11 @@ Deno.test("report CLI: usage errors are exit 2 with a line saying what to give",
       [["report", events, "-o", `${dir}/r.png`], /r\.png: the name should end in \.html or \.svg/],
       [["report", events, "--format", "pdf"], /--format takes html or svg \(not pdf\)/],
       [["report", `${dir}/missing.jsonl`], /missing\.jsonl: no such file/],
-      [["report", events, "-o", `${dir}/no/dir/r.html`], /cannot write .*r\.html: its folder does not exist/],
-      [["report", events, "--bogus"], /report: Unknown option '--bogus'/],
+      [
+        ["report", events, "-o", `${dir}/no/dir/r.html`],
+        /cannot create .*r\.html: its folder .*\/no\/dir does not exist \(create it first\)/,
+      ],
+      [["report", events, "--bogus"], /report: unknown option --bogus \(see 'vfio-mig report --help'\)/],
     ];
     for (const [args, re] of cases) {
       const r = await cli(args);

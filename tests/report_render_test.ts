@@ -56,7 +56,7 @@ function count(s: string, re: RegExp): number {
 function balanced(xml: string): string | null {
   const stack: string[] = [];
   const body = xml.replace(/<!DOCTYPE[^>]*>|<\?xml[^>]*\?>/gi, "");
-  const voids = new Set(["meta", "br", "hr", "img", "link", "input"]);
+  const voids = new Set(["meta", "br", "hr", "img", "link", "input", "col"]);
   for (const m of body.matchAll(/<(\/?)([a-zA-Z][a-zA-Z0-9]*)\b[^>]*?(\/?)>/g)) {
     const [, close, tag, self] = m;
     if (self || voids.has(tag.toLowerCase())) continue;

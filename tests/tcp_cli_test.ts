@@ -61,8 +61,8 @@ Deno.test("tcp: live migration converges; downtime to the last byte and to the d
     assertEquals(await sha(b), await sha(a));
     assertEquals([await stateOf(a), await stateOf(b)], ["STOP", "RUNNING"]);
     // The text summary of a live save over TCP.
-    await simCreate(a, "--size", "8M", "--rate", "1M", "--seed", "23");
-    await simCreate(b, "--size", "8M", "--seed", "24");
+    await simCreate(a, "--size", "8M", "--rate", "1M", "--seed", "23", "--force");
+    await simCreate(b, "--size", "8M", "--seed", "24", "--force");
     const { proc: dst2, port: port2 } = await listen(b, ["--token", TOKEN]);
     const txt = await ok(["save", "--live", "--device", `sim:${a}`, `tcp://127.0.0.1:${port2}`, "--token", TOKEN]);
     assertEquals((await dst2.done(30_000)).code, 0);
@@ -148,7 +148,7 @@ Deno.test("tcp: the token: wrong is refused (exit 1, destination untouched), mis
     assertEquals(await sha(b), shaA);
 
     // Without --token the listener makes one up and prints it; it works.
-    await simCreate(a, "--size", "4M", "--seed", "28");
+    await simCreate(a, "--size", "4M", "--seed", "28", "--force");
     const gen = await listen(b, []);
     assert(gen.token && gen.token.length === 32, `printed token: ${gen.proc.stderr}`);
     await ok(["save", "--device", `sim:${a}`, `tcp://127.0.0.1:${gen.port}`, "--token", gen.token!]);
@@ -235,7 +235,7 @@ Deno.test("tcp: TLS with --tls-ca moves the state; an untrusted or CA certificat
     assertEquals(await sha(b), await sha(a));
 
     // A CA certificate as the server's: the client says what is wrong with it.
-    await simCreate(a, "--size", "8M", "--seed", "31");
+    await simCreate(a, "--size", "8M", "--seed", "31", "--force");
     const caDst = await listen(b, tlsArgs(ca));
     const bad = await vfioMig([
       "save",

@@ -3,6 +3,7 @@ import { type CheckReport, CHECKS, runChecks } from "../check/conformance.ts";
 import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor } from "../device/open.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
 import { DeviceState } from "../vfio/state_machine.ts";
+import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 function table(rows: string[][]): string[] {
@@ -70,8 +71,10 @@ WARN / SKIP table with reasons:
 ${Object.entries(CHECKS).map(([k, v]) => `  ${k.padEnd(22)} ${v}`).join("\n")}
 
 The arc exploration requests, from every supported state, every state 0..7, except
-STOP_COPY -> PRE_COPY and -> PRE_COPY_P2P, which hang kernels 6.2 until the 2026
-fix. Any data_fd is closed at once; a RESUMING one is first fed the device's own
+STOP_COPY -> PRE_COPY and -> PRE_COPY_P2P, which Linux 6.2 and later spin forever on
+(a soft lockup in vfio_mig_get_next_state()) until the fix "vfio: prevent infinite
+loop in vfio_mig_get_next_state() on blocked arc" (2026; Linux 7.1 and stable
+kernels). Any data_fd is closed at once; a RESUMING one is first fed the device's own
 STOP_COPY image, so leaving RESUMING loads valid data. WARN does not fail the check
 (e.g. a device producing more than its MIG_DATA_SIZE estimate).
 
@@ -82,14 +85,21 @@ ends RUNNING, with its own saved state loaded back (a device that loses it at a 
 an open gets it back).
 
 Options:
-  -d, --device D   as for save (default: $VFIO_MIG_DEVICE or the only candidate)
+${deviceHelp(19)}
       --json       machine-readable report: every check, the findings (its FAILs and
                    WARNs) and the arc table
       --arcs       also print the arc table
   -h, --help       this help
 
-Exit codes: 0 no FAIL, 1 at least one FAIL, 2 usage error, 3 device not found,
-not openable or not migratable.`,
+${
+    examplesHelp([
+      "vfio-mig check --device 0000:3b:00.1",
+      "vfio-mig check --device sim:/tmp/a --arcs",
+      "vfio-mig check --device 0000:3b:00.1 --json > check.json",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3], { 0: "no FAIL", 1: "at least one FAIL, or a device step failed" })}`,
   async run(args) {
     const { values, positionals } = parse("check", args, {
       device: { type: "string", short: "d" },

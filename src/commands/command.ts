@@ -1,8 +1,5 @@
 // The shape of a CLI command, and the option parsing every command shares.
 
-import { parseArgs, type ParseArgsConfig } from "node:util";
-import { VfioMigError } from "../errors.ts";
-
 export interface Command {
   name: string;
   /** Full --help text. */
@@ -17,22 +14,8 @@ export interface Command {
   handlesSignals?: boolean;
 }
 
-type Options = NonNullable<ParseArgsConfig["options"]>;
-
-/** parseArgs with --help, and errors that say how to get help. */
-export function parse<O extends Options>(cmd: string, args: string[], options: O) {
-  try {
-    return parseArgs({
-      args,
-      options: { ...options, help: { type: "boolean", short: "h" } },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    const msg = e instanceof Error ? e.message.split("\n")[0] : String(e);
-    throw new VfioMigError(`${cmd}: ${msg} (see 'vfio-mig ${cmd} --help')`, "usage");
-  }
-}
+/** The option parser every command shares (src/commands/options.ts). */
+export { parse } from "./options.ts";
 
 export function printJson(value: unknown, toStderr = false): void {
   const text = JSON.stringify(value, null, 2);

@@ -2,6 +2,7 @@
 // them, `--map SRC=DST` for a multi-device stream, and the help text for several
 // devices (`save --device A --device B … OUT`, `load --device B1 --device B2 … IN`).
 
+import { deviceHelp } from "./help.ts";
 import type { Sys } from "../../ffi/sys.ts";
 import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
@@ -62,11 +63,7 @@ export function parseMaps(maps: string[]): { source: string; spec: string }[] {
 }
 
 /** What --device takes, for the help of the commands that open one device. */
-export const DEVICE_OPTION_HELP = `PCI address (0000:3b:00.1), mdev UUID, sysfs path,
-                   /dev/vfio/devices/vfioN, sim:PATH; pid:PID[:FD] borrows the
-                   device fd process PID holds (needs ptrace rights over it: root,
-                   or its user); fd:N uses an fd this process inherited.
-                   Default: $VFIO_MIG_DEVICE, else the only migratable device.`;
+export const DEVICE_OPTION_HELP = deviceHelp(19).slice(19);
 
 /** The device --device names, or the default one ($VFIO_MIG_DEVICE, else the only migratable one), open. */
 export async function openNamedDevice(spec: string | undefined): Promise<VfioDevice> {

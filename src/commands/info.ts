@@ -5,7 +5,8 @@ import { describeDevice, type DeviceReport } from "../device/describe.ts";
 import { survivesCloseText } from "../device/family.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { describeConfig } from "../pci/config.ts";
-import { type Command, EXIT_CODES_HELP, hex, parse, printJson } from "./command.ts";
+import { type Command, hex, parse, printJson } from "./command.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
 import { DEVICE_OPTION_HELP, openNamedDevice } from "./devices.ts";
 
 export { DEVICE_OPTION_HELP };
@@ -31,7 +32,15 @@ Options:
       --json       machine-readable output
   -h, --help       this help
 
-${EXIT_CODES_HELP}`,
+${
+    examplesHelp([
+      "vfio-mig info --device 0000:3b:00.1",
+      "vfio-mig info --device pid:$(pgrep -f qemu-system) --json",
+      "vfio-mig info --device sim:/tmp/a --protocol v1",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3])}`,
   async run(args) {
     const { values } = parse("info", args, {
       device: { type: "string", short: "d" },

@@ -7,6 +7,7 @@ import { formatQemuReport, inspectQemuStream, type QemuInspectReport } from "../
 import { readFileDescription } from "../qemu/description.ts";
 import { sniff } from "../qemu/sniff.ts";
 import { openSource, type Source } from "../transport/transport.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
 import { migrationFlagNames } from "../vfio/v2.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
@@ -239,8 +240,21 @@ Options:
       --dump-all   hexdump all of each record's data
   -h, --help       this help
 
-Exit codes: 0 the stream is intact, 4 it is damaged (truncated, corrupted, out of
-order, or not a vfio-mig stream), 2 usage error, 1 the input cannot be read.`,
+${
+    examplesHelp([
+      "vfio-mig inspect state.bin",
+      "vfio-mig save --device 0000:3b:00.1 - | vfio-mig inspect -",
+      "vfio-mig inspect --json --dump qemu-migration.bin",
+    ])
+  }
+
+${
+    exitCodesHelp([0, 1, 2, 4], {
+      0: "the stream is intact",
+      1: "the input cannot be read",
+      4: "it is damaged (truncated, corrupted, out of order, or not a vfio-mig stream)",
+    })
+  }`,
   async run(args) {
     const { values, positionals } = parse("inspect", args, {
       json: { type: "boolean" },

@@ -4,6 +4,7 @@ import { survivesCloseText } from "../device/family.ts";
 import { listDevices, type ListedDevice, type ListResult } from "../device/inventory.ts";
 import { loadBackendsFor } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 
 export { listDevices, type ListedDevice, type ListOptions, type ListResult } from "../device/inventory.ts";
@@ -87,7 +88,17 @@ Options:
       --include-sim DIR  also list simulated devices: DIR's subfolders holding a
                          device.json (or DIR itself); repeatable
       --no-open          sysfs facts only: open no group or device
-  -h, --help             this help`,
+  -h, --help             this help
+
+${
+    examplesHelp([
+      "vfio-mig list",
+      "vfio-mig list --json --no-open",
+      "vfio-mig list --include-sim /tmp/sims",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2], { 1: "failure (sysfs could not be read)" })}`,
   async run(args) {
     const { values, positionals } = parse("list", args, {
       json: { type: "boolean" },

@@ -17,7 +17,8 @@ import {
   TcpSource,
 } from "../transport/tcp.ts";
 import { FdSource, loadInput, openStreamSource, type StreamSource } from "../transport/transport.ts";
-import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
+import { type Command, parse, printJson } from "./command.ts";
+import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
 import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { freshOpenWarnings } from "../device/family.ts";
@@ -103,9 +104,7 @@ only as it is loaded: damage found then resets the device. To check a file
 without a device: vfio-mig verify FILE.
 
 Options:
-  -d, --device D     PCI address, mdev UUID, sysfs path, /dev/vfio/devices/vfioN, or
-                     sim:PATH. Default: $VFIO_MIG_DEVICE, else the only
-                     migration-capable VFIO device.
+${deviceHelp(21)}
       --no-start     leave the device in STOP after loading (default: RUNNING)
       --exec CMD ... after the load, run CMD (all the arguments that follow) with the
                      device fd inherited, its number in $VFIO_MIG_DEVICE_FD: a
@@ -133,8 +132,9 @@ Options:
                      other connection is closed.
 ${LISTEN_HELP}
 ${NETWORK_HELP}
-      --idle-timeout MS  fail when the peer sends nothing for MS (default ${DEFAULT_IDLE_TIMEOUT_MS})
-      --accept-timeout MS  give up when no peer authenticated within MS (default: wait)
+      --idle-timeout TIME  fail when the peer sends nothing for TIME (default ${DEFAULT_IDLE_TIMEOUT_MS / 1000}s)
+      --accept-timeout TIME  give up when no peer authenticated within TIME
+                     (default, or 0: wait until one does)
       --tls-cert FILE, --tls-key FILE  accept TLS connections (PEM)
       --json         print a summary as JSON
 ${EVENTS_HELP}
@@ -142,9 +142,19 @@ ${EVENTS_HELP}
   -h, --help         this help
 ${MULTI_LOAD_HELP}
 
-FILE defaults to '-' (standard input). Permissions: deno run --allow-ffi; --listen
-also needs --allow-net.
-${EXIT_CODES_HELP}`,
+FILE defaults to '-' (standard input). TIME is milliseconds, or a number with a
+unit: 500ms, 10s, 2m. Permissions: deno run --allow-ffi; --listen also needs
+--allow-net.
+
+${
+    examplesHelp([
+      "vfio-mig load --device 0000:3b:00.1 state.bin",
+      "zstd -d -q s.zst -o s.bin && vfio-mig inspect s.bin > /dev/null && vfio-mig load -d 0000:3b:00.1 s.bin",
+      "vfio-mig load --listen 0.0.0.0:7000 --token $T --device 0000:3b:00.1 --exec qemu-system-x86_64 ...",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3, 4, 130], { 0: "success (with --exec: CMD's exit code)" })}`,
   run(allArgs) {
     // Everything after --exec is the command (its own options are not ours).
     const ex = allArgs.indexOf("--exec");
@@ -169,12 +179,13 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
     protocol: { type: "string" },
     "qemu-id": { type: "string" },
     listen: { type: "string" },
-    "idle-timeout": { type: "string" },
-    "accept-timeout": { type: "string" },
-    "tls-cert": { type: "string" },
-    "tls-key": { type: "string" },
-    ...NETWORK_OPTIONS,
-    ...LISTEN_OPTIONS,
+    "idle-timeout": { type: "string", needs: "listen" },
+    "accept-timeout": { type: "string", needs: "listen" },
+    "tls-cert": { type: "string", needs: "listen" },
+    "tls-key": { type: "string", needs: "listen" },
+    token: { ...NETWORK_OPTIONS.token, needs: "listen" },
+    "handshake-timeout": { ...NETWORK_OPTIONS["handshake-timeout"], needs: "listen" },
+    "max-startups": { ...LISTEN_OPTIONS["max-startups"], needs: "listen" },
     ...EVENTS_OPTIONS,
     json: { type: "boolean" },
     quiet: { type: "boolean", short: "q" },
@@ -212,6 +223,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
   const { events } = migrationEvents(sys, {
     events: values.events,
     progress: !values.quiet && !values.json,
+    quietUnderSave: from === "-",
     reservedFds: from === "-" ? [0] : [],
   });
   events.start({ command: "load", target: from });
@@ -268,7 +280,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
           idleTimeoutMs: msOption(values["idle-timeout"], "idle-timeout", DEFAULT_IDLE_TIMEOUT_MS),
           acceptTimeoutMs: values["accept-timeout"] === undefined
             ? undefined
-            : msOption(values["accept-timeout"], "accept-timeout", 1),
+            : msOption(values["accept-timeout"], "accept-timeout", 0, { zero: true }),
           tlsCert: readPem(sys, values["tls-cert"], "TLS certificate"),
           tlsKey: readPem(sys, values["tls-key"], "TLS key"),
           onListening: (a) => {

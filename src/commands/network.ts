@@ -3,6 +3,7 @@
 import type { Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
 import { readSmallFile } from "../io.ts";
+import { parseDuration } from "./options.ts";
 import type { Events } from "../events/events.ts";
 import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -23,8 +24,8 @@ export const NETWORK_OPTIONS = {
 
 export const NETWORK_HELP = `      --token T      the shared secret of tcp:// transfers (default $VFIO_MIG_TOKEN);
                      the peer proves it knows it before any state moves
-      --handshake-timeout MS  give up on a peer that does not authenticate in MS
-                     (default ${DEFAULT_HANDSHAKE_TIMEOUT_MS})`;
+      --handshake-timeout TIME  give up on a peer that does not authenticate in
+                     TIME (default ${DEFAULT_HANDSHAKE_TIMEOUT_MS}ms)`;
 
 /** load --listen's own options (besides NETWORK_OPTIONS). */
 export const LISTEN_OPTIONS = {
@@ -62,11 +63,9 @@ export function tokenFrom(sys: Sys, given: string | undefined): string | undefin
   return t;
 }
 
-export function msOption(v: string | undefined, name: string, dflt: number): number {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!(n > 0)) throw new VfioMigError(`--${name} takes a number of milliseconds`, "usage");
-  return n;
+/** A duration option in milliseconds (units: options.ts parseDuration); 0 only with `zero`. */
+export function msOption(v: string | undefined, name: string, dflt: number, opts: { zero?: boolean } = {}): number {
+  return parseDuration(v, name, dflt, opts);
 }
 
 export function readPem(sys: Sys, path: string | undefined, what: string): string | undefined {

@@ -4,7 +4,8 @@ import { readFileDescription } from "../qemu/description.ts";
 import { spliceQemuStream } from "../qemu/splice.ts";
 import { sniff } from "../qemu/sniff.ts";
 import { openSink, openSource, type Sink } from "../transport/transport.ts";
-import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
+import { type Command, parse, printJson } from "./command.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
 
 export const qemuSpliceCommand: Command = {
   name: "qemu-splice",
@@ -35,7 +36,22 @@ Options:
   -h, --help                this help
 
 Permissions: deno run --allow-ffi.
-${EXIT_CODES_HELP}`,
+
+${
+    examplesHelp([
+      "vfio-mig qemu-splice vm.qemu --device-stream gpu.bin -o vm-with-gpu.qemu",
+      "vfio-mig save -d 0000:3b:00.1 - | vfio-mig qemu-splice vm.qemu --device-stream - -o out.qemu",
+      "vfio-mig qemu-splice vm.qemu --device-stream gpu.bin --qemu-id 0000:00:05.0/vfio -o out.qemu",
+    ])
+  }
+
+${
+    exitCodesHelp([0, 1, 2, 4], {
+      1: "failure (reading or writing failed)",
+      2: "usage error, or a file named cannot be opened or created",
+      4: "a stream is damaged, or the device stream is for another kind of device",
+    })
+  }`,
   async run(args) {
     const { values, positionals } = parse("qemu-splice", args, {
       "device-stream": { type: "string" },

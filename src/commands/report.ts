@@ -1,7 +1,6 @@
 // vfio-mig report: draws an events file (save/load --events, docs/events.md) as one
 // self-contained HTML page or SVG picture of the migration's timeline.
 
-import { SysError } from "../../ffi/errno.ts";
 import { libc } from "../../ffi/libc.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
@@ -9,7 +8,9 @@ import { writeAll } from "../io.ts";
 import { renderHtml } from "../report/html.ts";
 import { readEventsFile, type ReportModel } from "../report/model.ts";
 import { renderSvg } from "../report/svg.ts";
-import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
+import { fileError } from "../transport/transport.ts";
+import { type Command, parse, printJson } from "./command.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
 
 export type ReportFormat = "html" | "svg";
 
@@ -38,12 +39,7 @@ function writeOutput(sys: Sys, path: string, text: string): void {
   try {
     fd = sys.open(tmp, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
   } catch (e) {
-    const why = e instanceof SysError && e.code === "ENOENT"
-      ? "its folder does not exist"
-      : e instanceof Error
-      ? e.message
-      : e;
-    throw new VfioMigError(`report: cannot write ${path}: ${why}`, "usage");
+    throw new VfioMigError(`report: ${fileError(sys, path, e, "create").message}`, "usage");
   }
   try {
     writeAll(sys, fd, bytes);
@@ -85,16 +81,33 @@ Options:
       --format F     html or svg (default: from OUT's name)
       --title T      the heading (default: the command and its devices)
       --json         print what was drawn as JSON (on stderr when OUT is -)
+  -q, --quiet        do not say where the report was written
   -h, --help         this help
 
 Permissions: deno run --allow-ffi (files are read and written through libc).
-${EXIT_CODES_HELP}`,
+
+${
+    examplesHelp([
+      "vfio-mig save --live --events run.jsonl --device 0000:3b:00.1 s.bin && vfio-mig report run.jsonl",
+      "vfio-mig report run.jsonl -o run.svg",
+      "vfio-mig load --events fd:3 -d 0000:3b:00.1 s.bin 3>&1 | vfio-mig report - -o load.html",
+    ])
+  }
+
+${
+    exitCodesHelp([0, 1, 2, 4], {
+      1: "failure (the report could not be written)",
+      2: "usage error, or EVENTS or OUT cannot be opened",
+      4: "a line of EVENTS is not a valid event",
+    })
+  }`,
   run(args) {
     const { values, positionals } = parse("report", args, {
       output: { type: "string", short: "o" },
       format: { type: "string" },
       title: { type: "string" },
       json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
     });
     if (values.help) {
       console.log(this.help);
@@ -128,6 +141,9 @@ ${EXIT_CODES_HELP}`,
     const sys = libc();
     const model = readEventsFile(sys, input);
     writeOutput(sys, output, renderReport(model, format, values.title));
+    if (output !== "-" && !values.quiet && !values.json) {
+      console.error(`wrote ${output}: ${format === "html" ? "a page" : "an SVG picture"} of ${model.events} events`);
+    }
     if (values.json) {
       printJson({
         command: "report",

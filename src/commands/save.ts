@@ -7,7 +7,8 @@ import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/precopy.ts";
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
 import { openSink, saveTarget, type Sink } from "../transport/transport.ts";
-import { type Command, EXIT_CODES_HELP, parse, printJson } from "./command.ts";
+import { type Command, parse, printJson } from "./command.ts";
+import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
 import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
 import { freshOpenWarnings } from "../device/family.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
@@ -65,6 +66,9 @@ export function maxPrecopyNote(r: SaveResult): string {
     `downtime was ${ms(r.downtimeMs)}. Raise --downtime-limit, or give more bandwidth.`;
 }
 
+/** The options that mean something only when the output is tcp://HOST:PORT. */
+const TCP_OUTPUT = { what: "a tcp:// output", test: (_: unknown, p: string[]) => /^tcp:/.test(p[0] ?? "") };
+
 export const saveCommand: Command = {
   name: "save",
   handlesSignals: true,
@@ -81,9 +85,7 @@ QEMU's migrate URIs tcp:HOST:PORT and file:PATH are taken as tcp://HOST:PORT and
 PATH; any other NAME:... output is refused (./NAME:... is a file so named).
 
 Options:
-  -d, --device D     PCI address (0000:3b:00.1), mdev UUID, sysfs path,
-                     /dev/vfio/devices/vfioN, or sim:PATH. Default: $VFIO_MIG_DEVICE,
-                     else the only migration-capable VFIO device.
+${deviceHelp(21)}
       --resume       return the device to RUNNING after saving (default: STOP)
       --live         pre-copy while the device runs, then stop it when the rest fits
                      the downtime limit at the measured bandwidth (needs PRE_COPY);
@@ -91,8 +93,10 @@ Options:
                      the destination; again after a Linux 7.1 REINIT); kill -USR2
                      switches to stop-copy at its next decision (a SIGUSR2 before
                      pre-copy: after its first round; without --live: ignored)
-      --downtime-limit MS  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS})
-      --max-precopy MS  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS})
+      --downtime-limit TIME  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS}ms;
+                     0: switch only when nothing is left to send)
+      --max-precopy TIME  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS / 1000}s;
+                     0: stop-copy right after the initial data)
 ${NETWORK_HELP}
       --tls          connect with TLS (system roots); --tls-ca FILE trusts a CA
       --protocol P   auto (default: uAPI v2 when the device has it, else the v1
@@ -103,9 +107,19 @@ ${EVENTS_HELP}
   -h, --help         this help
 ${MULTI_SAVE_HELP}
 
+TIME is milliseconds, or a number with a unit: 500ms, 10s, 2m.
 Permissions: deno run --allow-ffi (everything goes through libc); tcp:// also
 needs --allow-net.
-${EXIT_CODES_HELP}`,
+
+${
+    examplesHelp([
+      "vfio-mig save --device 0000:3b:00.1 state.bin",
+      "vfio-mig save --live --downtime-limit 300ms --device pid:4242 - | ssh dst vfio-mig load -d 0000:3b:00.1 -",
+      "vfio-mig save --token $T --device 0000:3b:00.1 tcp://dst:7000",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3, 4, 130], { 4: "the destination (tcp://) refused the stream" })}`,
   run(args) {
     // --json: any failure, a usage error included, prints one JSON object (docs/tools.md),
     // to stderr when the stream goes to standard output.
@@ -120,11 +134,12 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     "no-p2p": { type: "boolean" },
     resume: { type: "boolean" },
     live: { type: "boolean" },
-    "max-precopy": { type: "string" },
-    "downtime-limit": { type: "string" },
-    tls: { type: "boolean" },
-    "tls-ca": { type: "string" },
-    ...NETWORK_OPTIONS,
+    "max-precopy": { type: "string", needs: "live" },
+    "downtime-limit": { type: "string", needs: "live" },
+    tls: { type: "boolean", needs: TCP_OUTPUT },
+    "tls-ca": { type: "string", needs: TCP_OUTPUT },
+    token: { ...NETWORK_OPTIONS.token, needs: TCP_OUTPUT },
+    "handshake-timeout": { ...NETWORK_OPTIONS["handshake-timeout"], needs: TCP_OUTPUT },
     protocol: { type: "string" },
     ...EVENTS_OPTIONS,
     json: { type: "boolean" },
@@ -142,8 +157,10 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     );
   }
   const target = saveTarget(positionals[0]); // QEMU's tcp:H:P and file:P too; other URIs refused
-  const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS);
-  const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS);
+  const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS, { zero: true });
+  const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS, {
+    zero: true,
+  });
   const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
   scope.labels = specs;
   await loadBackendsFor(specs);

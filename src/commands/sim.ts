@@ -11,6 +11,8 @@ import { RESET_PHASES } from "../sim/quirks/reset_mid_session.ts";
 import { V1_SPARSE, type V1Sparse } from "../sim/v1_device.ts";
 import { v1StateName } from "../vfio/v1.ts";
 import { type Command, parse, printJson } from "./command.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
+import { parseCount, parseDuration, parseSize as sizeOption } from "./options.ts";
 
 /**
  * SHA-256 of a simulated device's state, streamed (constant memory). An xe device stores
@@ -38,6 +40,21 @@ export function stateHash(sys: Sys, store: SimStore): string {
 
 const FLAG_NAMES: Record<string, number> = { "stop-copy": 1, p2p: 2, "pre-copy": 4 };
 
+/** VFIO_MIGRATION_* flag bits in the uAPI's words: "STOP_COPY P2P PRE_COPY", or "none". */
+function flagWords(flags: number): string {
+  return Object.entries(FLAG_NAMES).filter(([, v]) => flags & v).map(([k]) => k.toUpperCase().replace("-", "_"))
+    .join(" ") || "none (not migratable)";
+}
+
+function existsPath(sys: Sys, path: string): boolean {
+  try {
+    sys.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function parseFlags(s: string): number {
   if (s === "none" || s === "0") return 0;
   let f = 0;
@@ -52,11 +69,9 @@ export function parseFlags(s: string): number {
   return f;
 }
 
-export function parseSize(s: string): number {
-  const m = /^(\d+)([kKmMgG]?)(i?[bB])?$/.exec(s.trim());
-  if (!m) throw new VfioMigError(`bad size ${s} (e.g. 4096, 64M, 2G)`, "usage");
-  const mult = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2].toLowerCase()]!;
-  return Number(m[1]) * mult;
+/** A size option in bytes (units: options.ts parseSize). */
+export function parseSize(s: string, name = "size"): number {
+  return sizeOption(s, name);
 }
 
 /** --protocol, --data-size, --sparse of sim create. */
@@ -75,7 +90,7 @@ function v1Options(protocol?: string, dataSize?: string, sparse?: string) {
   }
   return {
     protocol: "v1" as const,
-    dataSize: dataSize === undefined ? undefined : parseSize(dataSize),
+    dataSize: dataSize === undefined ? undefined : parseSize(dataSize, "data-size"),
     sparse: sparse as V1Sparse | undefined,
   };
 }
@@ -119,7 +134,7 @@ function quirkOptionsOf(
     }
     o.resetAt = {
       phase: phase as "pre-copy" | "stop-copy" | "resuming",
-      after: bytes === undefined ? 0 : parseSize(bytes),
+      after: bytes === undefined ? 0 : parseSize(bytes, "reset-at"),
       to,
     };
   }
@@ -135,11 +150,7 @@ function quirkOptionsOf(
   }
   if (v["read-delay"] !== undefined) {
     need("read-delay", "blocking-read");
-    const ms = Number(v["read-delay"]);
-    if (!Number.isFinite(ms) || ms < 0) {
-      throw new VfioMigError(`sim create: --read-delay takes milliseconds (not ${v["read-delay"]})`, "usage");
-    }
-    o.readDelay = ms;
+    o.readDelay = parseDuration(v["read-delay"], "read-delay", DEFAULT_READ_DELAY_MS, { zero: true });
   }
   return o;
 }
@@ -176,11 +187,11 @@ function show(sys: Sys, path: string) {
 }
 
 const HELP = `Usage:
-  vfio-mig sim create PATH [--model mtty-1|mtty-2|bulk|xe] [--family pci|mdev] [--size N]
+  vfio-mig sim create PATH [--force] [--model mtty-1|mtty-2|bulk|xe] [--family pci|mdev] [--size N]
                            [--flags LIST] [--seed S] [--rate BYTES_PER_SEC]
                            [--yield-rate BYTES_PER_SEC] [--precopy-v2] [--reinit-after BYTES]
                            [--quirk NAME]... [--reset-at PHASE[:BYTES]] [--reset-to error|running]
-                           [--fail-leaves intermediate|error] [--read-delay MS]
+                           [--fail-leaves intermediate|error] [--read-delay TIME]
                            [--protocol v1|v2 [--data-size N] [--sparse full|partial|none]]
   vfio-mig sim show PATH [--json]
   vfio-mig sim compare A B [--json]
@@ -188,7 +199,8 @@ const HELP = `Usage:
 Simulated VFIO devices for tests, demos and benchmarks. A device is a folder (PATH)
 that any process can open as --device sim:PATH; one process at a time holds it (EBUSY
 otherwise), and another may borrow the holder's fd. Its migration state persists like a
-real device's.
+real device's. 'create' refuses a PATH that already holds a device unless --force
+says to replace it (its state is lost). Sizes take K, M, G (64M); durations ms, s, m.
 
 Models (drivers, src/sim/drivers/):
   mtty-1, mtty-2  the kernel's mtty sample: 36 / 72 bytes of device state (one or two
@@ -246,8 +258,18 @@ Settings: --reset-at PHASE[:BYTES] (reset-mid-session: pre-copy, stop-copy or re
 after BYTES of that phase moved; default stop-copy:0), --reset-to error|running (the
 state it leaves; default error, as pds's device-initiated reset; a v1 device reads
 RUNNING), --fail-leaves intermediate|error (fails-mid-path; default intermediate),
---read-delay MS (blocking-read: a phase's data is ready MS after it starts; default
-${DEFAULT_READ_DELAY_MS}).`;
+--read-delay TIME (blocking-read: a phase's data is ready TIME after it starts; default
+${DEFAULT_READ_DELAY_MS}ms).
+
+${
+  examplesHelp([
+    "vfio-mig sim create /tmp/a --model mtty-2 && vfio-mig info --device sim:/tmp/a",
+    "vfio-mig sim create /tmp/big --model bulk --size 256M --rate 64M --force",
+    "vfio-mig sim compare /tmp/a /tmp/b",
+  ])
+}
+
+${exitCodesHelp([0, 1, 2], { 1: "failure; for compare: the devices differ" })}`;
 
 function quirkHelp(): string {
   const width = Math.max(...QUIRK_NAMES.map((n) => n.length));
@@ -297,10 +319,15 @@ export const simCommand: Command = {
       "precopy-v2": { type: "boolean" },
       "reinit-after": { type: "string" },
       json: { type: "boolean" },
+      force: { type: "boolean" },
     });
-    if (values.help || sub === undefined || sub === "--help" || sub === "-h") {
+    if (sub === undefined) {
+      console.error(HELP); // a usage error: the help goes to stderr
+      return Promise.resolve(2);
+    }
+    if (values.help || sub === "--help" || sub === "-h") {
       console.log(HELP);
-      return Promise.resolve(sub === undefined ? 2 : 0);
+      return Promise.resolve(0);
     }
     const sys = libc();
     switch (sub) {
@@ -311,6 +338,12 @@ export const simCommand: Command = {
           throw new VfioMigError(`sim create: unknown model ${model} (${MODEL_NAMES.join(", ")})`, "usage");
         }
         const store = new SimStore(sys, positionals[0]);
+        if (!values.force && existsPath(sys, store.metaPath)) {
+          throw new VfioMigError(
+            `sim create: ${positionals[0]} already holds a device: give --force to replace it (its state is lost)`,
+            "usage",
+          );
+        }
         const v1 = v1Options(values.protocol, values["data-size"], values.sparse);
         const quirks = quirksOf(values.quirk, model, v1.protocol === "v1");
         store.create({
@@ -318,13 +351,15 @@ export const simCommand: Command = {
           family: familyOption(values.family),
           flags: values.flags === undefined ? undefined : parseFlags(values.flags),
           size: values.size === undefined ? undefined : parseSize(values.size),
-          seed: values.seed === undefined ? undefined : Number(values.seed),
-          rate: values.rate === undefined ? undefined : parseSize(values.rate),
-          yieldRate: values["yield-rate"] === undefined ? undefined : parseSize(values["yield-rate"]),
+          seed: values.seed === undefined ? undefined : parseCount(values.seed, "seed", 0),
+          rate: values.rate === undefined ? undefined : parseSize(values.rate, "rate"),
+          yieldRate: values["yield-rate"] === undefined ? undefined : parseSize(values["yield-rate"], "yield-rate"),
           quirks,
           quirkOptions: quirkOptionsOf(quirks ?? [], values),
           precopyV2: values["precopy-v2"],
-          reinitAfter: values["reinit-after"] === undefined ? undefined : parseSize(values["reinit-after"]),
+          reinitAfter: values["reinit-after"] === undefined
+            ? undefined
+            : parseSize(values["reinit-after"], "reinit-after"),
           ...v1,
         });
         const s = show(sys, positionals[0]);
@@ -332,7 +367,9 @@ export const simCommand: Command = {
         else {
           console.log(
             `created ${s.device}: ${s.model}, ${s.size} bytes of state (${s.migrationData} bytes of migration ` +
-              `data), flags 0x${s.migrationFlags.toString(16)}, family ${s.family}` +
+              `data), migration flags 0x${s.migrationFlags.toString(16)} (${
+                flagWords(s.migrationFlags)
+              }), family ${s.family}` +
               `${s.family === defaultFamily(model) ? "" : " (not the model's default)"}`,
           );
         }

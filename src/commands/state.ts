@@ -7,7 +7,10 @@ import { recoverDevice, tryGetState } from "../migrate/session.ts";
 import { chooseProtocol } from "../migrate/protocol.ts";
 import { type DeviceState, parseState } from "../vfio/state_machine.ts";
 import { v1StateName } from "../vfio/v1.ts";
-import { type Command, EXIT_CODES_HELP, parse } from "./command.ts";
+import { SysError } from "../../ffi/errno.ts";
+import { type Command, parse } from "./command.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
+import { stateFailureMessage, unknownStateMessage } from "./state_failure.ts";
 import { DEVICE_OPTION_HELP, openNamedDevice } from "./devices.ts";
 
 export const stateCommand: Command = {
@@ -18,7 +21,9 @@ Without STATE, prints the current migration state. With STATE (STOP, RUNNING,
 RUNNING_P2P, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P) requests it with
 MIG_DEVICE_STATE SET and prints the state reached; a data_fd the kernel hands out is
 closed at once (its session is then abandoned). STOP_COPY -> PRE_COPY* is refused
-without asking the kernel (it hangs kernels 6.2 until the 2026 fix).
+without asking the kernel: Linux 6.2 and later spin forever on that request (a soft
+lockup in vfio_mig_get_next_state()) until the fix "vfio: prevent infinite loop in
+vfio_mig_get_next_state() on blocked arc" (2026, Linux 7.1 and stable kernels).
 
 A device with the v1 migration region (QEMU 7.2's protocol) shows its device_state
 bits, e.g. "running (001b)"; STATE then sets them as QEMU does for that state: STOP
@@ -29,7 +34,15 @@ Options:
   -d, --device D   ${DEVICE_OPTION_HELP}
   -h, --help       this help
 
-${EXIT_CODES_HELP}`,
+${
+    examplesHelp([
+      "vfio-mig state --device 0000:3b:00.1",
+      "vfio-mig state --device 0000:3b:00.1 STOP",
+      "vfio-mig state --device sim:/tmp/a RUNNING",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3], { 1: "the kernel refused the request (the device's state is then printed)" })}`,
   async run(args) {
     const { values, positionals } = parse("state", args, { device: { type: "string", short: "d" } });
     if (values.help) {
@@ -43,12 +56,26 @@ ${EXIT_CODES_HELP}`,
       if (positionals.length === 1) {
         try {
           target = parseState(positionals[0]);
-        } catch (e) {
-          throw new VfioMigError(`state: ${(e as Error).message}`, "usage");
+        } catch {
+          throw new VfioMigError(`state: ${unknownStateMessage(positionals[0])}`, "usage");
         }
       }
       // Either protocol; neither is a device refusal (exit 3) that says why.
       const control = migrationControl(dev, chooseProtocol(dev, "auto"))!;
+      if (target !== null && control.protocol === "v2") {
+        // A refused request: which step failed, the state now, the way out.
+        const from = tryGetState(dev);
+        try {
+          console.log(control.setState(target));
+        } catch (e) {
+          if (!(e instanceof SysError)) throw e;
+          const flags = dev.migration.migrationFlags();
+          const now = tryGetState(dev);
+          const device = values.device ?? dev.label;
+          throw new VfioMigError(stateFailureMessage({ flags, from, target, now, error: e, device }), "failure");
+        }
+        return 0;
+      }
       console.log(target !== null ? control.setState(target) : control.state());
       return 0;
     } finally {
@@ -69,7 +96,14 @@ Options:
   -d, --device D   ${DEVICE_OPTION_HELP}
   -h, --help       this help
 
-${EXIT_CODES_HELP}`,
+${
+    examplesHelp([
+      "vfio-mig reset --device 0000:3b:00.1",
+      "vfio-mig reset --device pid:4242",
+    ])
+  }
+
+${exitCodesHelp([0, 1, 2, 3])}`,
   async run(args) {
     const { values } = parse("reset", args, { device: { type: "string", short: "d" } });
     if (values.help) {

@@ -12,6 +12,7 @@ import { sniff } from "../qemu/sniff.ts";
 import { type StreamProblem, verifyFile, verifyStream } from "../stream/verify.ts";
 import { FdSource, openStreamSource } from "../transport/transport.ts";
 import { type Command, parse, printJson } from "./command.ts";
+import { examplesHelp, exitCodesHelp } from "./help.ts";
 
 /** What `verify --json` prints. */
 export interface VerifySummary {
@@ -49,8 +50,21 @@ Options:
   -q, --quiet    no progress line, and nothing printed for an intact stream
   -h, --help     this help
 
-Exit codes: 0 the stream is intact, 4 it is damaged (truncated, corrupted, out of
-order, or not a stream vfio-mig loads), 2 usage error, 1 the input cannot be read.`,
+${
+    examplesHelp([
+      "vfio-mig verify state.bin",
+      "vfio-mig verify --json state.bin | jq .problem",
+      "zstd -d -c s.zst | vfio-mig verify -",
+    ])
+  }
+
+${
+    exitCodesHelp([0, 2, 4, 130], {
+      0: "the stream is intact",
+      2: "usage error (an input that is missing or not a file included)",
+      4: "the stream is damaged (truncated, corrupted, out of order, or not a stream vfio-mig loads)",
+    })
+  }`,
   async run(args) {
     const { values, positionals } = parse("verify", args, {
       json: { type: "boolean" },

@@ -109,7 +109,15 @@ export function openDevice(a: Sys | string, b?: string, opts: OpenOptions = {}):
   const sys = typeof a === "string" ? systemFor([a]) : a;
   const spec = typeof a === "string" ? a : b!;
   const backend = backendOfSpec(spec);
-  if (backend) return openBackendDevice(sys, spec, backend);
+  if (backend) {
+    try {
+      return openBackendDevice(sys, spec, backend);
+    } catch (e) {
+      // A device's files we may not open: a device problem (exit 3), as for a real node.
+      const path = e instanceof SysError && /\((.*)\)/.exec(e.message.split(":")[0])?.[1];
+      throw path && (isErrno(e, "EACCES") || isErrno(e, "EPERM")) ? explainOpen(e, path, spec) : e;
+    }
+  }
   const fdSpec = parseFdSpec(spec);
   if (fdSpec?.kind === "pid") return borrowDevice(sys, spec);
   if (fdSpec?.kind === "fd") return openDeviceFd(sys, fdSpec.fd, { label: spec });

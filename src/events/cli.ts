@@ -6,7 +6,7 @@ import { F, FD_CLOEXEC, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
 import { Events, type EventsOptions } from "./events.ts";
 import { JsonLinesWriter, parseEventsTarget } from "./jsonl.ts";
-import { type BarOutput, ProgressBar } from "./progress_bar.ts";
+import { type BarOutput, pipePeerSharesTerminal, ProgressBar } from "./progress_bar.ts";
 
 /** parseArgs options of save and load. */
 export const EVENTS_OPTIONS = {
@@ -28,6 +28,11 @@ export interface MigrationEventsOptions extends EventsOptions {
   progress: boolean;
   /** Descriptors the stream uses (1 when it goes to standard output, 0 when it comes from standard input). */
   reservedFds?: number[];
+  /**
+   * load from standard input: when a vfio-mig save on this terminal writes the pipe, its
+   * bar is the one drawn (two would overwrite each other on one line).
+   */
+  quietUnderSave?: boolean;
   /** Tests: where the bar draws instead of stderr (drawn whether or not it is a terminal). */
   barOutput?: BarOutput;
 }
@@ -42,7 +47,7 @@ export interface MigrationEventsOptions extends EventsOptions {
 export function migrationEvents(sys: Sys, opts: MigrationEventsOptions): { events: Events; bar: ProgressBar | null } {
   const bar = opts.barOutput
     ? (opts.progress ? new ProgressBar(opts.barOutput) : null)
-    : ProgressBar.forStderr(opts.progress);
+    : ProgressBar.forStderr(opts.progress && !(opts.quietUnderSave && pipePeerSharesTerminal(sys, 0, "save")));
   const say = opts.warn ?? ((l: string) => console.error(l));
   // A warning goes on its own line, not after the bar's. A terminal that hung up (EIO)
   // loses both; the run goes on as it would have (a SIGHUP's cleanup, say).

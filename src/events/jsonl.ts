@@ -7,6 +7,7 @@ import { SysError } from "../../ffi/errno.ts";
 import { F, O, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
 import { writeAll } from "../io.ts";
+import { fileError } from "../transport/transport.ts";
 import type { EventSubscriber, MigrationEvent } from "./events.ts";
 
 export type EventsTarget = { kind: "file"; path: string } | { kind: "fd"; fd: number };
@@ -76,10 +77,7 @@ export class JsonLinesWriter implements EventSubscriber {
     try {
       fd = sys.open(target.path, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
     } catch (e) {
-      throw new VfioMigError(
-        `--events ${target.path}: cannot create it (${e instanceof SysError ? e.message : e})`,
-        "usage",
-      );
+      throw new VfioMigError(`--events: ${fileError(sys, target.path, e, "create").message}`, "usage");
     }
     return new JsonLinesWriter(sys, fd, target.path, true, warn);
   }

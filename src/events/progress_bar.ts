@@ -3,6 +3,7 @@
 // against what fits the downtime limit), cleared before the command's summary line.
 // None when stderr is not a terminal.
 
+import type { Sys } from "../../ffi/sys.ts";
 import { fmtBytes as formatBytes } from "../report/format.ts";
 import type { EventSubscriber, MigrationEvent } from "./events.ts";
 
@@ -32,6 +33,66 @@ export function stderrOutput(): BarOutput {
       }
     },
   };
+}
+
+function readlinkOr(sys: Sys, path: string): string | null {
+  try {
+    return sys.readlink(path);
+  } catch {
+    return null;
+  }
+}
+
+function cmdlineOf(sys: Sys, path: string): string[] {
+  let fd: number;
+  try {
+    fd = sys.open(path, 0 /* O_RDONLY */);
+  } catch {
+    return [];
+  }
+  try {
+    const b = new Uint8Array(4096);
+    const n = sys.read(fd, b);
+    return new TextDecoder().decode(b.subarray(0, n)).split("\0").filter((a) => a);
+  } catch {
+    return [];
+  } finally {
+    sys.close(fd);
+  }
+}
+
+/**
+ * Whether the pipe at this process's `fd` has at its other end another vfio-mig running
+ * `peerCommand` whose standard error is this process's terminal: a `save - | load -` on
+ * one terminal, where two bars would overwrite each other on the one line, so one of
+ * them stays silent. Read from /proc (a pipe's fd links read "pipe:[INODE]",
+ * fs/pipe.c; /proc/PID/cmdline): processes whose fds we may not read do not count.
+ */
+export function pipePeerSharesTerminal(sys: Sys, fd: number, peerCommand: "save" | "load", proc = "/proc"): boolean {
+  const self = sys.getpid();
+  const pipe = readlinkOr(sys, `${proc}/${self}/fd/${fd}`);
+  const tty = readlinkOr(sys, `${proc}/${self}/fd/2`);
+  if (!pipe?.startsWith("pipe:") || !tty?.startsWith("/dev/")) return false;
+  let pids: string[];
+  try {
+    pids = sys.readdir(proc).filter((n) => /^\d+$/.test(n) && Number(n) !== self);
+  } catch {
+    return false;
+  }
+  for (const pid of pids) {
+    if (readlinkOr(sys, `${proc}/${pid}/fd/2`) !== tty) continue;
+    const argv = cmdlineOf(sys, `${proc}/${pid}/cmdline`);
+    const at = argv.findIndex((a) => /(^|\/)(vfio-mig|cli\.ts)$/.test(a));
+    if (at < 0 || !argv.slice(at + 1).includes(peerCommand)) continue;
+    let fds: string[];
+    try {
+      fds = sys.readdir(`${proc}/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    if (fds.some((n) => readlinkOr(sys, `${proc}/${pid}/fd/${n}`) === pipe)) return true;
+  }
+  return false;
 }
 
 /** "4.2s", "3m05s", "1h02m". */
@@ -85,15 +146,25 @@ export class ProgressBar implements EventSubscriber {
         this.#total = e.sizeEstimate as number | null;
         return;
       case "phase":
-        if (e.edge !== "start" || e.device !== undefined) return;
+        if (e.device !== undefined) return;
+        if (e.edge === "end") {
+          // The data's end (save: the trailer's, the stream's whole length; load: resume's):
+          // the last bytes no progress event counted.
+          if ((e.phase === "trailer" || e.phase === "resume") && typeof e.bytes === "number") {
+            this.#bytes = Math.max(this.#bytes, e.bytes);
+          }
+          return;
+        }
         force = this.#phase !== e.phase;
         this.#phase = e.phase as string;
+        // Everything has moved: what moved is the total (the size was an estimate), the bar full.
+        if (e.phase === "finish" && this.#bytes > 0) this.#total = this.#bytes;
         break;
       case "progress":
         this.#phase = e.phase as string;
         this.#bytes = e.bytes as number;
         this.#rate = e.rate as number;
-        this.#total = e.total as number | null;
+        if (this.#phase !== "finish") this.#total = e.total as number | null;
         break;
       case "iteration":
         this.#iteration = e.n as number;

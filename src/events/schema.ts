@@ -1,12 +1,13 @@
-// The schema of `--events` (docs/events.md): every event type and its fields, as data.
-// It is the one description: validateEvent() checks events against it, and
-// schemaMarkdown() prints the tables docs/events.md embeds (a test keeps the two equal).
-// Hand-written checks, no JSON-Schema library: the shapes are flat and few.
+// The schema of `--events` (docs/events.md). Its one description is the JSON Schema file
+// docs/schemas/events.schema.json (what an orchestrator in any language validates
+// against); this module reads that file into the tables below (imported, so a compiled
+// vfio-mig carries it, and no JSON-Schema library is needed at run time): validateEvent()
+// checks events against them and schemaMarkdown() prints the tables docs/events.md embeds
+// (a test keeps the two equal; tests also validate real events with Ajv against the file).
 //
 //   deno run src/events/schema.ts     prints the Markdown tables of the schema
 
-/** The `v` of every event. Raised when a field changes meaning or a required field is added. */
-export const EVENTS_SCHEMA_VERSION = 1;
+import EVENTS_JSON_SCHEMA from "../../docs/schemas/events.schema.json" with { type: "json" };
 
 type Kind = "string" | "number" | "integer" | "boolean" | "object" | "array";
 
@@ -35,255 +36,74 @@ export interface TypeSpec {
   fields: Record<string, FieldSpec>;
 }
 
-const req = (kind: Kind, doc: string, more: Partial<FieldSpec> = {}): FieldSpec => ({
-  kind,
-  required: true,
-  doc,
-  ...more,
-});
-const opt = (kind: Kind, doc: string, more: Partial<FieldSpec> = {}): FieldSpec => ({
-  kind,
-  required: false,
-  doc,
-  ...more,
-});
-const atEnd = (kind: Kind, doc: string, more: Partial<FieldSpec> = {}): FieldSpec => ({
-  kind,
-  required: "end",
-  doc,
-  ...more,
-});
+/** The subset of JSON Schema the file uses (draft 2020-12). */
+interface JsonSchema {
+  description?: string;
+  type?: string | string[];
+  enum?: (string | null)[];
+  const?: string;
+  minimum?: number;
+  maximum?: number;
+  minItems?: number;
+  items?: JsonSchema;
+  properties?: Record<string, JsonSchema>;
+  required?: string[];
+  then?: { required?: string[] };
+  $ref?: string;
+  $defs?: Record<string, JsonSchema>;
+  "x-version"?: number;
+}
 
-/** Bytes: a non-negative integer. */
-const BYTES = { min: 0 } as const;
+/** The JSON Schema of an events line, as published (docs/schemas/events.schema.json). */
+export const EVENTS_SCHEMA = EVENTS_JSON_SCHEMA as unknown as JsonSchema;
 
-export const PHASES = ["setup", "pre-copy", "stop-copy", "config", "trailer", "resume", "finish"] as const;
-export const PROGRESS_PHASES = ["setup", "pre-copy", "stop-copy", "resume", "finish"] as const;
-export const SWITCH_REASONS = ["converged", "max-precopy", "requested"] as const;
-export const TRANSPORT_STEPS = [
-  "listening",
-  "connected",
-  "authenticated",
-  "refused",
-  "dropped",
-  "init-ack",
-  "peer-result",
-] as const;
-export const ERROR_KINDS = ["failure", "usage", "device", "stream", "interrupted", "internal"] as const;
+function fieldOf(s: JsonSchema, required: boolean | "end"): FieldSpec {
+  const types = Array.isArray(s.type) ? s.type : [s.type];
+  const kind = types.find((t) => t !== "null") as Kind;
+  const f: FieldSpec = { kind, required, doc: s.description ?? "" };
+  if (types.includes("null")) f.nullable = true;
+  if (s.enum) f.values = s.enum.filter((v): v is string => v !== null);
+  if (s.minimum !== undefined) f.min = s.minimum;
+  if (s.maximum !== undefined) f.max = s.maximum;
+  if (s.minItems !== undefined) f.minItems = s.minItems;
+  if (s.items?.properties) f.items = fieldsOf(s.items, []);
+  return f;
+}
+
+function fieldsOf(s: JsonSchema, skip: string[]): Record<string, FieldSpec> {
+  const out: Record<string, FieldSpec> = {};
+  const atEnd = new Set(s.then?.required ?? []);
+  for (const [k, p] of Object.entries(s.properties ?? {})) {
+    if (skip.includes(k)) continue;
+    out[k] = fieldOf(p, s.required?.includes(k) ? true : atEnd.has(k) ? "end" : false);
+  }
+  return out;
+}
+
+/** The `v` of every event. Raised when a field changes meaning or a required field is added. */
+export const EVENTS_SCHEMA_VERSION: number = EVENTS_SCHEMA["x-version"]!;
 
 /** Fields of every event. */
-export const COMMON: Record<string, FieldSpec> = {
-  v: req("integer", `schema version: ${EVENTS_SCHEMA_VERSION}`, {
-    min: EVENTS_SCHEMA_VERSION,
-    max: EVENTS_SCHEMA_VERSION,
-  }),
-  t: req("number", "ms since the run started (monotonic: performance.now()), never decreasing", { min: 0 }),
-  type: req("string", "the event type (below)"),
-  device: opt("string", "the device's label (`sim:/tmp/a`, `0000:3b:00.1`), where one applies"),
-  index: opt("integer", "the device's index in the stream (0 for a single device); present with `device`", {
-    min: 0,
-  }),
-};
+export const COMMON: Record<string, FieldSpec> = fieldsOf(EVENTS_SCHEMA, []);
+delete COMMON.type.values; // an unknown type is its own problem (validateEvent)
 
-const DEVICE_ENTRY: Record<string, FieldSpec> = {
-  index: req("integer", "index in the stream", { min: 0 }),
-  device: req("string", "label"),
-};
+export const SCHEMA: Record<string, TypeSpec> = Object.fromEntries(
+  Object.entries(EVENTS_SCHEMA.$defs!).map(([type, d]) => [type, {
+    device: d.required?.includes("device") ? "required" : d.properties?.device ? "optional" : "none",
+    doc: d.description ?? "",
+    fields: fieldsOf(d, Object.keys(COMMON)),
+  }]),
+);
 
-export const SCHEMA: Record<string, TypeSpec> = {
-  start: {
-    device: "none",
-    doc: "The first event, once: what runs, where to, and the wall-clock time of t = 0.",
-    fields: {
-      wallClock: req("string", "wall-clock time at t = 0, ISO 8601 UTC"),
-      epochMs: req("number", "the same as ms since 1970-01-01 UTC", { min: 0 }),
-      command: req("string", "`save` or `load`", { values: ["save", "load"] }),
-      tool: req("string", "`vfio-mig VERSION`"),
-      pid: req("integer", "process id", { min: 1 }),
-      mode: opt("string", "`offline` or `live` (a load learns it from the stream: `header`)", {
-        values: ["offline", "live"],
-      }),
-      target: opt(
-        "string",
-        "where the stream goes (save) or comes from (load): a file, `-`, `tcp://HOST:PORT`, " +
-          "`tcp listener ADDR`",
-      ),
-    },
-  },
-  devices: {
-    device: "none",
-    doc: "The devices, once, when they are open and their order in the stream is known (a load: after the " +
-      "header), before any event that names one. A save connects to a `tcp://` destination before it opens " +
-      "its devices, so transport events may come first.",
-    fields: {
-      devices: req("array", "`{index, device}` in stream order: the labels the other events use", {
-        items: DEVICE_ENTRY,
-        minItems: 1,
-      }),
-    },
-  },
-  header: {
-    device: "none",
-    doc: "The stream header, as written (save) or read and checked (load).",
-    fields: {
-      mode: req("string", "`offline` or `live`", { values: ["offline", "live"] }),
-      protocol: req("string", "`v1` or `v2` (the first device's)", { values: ["v1", "v2"] }),
-      sizeEstimate: req("number", "MIG_DATA_SIZE at setup, summed over the devices, bytes (null: unknown)", {
-        nullable: true,
-        ...BYTES,
-      }),
-      devices: req("array", "`{index, source, protocol, sizeEstimate}`: `source` is the saved device's label", {
-        minItems: 1,
-        items: {
-          index: req("integer", "index in the stream", { min: 0 }),
-          source: req("string", "the source device's label"),
-          protocol: req("string", "`v1` or `v2`", { values: ["v1", "v2"] }),
-          sizeEstimate: req("number", "bytes, or null", { nullable: true, ...BYTES }),
-        },
-      }),
-    },
-  },
-  state: {
-    device: "required",
-    doc: "A device state change: one SET of MIG_DEVICE_STATE (v2), one write of device_state (v1), " +
-      "or a VFIO_DEVICE_RESET.",
-    fields: {
-      protocol: req("string", "`v1` or `v2`", { values: ["v1", "v2"] }),
-      from: req("string", "the state before (v2: `RUNNING`…; v1: `running (001b)`…), null when unknown", {
-        nullable: true,
-      }),
-      to: req("string", "the state asked for (and reached unless `error`)"),
-      ms: req("number", "how long the SET (or reset) took, ms", { min: 0 }),
-      fromBits: opt("integer", "v1: device_state bits before", { min: 0 }),
-      toBits: opt("integer", "v1: device_state bits written", { min: 0 }),
-      reset: opt("boolean", "true: a VFIO_DEVICE_RESET (the device is then RUNNING), not a SET"),
-      error: opt("string", "the SET failed: the errno name or message; the device may be elsewhere"),
-    },
-  },
-  phase: {
-    device: "optional",
-    doc: "A phase starts or ends (for all devices, or one: `device`). Save: setup, pre-copy, stop-copy, " +
-      "config, trailer, finish. Load: setup (header checked), resume (RESUMING: device data), config, " +
-      "trailer, finish.",
-    fields: {
-      phase: req("string", PHASES.map((p) => `\`${p}\``).join(", "), { values: PHASES }),
-      edge: req("string", "`start` or `end`", { values: ["start", "end"] }),
-      bytes: opt("integer", "at `end`: device data bytes moved in the phase", BYTES),
-      ms: opt("number", "at `end`: how long the phase took, ms", { min: 0 }),
-    },
-  },
-  iteration: {
-    device: "none",
-    doc: "A pre-copy iteration starts (`edge: start`, `n`) or ends (every field): what it moved and what " +
-      "each device's PRECOPY_INFO then said, and what the switchover policy judged.",
-    fields: {
-      edge: req("string", "`start` or `end`", { values: ["start", "end"] }),
-      n: req("integer", "iteration number, from 1", { min: 1 }),
-      ms: atEnd("number", "how long the iteration took, ms", { min: 0 }),
-      bytes: atEnd("integer", "device data bytes it moved, all devices", BYTES),
-      totalBytes: atEnd("integer", "device data bytes moved since the start, all devices", BYTES),
-      devices: atEnd("array", "per device: `{index, device, bytes, initialBytes, dirtyBytes, reinit}`", {
-        minItems: 1,
-        items: {
-          ...DEVICE_ENTRY,
-          bytes: req("integer", "bytes read from this device in the iteration", BYTES),
-          initialBytes: req("integer", "PRECOPY_INFO initial_bytes after it (v1: 0)", BYTES),
-          dirtyBytes: req("integer", "PRECOPY_INFO dirty_bytes after it (v1: pending_bytes)", BYTES),
-          reinit: opt("boolean", "VFIO_PRECOPY_INFO_REINIT was reported (Linux 7.1)"),
-        },
-      }),
-      estimate: atEnd(
-        "number",
-        "what stop-copy would send: transport backlog + initial + dirty (or " +
-          "MIG_DATA_SIZE when asked), bytes",
-        BYTES,
-      ),
-      threshold: atEnd(
-        "number",
-        "what fits the downtime limit: bandwidth x limit, bytes; null before any " +
-          "bandwidth was measured",
-        { nullable: true, ...BYTES },
-      ),
-      bandwidth: atEnd("number", "the bandwidth judged by, bytes/s (null: none yet)", { nullable: true, ...BYTES }),
-      backlog: opt("integer", "bytes the transport still held unsent", BYTES),
-    },
-  },
-  switchover: {
-    device: "none",
-    doc: "Pre-copy ends: why, and the numbers the decision was made on.",
-    fields: {
-      reason: req("string", SWITCH_REASONS.map((r) => `\`${r}\``).join(", "), { values: SWITCH_REASONS }),
-      iterations: req("integer", "pre-copy iterations", { min: 0 }),
-      estimate: req("number", "the last estimate of what stop-copy sends, bytes", BYTES),
-      exact: opt("number", "MIG_DATA_SIZE summed, when it was asked for, bytes (null: unavailable)", {
-        nullable: true,
-        ...BYTES,
-      }),
-      threshold: req("number", "bandwidth x downtime limit, bytes (null: no bandwidth measured)", {
-        nullable: true,
-        ...BYTES,
-      }),
-      downtimeLimitMs: req("number", "--downtime-limit, ms", { min: 0 }),
-      bandwidth: req("number", "bytes/s judged by (null: none)", { nullable: true, ...BYTES }),
-      precopyMs: req("number", "how long pre-copy lasted, ms", { min: 0 }),
-    },
-  },
-  transport: {
-    device: "none",
-    doc: "A step of a tcp:// transfer: `listening` (load), `connected`, `authenticated`, `refused` (a peer " +
-      "the listener turned away), `dropped` (the counts of connections it turned away without a `refused` " +
-      "each: at most every 30 s while they grow, and when the wait ends), `init-ack` (the destination loaded a DEV_INIT_DATA_SENT: switchover-ack), " +
-      "`peer-result` (the destination's result).",
-    fields: {
-      step: req("string", TRANSPORT_STEPS.map((s) => `\`${s}\``).join(", "), { values: TRANSPORT_STEPS }),
-      peer: opt("string", "HOST:PORT of the other end (or the listening address)"),
-      tls: opt("boolean", "the connection uses TLS"),
-      acks: opt("integer", "init-ack: markers acknowledged so far", { min: 1 }),
-      ok: opt("boolean", "peer-result: the destination loaded the state"),
-      message: opt("string", "refused: why; dropped: the stderr line; peer-result: the destination's words"),
-      dropped: opt("integer", "dropped: connections closed unread over --max-startups, so far", { min: 0 }),
-      refused: opt("integer", "dropped: connections refused by the handshake without a `refused` each, so far", {
-        min: 0,
-      }),
-      finalState: opt("string", "peer-result: the destination device's state"),
-    },
-  },
-  progress: {
-    device: "optional",
-    doc: "Bytes so far, at most 10 a second (nothing is emitted between): for progress bars.",
-    fields: {
-      phase: req("string", PROGRESS_PHASES.map((p) => `\`${p}\``).join(", "), { values: PROGRESS_PHASES }),
-      bytes: req("integer", "device data bytes moved since the start, all devices", BYTES),
-      rate: req("number", "bytes/s over the last second (0 in the first progress event)", BYTES),
-      total: req("number", "the size estimate, bytes (null: unknown)", { nullable: true, ...BYTES }),
-    },
-  },
-  note: {
-    device: "optional",
-    doc: "Something vfio-mig also says on stderr as a note or warning (a forced switchover, a slow path).",
-    fields: {
-      level: req("string", "`note` or `warning`", { values: ["note", "warning"] }),
-      message: req("string", "one line"),
-    },
-  },
-  result: {
-    device: "none",
-    doc: "The last event of a run that succeeded.",
-    fields: {
-      exitCode: req("integer", "0", { min: 0, max: 0 }),
-      summary: req("object", "the `--json` summary of the command, whole"),
-    },
-  },
-  error: {
-    device: "none",
-    doc: "The last event of a run that failed: the line printed on stderr and the exit code.",
-    fields: {
-      exitCode: req("integer", "1 failure, 2 usage, 3 device, 4 stream, 130 interrupted", { min: 1, max: 255 }),
-      kind: req("string", ERROR_KINDS.map((k) => `\`${k}\``).join(", "), { values: ERROR_KINDS }),
-      message: req("string", "one line, without the leading `vfio-mig:`"),
-    },
-  },
-};
+function valuesOf(type: string, field: string): readonly string[] {
+  return SCHEMA[type].fields[field].values!;
+}
+
+export const PHASES = valuesOf("phase", "phase");
+export const PROGRESS_PHASES = valuesOf("progress", "phase");
+export const SWITCH_REASONS = valuesOf("switchover", "reason");
+export const TRANSPORT_STEPS = valuesOf("transport", "step");
+export const ERROR_KINDS = valuesOf("error", "kind");
 
 export type EventType = keyof typeof SCHEMA;
 export const EVENT_TYPES = Object.keys(SCHEMA);
@@ -525,7 +345,7 @@ function fieldRows(fields: Record<string, FieldSpec>, prefix = ""): string[] {
 export function schemaMarkdown(): string {
   const head = "| field | type | required | meaning |\n| --- | --- | --- | --- |";
   const out = [
-    "<!-- generated by `deno run src/events/schema.ts`: edit src/events/schema.ts, not this part -->",
+    "<!-- generated by `deno run src/events/schema.ts` from docs/schemas/events.schema.json: edit that file, not this part -->",
     "",
     `### Every event (schema version ${EVENTS_SCHEMA_VERSION})`,
     "",

@@ -39,8 +39,10 @@ body { margin: 16px; font: 13px "DejaVu Sans", Helvetica, Arial, sans-serif; col
 figure { margin: 0; overflow-x: auto; }
 details { margin-top: 18px; max-width: 1180px; }
 summary { cursor: pointer; font-weight: bold; }
-table { border-collapse: collapse; margin-top: 8px; font-size: 12px; }
+table { border-collapse: collapse; margin-top: 8px; font-size: 12px; width: 100%; table-layout: fixed; }
+col.t { width: 76px; } col.type { width: 92px; } col.device { width: 26%; }
 td, th { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }
+td { overflow-wrap: anywhere; }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 tr.ev-error td, tr.ev-note td { color: #b00; }
 tr.ev-switchover td { font-weight: bold; }
@@ -55,6 +57,7 @@ ${renderSvg(m, title)}
     more > 0 ? `; ${more} more not listed` : ""
   })</summary>
 <table>
+<colgroup><col class="t"><col class="type"><col class="device"><col></colgroup>
 <thead><tr><th>t</th><th>type</th><th>device</th><th>details</th></tr></thead>
 <tbody>
 ${rows}

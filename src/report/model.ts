@@ -4,10 +4,10 @@
 // is checked against the schema and the order rules as it is read; the first problem is
 // one error (exit 4). The file is read a chunk at a time through the Sys.
 
-import { SysError } from "../../ffi/errno.ts";
 import { O, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
 import { readSome } from "../io.ts";
+import { fileError } from "../transport/transport.ts";
 import { SequenceChecker, validateEvent } from "../events/schema.ts";
 
 export interface IterationDeviceData {
@@ -71,7 +71,10 @@ export interface Marker {
 export interface ReportModel {
   source: string;
   command: string;
+  /** The run's mode: save's; a load's only over TCP (where it is the live migration's). */
   mode: string | null;
+  /** The mode the stream was saved in (its header), for a load. */
+  streamMode: string | null;
   target: string | null;
   tool: string;
   wallClock: string;
@@ -147,6 +150,7 @@ export class ModelBuilder {
       source,
       command: "",
       mode: null,
+      streamMode: null,
       target: null,
       tool: "",
       wallClock: "",
@@ -209,7 +213,9 @@ export class ModelBuilder {
         }));
         break;
       case "header":
-        m.mode = e.mode as string;
+        // A load from a file or pipe of a live save's stream is not itself live.
+        m.streamMode = e.mode as string;
+        if (m.command !== "load" || m.target?.startsWith("tcp")) m.mode = e.mode as string;
         m.protocol = e.protocol as string;
         m.sizeEstimate = e.sizeEstimate as number | null;
         break;
@@ -361,8 +367,7 @@ export function readEventsFile(sys: Sys, path: string): ReportModel {
     try {
       fd = sys.open(path, O.RDONLY | O.CLOEXEC);
     } catch (e) {
-      const why = e instanceof SysError && e.code === "ENOENT" ? "no such file" : e instanceof Error ? e.message : e;
-      throw new VfioMigError(`report: ${path}: ${why}`, "usage");
+      throw new VfioMigError(`report: ${fileError(sys, path, e, "read").message}`, "usage");
     }
   }
   const b = new ModelBuilder(path === "-" ? "standard input" : path);

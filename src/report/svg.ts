@@ -55,6 +55,7 @@ const PHASE_COLORS: Record<string, string> = {
   trailer: "#d4c4e0",
   resume: "#b9cde5",
   finish: "#d9d9d9",
+  wait: "#eef1f4",
 };
 
 /** A v2 state name, or the v2 name nearest a v1 one ("pre-copy (011b)" → PRE_COPY), for colours. */
@@ -177,14 +178,22 @@ function polyline(points: [number, number][]): string {
 
 /** Where the devices left RUNNING: the first SET from a running state to a stopped or quiesced one (its start). */
 function leftRunningAt(m: ReportModel): number | null {
-  let first: number | null = null;
+  return leftRunning(m)?.t ?? null;
+}
+
+/**
+ * When the devices stopped running (the first SET leaving RUNNING or PRE_COPY, from the
+ * moment it was requested: the downtime's start) and the state they left.
+ */
+function leftRunning(m: ReportModel): { t: number; from: string } | null {
+  let first: { t: number; from: string } | null = null;
   for (const d of m.devices) {
     for (const c of d.states) {
       const from = stateKey(c.from);
       const to = stateKey(c.to);
       if ((from === "RUNNING" || from === "PRE_COPY") && to !== "RUNNING" && to !== "PRE_COPY" && !c.error) {
         const t = c.t - c.ms;
-        if (first === null || t < first) first = t;
+        if (first === null || t < first.t) first = { t, from: c.from ?? from };
         break;
       }
     }
@@ -208,7 +217,7 @@ export function summaryRows(m: ReportModel): [string, string][] {
     "command",
     `${m.command}${m.mode ? ` (${m.mode})` : ""}${
       m.target ? `, ${m.command === "load" ? "from" : "to"} ${m.target}` : ""
-    }`,
+    }${m.command === "load" && !m.mode && m.streamMode ? ` (a stream saved ${m.streamMode})` : ""}`,
   ]);
   rows.push([m.devices.length === 1 ? "device" : "devices", m.devices.map((d) => d.label).join(", ")]);
   if (m.protocol) rows.push(["protocol", m.protocol]);
@@ -255,10 +264,14 @@ export function summaryRows(m: ReportModel): [string, string][] {
   if (reinits) rows.push(["REINIT", String(reinits)]);
   const final = s?.finalState;
   if (typeof final === "string") rows.push(["final state", final]);
-  if (Array.isArray(s?.devices)) {
+  else if (m.devices.length === 1 && m.devices[0].states.length) {
+    // No result (an error, a kill): the state the last state event left the device in.
+    rows.push(["final state", `${m.devices[0].states.at(-1)!.to} (its last state event)`]);
+  }
+  if (Array.isArray(s?.devices) && s.devices.length > 1) {
     for (const d of s.devices as Record<string, unknown>[]) {
       const b = typeof d.bytes === "number" ? fmtBytes(d.bytes) : "?";
-      rows.push([`  ${d.index}`, `${d.device}: ${b}, ${d.finalState ?? "?"}`]);
+      rows.push([`device ${d.index}`, `${d.device}: ${b}, ${d.finalState ?? "?"}`]);
     }
   }
   for (const n of m.notes) rows.push([n.kind, n.text]);
@@ -268,6 +281,26 @@ export function summaryRows(m: ReportModel): [string, string][] {
 /** The phases of the whole run (not per device) as a strip of `h` pixels at `y`. */
 function phaseStrip(s: Svg, ax: TimeAxis, m: ReportModel, y: number, h: number): void {
   s.add(`<g class="phases">`);
+  // A listener's wait for its peer: from listening to the peer's authentication.
+  const listening = m.transport.find((tr) => tr.kind === "listening");
+  if (listening) {
+    const authed = m.transport.find((tr) => tr.kind === "authenticated" && tr.t >= listening.t);
+    const end = authed?.t ?? m.phases.find((p) => p.device === null)?.t0 ?? m.tEnd;
+    if (ax.shows(listening.t, end)) {
+      const x0 = ax.x(listening.t);
+      const x1 = Math.max(ax.x(end), x0 + 1);
+      const label = "waiting for a peer";
+      s.add(
+        `<rect class="phase" data-phase="wait" x="${num(x0)}" y="${y}" width="${num(x1 - x0)}" height="${h}" ` +
+          `fill="${PHASE_COLORS.wait}"><title>${
+            esc(`waiting for a peer: ${fmtMs(listening.t)} – ${authed ? fmtMs(end) : "(none came)"}`)
+          }</title></rect>`,
+      );
+      if (x1 - x0 > label.length * 6 + 6) {
+        s.text((x0 + x1) / 2, y + h - 4, label, `font-size="10.5" text-anchor="middle" fill="${COLORS.text}"`);
+      }
+    }
+  }
   for (const p of m.phases.filter((p) => p.device === null)) {
     const end = p.t1 ?? m.tEnd;
     if (!ax.shows(p.t0, end)) continue;
@@ -282,7 +315,9 @@ function phaseStrip(s: Svg, ax: TimeAxis, m: ReportModel, y: number, h: number):
           )
         }</title></rect>`,
     );
-    if (x1 - x0 > p.phase.length * 6 + 6) {
+    // No name where a phase inside this one (a load's config in its finish) covers it.
+    const covered = m.phases.some((q) => q !== p && q.device === null && q.t0 > p.t0 && q.t0 < end);
+    if (!covered && x1 - x0 > p.phase.length * 6 + 6) {
       s.text((x0 + x1) / 2, y + h - 4, p.phase, `font-size="10.5" text-anchor="middle" fill="${COLORS.text}"`);
     }
   }
@@ -302,6 +337,24 @@ function transportTicks(s: Svg, ax: TimeAxis, m: ReportModel, y: number): void {
         `</title></path>`,
     );
   }
+  // Their names beside them: steps closer than a label's width share one ("connected, authenticated").
+  const groups: { x: number; kinds: string[] }[] = [];
+  for (const tr of [...shown].sort((a, b) => a.t - b.t)) {
+    const x = ax.x(tr.t);
+    const g = groups.at(-1);
+    const kind = tr.kind === "init-ack" ? "ack" : tr.kind;
+    if (g && x - g.x < g.kinds.join(", ").length * 5.4 + 14) {
+      if (!g.kinds.includes(kind)) g.kinds.push(kind);
+    } else groups.push({ x, kinds: [kind] });
+  }
+  for (const [i, g] of groups.entries()) {
+    const text = g.kinds.join(", ");
+    const room = (groups[i + 1]?.x ?? X1 + 76) - g.x - 8;
+    const shown = text.length * 5.4 <= room ? text : text.slice(0, Math.max(Math.floor(room / 5.4) - 1, 0)) + "…";
+    if (shown.length > 1) {
+      s.text(g.x + 6, y + 8, shown, `class="transport-label" font-size="9.5" fill="${COLORS.muted}"`);
+    }
+  }
   s.add(`</g>`);
 }
 
@@ -310,11 +363,13 @@ function stateStrip(s: Svg, ax: TimeAxis, m: ReportModel, d: ReportModel["device
   const segs: { t0: number; t1: number; state: string }[] = [];
   let cur = d.states[0]?.from ?? null;
   let since = 0;
+  // A change is drawn from the moment it was requested (t - ms): where the downtime and
+  // the detail axis's +0 start.
   for (const c of d.states) {
     if (c.error) continue;
-    if (cur !== null) segs.push({ t0: since, t1: c.t, state: cur });
+    if (cur !== null) segs.push({ t0: since, t1: c.t - c.ms, state: cur });
     cur = c.to;
-    since = c.t;
+    since = c.t - c.ms;
   }
   if (cur !== null) segs.push({ t0: since, t1: m.tEnd, state: cur });
   s.add(`<rect x="${X0}" y="${y}" width="${X1 - X0}" height="18" fill="#f4f4f4"/>`);
@@ -337,14 +392,26 @@ function stateStrip(s: Svg, ax: TimeAxis, m: ReportModel, d: ReportModel["device
       );
     }
   }
+  // The state the device was left in, named after the lane's end (a last change a few ms
+  // before the end, as an interrupted save's recovery, is too thin to see).
+  if (cur !== null) {
+    const key = stateKey(cur);
+    s.add(
+      `<g class="final-state" data-final-state="${esc(cur)}"><rect x="${X1 + 6}" y="${y + 4}" width="10" height="10" ` +
+        `fill="${STATE_COLORS[key] ?? "#cccccc"}"/>`,
+    );
+    s.text(X1 + 19, y + 13, cur, `font-size="10" fill="${COLORS.text}"`);
+    s.add(`</g>`);
+  }
   for (const c of d.states) {
-    if (!ax.shows(c.t, c.t)) continue;
-    const x = num(ax.x(c.t));
+    const tc = c.error ? c.t : c.t - c.ms;
+    if (!ax.shows(tc, tc)) continue;
+    const x = num(ax.x(tc));
     const what = `${c.from ?? "?"} → ${c.to}${c.reset ? " (reset)" : ""} at ${fmtMs(c.t)}, took ${fmtMs(c.ms)}` +
       (c.error ? `; failed: ${c.error}` : "");
     s.add(
       c.error
-        ? `<path class="state-error" d="M${num(ax.x(c.t) - 4)},${
+        ? `<path class="state-error" d="M${num(ax.x(tc) - 4)},${
           y + 5
         } l8,8 m0,-8 l-8,8" stroke="${COLORS.switchover}" ` +
           `stroke-width="2"><title>${esc(what)}</title></path>`
@@ -432,6 +499,7 @@ export function renderSvg(m: ReportModel, title?: string): string {
   // Title
   const heading = title ??
     `vfio-mig ${m.command}${m.mode ? ` (${m.mode})` : ""}: ${m.devices.map((d) => d.label).join(", ")}`;
+  // (A load's mode is only set over TCP: a file of a live save's stream is loaded offline.)
   s.text(X0, 26, heading, `font-size="17" font-weight="bold" fill="${COLORS.text}"`);
   s.text(
     X0,
@@ -598,7 +666,7 @@ export function renderSvg(m: ReportModel, title?: string): string {
   s.text(X0, y - 7, multi ? "Devices" : "Device", `font-size="12.5" font-weight="bold" fill="${COLORS.text}"`);
   for (const d of m.devices) {
     s.add(`<g class="lane" data-index="${d.index}" data-device="${esc(d.label)}">`);
-    s.text(X0, y + 11, `${d.index}  ${d.label}`, `font-size="11" fill="${COLORS.text}"`);
+    s.text(X0, y + 11, multi ? `${d.index}  ${d.label}` : d.label, `font-size="11" fill="${COLORS.text}"`);
     y += 16;
     stateStrip(s, ax, m, d, y);
     y += 18;
@@ -667,13 +735,15 @@ export function renderSvg(m: ReportModel, title?: string): string {
     transportTicks(s, dx, m, top + stripH);
     let yy = top + stripH + 14;
     for (const d of m.devices) {
+      s.text(X0, yy + 11, multi ? `${d.index}  ${d.label}` : d.label, `font-size="11" fill="${COLORS.text}"`);
+      yy += 16;
       stateStrip(s, dx, m, d, yy);
-      s.text(X0 - 6, yy + 13, `${d.index}`, `font-size="10.5" text-anchor="end" fill="${COLORS.muted}"`);
       yy += 22;
     }
     marks(s, dx, m, top, yy, "detail-mark");
     s.add(`</g>`);
-    timeLabels(s, dx, yy, "time since the devices left RUNNING");
+    const from = leftRunning(m)?.from ?? "RUNNING";
+    timeLabels(s, dx, yy, `time since the device${multi ? "s" : ""} left ${from} (+0: when that was requested)`);
     y = yy + 46;
   }
 

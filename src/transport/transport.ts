@@ -8,7 +8,7 @@
 // most POLL_SLICE_MS between which the event loop runs and interrupt() is seen.
 // Regular files never wait for anyone and stay on the plain synchronous path.
 
-import { isErrno } from "../../ffi/errno.ts";
+import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
 import { F, O, POLL, type Sys } from "../../ffi/sys.ts";
 import { VfioMigError } from "../errors.ts";
 import { nextTurn, readSome, writeAll } from "../io.ts";
@@ -167,11 +167,7 @@ export class FdSink implements Sink {
         this.#fd = this.sys.open(this.path, O.WRONLY | O.NONBLOCK | O.CLOEXEC);
         break;
       } catch (e) {
-        if (!isErrno(e, "ENXIO")) {
-          throw new VfioMigError(`cannot open ${this.path}: ${e instanceof Error ? e.message : e}`, "failure", {
-            cause: e,
-          });
-        }
+        if (!isErrno(e, "ENXIO")) throw fileError(this.sys, this.path, e, "write");
       }
       await new Promise((r) => setTimeout(r, 20)); // no reader yet
     }
@@ -271,14 +267,7 @@ export class FileSink implements Sink {
     try {
       this.#fd = sys.open(this.#tmp, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, 0o644);
     } catch (e) {
-      const why = isErrno(e, "ENOENT")
-        ? "its folder does not exist"
-        : isErrno(e, "EACCES") || isErrno(e, "EPERM")
-        ? "permission denied"
-        : e instanceof Error
-        ? e.message
-        : String(e);
-      throw new VfioMigError(`cannot create ${path}: ${why}`, "failure", { cause: e });
+      throw fileError(sys, path, e, "create");
     }
   }
   get label(): string {
@@ -414,7 +403,7 @@ export function openSink(sys: Sys, target: string): Sink {
     try {
       return new FdSink(sys, sys.open(target, O.WRONLY | O.CLOEXEC), target, true);
     } catch (e) {
-      throw new VfioMigError(`cannot open ${target}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
+      throw fileError(sys, target, e, "write");
     }
   }
   return new FileSink(sys, target);
@@ -423,16 +412,48 @@ export function openSink(sys: Sys, target: string): Sink {
 /** A synchronous source (inspect): "-" (standard input) or a path. Throws VfioMigError. */
 export function openSource(sys: Sys, from: string): Source {
   if (from === "-") return new FdSource(sys, 0, "standard input", false);
+  let fd: number;
   try {
-    return new FdSource(sys, sys.open(from, O.RDONLY | O.CLOEXEC), from, true);
+    fd = sys.open(from, O.RDONLY | O.CLOEXEC);
   } catch (e) {
-    throw openError(from, e);
+    throw fileError(sys, from, e, "read");
   }
+  if (sys.fstat(fd).isDirectory) {
+    sys.close(fd);
+    throw fileError(sys, from, new SysError("read", Errno.EISDIR), "read");
+  }
+  return new FdSource(sys, fd, from, true);
 }
 
-function openError(from: string, e: unknown): VfioMigError {
-  if (isErrno(e, "ENOENT")) return new VfioMigError(`${from}: no such file`, "usage");
-  return new VfioMigError(`cannot open ${from}: ${e instanceof Error ? e.message : e}`, "failure", { cause: e });
+/**
+ * The one error for a path named on the command line that cannot be opened, read or
+ * created: usage (exit 2), naming the path, the reason in words and what to do
+ * (missing, a missing folder, a folder that takes no new files such as /proc, a
+ * directory, permission, a read-only file system). Other errnos (EIO, ENOSPC, …) are
+ * an I/O failure (exit 1), the path and the errno named.
+ */
+export function fileError(sys: Sys, path: string, e: unknown, doing: "read" | "write" | "create"): VfioMigError {
+  const slash = path.lastIndexOf("/");
+  const dir = slash > 0 ? path.slice(0, slash) : slash === 0 ? "/" : ".";
+  let why: string;
+  if (isErrno(e, "ENOENT") && doing === "read") return new VfioMigError(`${path}: no such file`, "usage");
+  if (isErrno(e, "ENOENT")) {
+    let dirExists = false;
+    try {
+      dirExists = sys.stat(dir).isDirectory;
+    } catch { /* it does not */ }
+    why = dirExists ? `${dir} takes no new files` : `its folder ${dir} does not exist (create it first)`;
+  } else if (isErrno(e, "ENOTDIR")) why = `a part of ${dir} is not a folder`;
+  else if (isErrno(e, "EISDIR")) return new VfioMigError(`${path} is a directory: give a file`, "usage");
+  else if (isErrno(e, "EACCES") || isErrno(e, "EPERM")) {
+    why = `permission denied (run as a user who may ${doing === "read" ? "read it" : `write in ${dir}`})`;
+  } else if (isErrno(e, "EROFS")) why = "the file system is read-only";
+  else {
+    // Not the path's fault (EIO, ENOSPC, ENOMEM, …): an I/O failure, exit 1.
+    why = e instanceof Error ? e.message : String(e);
+    return new VfioMigError(`cannot ${doing} ${path}: ${why}`, "failure", { cause: e });
+  }
+  return new VfioMigError(`cannot ${doing} ${path}: ${why}`, "usage", { cause: e });
 }
 
 /**
@@ -450,10 +471,11 @@ export function openStreamSource(sys: Sys, from: string): StreamSource {
   try {
     fd = sys.open(from, O.RDONLY | O.NONBLOCK | O.CLOEXEC);
   } catch (e) {
-    throw openError(from, e);
+    throw fileError(sys, from, e, "read");
   }
   try {
     const st = sys.fstat(fd);
+    if (st.isDirectory) throw fileError(sys, from, new SysError("read", Errno.EISDIR), "read");
     if (st.isRegular) {
       sys.fcntl(fd, F.SETFL, sys.fcntl(fd, F.GETFL) & ~O.NONBLOCK);
       return new FdSource(sys, fd, from, true);

@@ -132,7 +132,7 @@ export class MigrationV2 {
       if (isHangingArc(cur, target)) {
         throw new VfioMigError(
           `${this.name}: refusing ${stateName(cur)} -> ${stateName(target)}: the uAPI forbids it and ` +
-            `kernels 6.2 until the 2026 fix hang on it`,
+            `Linux 6.2 and later hang on it (soft lockup) until the 2026 fix in 7.1 and stable kernels`,
           "usage",
         );
       }

@@ -19,7 +19,7 @@ function readyIn(_dev: SimDevice, file: MigrationFile): number {
 }
 
 export const blockingRead: QuirkDef = {
-  summary: "data_fd reads block until the phase's data is ready (--read-delay MS); EAGAIN with O_NONBLOCK; " +
+  summary: "data_fd reads block until the phase's data is ready (--read-delay TIME); EAGAIN with O_NONBLOCK; " +
     "poll() says when",
   conformant: true,
   source: "mlx5 mlx5vf_save_read",
