@@ -50,7 +50,11 @@ export class VfioMigError extends Error {
 }
 
 export class StreamError extends VfioMigError {
-  constructor(message: string, readonly offset?: number) {
+  /**
+   * `offset`: the stream byte where the damage is; `record`: the number of the record
+   * it is in (0: the first after the header, as `inspect` lists them; src/stream/grammar.ts).
+   */
+  constructor(message: string, readonly offset?: number, readonly record?: number) {
     super(offset === undefined ? message : `${message} (at byte ${offset})`, "stream");
     this.name = "StreamError";
   }

@@ -81,6 +81,8 @@ function errnosFor(key: string): string[] {
   if (key === "ioctl:MIG_GET_PRECOPY_INFO") return ["EINVAL", "EIO", "ENODEV", "EFAULT"];
   if (key.startsWith("ioctl:")) return ["EINVAL", "EFAULT", "ENODEV"];
   if (key === "pread:device" || key === "pwrite:device") return ["EIO", "EINVAL", "EFAULT"];
+  // load's whole-file check of the input (pread through the descriptor it then reads).
+  if (key === "pread:host") return ["EIO", "EINVAL", "EFAULT", "EINTR"];
   if (key === "mmap:device") return ["ENOMEM", "EINVAL", "ENODEV"];
   if (key === "open:device") return ["ENODEV", "ENOMEM", "EIO"];
   if (key === "open:host") return ["EIO", "ENOSPC", "ENOMEM"];

@@ -20,6 +20,7 @@ const EXIT_CODES: Record<string, number[]> = {
   inspect: [0, 1, 2, 4],
   report: [0, 1, 2, 4],
   "qemu-splice": [0, 1, 2, 4],
+  verify: [0, 2, 4, 130],
 };
 
 function documentedCodes(help: string): number[] {

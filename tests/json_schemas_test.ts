@@ -36,7 +36,17 @@ function conforms(kind: string, value: unknown, what: string): void {
 }
 
 Deno.test("schemas: every file compiles (strict) and the events validator reads the published one", () => {
-  assertEquals(Object.keys(validators).sort(), ["check", "events", "info", "inspect", "list", "load", "save"]);
+  assertEquals(Object.keys(validators).sort(), [
+    "check",
+    "events",
+    "failure",
+    "info",
+    "inspect",
+    "list",
+    "load",
+    "save",
+    "verify",
+  ]);
   assertEquals(EVENTS_SCHEMA, schemas.events, "src/events/schema.ts reads docs/schemas/events.schema.json");
 });
 
@@ -55,7 +65,7 @@ Deno.test("schemas: docs/json-output.md and docs/events.md are generated from th
   }
 });
 
-Deno.test("schemas: real outputs of save, load, info, list, check, inspect and real events conform", async () => {
+Deno.test("schemas: real outputs of save, load, info, list, check, inspect, verify, a failure and real events conform", async () => {
   await withTemp(async (t) => {
     await simCreate(`${t}/a`, "--model", "mtty-2");
     await simCreate(`${t}/b`, "--model", "mtty-2");
@@ -99,6 +109,23 @@ Deno.test("schemas: real outputs of save, load, info, list, check, inspect and r
     const bad = await cli(["inspect", "--json", `${t}/cut.bin`]);
     assertEquals(bad.code, 4);
     out.push(["inspect", JSON.parse(bad.stdout), "inspect of a damaged stream"]);
+    out.push(["verify", await json(["verify", "--json", `${t}/m.bin`]), "verify"]);
+    const damaged = await cli(["verify", "--json", `${t}/cut.bin`]);
+    assertEquals(damaged.code, 4);
+    const dv = JSON.parse(damaged.stdout);
+    assertEquals(dv.ok, false);
+    out.push(["verify", dv, "verify of a damaged stream"]);
+    // --json on failure: one failure object where the summary would have gone.
+    const refused = await cli(["load", "--json", "-d", `sim:${t}/b`, `${t}/cut.bin`]);
+    assertEquals(refused.code, 4);
+    const fl = JSON.parse(refused.stdout);
+    assertEquals([fl.status, fl.kind, fl.devices.length], ["failed", "stream", 1]);
+    out.push(["failure", fl, "load of a damaged stream"]);
+    const usage = await cli(["save", "--json", "-d", `sim:${t}/a`, "--downtime-limit", "1s", "-"]);
+    assertEquals(usage.code, 2);
+    // On stderr (stdout carries the stream): the object, then the error line.
+    const obj = usage.stderr.slice(usage.stderr.indexOf("{\n"), usage.stderr.lastIndexOf("\n}") + 2);
+    out.push(["failure", JSON.parse(obj), "save usage error (--json to stderr)"]);
     for (const [kind, value, what] of out) conforms(kind, value, what);
     // Events: every line conforms, Ajv and vfio-mig's validator agree; a result's summary is the --json output.
     let lines = 0;

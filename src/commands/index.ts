@@ -58,6 +58,11 @@ export const COMMANDS: CommandEntry[] = [
     load: async () => (await import("./inspect.ts")).inspectCommand,
   },
   {
+    name: "verify",
+    summary: "check a saved stream whole (every checksum, the order, the trailer) without a device; exit 0 or 4",
+    load: async () => (await import("./verify.ts")).verifyCommand,
+  },
+  {
     name: "report",
     summary: "draw an events file (save/load --events) as an HTML page or SVG picture",
     load: async () => (await import("./report.ts")).reportCommand,

@@ -2,6 +2,7 @@ import { defaultDeviceSpec, loadBackendsFor, systemFor, type VfioDevice } from "
 import { VfioMigError } from "../errors.ts";
 import { parseProtocol } from "../migrate/protocol.ts";
 import { save, type SaveResult } from "../migrate/save.ts";
+import { type FailureScope, noteFailureStates, withFailureReport } from "../migrate/operation.ts";
 import { Cancellation, formatBytes } from "../migrate/session.ts";
 import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/precopy.ts";
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
@@ -122,118 +123,131 @@ ${
   }
 
 ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 4: "the destination (tcp://) refused the stream" })}`,
-  async run(args) {
-    const { values, positionals } = parse("save", args, {
-      device: { type: "string", short: "d", multiple: true },
-      "no-p2p": { type: "boolean" },
-      resume: { type: "boolean" },
-      live: { type: "boolean" },
-      "max-precopy": { type: "string", needs: "live" },
-      "downtime-limit": { type: "string", needs: "live" },
-      tls: { type: "boolean", needs: TCP_OUTPUT },
-      "tls-ca": { type: "string", needs: TCP_OUTPUT },
-      token: { ...NETWORK_OPTIONS.token, needs: TCP_OUTPUT },
-      "handshake-timeout": { ...NETWORK_OPTIONS["handshake-timeout"], needs: TCP_OUTPUT },
-      protocol: { type: "string" },
-      ...EVENTS_OPTIONS,
-      json: { type: "boolean" },
-      quiet: { type: "boolean", short: "q" },
-    });
-    if (values.help) {
-      console.log(this.help);
-      return 0;
-    }
-    if (positionals.length !== 1) {
-      throw new VfioMigError(
-        "save: give one output: a FILE, - for standard output, or tcp://HOST:PORT (see 'vfio-mig save --help')",
-        "usage",
-      );
-    }
-    const target = saveTarget(positionals[0]); // QEMU's tcp:H:P and file:P too; other URIs refused
-    const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS, { zero: true });
-    const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS, {
-      zero: true,
-    });
-    const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
-    await loadBackendsFor(specs);
-    const sys = systemFor(specs);
-    if (target === "-" && sys.isatty(1)) {
-      throw new VfioMigError(
-        "save: refusing to write device state to a terminal: redirect standard output or give a FILE",
-        "usage",
-      );
-    }
-    // The events (--events, the progress bar) before anything else can fail or change.
-    const { events } = migrationEvents(sys, {
-      events: values.events,
-      progress: !values.quiet && !values.json,
-      reservedFds: target === "-" ? [1] : [],
-    });
-    events.start({ command: "save", mode: values.live ? "live" : "offline", target });
-    let sink: Sink | null = null;
-    let devs: VfioDevice[] = [];
-    try {
-      // Connect and authenticate before the device is touched.
-      if (target.startsWith("tcp://")) {
-        const token = tokenFrom(sys, values.token);
-        if (!token) {
-          throw new VfioMigError("save: tcp:// needs the listener's token: --token T or VFIO_MIG_TOKEN", "usage");
-        }
-        const client = await TcpClient.connect(target, {
-          token,
-          tls: values.tls,
-          tlsCa: readPem(sys, values["tls-ca"], "CA certificate"),
-          handshakeTimeoutMs: msOption(values["handshake-timeout"], "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
-        });
-        events.transport("connected", { peer: target, tls: !!values.tls || values["tls-ca"] !== undefined });
-        events.transport("authenticated", { peer: target });
-        sink = new TcpSink(client);
-      }
-      // save() ends the output's waits on a signal (a full pipe, a FIFO without a reader, a
-      // destination that stopped reading) and then recovers the devices. Caught from
-      // before the open: a signal that came between the open and the listener would kill
-      // the process without a word (seen in the TCG guest, where that gap took seconds).
-      const cancel = new Cancellation().install();
-      try {
-        devs = openDevices(sys, specs);
-        sink ??= openSink(sys, target);
-        const r = await save(devs, sink, {
-          resume: values.resume,
-          live: values.live,
-          maxPrecopyMs: maxPrecopy,
-          downtimeLimitMs: downtimeLimit,
-          protocol: parseProtocol(values.protocol, "save"),
-          events,
-          cancel,
-          noP2p: values["no-p2p"],
-        });
-        // Saved from a fresh open of a device vfio-pci resets: say whose state this is.
-        const fresh = devs.flatMap((d) => freshOpenWarnings(d, "save"));
-        for (const w of fresh) {
-          events.note(w, "warning");
-          console.error(`vfio-mig: warning: ${w}`);
-        }
-        const summary = { command: "save", output: target, ...r, warnings: [...r.warnings, ...fresh] };
-        events.result(summary);
-        if (values.json) printJson(summary, target === "-");
-        else if (!values.quiet) {
-          for (const line of saveSummary(r, target)) console.error(line);
-        }
-        // Not converging is worth a word even with --json (unless the JSON itself goes to stderr).
-        if (r.switchReason === "max-precopy" && !values.quiet && !(values.json && target === "-")) {
-          console.error(maxPrecopyNote(r));
-        }
-        return 0;
-      } finally {
-        cancel.uninstall();
-      }
-    } catch (e) {
-      events.error(e);
-      throw e;
-    } finally {
-      events.close();
-      if (sink instanceof TcpSink) sink.abort(); // closes the connection (a no-op once finished)
-      closeDevices(devs);
-    }
+  run(args) {
+    // --json: any failure, a usage error included, prints one JSON object (docs/tools.md),
+    // to stderr when the stream goes to standard output.
+    const scope: FailureScope = { labels: [], devices: [], toStderr: args.includes("-") };
+    return withFailureReport("save", args.includes("--json"), scope, () => runSave(this.help, args, scope));
   },
 };
+
+async function runSave(help: string, args: string[], scope: FailureScope): Promise<number> {
+  const { values, positionals } = parse("save", args, {
+    device: { type: "string", short: "d", multiple: true },
+    "no-p2p": { type: "boolean" },
+    resume: { type: "boolean" },
+    live: { type: "boolean" },
+    "max-precopy": { type: "string", needs: "live" },
+    "downtime-limit": { type: "string", needs: "live" },
+    tls: { type: "boolean", needs: TCP_OUTPUT },
+    "tls-ca": { type: "string", needs: TCP_OUTPUT },
+    token: { ...NETWORK_OPTIONS.token, needs: TCP_OUTPUT },
+    "handshake-timeout": { ...NETWORK_OPTIONS["handshake-timeout"], needs: TCP_OUTPUT },
+    protocol: { type: "string" },
+    ...EVENTS_OPTIONS,
+    json: { type: "boolean" },
+    quiet: { type: "boolean", short: "q" },
+  });
+  if (values.help) {
+    console.log(help);
+    return 0;
+  }
+  scope.toStderr = positionals[0] === "-";
+  if (positionals.length !== 1) {
+    throw new VfioMigError(
+      "save: give one output: a FILE, - for standard output, or tcp://HOST:PORT (see 'vfio-mig save --help')",
+      "usage",
+    );
+  }
+  const target = saveTarget(positionals[0]); // QEMU's tcp:H:P and file:P too; other URIs refused
+  const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS, { zero: true });
+  const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS, {
+    zero: true,
+  });
+  const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
+  scope.labels = specs;
+  await loadBackendsFor(specs);
+  const sys = systemFor(specs);
+  if (target === "-" && sys.isatty(1)) {
+    throw new VfioMigError(
+      "save: refusing to write device state to a terminal: redirect standard output or give a FILE",
+      "usage",
+    );
+  }
+  // The events (--events, the progress bar) before anything else can fail or change.
+  const { events } = migrationEvents(sys, {
+    events: values.events,
+    progress: !values.quiet && !values.json,
+    reservedFds: target === "-" ? [1] : [],
+  });
+  events.start({ command: "save", mode: values.live ? "live" : "offline", target });
+  let sink: Sink | null = null;
+  let devs: VfioDevice[] = [];
+  try {
+    // Connect and authenticate before the device is touched.
+    if (target.startsWith("tcp://")) {
+      const token = tokenFrom(sys, values.token);
+      if (!token) {
+        throw new VfioMigError("save: tcp:// needs the listener's token: --token T or VFIO_MIG_TOKEN", "usage");
+      }
+      const client = await TcpClient.connect(target, {
+        token,
+        tls: values.tls,
+        tlsCa: readPem(sys, values["tls-ca"], "CA certificate"),
+        handshakeTimeoutMs: msOption(values["handshake-timeout"], "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
+      });
+      events.transport("connected", { peer: target, tls: !!values.tls || values["tls-ca"] !== undefined });
+      events.transport("authenticated", { peer: target });
+      sink = new TcpSink(client);
+    }
+    // save() ends the output's waits on a signal (a full pipe, a FIFO without a reader, a
+    // destination that stopped reading) and then recovers the devices. Caught from
+    // before the open: a signal that came between the open and the listener would kill
+    // the process without a word (seen in the TCG guest, where that gap took seconds).
+    const cancel = new Cancellation().install();
+    try {
+      devs = openDevices(sys, specs);
+      scope.labels = devs.map((d) => d.label);
+      scope.devices = devs;
+      sink ??= openSink(sys, target);
+      const r = await save(devs, sink, {
+        resume: values.resume,
+        live: values.live,
+        maxPrecopyMs: maxPrecopy,
+        downtimeLimitMs: downtimeLimit,
+        protocol: parseProtocol(values.protocol, "save"),
+        events,
+        cancel,
+        noP2p: values["no-p2p"],
+      });
+      // Saved from a fresh open of a device vfio-pci resets: say whose state this is.
+      const fresh = devs.flatMap((d) => freshOpenWarnings(d, "save"));
+      for (const w of fresh) {
+        events.note(w, "warning");
+        console.error(`vfio-mig: warning: ${w}`);
+      }
+      const summary = { command: "save", output: target, ...r, warnings: [...r.warnings, ...fresh] };
+      events.result(summary);
+      if (values.json) printJson(summary, target === "-");
+      else if (!values.quiet) {
+        for (const line of saveSummary(r, target)) console.error(line);
+      }
+      // Not converging is worth a word even with --json (unless the JSON itself goes to stderr).
+      if (r.switchReason === "max-precopy" && !values.quiet && !(values.json && target === "-")) {
+        console.error(maxPrecopyNote(r));
+      }
+      return 0;
+    } finally {
+      cancel.uninstall();
+    }
+  } catch (e) {
+    noteFailureStates(e, devs); // where the devices are left, while they are open
+    events.error(e);
+    throw e;
+  } finally {
+    events.close();
+    if (sink instanceof TcpSink) sink.abort(); // closes the connection (a no-op once finished)
+    scope.devices = [];
+    closeDevices(devs);
+  }
+}

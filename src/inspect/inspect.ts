@@ -25,7 +25,7 @@ import {
 import type { Source } from "../transport/transport.ts";
 import { PayloadInspector, type PayloadSummary } from "./payload.ts";
 import { ByteScanner } from "./scanner.ts";
-import { expectedRecords, type RecordPhase } from "../stream/order.ts";
+import { RecordGrammar, type SectionName, type Step } from "../stream/grammar.ts";
 
 export interface Problem {
   /** Byte offset in the stream where the problem is. */
@@ -33,11 +33,7 @@ export interface Problem {
   message: string;
 }
 
-/**
- * "data": device data of a protocol v1 stream, which has no SWITCHOVER marker.
- * "device": a DEVICE tag of a multi-device stream (in records only, never a section).
- */
-export type SectionName = "setup" | "pre-copy" | "stop-copy" | "data" | "config" | "trailer" | "device";
+export type { SectionName };
 
 export interface RecordInfo {
   index: number;
@@ -122,6 +118,12 @@ export interface InspectReport {
   problems: Problem[];
   /** problems[0]: the first thing wrong, with its offset. */
   firstProblem: Problem | null;
+  /**
+   * The number of the record firstProblem is in (0: the first after the header, as
+   * `records` numbers them; src/stream/grammar.ts), null when it is in the header or
+   * nothing is wrong. `load` and `verify` name the same record (StreamError.record).
+   */
+  firstProblemRecord: number | null;
 }
 
 export interface InspectOptions {
@@ -161,26 +163,29 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     devices: null,
     problems: [],
     firstProblem: null,
+    firstProblemRecord: null,
   };
   let omitted = 0;
-  const problem = (offset: number, message: string) => {
+  let firstRecord: number | null | undefined;
+  /** `record`: the number of the record the problem is in (none: the header). */
+  const problem = (offset: number, message: string, record?: number) => {
+    if (firstRecord === undefined) firstRecord = record ?? null;
     if (report.problems.length < maxProblems) report.problems.push({ offset, message });
     else omitted++;
   };
-  let tracks: Track[] = [];
+  let payloads: { inspector: PayloadInspector; sawData: boolean }[] = [];
   let multi = false;
 
   const finish = (): InspectReport => {
     report.streamBytes = sc.offset;
     if (omitted) report.problems.push({ offset: sc.offset, message: `${omitted} more problems not listed` });
-    for (const tr of tracks) {
-      if (!tr.sawData) continue;
-      if (!multi) report.payload = tr.payload.finish();
-      else if (tr.device !== null && report.devices?.[tr.device]) {
-        report.devices[tr.device].payload = tr.payload.finish();
-      }
-    }
+    payloads.forEach((p, i) => {
+      if (!p.sawData) return;
+      if (!multi) report.payload = p.inspector.finish();
+      else if (report.devices?.[i]) report.devices[i].payload = p.inspector.finish();
+    });
     report.firstProblem = report.problems[0] ?? null;
+    report.firstProblemRecord = firstRecord ?? null;
     report.ok = report.problems.length === 0;
     return report;
   };
@@ -266,16 +271,23 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
   opts.onHeader?.(report);
 
   // -- records --------------------------------------------------------------
-  // One track per device (a single one without a header `devices` list): the record
-  // order its records follow, its sections and its decoded payload.
-  // (An empty list is no list: there would be no track to read the records with.)
+  // The record grammar (src/stream/grammar.ts) load and verify follow: one device, or
+  // the header's `devices` list (an empty list is no list: there would be no device
+  // to read the records with). Here it notes each problem and reading goes on.
   const listed = Array.isArray(headerFields?.devices) && headerFields!.devices!.length > 0
     ? headerFields!.devices!
     : null;
   multi = listed !== null;
-  tracks = listed
-    ? listed.map((e, i) => newTrack(i, typeof e === "object" && e !== null && e.protocol === "v1"))
-    : [newTrack(null, v1)];
+  const grammar = new RecordGrammar(
+    listed
+      ? listed.map((e) => {
+        const ok = typeof e === "object" && e !== null;
+        return { v1: ok && e.protocol === "v1", source: ok && typeof e.source === "string" ? e.source : null };
+      })
+      : [{ v1 }],
+    multi,
+  );
+  payloads = (listed ?? [null]).map(() => ({ inspector: new PayloadInspector(), sawData: false }));
   if (listed) {
     report.devices = listed.map((e, i) => {
       const ok = typeof e === "object" && e !== null;
@@ -294,29 +306,32 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       };
     });
   }
-  let t: Track = tracks[0];
-  let selected = !multi; // a multi-device stream's records start with a DEVICE tag
+  // Each device's sections as they are read (key: device index; -1 a single-device
+  // stream's records, -2 the stream's trailer).
+  const open = new Map<number, { current: SectionInfo | null; fresh: boolean }>();
   let resynced = false;
   let dataCrc = 0;
-  const devReport = () => (t.device === null ? null : report.devices?.[t.device] ?? null);
-  const enter = (name: SectionName, offset: number): SectionInfo => {
-    const cur = t.current;
-    if (cur && cur.name === name && !t.fresh) return cur;
+  const enter = (name: SectionName, offset: number, device: number | null): SectionInfo => {
+    const key = name === "trailer" ? -2 : device ?? -1;
+    const at = open.get(key) ?? { current: null, fresh: false };
+    open.set(key, at);
+    const cur = at.current;
+    if (cur && cur.name === name && !at.fresh) return cur;
     const next: SectionInfo = { name, offset, records: 0, chunks: 0, bytes: 0 };
-    if (t.device !== null) next.device = t.device;
+    if (device !== null && name !== "trailer") next.device = device;
     report.sections.push(next);
-    t.current = next;
-    t.fresh = false;
+    at.current = next;
+    at.fresh = false;
     return next;
   };
   const push = (r: RecordInfo, head: Uint8Array | null) => {
-    if (r.device === undefined && t.device !== null) r.device = t.device;
     report.records.push(r);
     report.totals.records++;
     const dr = r.device === undefined ? null : report.devices?.[r.device];
     if (dr) dr.records++;
     opts.onRecord?.(r, head);
   };
+  const dev = (s: Step) => (s.device === null ? {} : { device: s.device });
 
   for (;;) {
     const offset = sc.offset;
@@ -324,7 +339,8 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       problem(
         offset,
         `truncated: the stream ends after ${report.totals.records} records without the STREAM_END trailer ` +
-          `(expected ${expectedRecords(t.phase, t.v1)}${multi && t.device !== null ? ` for device ${t.device}` : ""})`,
+          `(expected ${grammar.expectedAtEnd()})`,
+        grammar.index,
       );
       break;
     }
@@ -332,7 +348,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     if (!tb) {
       const have = sc.available(8);
       sc.skip(have);
-      problem(offset, `truncated: the stream ends inside a record tag (${have} of 8 bytes present)`);
+      problem(offset, `truncated: the stream ends inside a record tag (${have} of 8 bytes present)`, grammar.index);
       break;
     }
     const tag = new DataView(tb.buffer, tb.byteOffset, 8).getBigUint64(0);
@@ -340,31 +356,20 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     if (!name) {
       problem(
         offset,
-        `unknown record tag 0x${tag.toString(16).padStart(16, "0")} (expected ${expectedRecords(t.phase, t.v1)})`,
+        `unknown record tag 0x${tag.toString(16).padStart(16, "0")} (expected ${grammar.expectedNext()})`,
+        grammar.index,
       );
       if (!resync(sc)) break;
       resynced = true;
       continue;
     }
-    const index = report.totals.records;
     const mark = resynced ? { resynced: true } : {};
 
     if (name === "DEVICE") {
-      const i = deviceIndex(tag)!;
-      if (!multi) {
-        problem(offset, `a DEVICE tag (device ${i}) in a single-device stream (its header lists no devices)`);
-      } else if (i >= tracks.length) {
-        problem(offset, `DEVICE ${i} selects a device the header does not list (it lists ${tracks.length})`);
-      } else {
-        t = tracks[i];
-        selected = true;
-      }
-      push({ index, offset, tag: name, section: "device", device: i, ...mark }, null);
+      const s = grammar.selectDevice(deviceIndex(tag)!);
+      if (s.problem) problem(offset, s.problem, s.index);
+      push({ index: s.index, offset, tag: name, section: "device", ...dev(s), ...mark }, null);
       continue;
-    }
-    if (!selected && tag !== TAG.STREAM_END) {
-      problem(offset, `${name} before any DEVICE tag (each device's records follow a DEVICE tag in this stream)`);
-      selected = true; // counted as device 0's from here
     }
 
     if (tag === TAG.STREAM_END) {
@@ -372,23 +377,16 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       if (!t0) {
         const have = sc.available(TRAILER_SIZE - 8);
         sc.skip(have);
-        problem(offset, `truncated: the stream ends inside the trailer (${have + 8} of ${TRAILER_SIZE} bytes present)`);
+        problem(
+          offset,
+          `truncated: the stream ends inside the trailer (${have + 8} of ${TRAILER_SIZE} bytes present)`,
+          grammar.index,
+        );
         break;
       }
-      for (const tr of tracks) {
-        if (
-          !(tr.phase === "trailer" || tr.phase === "after-data" || (tr.v1 && tr.phase === "iterate" && tr.afterEnd))
-        ) {
-          problem(
-            offset,
-            `unexpected STREAM_END (expected ${expectedRecords(tr.phase, tr.v1)}${
-              tr.device === null ? "" : ` for device ${tr.device}`
-            })`,
-          );
-        }
-      }
-      if (multi) t = newTrack(null, false); // the trailer is the stream's, not a device's
-      enter("trailer", offset).records++;
+      const s = grammar.end();
+      for (const p of s.problems) problem(offset, p, s.index);
+      enter("trailer", offset, null).records++;
       const v = new DataView(t0.buffer);
       const crcOk = crc32(t0.subarray(0, 20)) === v.getUint32(20);
       const tr = {
@@ -406,68 +404,29 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
         checksum: crcOk ? "ok" : "bad",
         matches,
       };
-      if (!crcOk) problem(offset, "trailer checksum mismatch (corrupted trailer)");
+      if (!crcOk) problem(offset, "trailer checksum mismatch (corrupted trailer)", s.index);
       if (!matches) {
         problem(
           offset,
           `trailer says ${tr.dataBytes} bytes in ${tr.chunks} chunks (data CRC ${hex32(tr.dataCrc)}); the stream ` +
             `holds ${report.totals.dataBytes} bytes in ${report.totals.chunks} chunks (data CRC ${hex32(dataCrc)})`,
+          s.index,
         );
       }
-      push({ index, offset, tag: name, section: "trailer", ...mark }, null);
+      push({ index: s.index, offset, tag: name, section: "trailer", ...mark }, null);
       const extraAt = sc.offset;
       const extra = sc.stream(Number.MAX_SAFE_INTEGER, () => {});
-      if (extra > 0) problem(extraAt, `${extra} unexpected bytes after the trailer`);
+      if (extra > 0) problem(extraAt, `${extra} unexpected bytes after the trailer`, grammar.index);
       break;
     }
 
     if (!SIZED_TAGS.has(tag)) {
-      // A bare tag: move through the phases as load does.
-      const dataSection: SectionName = t.v1 ? "data" : "pre-copy";
-      let sec: SectionName = "setup";
-      let bad = false;
-      switch (name) {
-        case "DEV_SETUP_STATE":
-          if (t.phase !== "setup") bad = true;
-          t.phase = "setup-end";
-          break;
-        case "END_OF_STATE":
-          if (t.phase === "setup-end") t.phase = "iterate";
-          else if (t.phase === "iterate") sec = dataSection;
-          else if (t.phase === "stop-copy") {
-            sec = "stop-copy";
-            t.phase = "after-data";
-          } else if (t.phase === "config-end") {
-            sec = "config";
-            t.phase = "trailer";
-          } else bad = true;
-          break;
-        case "DEV_INIT_DATA_SENT":
-          if (t.phase !== "iterate" || t.v1) bad = true;
-          sec = "pre-copy";
-          break;
-        case "SWITCHOVER":
-          if (t.phase !== "iterate" || t.v1) bad = true;
-          t.phase = "stop-copy";
-          t.switchover = true;
-          sec = "stop-copy";
-          break;
-        default:
-          bad = true;
-      }
-      if (bad) {
-        problem(
-          offset,
-          `unexpected ${name} (expected ${expectedRecords(t.phase, t.v1)}${
-            multi && t.device !== null ? ` for device ${t.device}` : ""
-          })`,
-        );
-      }
-      enter(sec, offset).records++;
-      push({ index, offset, tag: name, section: sec, ...mark }, null);
-      t.afterEnd = name === "END_OF_STATE";
+      const s = grammar.tag(name);
+      if (s.problem) problem(offset, s.problem, s.index);
+      enter(s.section, offset, s.device).records++;
+      push({ index: s.index, offset, tag: name, section: s.section, ...dev(s), ...mark }, null);
       // END_OF_STATE closes a pre-copy iteration: the next record starts another.
-      if (t.afterEnd && sec === dataSection) t.fresh = true;
+      if (s.closesIteration) open.get(s.device ?? -1)!.fresh = true;
       continue;
     }
 
@@ -481,6 +440,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
         `truncated: the stream ends inside the header of a ${name} record (${
           have + 8
         } of ${CHUNK_HEADER} bytes present)`,
+        grammar.index,
       );
       break;
     }
@@ -491,37 +451,28 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       problem(
         offset + 8,
         `${name} record of ${size} bytes exceeds the ${MAX_CHUNK}-byte limit (corrupted size field?)`,
+        grammar.index,
       );
       if (!resync(sc)) break;
       resynced = true;
       continue;
     }
     const isData = name === "DEV_DATA_STATE";
-    const forDevice = multi && t.device !== null ? ` for device ${t.device}` : "";
-    let sec: SectionName;
-    if (isData) {
-      if (t.phase !== "iterate" && t.phase !== "stop-copy") {
-        problem(offset, `unexpected device data (expected ${expectedRecords(t.phase, t.v1)}${forDevice})`);
-      }
-      sec = t.switchover ? "stop-copy" : t.v1 ? "data" : "pre-copy";
-    } else {
-      if (!(t.phase === "after-data" || (t.v1 && t.phase === "iterate" && t.afterEnd))) {
-        problem(offset, `unexpected DEV_CONFIG_STATE (expected ${expectedRecords(t.phase, t.v1)}${forDevice})`);
-      }
-      t.phase = "config-end";
-      sec = "config";
-    }
+    const s = isData ? grammar.data() : grammar.config();
+    if (s.problem) problem(offset, s.problem, s.index);
+    const index = s.index;
+    const sec = s.section;
     const n = Number(size);
     const head = dumpBytes > 0 ? new Uint8Array(Math.min(n, dumpBytes)) : null;
     let headLen = 0;
     let crc = 0;
     let runCrc = dataCrc;
-    const track = t;
+    const pl = payloads[s.device ?? 0] ?? payloads[0];
     const got = sc.stream(n, (piece) => {
       crc = crc32(piece, crc);
       if (isData) {
         runCrc = crc32(piece, runCrc);
-        track.payload.feed(piece);
+        pl.inspector.feed(piece);
       }
       if (head && headLen < head.length) {
         const take = Math.min(piece.length, head.length - headLen);
@@ -530,15 +481,19 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       }
     });
     if (isData) {
-      t.sawData = true;
+      pl.sawData = true;
       dataCrc = runCrc;
     }
-    const s = enter(sec, offset);
-    s.records++;
+    const section = enter(sec, offset, s.device);
+    section.records++;
     if (got < n) {
-      problem(offset, `truncated: the stream ends inside a ${name} record (${got} of ${n} data bytes present)`);
+      problem(
+        offset,
+        `truncated: the stream ends inside a ${name} record (${got} of ${n} data bytes present)`,
+        index,
+      );
       push(
-        { index, offset, tag: name, section: sec, size: n, crc: "truncated", ...mark },
+        { index, offset, tag: name, section: sec, size: n, crc: "truncated", ...dev(s), ...mark },
         head?.subarray(0, headLen) ?? null,
       );
       break;
@@ -550,70 +505,44 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
         offset,
         `checksum mismatch in ${name} record #${index} (${n} bytes at offset ${offset + CHUNK_HEADER}): ` +
           `stored ${hex32(stored)}, computed ${hex32(crc)}`,
+        index,
       );
     }
-    const dr = devReport();
+    const dr = s.device === null ? null : report.devices?.[s.device] ?? null;
+    const stopCopy = sec === "stop-copy";
     if (isData) {
       report.totals.chunks++;
       report.totals.dataBytes += n;
-      if (t.switchover) report.totals.stopCopyBytes! += n;
+      if (stopCopy) report.totals.stopCopyBytes! += n;
       else report.totals.precopyBytes! += n;
-      s.chunks++;
-      s.bytes += n;
+      section.chunks++;
+      section.bytes += n;
       if (dr) {
         dr.chunks++;
         dr.dataBytes += n;
-        if (t.switchover) dr.stopCopyBytes! += n;
+        if (stopCopy) dr.stopCopyBytes! += n;
         else dr.precopyBytes! += n;
       }
     } else {
       report.totals.configBytes += n;
-      s.bytes += n;
+      section.bytes += n;
       if (dr) dr.configBytes += n;
     }
-    push({ index, offset, tag: name, section: sec, size: n, crc: ok ? "ok" : "bad", ...mark }, head);
-    t.afterEnd = false;
+    push({ index, offset, tag: name, section: sec, size: n, crc: ok ? "ok" : "bad", ...dev(s), ...mark }, head);
   }
   // Protocol v1 has no SWITCHOVER marker: no pre-copy / stop-copy split.
-  tracks.forEach((tr) => {
-    if (tr.switchover || !tr.v1) return;
-    const dr = tr.device === null ? null : report.devices?.[tr.device];
+  const switched = grammar.switchovers();
+  const v1s = grammar.v1s();
+  v1s.forEach((isV1, i) => {
+    if (switched[i] || !isV1) return;
+    const dr = report.devices?.[i];
     if (dr) dr.precopyBytes = dr.stopCopyBytes = null;
   });
-  if (tracks.every((tr) => tr.v1 && !tr.switchover)) {
+  if (v1s.every((isV1, i) => isV1 && !switched[i])) {
     report.totals.precopyBytes = null;
     report.totals.stopCopyBytes = null;
   }
   return finish();
-}
-
-/** One device's progress through its records (inspectStream). */
-interface Track {
-  /** Index in the header's `devices`; null for a single-device stream (and the trailer). */
-  device: number | null;
-  v1: boolean;
-  phase: RecordPhase;
-  afterEnd: boolean;
-  switchover: boolean;
-  current: SectionInfo | null;
-  /** The next record starts a new section (a pre-copy iteration ended). */
-  fresh: boolean;
-  payload: PayloadInspector;
-  sawData: boolean;
-}
-
-function newTrack(device: number | null, v1: boolean): Track {
-  return {
-    device,
-    v1,
-    phase: "setup",
-    afterEnd: false,
-    switchover: false,
-    current: null,
-    fresh: false,
-    payload: new PayloadInspector(),
-    sawData: false,
-  };
 }
 
 /**

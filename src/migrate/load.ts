@@ -2,10 +2,11 @@
 //
 //   refuse     the header, then every destination's identity, protocol and state, and
 //              P2P on all when there are several, are checked before any device is
-//              touched
+//              touched; a vfio-mig stream in a regular file is then checked whole
+//              (src/stream/verify.ts, through the same descriptor with pread)
 //   records    each device enters RESUMING when its setup section ends; each chunk
 //              reaches its device only after its checksum matched, in the record order
-//              of src/stream/order.ts
+//              of src/stream/grammar.ts
 //   finish     after the trailer (the whole stream verified): each device's config
 //              space is restored while it is still RESUMING (QEMU's vfio_load_state
 //              loads DEV_CONFIG_STATE then), then every driver takes its data
@@ -17,10 +18,11 @@
 // the resume sessions; this file never branches on the protocol.
 
 import { VfioDevice } from "../device/open.ts";
-import { InterruptedError, StreamError, VfioMigError } from "../errors.ts";
-import { identityMismatch, MAX_DEVICES, type StreamDeviceEntry, type StreamHeader } from "../stream/format.ts";
+import { StreamError, VfioMigError } from "../errors.ts";
+import { identityMismatch, type StreamDeviceEntry, type StreamHeader } from "../stream/format.ts";
 import { type RecordReader, StreamReader } from "../stream/reader.ts";
-import { openStreamSource, type StreamSource } from "../transport/transport.ts";
+import { FdSource, openStreamSource, type StreamSource } from "../transport/transport.ts";
+import { SEEK } from "../../ffi/sys.ts";
 import { deviceOrigin, originDifferences } from "../device/origin.ts";
 import {
   checkConfigIdentity,
@@ -30,13 +32,13 @@ import {
   restoreConfigState,
 } from "./config_state.ts";
 import { checkDeviceSet, operationName, requireP2p } from "./group.ts";
-import { type Protocol, type ProtocolChoice, type ResumeSession, v1Of } from "./protocol.ts";
-import { ownEvents, probeMigration } from "./save.ts";
-import { Cancellation, failure, observeDevices, onCancel, pausePoint, streamIdentity } from "./session.ts";
+import { probeMigration, type Protocol, type ProtocolChoice, type ResumeSession, v1Of } from "./protocol.ts";
+import { Cancellation, failure, pausePoint, streamIdentity } from "./session.ts";
+import { checkLine, deviceList, interruptedOr, type OperationContext, runOperation } from "./operation.ts";
 import type { Events } from "../events/events.ts";
 import { V1ResumeSession } from "./v1_session.ts";
 import { V2ResumeSession } from "./v2_session.ts";
-import { expectedRecords, type RecordPhase } from "../stream/order.ts";
+import { checkAt, grammarFor, headerDevices, PreadSource, verifyStream } from "../stream/verify.ts";
 import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 
 export interface LoadOptions {
@@ -58,6 +60,14 @@ export interface LoadOptions {
    * stream format (a QEMU migration stream's VFIO section) plugs in here.
    */
   reader?: (source: StreamSource) => RecordReader;
+  /**
+   * A vfio-mig stream in a regular file (a FdSource, or a path) is checked whole before
+   * any device is touched (default true): every chunk's CRC, the record order, the
+   * trailer and its totals, read through the same descriptor with pread. false: only as
+   * the records are loaded (a damaged file then costs the destination its state). A
+   * pipe or socket cannot be checked first. With `progress`, a line on a terminal.
+   */
+  verifyFirst?: boolean;
 }
 
 /**
@@ -115,9 +125,6 @@ interface Unit {
   entry: StreamDeviceEntry;
   d: VfioDevice;
   s: ResumeSession;
-  phase: RecordPhase;
-  /** The last record was END_OF_STATE. */
-  afterEnd: boolean;
   config: ConfigState | null;
   restored: ConfigRestore | null;
   bytes: number;
@@ -145,42 +152,6 @@ export function openResumeSession(d: VfioDevice, protocol: Protocol, want: Proto
   }
   probeMigration(d);
   return V2ResumeSession.open(d);
-}
-
-/**
- * The stream's devices: the header's `devices` (several), or the header itself (one).
- * Throws StreamError for a list of the wrong shape or an unknown protocol.
- */
-function streamDevices(h: StreamHeader): StreamDeviceEntry[] {
-  const list = h.devices;
-  if (list === undefined) {
-    if (h.protocol !== "v2" && h.protocol !== "v1") {
-      throw new StreamError(`the stream uses migration protocol ${h.protocol}; this vfio-mig speaks v1 and v2`);
-    }
-    return [{
-      source: h.source,
-      device: h.device,
-      protocol: h.protocol,
-      migrationFlags: h.migrationFlags,
-      sizeEstimate: h.sizeEstimate,
-      ...(h.v1 ? { v1: h.v1 } : {}),
-      ...(h.origin ? { origin: h.origin } : {}),
-    }];
-  }
-  if (!Array.isArray(list) || list.length < 2 || list.length > MAX_DEVICES) {
-    throw new StreamError(
-      `the stream header lists ${Array.isArray(list) ? list.length : "no"} devices (2 to ${MAX_DEVICES} expected)`,
-    );
-  }
-  list.forEach((e, i) => {
-    if (
-      typeof e !== "object" || e === null || typeof e.source !== "string" || typeof e.device !== "object" ||
-      e.device === null || (e.protocol !== "v1" && e.protocol !== "v2")
-    ) {
-      throw new StreamError(`the stream header's devices[${i}] lacks source, device or a known protocol`);
-    }
-  });
-  return list;
 }
 
 /**
@@ -254,7 +225,7 @@ async function openUnits(
 ): Promise<{ header: StreamHeader; units: Unit[]; warnings: { u: Unit; w: string }[] }> {
   checkDeviceSet(targets.map((t) => t.device), "load");
   const header = await reader.readHeader();
-  const entries = streamDevices(header);
+  const entries = headerDevices(header);
   const devs = mapTargets(entries, targets);
   const wrong = entries.map((e, i) => {
     const why = identityMismatch(e.device, streamIdentity(devs[i]));
@@ -272,8 +243,6 @@ async function openUnits(
     entry,
     d: devs[i],
     s: openResumeSession(devs[i], entry.protocol, opts.protocol ?? "auto"),
-    phase: "setup",
-    afterEnd: false,
     config: null,
     restored: null,
     bytes: 0,
@@ -300,48 +269,88 @@ export async function load(
   input: StreamSource | string,
   opts: LoadOptions = {},
 ): Promise<LoadResult> {
-  const list = asTargets(targets);
-  if (list.length === 0) throw new VfioMigError("load: give at least one device", "usage");
+  const list = deviceList(asTargets(targets), "load");
   const source = typeof input === "string" ? openStreamSource(list[0].device.sys, input) : input;
   const cancel = opts.cancel ?? new Cancellation();
-  const events = opts.events ?? ownEvents(!!opts.progress, "load");
-  // A signal ends any wait of the input (a silent pipe, a FIFO without a writer, a peer).
-  const unbind = onCancel(cancel, () => source.interrupt?.());
+  return await runOperation({
+    command: "load",
+    devices: list.map((t) => t.device),
+    cancel,
+    events: opts.events,
+    progress: opts.progress,
+    interrupt: () => source.interrupt?.(),
+    finally: () => {
+      if (typeof input === "string") source.close();
+    },
+  }, (ctx) => loadFrom(list, source, ctx, opts));
+}
+
+/**
+ * Where a vfio-mig stream in a regular file starts (the descriptor's offset), when the
+ * load is to check it whole first (LoadOptions.verifyFirst); else null: a pipe, socket
+ * or terminal cannot be read twice, another format has its own reader.
+ */
+function precheckStart(source: StreamSource, opts: LoadOptions): number | null {
+  if (opts.verifyFirst === false || opts.reader || !(source instanceof FdSource)) return null;
   try {
-    const r = await loadFrom(list, source, cancel, events, opts);
-    if (!opts.events) events.result(r);
-    return r;
-  } catch (e) {
-    if (!opts.events) events.error(e);
-    throw e;
+    if (!source.sys.fstat(source.fd).isRegular) return null;
+    return source.sys.lseek(source.fd, 0, SEEK.CUR);
+  } catch {
+    return null; // not seekable after all
+  }
+}
+
+/**
+ * The pre-check: the whole stream in the file, from `start`, through the descriptor the
+ * load reads (pread; its offset does not move): every chunk's CRC, the record order, the
+ * trailer and its totals, as the load will check them. Throws StreamError (where, and
+ * which record) for a damaged file, InterruptedError on a signal.
+ */
+async function precheck(source: FdSource, start: number, ctx: OperationContext, opts: LoadOptions): Promise<void> {
+  const line = checkLine(source.label, source.sys.fstat(source.fd).size - start, !!opts.progress);
+  let ok = false;
+  try {
+    const r = await verifyStream(new PreadSource(source.sys, source.fd, source.label, start), {
+      checkConfig: (b) => void decodeConfigState(b),
+      onProgress: line.update,
+      checkpoint: () => ctx.cancel.checkpoint(),
+    });
+    if (!r.ok) {
+      const p = r.problem!;
+      throw new StreamError(p.message, p.offset ?? undefined, p.record ?? undefined);
+    }
+    ok = true;
   } finally {
-    unbind();
-    if (typeof input === "string") source.close();
-    if (!opts.events) events.close();
+    line.done(ok);
   }
 }
 
 async function loadFrom(
   list: LoadTarget[],
   source: StreamSource,
-  cancel: Cancellation,
-  events: Events,
+  ctx: OperationContext,
   opts: LoadOptions,
 ): Promise<LoadResult> {
+  const { cancel, events } = ctx;
   const t0 = performance.now();
   const labels = list.map((t) => t.device.label);
   const what = operationName("load into", labels);
+  const start = precheckStart(source, opts);
   const reader = opts.reader ? opts.reader(source) : new StreamReader(source);
   let header: StreamHeader;
   let units: Unit[];
   let warnings: { u: Unit; w: string }[];
   try {
     ({ header, units, warnings } = await openUnits(reader, list, opts));
+    // The header matched every destination: before any is touched, the whole file.
+    if (start !== null) {
+      await pausePoint((n) => list[0].device.sys.getenv(n), "verify", cancel);
+      await precheck(source as FdSource, start, ctx, opts);
+    }
   } catch (e) {
-    const cause = cancel.signal && !(e instanceof InterruptedError) ? new InterruptedError(cancel.signal) : e;
     const err = failure(
       `${what} refused`,
-      cause,
+      interruptedOr(cancel, e),
       labels.length === 1 ? `${labels[0]} was not touched` : "no device was touched",
     );
     await source.notify?.({ event: "done", ok: false, message: err.message });
@@ -362,12 +371,8 @@ async function loadFrom(
     events.note(`${u.d.label}: ${w}`, "warning", { index: u.i, label: u.d.label });
     console.error(`vfio-mig: warning: ${u.d.label}: ${w}`);
   }
-  const unobserve = observeDevices(units.map((u) => u.d), events);
-  try {
-    return await loadRecords(reader, source, header, units, cancel, events, opts, t0, what);
-  } finally {
-    unobserve();
-  }
+  ctx.observe(units.map((u) => u.d));
+  return await loadRecords(reader, source, header, units, cancel, events, opts, t0, what);
 }
 
 /** The records, then the finish; on any failure every destination is reset. */
@@ -383,104 +388,59 @@ async function loadRecords(
   what: string,
 ): Promise<LoadResult> {
   events.phase("setup", "start");
-  // A multi-device stream names the device of each record with DEVICE tags; a
-  // single-device stream has none, and all its records are its one device's.
-  const tagged = units.length > 1;
-  let cur: Unit | null = tagged ? null : units[0];
+  // The record grammar (src/stream/grammar.ts) says where each record belongs; a
+  // multi-device stream names the device of each record with DEVICE tags, a
+  // single-device stream has none.
+  const grammar = grammarFor(units.map((u) => u.entry));
   let resumePaused = false;
   let initDataLoaded = 0;
   try {
     for (;;) {
       await cancel.checkpoint();
       const rec = await reader.next();
-      if (rec.kind === "end") {
-        for (const u of units) {
-          const v1 = u.s.protocol === "v1";
-          if (u.phase !== "trailer" && u.phase !== "after-data" && !(v1 && u.phase === "iterate" && u.afterEnd)) {
-            const expected = expectedRecords(u.phase, v1);
-            throw new StreamError(
-              tagged
-                ? `unexpected end of stream for device ${u.i} (${u.entry.source}): expected ${expected}`
-                : `unexpected end of stream (expected ${expected})`,
-              rec.offset,
-            );
+      const step = rec.kind === "end"
+        ? grammar.end()
+        : rec.kind === "data"
+        ? (rec.tag === "DEV_DATA_STATE" ? grammar.data() : grammar.config())
+        : rec.tag === "DEVICE"
+        ? grammar.selectDevice(rec.device!)
+        : grammar.tag(rec.tag);
+      if (step.problem) throw new StreamError(step.problem, rec.offset, step.index);
+      if (rec.kind === "end") break;
+      const u = units[step.device ?? 0];
+      switch (step.effect) {
+        case "resume":
+          u.s.begin();
+          if (!resumePaused) {
+            resumePaused = true;
+            events.phase("setup", "end");
+            events.phase("resume", "start");
+            await pausePoint((n) => u.d.sys.getenv(n), "resume", cancel);
           }
-        }
-        break;
+          break;
+        case "init-data":
+          // Everything before it reached the device: acknowledge this marker (the source
+          // switches over once every device's markers are acknowledged; again after a
+          // REINIT).
+          initDataLoaded++;
+          if (source.notify) {
+            await source.notify({ event: "init-loaded" });
+            events.transport("init-ack", { acks: initDataLoaded });
+          }
+          break;
+        case "config":
+          if (rec.kind !== "data") break;
+          checkAt(() => u.config = decodeConfigState(rec.bytes), rec.offset, step.index);
+          checkConfigIdentity(u.config!, u.d);
+          break;
+        case "data":
+          if (rec.kind !== "data") break;
+          u.s.data(rec.bytes);
+          u.bytes += rec.bytes.length;
+          u.chunks++;
+          events.progress("resume", reader.dataBytes);
+          break;
       }
-      if (tagged && rec.kind === "tag" && rec.tag === "DEVICE") {
-        const i = rec.device!;
-        if (i >= units.length) {
-          throw new StreamError(`DEVICE ${i} selects a device the header does not list (${units.length})`, rec.offset);
-        }
-        cur = units[i];
-        continue;
-      }
-      if (!cur) throw new StreamError("a record before any DEVICE tag in a multi-device stream", rec.offset);
-      const u: Unit = cur;
-      const v1 = u.s.protocol === "v1";
-      const unexpected = (what: string) => {
-        const expected = `unexpected ${what} (expected ${expectedRecords(u.phase, v1)})`;
-        return new StreamError(tagged ? `device ${u.i} (${u.entry.source}): ${expected}` : expected, rec.offset);
-      };
-      const prevEnd = u.afterEnd;
-      u.afterEnd = rec.kind === "tag" && rec.tag === "END_OF_STATE";
-      if (rec.kind === "tag") {
-        switch (rec.tag) {
-          case "DEV_SETUP_STATE":
-            if (u.phase !== "setup") throw unexpected("DEV_SETUP_STATE");
-            u.phase = "setup-end";
-            break;
-          case "END_OF_STATE":
-            if (u.phase === "setup-end") {
-              u.s.begin();
-              if (!resumePaused) {
-                resumePaused = true;
-                events.phase("setup", "end");
-                events.phase("resume", "start");
-                await pausePoint((n) => u.d.sys.getenv(n), "resume", cancel);
-              }
-              u.phase = "iterate";
-            } else if (u.phase === "iterate") {
-              // end of an iteration (v1: also of the complete phase)
-            } else if (u.phase === "stop-copy") u.phase = "after-data";
-            else if (u.phase === "config-end") u.phase = "trailer";
-            else throw unexpected("END_OF_STATE");
-            break;
-          case "DEV_INIT_DATA_SENT":
-            if (u.phase !== "iterate" || v1) throw unexpected("DEV_INIT_DATA_SENT");
-            // Everything before it reached the device: acknowledge this marker (the source
-            // switches over once every device's markers are acknowledged; again after a
-            // REINIT).
-            initDataLoaded++;
-            if (source.notify) {
-              await source.notify({ event: "init-loaded" });
-              events.transport("init-ack", { acks: initDataLoaded });
-            }
-            break;
-          case "SWITCHOVER":
-            if (u.phase !== "iterate" || v1) throw unexpected("SWITCHOVER");
-            u.phase = "stop-copy";
-            break;
-          default:
-            throw unexpected(rec.tag);
-        }
-        continue;
-      }
-      if (rec.tag === "DEV_CONFIG_STATE") {
-        if (!(u.phase === "after-data" || (v1 && u.phase === "iterate" && prevEnd))) {
-          throw unexpected("DEV_CONFIG_STATE");
-        }
-        u.config = decodeConfigState(rec.bytes);
-        checkConfigIdentity(u.config, u.d);
-        u.phase = "config-end";
-        continue;
-      }
-      if (u.phase !== "iterate" && u.phase !== "stop-copy") throw unexpected("device data");
-      u.s.data(rec.bytes);
-      u.bytes += rec.bytes.length;
-      u.chunks++;
-      events.progress("resume", reader.dataBytes);
     }
     // The whole stream is verified. Config spaces are restored while the devices are
     // still RESUMING (QEMU: MSI-X table, enables, command register, in load_state);
@@ -493,7 +453,7 @@ async function loadRecords(
     for (const u of units) u.restored = u.config && !opts.noConfig ? restoreConfigState(u.config, u.d) : null;
     events.phase("config", "end", { bytes: units.reduce((a, u) => a + (u.restored ? u.config!.config.length : 0), 0) });
     for (const u of units) u.s.endData();
-    if (!opts.noStart && tagged) { for (const u of units) u.s.prepareStart(); }
+    if (!opts.noStart && units.length > 1) { for (const u of units) u.s.prepareStart(); }
     for (const u of units) u.finalState = u.s.finish(!!opts.noStart);
     const done = {
       ok: true,
@@ -535,8 +495,7 @@ async function loadRecords(
     };
   } catch (e) {
     // A signal closes a network source under a pending read: report the signal (exit 130).
-    const cause = cancel.signal && !(e instanceof InterruptedError) ? new InterruptedError(cancel.signal) : e;
-    const err = failure(`${what} failed`, cause, units.map((u) => u.s.abort()).join(", "));
+    const err = failure(`${what} failed`, interruptedOr(cancel, e), units.map((u) => u.s.abort()).join(", "));
     await source.notify?.({ event: "done", ok: false, message: err.message });
     throw err;
   }

@@ -194,3 +194,29 @@ function notMigratable(d: VfioDevice, v2Error: unknown, want: ProtocolChoice): V
     "device",
   );
 }
+
+function cannotMigrate(d: VfioDevice, e: unknown): VfioMigError {
+  if (isErrno(e, "ENOTTY")) {
+    return new VfioMigError(
+      `${d.label}: this device's driver (${d.info.driver ?? "unknown"}) does not support migration ` +
+        `(VFIO_DEVICE_FEATURE MIGRATION: ENOTTY); a vendor variant driver (e.g. mlx5_vfio_pci) is needed`,
+      "device",
+    );
+  }
+  return new VfioMigError(
+    `${d.label}: cannot query migration support: ${e instanceof Error ? e.message : e}`,
+    "device",
+  );
+}
+
+/**
+ * The device's VFIO_DEVICE_FEATURE_MIGRATION flags (uAPI v2), or a clear error when it
+ * cannot migrate: VfioMigError (exit 3), ENOTTY naming the driver.
+ */
+export function probeMigration(d: VfioDevice): number {
+  try {
+    return d.migration.migrationFlags();
+  } catch (e) {
+    throw cannotMigrate(d, e);
+  }
+}

@@ -21,10 +21,10 @@
 // branches on the protocol. One device writes a single-device stream (no DEVICE tags);
 // several write the layout of docs/stream-format.md, "Several devices".
 
-import { Errno, isErrno, SysError } from "../../ffi/errno.ts";
+import { Errno, SysError } from "../../ffi/errno.ts";
 import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 import { pciConfigProblem, type VfioDevice } from "../device/open.ts";
-import { InterruptedError, VfioMigError } from "../errors.ts";
+import { VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
 import { openSink, type Sink } from "../transport/transport.ts";
@@ -36,15 +36,18 @@ import { PrecopyPolicy, type SwitchReason } from "./precopy.ts";
 import {
   chooseProtocol,
   type IterationResult,
+  probeMigration,
   type Protocol,
   type ProtocolChoice,
   type SavePhase,
   type SaveSession,
   v1Of,
 } from "./protocol.ts";
-import { Cancellation, failure, formatBytes, observeDevices, onCancel, pausePoint, streamIdentity } from "./session.ts";
-import { type DeviceRef, Events } from "../events/events.ts";
-import { ProgressBar } from "../events/progress_bar.ts";
+
+export { probeMigration };
+import { Cancellation, failure, formatBytes, pausePoint, streamIdentity } from "./session.ts";
+import type { Events } from "../events/events.ts";
+import { deviceList, deviceRef, interruptedOr, runOperation } from "./operation.ts";
 import { V1SaveSession } from "./v1_session.ts";
 import { V2SaveSession } from "./v2_session.ts";
 
@@ -174,29 +177,6 @@ interface Unit {
   status: IterationResult | null;
 }
 
-function notMigratable(d: VfioDevice, e: unknown): VfioMigError {
-  if (isErrno(e, "ENOTTY")) {
-    return new VfioMigError(
-      `${d.label}: this device's driver (${d.info.driver ?? "unknown"}) does not support migration ` +
-        `(VFIO_DEVICE_FEATURE MIGRATION: ENOTTY); a vendor variant driver (e.g. mlx5_vfio_pci) is needed`,
-      "device",
-    );
-  }
-  return new VfioMigError(
-    `${d.label}: cannot query migration support: ${e instanceof Error ? e.message : e}`,
-    "device",
-  );
-}
-
-/** Migration flags, or a clear error when the device cannot migrate. */
-export function probeMigration(d: VfioDevice): number {
-  try {
-    return d.migration.migrationFlags();
-  } catch (e) {
-    throw notMigratable(d, e);
-  }
-}
-
 /** Chooses the protocol and checks the device can be saved; nothing is changed when it throws. */
 export function openSaveSession(d: VfioDevice, want: ProtocolChoice, live: boolean): SaveSession {
   const protocol = chooseProtocol(d, want);
@@ -312,42 +292,20 @@ export async function save(
   output: Sink | string,
   opts: SaveOptions = {},
 ): Promise<SaveResult> {
-  const devs = Array.isArray(devices) ? [...devices] : [devices as VfioDevice];
-  if (devs.length === 0) throw new VfioMigError("save: give at least one device", "usage");
+  const devs = deviceList(devices, "save");
   const sink = typeof output === "string" ? openSink(devs[0].sys, output) : output;
   const cancel = opts.cancel ?? new Cancellation();
-  const what = operationName("save from", devs.map((d) => d.label));
-  const events = opts.events ?? ownEvents(!!opts.progress, "save", !!opts.live);
-  // A signal ends any wait of the output (a full pipe, a FIFO without a reader).
-  const unbind = onCancel(cancel, () => sink.abort());
-  events.devices(devs.map((d, index) => ({ index, label: d.label })));
-  const unobserve = observeDevices(devs, events);
-  try {
-    const r = await saveTo(devs, sink, opts, cancel, what, events);
-    if (!opts.events) events.result(r);
-    return r;
-  } catch (e) {
-    if (!opts.events) events.error(e);
-    throw e;
-  } finally {
-    unobserve();
-    unbind();
-    if (!opts.events) events.close();
-  }
+  return await runOperation({
+    command: "save",
+    devices: devs,
+    cancel,
+    events: opts.events,
+    progress: opts.progress,
+    live: opts.live,
+    interrupt: () => sink.abort(),
+    observe: true,
+  }, ({ events }) => saveTo(devs, sink, opts, cancel, operationName("save from", devs.map((d) => d.label)), events));
 }
-
-/** The events of a library call that brought none: the progress bar alone, when asked for and on a terminal. */
-export function ownEvents(progress: boolean, command: "save" | "load", live = false): Events {
-  const events = new Events();
-  const bar = ProgressBar.forStderr(progress);
-  if (bar) {
-    events.on(bar);
-    events.start({ command, mode: live ? "live" : "offline" });
-  }
-  return events;
-}
-
-const ref = (u: { i: number; d: VfioDevice }): DeviceRef => ({ index: u.i, label: u.d.label });
 
 async function saveTo(
   devs: VfioDevice[],
@@ -365,9 +323,7 @@ async function saveTo(
     units = openUnits(devs, opts, live);
   } catch (e) {
     sink.abort(); // nothing was changed on any device; leave no partial output either
-    if (cancel.signal) {
-      throw failure(`${what} failed`, new InterruptedError(cancel.signal), "no device was changed");
-    }
+    if (cancel.signal) throw failure(`${what} failed`, interruptedOr(cancel, e), "no device was changed");
     // One device: its own error says what is wrong. Several: which operation, and that none changed.
     throw devs.length === 1 ? e : failure(`${what} refused`, e, "no device was changed");
   }
@@ -426,7 +382,9 @@ async function saveTo(
     await pausePoint(getenv, "stop-copy", cancel, drain);
     await readRound(units, w, "stop-copy", Infinity, cancel, events);
     const stopCopyMs = performance.now() - stopAt;
-    if (group) { for (const u of units) events.phase("stop-copy", "end", { device: ref(u), bytes: u.stopCopyBytes }); }
+    if (group) {
+      for (const u of units) events.phase("stop-copy", "end", { device: deviceRef(u), bytes: u.stopCopyBytes });
+    }
     events.phase("stop-copy", "end", { bytes: units.reduce((a, u) => a + u.stopCopyBytes, 0), ms: stopCopyMs });
 
     // config state of each device, after all device data (vfio_save_state); the trailer
@@ -441,7 +399,7 @@ async function saveTo(
           const line = `${u.d.label}: ${why}; the stream has no PCI identity and no config section (command ` +
             `register, MSI/MSI-X): a load cannot check it is for the same device, nor restore its config`;
           lacking.push(line);
-          events.note(line, "warning", ref(u));
+          events.note(line, "warning", deviceRef(u));
           console.error(`vfio-mig: warning: ${line}`);
         }
         continue;
@@ -536,8 +494,9 @@ async function saveTo(
   } catch (e) {
     sink.abort();
     const where = recover(units);
-    const cause = cancel.signal && !(e instanceof InterruptedError)
-      ? new InterruptedError(cancel.signal) // the signal closed the connection: say so, exit 130
+    // A signal that closed the connection is reported as the signal (exit 130).
+    const cause = cancel.signal
+      ? interruptedOr(cancel, e)
       : e instanceof SysError && e.errno === Errno.EPIPE
       ? new VfioMigError(`${sink.label}: the reading end went away (broken pipe)`)
       : e;
@@ -633,7 +592,7 @@ async function precopy(
         bytes,
         totalBytes: w.dataBytes,
         devices: units.map((u) => ({
-          device: ref(u),
+          device: deviceRef(u),
           bytes: u.iterBytes,
           initialBytes: u.status!.initialBytes,
           dirtyBytes: u.status!.dirtyBytes,

@@ -64,6 +64,9 @@ export class StreamReader implements RecordReader {
   #chunks = 0;
   #dataCrc = 0;
   #ended = false;
+  /** The number of the record being read (src/stream/grammar.ts numbering); null in the header. */
+  #record: number | null = null;
+  #records = 0;
 
   constructor(src: StreamSource, maxChunk = MAX_CHUNK) {
     this.#src = src;
@@ -80,6 +83,15 @@ export class StreamReader implements RecordReader {
 
   get dataBytes(): number {
     return this.#dataBytes;
+  }
+
+  /** Records read so far (each framed record counts: the next one's number). */
+  get records(): number {
+    return this.#records;
+  }
+
+  #error(message: string, offset: number): StreamError {
+    return new StreamError(message, offset, this.#record ?? undefined);
   }
 
   /** Ensures `need` bytes are buffered; false when the stream ends first. */
@@ -116,11 +128,16 @@ export class StreamReader implements RecordReader {
     return true;
   }
 
-  async #take(n: number, what: string): Promise<Uint8Array> {
+  /**
+   * The next n bytes; a stream that ends first is refused at `at` (the start of the
+   * record, or of the header part, the bytes belong to).
+   */
+  async #take(n: number, what: string, at = this.#offset): Promise<Uint8Array> {
     if (!(await this.#fill(n))) {
       throw new StreamError(
         `truncated stream: it ends inside ${what} (${this.#end - this.#start} of ${n} bytes present)`,
-        this.#offset,
+        at,
+        this.#record ?? undefined,
       );
     }
     const out = this.#buf.subarray(this.#start, this.#start + n);
@@ -145,11 +162,12 @@ export class StreamReader implements RecordReader {
     const len = v.getUint32(12);
     if (len > MAX_HEADER_JSON) throw new StreamError(`stream header length ${len} exceeds ${MAX_HEADER_JSON}`, 12);
     const head = fixed.slice();
-    const json = (await this.#take(len, "the stream header")).slice();
-    const crcBytes = await this.#take(4, "the stream header checksum");
+    const json = (await this.#take(len, "the stream header", HEADER_FIXED)).slice();
+    const crcBytes = await this.#take(4, "the stream header checksum", HEADER_FIXED);
     const want = new DataView(crcBytes.buffer, crcBytes.byteOffset, 4).getUint32(0);
     const got = crc32(json, crc32(head));
-    if (want !== got) throw new StreamError("stream header checksum mismatch (corrupted stream)", HEADER_FIXED);
+    // The checksum covers the whole header: the damage is somewhere from byte 0 on.
+    if (want !== got) throw new StreamError("stream header checksum mismatch (corrupted stream)", 0);
     let h: StreamHeader;
     try {
       h = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(json));
@@ -166,27 +184,35 @@ export class StreamReader implements RecordReader {
   }
 
   async next(): Promise<StreamRecord> {
-    if (this.#ended) throw new StreamError("read past the end of the stream", this.#offset);
+    if (this.#ended) throw this.#error("read past the end of the stream", this.#offset);
     const offset = this.#offset;
+    this.#record = this.#records;
     const tb = await this.#take(8, "a record tag");
     const tag = new DataView(tb.buffer, tb.byteOffset, 8).getBigUint64(0);
     const name = tagName(tag);
-    if (!name) throw new StreamError(`unknown record tag 0x${tag.toString(16)}`, offset);
+    if (!name) throw this.#error(`unknown record tag 0x${tag.toString(16)}`, offset);
     if (tag === TAG.STREAM_END) return await this.#trailer(offset);
-    if (name === "DEVICE") return { kind: "tag", tag: name, offset, device: deviceIndex(tag)! };
-    if (!SIZED_TAGS.has(tag)) return { kind: "tag", tag: name, offset };
-    const hb = await this.#take(12, `the header of a ${name} record`);
+    if (name === "DEVICE") {
+      this.#records++;
+      return { kind: "tag", tag: name, offset, device: deviceIndex(tag)! };
+    }
+    if (!SIZED_TAGS.has(tag)) {
+      this.#records++;
+      return { kind: "tag", tag: name, offset };
+    }
+    const hb = await this.#take(12, `the header of a ${name} record`, offset);
     const hv = new DataView(hb.buffer, hb.byteOffset, 12);
     const size = hv.getBigUint64(0);
     const crc = hv.getUint32(8);
     if (size > BigInt(this.#maxChunk)) {
-      throw new StreamError(`${name} record of ${size} bytes exceeds the ${this.#maxChunk}-byte limit`, offset + 8);
+      throw this.#error(`${name} record of ${size} bytes exceeds the ${this.#maxChunk}-byte limit`, offset + 8);
     }
-    const bytes = await this.#take(Number(size), `a ${name} record of ${size} bytes`);
+    const bytes = await this.#take(Number(size), `a ${name} record of ${size} bytes`, offset);
     const got = crc32(bytes);
     if (got !== crc) {
-      throw new StreamError(`checksum mismatch in ${name} record #${this.#chunks + 1} (corrupted stream)`, offset);
+      throw this.#error(`checksum mismatch in ${name} record #${this.#chunks + 1} (corrupted stream)`, offset);
     }
+    this.#records++;
     if (tag === TAG.DEV_DATA_STATE) {
       this.#dataBytes += bytes.length;
       this.#chunks++;
@@ -196,10 +222,10 @@ export class StreamReader implements RecordReader {
   }
 
   async #trailer(offset: number): Promise<StreamRecord> {
-    const b = await this.#take(TRAILER_SIZE - 8, "the stream trailer");
+    const b = await this.#take(TRAILER_SIZE - 8, "the stream trailer", offset);
     const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
     if (crc32(b.subarray(0, 20)) !== v.getUint32(20)) {
-      throw new StreamError("stream trailer checksum mismatch (corrupted stream)", offset);
+      throw this.#error("stream trailer checksum mismatch (corrupted stream)", offset);
     }
     const trailer: Trailer = {
       dataBytes: Number(v.getBigUint64(0)),
@@ -207,14 +233,15 @@ export class StreamReader implements RecordReader {
       dataCrc: v.getUint32(16),
     };
     if (trailer.dataBytes !== this.#dataBytes || trailer.chunks !== this.#chunks || trailer.dataCrc !== this.#dataCrc) {
-      throw new StreamError(
+      throw this.#error(
         `stream trailer does not match the data read (trailer: ${trailer.dataBytes} bytes in ${trailer.chunks} ` +
           `chunks; read: ${this.#dataBytes} bytes in ${this.#chunks} chunks)`,
         offset,
       );
     }
     this.#ended = true;
-    if (await this.#fill(1)) throw new StreamError("unexpected bytes after the end of the stream", this.#offset);
+    this.#record = ++this.#records;
+    if (await this.#fill(1)) throw this.#error("unexpected bytes after the end of the stream", this.#offset);
     return { kind: "end", trailer, offset };
   }
 }
