@@ -165,7 +165,7 @@ Deno.test({
         assertEquals([await stateOf(a), await stateOf(b)], ["STOP", "RUNNING"]);
 
         // Live: pre-copy while the source runs and dirties its state; one-way, so no ack.
-        await simCreate(a, "--size", "48M", "--seed", "53", "--rate", "8M");
+        await simCreate(a, "--size", "48M", "--seed", "53", "--rate", "8M", "--force"); // over the offline case's source
         const live = await bash(
           `"$DENO" run --allow-ffi "$CLI" save --live --json --device "sim:$A" - 2>"$T/save.json" | ` +
             `${SSH} "$DENO" run --allow-ffi "$CLI" load -q --device "sim:$B" -; echo "status: \${PIPESTATUS[*]}"`,
@@ -179,7 +179,7 @@ Deno.test({
 
         // The far end refuses the stream (another kind of device): the pipeline says so,
         // and the source is running again.
-        await simCreate(a, "--size", "48M", "--seed", "54");
+        await simCreate(a, "--size", "48M", "--seed", "54", "--force");
         const refused = await bash(
           `"$DENO" run --allow-ffi "$CLI" save --device "sim:$A" - | ` +
             `${SSH} "$DENO" run --allow-ffi "$CLI" load --device "sim:$M" -; echo "status: \${PIPESTATUS[*]}"`,
