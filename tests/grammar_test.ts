@@ -14,22 +14,10 @@ import { SimKernel } from "../src/sim/kernel.ts";
 import { SimStore } from "../src/sim/store.ts";
 import { CHUNK_HEADER, TAG } from "../src/stream/format.ts";
 import { verifyStream } from "../src/stream/verify.ts";
-import { openSink, type Source } from "../src/transport/transport.ts";
+import { openSink } from "../src/transport/transport.ts";
+import { concat, MemorySource, u64be } from "./sim_helpers.ts";
 
 const host = libc();
-
-class Memory implements Source {
-  readonly label = "memory";
-  #pos = 0;
-  constructor(readonly data: Uint8Array) {}
-  read(buf: Uint8Array): number {
-    const n = Math.min(buf.length, this.data.length - this.#pos);
-    buf.set(this.data.subarray(this.#pos, this.#pos + n));
-    this.#pos += n;
-    return n;
-  }
-  close(): void {}
-}
 
 /** The StreamError at the root of a load's failure, if any. */
 function streamErrorOf(e: unknown): StreamError | null {
@@ -38,22 +26,6 @@ function streamErrorOf(e: unknown): StreamError | null {
     if (!(x instanceof Error)) break;
   }
   return null;
-}
-
-function be64(n: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, n);
-  return b;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 interface Fixture {
@@ -90,7 +62,7 @@ async function fixture(
 
 /** Damaged versions of a stream: [what, bytes]. */
 function damages(good: Uint8Array): [string, Uint8Array][] {
-  const rep = inspectStream(new Memory(good));
+  const rep = inspectStream(new MemorySource(good));
   assert(rep.ok, JSON.stringify(rep.firstProblem));
   const recs = rep.records;
   const out: [string, Uint8Array][] = [];
@@ -114,21 +86,21 @@ function damages(good: Uint8Array): [string, Uint8Array][] {
   }
   const trailer = recs.at(-1)!;
   out.push(["flipped trailer count", flip(trailer.offset + 23)]);
-  out.push(["garbage after the trailer", concat([good, new Uint8Array([1, 2, 3])])]);
+  out.push(["garbage after the trailer", concat(good, new Uint8Array([1, 2, 3]))]);
   // Grammar: a record moved out of its place (the first SWITCHOVER twice).
   const sw = recs.find((r) => r.tag === "SWITCHOVER")!;
   out.push([
     "SWITCHOVER repeated",
-    concat([good.subarray(0, sw.offset + 8), be64(TAG.SWITCHOVER), good.subarray(sw.offset + 8)]),
+    concat(good.subarray(0, sw.offset + 8), u64be(TAG.SWITCHOVER), good.subarray(sw.offset + 8)),
   ]);
   // Grammar: the setup section's END_OF_STATE dropped.
   const setupEnd = recs.find((r) => r.tag === "END_OF_STATE")!;
   out.push([
     "setup END_OF_STATE dropped",
-    concat([good.subarray(0, setupEnd.offset), good.subarray(setupEnd.offset + 8)]),
+    concat(good.subarray(0, setupEnd.offset), good.subarray(setupEnd.offset + 8)),
   ]);
   // Grammar: the trailer right after the setup section.
-  out.push(["trailer too early", concat([good.subarray(0, setupEnd.offset + 8), good.subarray(trailer.offset)])]);
+  out.push(["trailer too early", concat(good.subarray(0, setupEnd.offset + 8), good.subarray(trailer.offset))]);
   // Cut at 500 bytes and in the header (no record number: the header).
   out.push(["cut at 500 bytes", good.subarray(0, 500)]);
   out.push(["cut in the header", good.subarray(0, headerEnd - 2)]);
@@ -146,11 +118,11 @@ Deno.test("load, inspect and verify name the same record and byte for the same d
     for (const f of fixtures) {
       try {
         for (const [what, bad] of damages(f.bytes)) {
-          const rep = inspectStream(new Memory(bad));
+          const rep = inspectStream(new MemorySource(bad));
           assert(!rep.ok, `${f.name}, ${what}: inspect finds the damage`);
           let loadErr: unknown = null;
           try {
-            await load(f.destinations.map((device) => ({ device })), new Memory(bad));
+            await load(f.destinations.map((device) => ({ device })), new MemorySource(bad));
           } catch (e) {
             loadErr = e;
           }
@@ -160,15 +132,15 @@ Deno.test("load, inspect and verify name the same record and byte for the same d
           const at = `${f.name}, ${what}: load says "${se.message}", inspect "${rep.firstProblem!.message}"`;
           assertEquals(se.offset, rep.firstProblem!.offset, `${at}: the same byte`);
           assertEquals(se.record ?? null, rep.firstProblemRecord, `${at}: the same record`);
-          const v = await verifyStream(new Memory(bad));
+          const v = await verifyStream(new MemorySource(bad));
           assertEquals(v.ok, false, `${f.name}, ${what}: verify finds it`);
           assertEquals([v.problem!.offset, v.problem!.record], [se.offset, se.record ?? null], `${at}: verify`);
           compared++;
         }
         // The undamaged stream loads, inspects and verifies clean.
-        const v = await verifyStream(new Memory(f.bytes));
+        const v = await verifyStream(new MemorySource(f.bytes));
         assertEquals([v.ok, v.problem], [true, null]);
-        await load(f.destinations.map((device) => ({ device })), new Memory(f.bytes));
+        await load(f.destinations.map((device) => ({ device })), new MemorySource(f.bytes));
       } finally {
         for (const d of f.destinations) d.close();
       }
