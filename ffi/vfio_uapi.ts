@@ -1,7 +1,7 @@
 // The VFIO (and iommufd) userspace API: ioctl numbers, constants, and struct codecs
 // over DataView. Source: include/uapi/linux/vfio.h and iommufd.h. Every struct's
 // layout is data (STRUCTS) so tests can compare it with the C compiler's view of the
-// real header (tests/uapi_layout_test.ts).
+// real header (tests/vfio/uapi_layout_test.ts).
 
 // ---------------------------------------------------------------------------
 // ioctl numbers. VFIO defines every ioctl with plain _IO(';', 100 + n): no size or

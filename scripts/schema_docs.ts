@@ -1,7 +1,7 @@
 // docs/json-output.md from the JSON Schema files of docs/schemas/ (the one source of truth
 // for every --json output): one table per command, a row per field (nested objects and
 // array elements as `a.b`, `a[].b`; `failure`: the object save and load --json print when they fail).
-// tests/json_schemas_test.ts checks the file is current.
+// tests/cli/json_schemas_test.ts checks the file is current.
 //
 //   deno run --allow-read --allow-write scripts/schema_docs.ts     rewrites docs/json-output.md
 

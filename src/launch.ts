@@ -7,7 +7,7 @@
 // statement of cli.ts in a slow guest), over a program's own listener and over a SIG_IGN
 // set through FFI. What keeps it shut is a SIGUSR1 blocked in the signal mask the process
 // got at exec: Deno's threads inherit the mask, none unblocks it, so the signal stays
-// pending and nothing runs (tests/security_test.ts).
+// pending and nothing runs (tests/cli/security_test.ts).
 //
 // So the command line makes sure it runs with SIGUSR1 blocked: bin/vfio-mig (perl) blocks
 // it before it execs deno; `deno run cli.ts` started any other way re-executes itself

@@ -13,7 +13,7 @@
 //
 // Deno runs a signal listener on a later turn of the event loop than the one the signal
 // came in, and a signal caught while a listener was bound but dispatched after it was
-// removed is dropped: the process neither handles it nor dies (tests/signal_dispatch_test.ts).
+// removed is dropped: the process neither handles it nor dies (tests/cli/signal_dispatch_test.ts).
 // With listeners added and removed per operation, a Ctrl-C at the end of one, or while
 // a command is starting, could go nowhere. So the listeners stay bound while anyone may
 // want a signal, and each signal goes to the newest claim, or to the fallback the

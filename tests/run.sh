@@ -37,14 +37,14 @@ if ! command -v gcc >/dev/null || [ ! -f /usr/include/linux/vfio.h ] || ! comman
         openssh-server openssh-client >/dev/null
 fi
 
-# zstd, age and openssl: the README's recipes for state at rest (tests/recipes_test.ts).
+# zstd, age and openssl: the README's recipes for state at rest (tests/readme/recipes_test.ts).
 if ! command -v zstd >/dev/null || ! command -v age >/dev/null || ! command -v openssl >/dev/null; then
     log "installing zstd, age and openssl (the README's at-rest recipes)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null && apt-get install -y -qq zstd age openssl >/dev/null
 fi
 
-# Debian's chromium renders vfio-mig report's output headless (tests/report_chromium_test.ts).
+# Debian's chromium renders vfio-mig report's output headless (tests/report/report_chromium_test.ts).
 if ! command -v chromium >/dev/null; then
     log "installing chromium (headless, for the report rendering test)"
     export DEBIAN_FRONTEND=noninteractive

@@ -371,7 +371,7 @@ export interface MaxStartups {
 
 /**
  * 1024 unauthenticated connections at most, drops from 768 on: each costs the listener a
- * descriptor and ~8 KiB (README's TCP section; measured by tests/tcp_flood_test.ts).
+ * descriptor and ~8 KiB (README's TCP section; measured by tests/transport/tcp_flood_test.ts).
  */
 export const DEFAULT_MAX_STARTUPS: MaxStartups = { start: 768, rate: 30, full: 1024 };
 

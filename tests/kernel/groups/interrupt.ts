@@ -24,7 +24,7 @@ import {
 // are the transport's, the same through either open path.
 const check = (name: string, fn: () => Promise<void> | void) => anyCheck(name, fn, { cdev: true });
 
-// The host's simulator cases (tests/interrupt_test.ts) hold the exit to 1 s after the
+// The host's simulator cases (tests/cli/interrupt_test.ts) hold the exit to 1 s after the
 // signal. This guest runs under TCG, where Deno is ~100 times slower than on the host (a
 // start takes 10-17 s here, ~0.1 s there), and the recovery and exit that follow the
 // signal took 0.1-6.4 s in the runs so far (the slowest: a save to a full stdout pipe

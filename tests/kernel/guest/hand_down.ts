@@ -6,7 +6,7 @@
 //
 // Prints one JSON line {"pid":…,"fd":…} once the device is open, runs CMD, and exits
 // with CMD's exit code. Used by tests/kernel/groups/borrow.ts (real mtty) and
-// tests/borrow_sim_test.ts (simulated).
+// tests/device/borrow_sim_test.ts (simulated).
 
 import { execWithDeviceFd } from "../../../src/device/exec.ts";
 import { registerBuiltinBackends } from "../../../src/backends.ts";
