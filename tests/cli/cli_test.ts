@@ -10,8 +10,8 @@ import { SimKernel, SimStore } from "../../src/sim/mod.ts";
 import { libc } from "../../src/vfio/mod.ts";
 import { parseFaults } from "../../src/sim/kernel.ts";
 import { StreamReader } from "../../src/stream/reader.ts";
-import type { Source } from "../../src/transport/transport.ts";
 import { BASE_ENV, CLI, DENO, MiB, ROOT } from "../helpers/proc.ts";
+import { MemorySource } from "../helpers/bytes.ts";
 
 interface Run {
   code: number;
@@ -136,24 +136,11 @@ const isSet = (l: Record<string, unknown>) =>
   typeof l.key === "string" && l.key.startsWith("ioctl:DEVICE_FEATURE:") && l.key.endsWith(":SET");
 const isReset = (l: Record<string, unknown>) => l.key === "ioctl:DEVICE_RESET";
 
-class BytesSource implements Source {
-  readonly label = "bytes";
-  #pos = 0;
-  constructor(readonly data: Uint8Array) {}
-  read(buf: Uint8Array): number {
-    const n = Math.min(buf.length, this.data.length - this.#pos);
-    buf.set(this.data.subarray(this.#pos, this.#pos + n));
-    this.#pos += n;
-    return n;
-  }
-  close(): void {}
-}
-
 /** Offsets of a stream's parts: header end, each record, the trailer. */
 async function streamLayout(
   bytes: Uint8Array,
 ): Promise<{ headerEnd: number; data: number[]; tags: number[]; trailer: number }> {
-  const r = new StreamReader(new BytesSource(bytes));
+  const r = new StreamReader(new MemorySource(bytes));
   await r.readHeader();
   const headerEnd = r.offset;
   const data: number[] = [];
@@ -241,7 +228,7 @@ Deno.test("mtty-2 -> mtty-2 live save (--live): 24 bytes of pre-copy, then the p
     assertEquals([summary.bytes, summary.precopyBytes, summary.stopCopyBytes], [96, 24, 72], "24 + 72 bytes");
     assertEquals(summary.finalState, "STOP");
     const bytes = await Deno.readFile(file);
-    const header = await new StreamReader(new BytesSource(bytes)).readHeader();
+    const header = await new StreamReader(new MemorySource(bytes)).readHeader();
     assertEquals(header.mode, "live");
     assertEquals(header.device.mdevType, "mtty-2");
     // The kernel was asked RUNNING -> PRE_COPY (new fd), then PRE_COPY -> STOP_COPY (no new fd), never a forbidden arc.

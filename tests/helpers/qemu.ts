@@ -3,7 +3,6 @@
 // QEMU's format (src/qemu/format.ts) for cases QEMU does not make on demand: several
 // VFIO devices, large RAM, no description, odd records.
 
-import type { Source } from "../../src/transport/transport.ts";
 import { TAG } from "../../src/stream/format.ts";
 
 export const FIXTURES = new URL("../fixtures/qemu/", import.meta.url).pathname;
@@ -34,21 +33,6 @@ export async function fixture(name: string): Promise<Uint8Array> {
   const gz = await Deno.readFile(`${FIXTURES}${name}.gz`);
   const ds = new Blob([gz]).stream().pipeThrough(new DecompressionStream("gzip"));
   return new Uint8Array(await new Response(ds).arrayBuffer());
-}
-
-/** A Source over bytes in memory, handing out at most `step` bytes a read (like a pipe). */
-export function memory(bytes: Uint8Array, step = 1 << 20): Source & { read(buf: Uint8Array): number } {
-  let at = 0;
-  return {
-    label: "memory",
-    read(buf) {
-      const n = Math.min(buf.length, bytes.length - at, step);
-      buf.set(bytes.subarray(at, at + n));
-      at += n;
-      return n;
-    },
-    close() {},
-  };
 }
 
 export function be16(n: number): number[] {

@@ -10,7 +10,7 @@ import { decode, encodeInto, FEATURE, FEATURE_FLAGS, IOCTL, STRUCTS } from "../.
 import type { DeviceState } from "../../src/vfio/state_machine.ts";
 import { SimKernel, type SimKernelOptions } from "../../src/sim/kernel.ts";
 import { SimStore } from "../../src/sim/store.ts";
-import type { Source } from "../../src/transport/transport.ts";
+import { concat } from "./bytes.ts";
 
 export const host = libc();
 const { GET, SET } = FEATURE_FLAGS;
@@ -155,37 +155,6 @@ export function expectErrno(fn: () => unknown, name: keyof typeof Errno, what: s
   const e = assertThrows(fn, SysError, undefined, what);
   assertEquals(e.code, name, `${what}: errno`);
   return e;
-}
-
-export function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
-
-/** A big-endian u64 as 8 bytes (the stream's tags and lengths, docs/stream-format.md). */
-export function u64be(n: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, n);
-  return b;
-}
-
-/** A stream held in memory, read as a Source reads a file or a pipe. */
-export class MemorySource implements Source {
-  readonly label = "memory";
-  #pos = 0;
-  constructor(readonly data: Uint8Array) {}
-  read(buf: Uint8Array): number {
-    const n = Math.min(buf.length, this.data.length - this.#pos);
-    buf.set(this.data.subarray(this.#pos, this.#pos + n));
-    this.#pos += n;
-    return n;
-  }
-  close(): void {}
 }
 
 export function stateFile(dir: string): Uint8Array {

@@ -6,22 +6,8 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { inspectStream } from "../../src/inspect/inspect.ts";
 import { CHUNK_HEADER, MAX_CHUNK } from "../../src/stream/format.ts";
-import type { Source } from "../../src/transport/transport.ts";
 import { vfioMig } from "../helpers/qemu.ts";
-
-function memory(bytes: Uint8Array): Source {
-  let at = 0;
-  return {
-    label: "memory",
-    read(buf) {
-      const n = Math.min(buf.length, bytes.length - at);
-      buf.set(bytes.subarray(at, at + n));
-      at += n;
-      return n;
-    },
-    close() {},
-  };
-}
+import { MemorySource } from "../helpers/bytes.ts";
 
 /** Streams saved once by the CLI: an offline mtty-2 save and a live save of a changing bulk device. */
 const fixtures = (async () => {
@@ -103,7 +89,7 @@ Deno.test("inspect: a live bulk stream splits pre-copy and stop-copy bytes at SW
 Deno.test("inspect: every truncation is found, with its offset, and never throws", async () => {
   const { mtty } = await fixtures;
   for (let cut = 0; cut < mtty.length; cut++) {
-    const rep = inspectStream(memory(mtty.subarray(0, cut)));
+    const rep = inspectStream(new MemorySource(mtty.subarray(0, cut)));
     assertEquals(rep.ok, false, `cut at ${cut}`);
     const p = rep.firstProblem!;
     assertMatch(p.message, cut === 0 ? /^empty stream/ : /^truncated: /, `cut at ${cut}`);
@@ -114,11 +100,11 @@ Deno.test("inspect: every truncation is found, with its offset, and never throws
 
 Deno.test("inspect: every single-byte corruption is found and never throws", async () => {
   const { mtty } = await fixtures;
-  const headerEnd = inspectStream(memory(mtty)).records[0].offset;
+  const headerEnd = inspectStream(new MemorySource(mtty)).records[0].offset;
   for (let at = 0; at < mtty.length; at++) {
     const bad = mtty.slice();
     bad[at] ^= 0xff;
-    const rep = inspectStream(memory(bad));
+    const rep = inspectStream(new MemorySource(bad));
     assertEquals(rep.ok, false, `byte ${at} flipped`);
     // Header damage shows by its checksum at the header's end; record damage at or before the byte.
     const bound = at < headerEnd ? headerEnd : at;
@@ -128,11 +114,11 @@ Deno.test("inspect: every single-byte corruption is found and never throws", asy
 
 Deno.test("inspect: a corrupted data byte: its record's checksum, then the trailer; exit 4", async () => {
   const f = await fixtures;
-  const good = inspectStream(memory(f.mtty));
+  const good = inspectStream(new MemorySource(f.mtty));
   const rec = good.records.find((x) => x.tag === "DEV_DATA_STATE")!;
   const bad = f.mtty.slice();
   bad[rec.offset + CHUNK_HEADER + 30] ^= 0x01;
-  const rep = inspectStream(memory(bad));
+  const rep = inspectStream(new MemorySource(bad));
   assertEquals(rep.firstProblem!.offset, rec.offset);
   assertMatch(
     rep.firstProblem!.message,
@@ -158,18 +144,18 @@ Deno.test("inspect: a corrupted data byte: its record's checksum, then the trail
 
 Deno.test("inspect: a huge size field is refused without allocating, and reading resumes at the next tag", async () => {
   const { mtty } = await fixtures;
-  const good = inspectStream(memory(mtty));
+  const good = inspectStream(new MemorySource(mtty));
   const rec = good.records.find((x) => x.tag === "DEV_DATA_STATE")!;
   const bad = mtty.slice();
   new DataView(bad.buffer).setBigUint64(rec.offset + 8, 0x7fff_ffff_ffff_ffffn);
-  const rep = inspectStream(memory(bad), { dumpBytes: Number.MAX_SAFE_INTEGER });
+  const rep = inspectStream(new MemorySource(bad), { dumpBytes: Number.MAX_SAFE_INTEGER });
   assertEquals(rep.firstProblem!.offset, rec.offset + 8);
   assertStringIncludes(rep.firstProblem!.message, `exceeds the ${MAX_CHUNK}-byte limit`);
   assert(rep.records.some((x) => x.resynced && x.tag === "STREAM_END"), "the trailer is found after resync");
 
   // A size within the limit but more than the stream holds: streamed through, reported as truncated.
   new DataView(bad.buffer).setBigUint64(rec.offset + 8, BigInt(MAX_CHUNK));
-  const cut = inspectStream(memory(bad), { dumpBytes: 256 });
+  const cut = inspectStream(new MemorySource(bad), { dumpBytes: 256 });
   assertMatch(
     cut.firstProblem!.message,
     /^truncated: the stream ends inside a DEV_DATA_STATE record \(\d+ of 67108864 data bytes present\)$/,
@@ -183,7 +169,7 @@ Deno.test("inspect: not a vfio-mig stream, and a header checksum mismatch", asyn
   assertMatch(junk.out, /DAMAGED: at byte 0: not a vfio-mig stream: bad magic 68 65 6c 6c 6f 2c 20 74/);
   const bad = f.mtty.slice();
   bad[40] ^= 0x20; // inside the JSON header
-  const rep = inspectStream(memory(bad));
+  const rep = inspectStream(new MemorySource(bad));
   assertMatch(
     rep.firstProblem!.message,
     /^header checksum mismatch: stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8} over bytes 0-\d+$/,
@@ -194,12 +180,14 @@ Deno.test("inspect: not a vfio-mig stream, and a header checksum mismatch", asyn
 
 Deno.test("inspect: --dump shows at most 256 bytes of each record, --dump-all all of them", async () => {
   const f = await fixtures;
-  const big = inspectStream(memory(f.bulk)).records.find((x) => x.tag === "DEV_DATA_STATE" && x.size! > 4096)!;
+  const big = inspectStream(new MemorySource(f.bulk)).records.find((x) =>
+    x.tag === "DEV_DATA_STATE" && x.size! > 4096
+  )!;
   const dump = await vfioMig(["inspect", "--dump", f.bulkPath]);
   assertEquals(dump.code, 0, dump.err);
   assertStringIncludes(dump.out, `data at byte ${big.offset + CHUNK_HEADER}, first 256 of ${big.size} bytes:`);
   const hexLines = (s: string) => s.split("\n").filter((l) => /^ {9}[0-9a-f]{8} {2}/.test(l));
-  const records = inspectStream(memory(f.bulk)).records.filter((x) => x.size !== undefined);
+  const records = inspectStream(new MemorySource(f.bulk)).records.filter((x) => x.size !== undefined);
   const expect = (limit: number) => records.reduce((n, x) => n + Math.ceil(Math.min(x.size!, limit) / 16), 0);
   assertEquals(hexLines(dump.out).length, expect(256));
   const all = await vfioMig(["inspect", "--dump-all", f.bulkPath]);

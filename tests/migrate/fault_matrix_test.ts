@@ -28,7 +28,8 @@ import { DeviceState } from "../../src/vfio/state_machine.ts";
 import { parseFaults, SimKernel } from "../../src/sim/kernel.ts";
 import { SimStore } from "../../src/sim/store.ts";
 import { StreamReader } from "../../src/stream/reader.ts";
-import { openSink, openSource, type Source } from "../../src/transport/transport.ts";
+import { openSink, openSource } from "../../src/transport/transport.ts";
+import { MemorySource } from "../helpers/bytes.ts";
 
 const host = libc();
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
@@ -355,22 +356,9 @@ async function runCli(sc: Scenario, b: Bench, root: string, fault: string | null
 // ---------------------------------------------------------------------------
 // The promise, checked
 
-class BytesSource implements Source {
-  readonly label = "bytes";
-  #pos = 0;
-  constructor(readonly data: Uint8Array) {}
-  read(buf: Uint8Array): number {
-    const n = Math.min(buf.length, this.data.length - this.#pos);
-    buf.set(this.data.subarray(this.#pos, this.#pos + n));
-    this.#pos += n;
-    return n;
-  }
-  close(): void {}
-}
-
 /** What a stream carries, independent of chunking and creation time: identity, data, config. */
 async function streamContent(bytes: Uint8Array): Promise<string> {
-  const r = new StreamReader(new BytesSource(bytes));
+  const r = new StreamReader(new MemorySource(bytes));
   const h = await r.readHeader();
   let data = 0;
   let dataLen = 0;

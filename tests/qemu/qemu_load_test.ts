@@ -6,6 +6,7 @@
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { fixture, FIXTURES, synthQemuStream, vfioMig } from "../helpers/qemu.ts";
+import { MemorySource } from "../helpers/bytes.ts";
 
 async function sim(dir: string, name: string, ...args: string[]): Promise<string> {
   const path = `${dir}/${name}`;
@@ -17,8 +18,7 @@ async function sim(dir: string, name: string, ...args: string[]): Promise<string
 /** The device data of a vfio-mig stream, joined. */
 async function vmigData(path: string): Promise<number[]> {
   const { StreamReader } = await import("../../src/stream/reader.ts");
-  const { memory } = await import("../helpers/qemu.ts");
-  const r = new StreamReader(memory(await Deno.readFile(path)));
+  const r = new StreamReader(new MemorySource(await Deno.readFile(path)));
   await r.readHeader();
   const out: number[] = [];
   for (;;) {
@@ -109,9 +109,8 @@ Deno.test("load of a QEMU stream with two VFIO devices: --qemu-id picks one", as
   try {
     // Device data of the fixture's twin (a real mtty-2 state) for the second device.
     const { QemuStreamParser } = await import("../../src/qemu/stream.ts");
-    const { memory } = await import("../helpers/qemu.ts");
     const { TAG } = await import("../../src/stream/format.ts");
-    const p = new QemuStreamParser(memory(real));
+    const p = new QemuStreamParser(new MemorySource(real));
     await p.header();
     const chunks: Uint8Array[] = [];
     for (;;) {
@@ -170,10 +169,9 @@ Deno.test("QEMU 7.2's v1 stream: inspect, load into a simulated v1 mtty-2, and i
     // The state went in whole: vfio-mig's v1 save of it has QEMU's data.
     assertEquals((await vfioMig(["save", "--device", `sim:${m}`, `${dir}/m.vmig`])).code, 0);
     const { QemuStreamParser } = await import("../../src/qemu/stream.ts");
-    const { memory } = await import("../helpers/qemu.ts");
     const { TAG } = await import("../../src/stream/format.ts");
     const qemuData: number[] = [];
-    const p = new QemuStreamParser(memory(v1));
+    const p = new QemuStreamParser(new MemorySource(v1));
     await p.header();
     for (;;) {
       const it = await p.next();

@@ -9,7 +9,8 @@ import { decodeConfigState } from "../../src/migrate/config_state.ts";
 import { openQemuRecordReader, QEMU_PIECE, QemuRecordReader } from "../../src/qemu/reader.ts";
 import type { StreamRecord } from "../../src/stream/reader.ts";
 import { openSource } from "../../src/transport/transport.ts";
-import { counting, fixture, memory, synthQemuStream } from "../helpers/qemu.ts";
+import { counting, fixture, synthQemuStream } from "../helpers/qemu.ts";
+import { MemorySource } from "../helpers/bytes.ts";
 
 async function all(r: QemuRecordReader): Promise<StreamRecord[]> {
   const out: StreamRecord[] = [];
@@ -26,7 +27,7 @@ const shape = (recs: StreamRecord[]) =>
 const real = await fixture("qemu10-paused.mig");
 
 Deno.test("QemuRecordReader: QEMU 10's sections as the loader's records", async () => {
-  const r = new QemuRecordReader(memory(real, 7000));
+  const r = new QemuRecordReader(new MemorySource(real, 7000));
   const h = await r.readHeader();
   assertEquals([h.protocol, h.qemu.idstr, h.qemu.machine, h.device.vendor], [
     "v2",
@@ -100,7 +101,7 @@ Deno.test("QemuRecordReader: several devices need a choice, and --qemu-id picks 
   });
   let err: unknown = null;
   try {
-    await new QemuRecordReader(memory(s)).readHeader();
+    await new QemuRecordReader(new MemorySource(s)).readHeader();
   } catch (e) {
     err = e;
   }
@@ -110,12 +111,12 @@ Deno.test("QemuRecordReader: several devices need a choice, and --qemu-id picks 
   );
   err = null;
   try {
-    await new QemuRecordReader(memory(s), { qemuId: "0000:00:03.0/vfio" }).readHeader();
+    await new QemuRecordReader(new MemorySource(s), { qemuId: "0000:00:03.0/vfio" }).readHeader();
   } catch (e) {
     err = e;
   }
   assertMatch(String(err), /no VFIO device 0000:00:03.0\/vfio \(it has: 0000:00:01.0\/vfio, 0000:00:02.0\/vfio\)/);
-  const r = new QemuRecordReader(memory(s), { qemuId: "0000:00:02.0/vfio" });
+  const r = new QemuRecordReader(new MemorySource(s), { qemuId: "0000:00:02.0/vfio" });
   await r.readHeader();
   const recs = await all(r);
   const data = recs.filter((x) => x.kind === "data" && x.tag === "DEV_DATA_STATE") as { bytes: Uint8Array }[];
@@ -125,13 +126,13 @@ Deno.test("QemuRecordReader: several devices need a choice, and --qemu-id picks 
 Deno.test("QemuRecordReader: v2 data in pieces of at most 1 MiB, a v1 chunk whole", async () => {
   const big = counting(3 * QEMU_PIECE + 5, 3);
   const s = synthQemuStream({ devices: [{ idstr: "vfio", precopy: [], stopCopy: [big] }] });
-  const v2 = new QemuRecordReader(memory(s));
+  const v2 = new QemuRecordReader(new MemorySource(s));
   await v2.readHeader();
   const sizes = (await all(v2)).filter((x) => x.kind === "data" && x.tag === "DEV_DATA_STATE").map((x) =>
     (x as { bytes: Uint8Array }).bytes.length
   );
   assertEquals(sizes, [QEMU_PIECE, QEMU_PIECE, QEMU_PIECE, 5]);
-  const v1 = new QemuRecordReader(memory(s), { protocol: "v1" });
+  const v1 = new QemuRecordReader(new MemorySource(s), { protocol: "v1" });
   const h = await v1.readHeader();
   assertEquals(h.protocol, "v1");
   const recs = await all(v1);
@@ -143,7 +144,7 @@ Deno.test("QemuRecordReader: v2 data in pieces of at most 1 MiB, a v1 chunk whol
 
 Deno.test("QemuRecordReader: a stream without the device's config section is refused at its end", async () => {
   const s = synthQemuStream({ devices: [{ idstr: "vfio", precopy: [], stopCopy: [counting(4)], config: false }] });
-  const r = new QemuRecordReader(memory(s));
+  const r = new QemuRecordReader(new MemorySource(s));
   await r.readHeader();
   let err: unknown = null;
   try {

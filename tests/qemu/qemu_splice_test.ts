@@ -9,7 +9,8 @@ import { spliceQemuStream } from "../../src/qemu/splice.ts";
 import { inspectQemuStream } from "../../src/inspect/qemu.ts";
 import { TAG } from "../../src/stream/format.ts";
 import type { Sink } from "../../src/transport/transport.ts";
-import { counting, fixture, FIXTURES, memory, synthQemuStream } from "../helpers/qemu.ts";
+import { counting, fixture, FIXTURES, synthQemuStream } from "../helpers/qemu.ts";
+import { MemorySource } from "../helpers/bytes.ts";
 
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
 
@@ -50,7 +51,7 @@ function collect(): Sink & { bytes(): Uint8Array; committed: boolean } {
 
 /** The byte ranges of a VFIO device's DEV_DATA_STATE records (tag, size and data). */
 async function dataRecords(bytes: Uint8Array, idstr: string): Promise<{ at: number; end: number; data: number[] }[]> {
-  const p = new QemuStreamParser(memory(bytes));
+  const p = new QemuStreamParser(new MemorySource(bytes));
   await p.header();
   const out: { at: number; end: number; data: number[] }[] = [];
   for (;;) {
@@ -92,7 +93,7 @@ const vmig = await Deno.readFile(`${FIXTURES}qemu10-paused.vmig`);
 
 Deno.test("qemu-splice: QEMU's data records out, vfio-mig's in, every other byte as it was", async () => {
   const sink = collect();
-  const r = await spliceQemuStream(memory(real, 5000), memory(vmig), sink);
+  const r = await spliceQemuStream(new MemorySource(real, 5000), new MemorySource(vmig), sink);
   const out = sink.bytes();
   assertEquals([r.device, r.protocol], ["0000:00:01.0/vfio", "v2"]);
   assertEquals([r.dropped, r.inserted], [{ records: 2, bytes: 96 }, { records: 1, bytes: 96 }]);
@@ -104,7 +105,7 @@ Deno.test("qemu-splice: QEMU's data records out, vfio-mig's in, every other byte
   assertEquals(before.flatMap((x) => x.data), after.flatMap((x) => x.data));
   assertEquals(after.length, 1);
   assertEquals(without(real, before), without(out, after), "nothing else changed");
-  const rep = await inspectQemuStream(memory(out));
+  const rep = await inspectQemuStream(new MemorySource(out));
   assert(rep.ok, JSON.stringify(rep.firstProblem));
   assertEquals([rep.vfio[0].precopyBytes, rep.vfio[0].stopCopyBytes], [0, 96]);
 });
@@ -117,12 +118,12 @@ Deno.test("qemu-splice: other data goes in, and QEMU's framing stays valid", asy
   // A vfio-mig stream of the same device kind (mtty's ids), with different data: from the fixture,
   // its one 96-byte record replaced through the library (load-bearing is only the data).
   const sink = collect();
-  await spliceQemuStream(memory(s), memory(vmig), sink);
+  await spliceQemuStream(new MemorySource(s), new MemorySource(vmig), sink);
   const out = sink.bytes();
   const recs = await dataRecords(out, "0000:00:01.0/vfio");
   const want = (await dataRecords(real, "0000:00:01.0/vfio")).flatMap((x) => x.data);
   assertEquals(recs.flatMap((x) => x.data), want);
-  const rep = await inspectQemuStream(memory(out));
+  const rep = await inspectQemuStream(new MemorySource(out));
   assert(rep.ok, JSON.stringify(rep.firstProblem));
   assertEquals(rep.devices.map((d) => d.idstr), ["timer"]);
 });
@@ -136,7 +137,7 @@ Deno.test("qemu-splice: two VFIO devices need --qemu-id, and only that one chang
   });
   let err: unknown = null;
   try {
-    await spliceQemuStream(memory(s), memory(vmig), collect());
+    await spliceQemuStream(new MemorySource(s), new MemorySource(vmig), collect());
   } catch (e) {
     err = e;
   }
@@ -145,7 +146,7 @@ Deno.test("qemu-splice: two VFIO devices need --qemu-id, and only that one chang
     /holds 2 VFIO devices \(0000:00:01.0\/vfio, 0000:00:02.0\/vfio\): choose one with --qemu-id/,
   );
   const sink = collect();
-  await spliceQemuStream(memory(s), memory(vmig), sink, { qemuId: "0000:00:02.0/vfio" });
+  await spliceQemuStream(new MemorySource(s), new MemorySource(vmig), sink, { qemuId: "0000:00:02.0/vfio" });
   const out = sink.bytes();
   assertEquals((await dataRecords(out, "0000:00:01.0/vfio")).flatMap((x) => x.data), [...counting(96, 1)]);
   const want = (await dataRecords(real, "0000:00:01.0/vfio")).flatMap((x) => x.data);

@@ -11,7 +11,8 @@ import { checkDescription } from "../../src/qemu/description.ts";
 import { QemuStreamParser } from "../../src/qemu/stream.ts";
 import { decodeVfioConfig } from "../../src/qemu/vfio_config.ts";
 import { TAG } from "../../src/stream/format.ts";
-import { be32, be64, counting, fixture, memory, synthQemuStream, vfioMig } from "../helpers/qemu.ts";
+import { be32, be64, counting, fixture, synthQemuStream, vfioMig } from "../helpers/qemu.ts";
+import { MemorySource } from "../helpers/bytes.ts";
 
 /** The description at the end of a stream held in memory (as readDescriptionAtEnd finds it in a file). */
 function descriptionOf(bytes: Uint8Array) {
@@ -29,7 +30,7 @@ const real = await fixture("qemu10-paused.mig");
 
 Deno.test("QEMU 10 stream: every section framed, with and without the VM description", async () => {
   for (const description of [descriptionOf(real), null]) {
-    const p = new QemuStreamParser(memory(real, 4093), { description });
+    const p = new QemuStreamParser(new MemorySource(real, 4093), { description });
     const h = await p.header();
     assertEquals([h.version, h.machine, h.pageBits, h.capabilities], [3, "pc-q35-10.0", 12, []]);
     const kinds: string[] = [];
@@ -65,7 +66,7 @@ Deno.test("QEMU 10 stream: every section framed, with and without the VM descrip
 });
 
 Deno.test("QEMU 10 stream: inspect finds the device, its data and its config", async () => {
-  const r = await inspectQemuStream(memory(real), { description: descriptionOf(real) });
+  const r = await inspectQemuStream(new MemorySource(real), { description: descriptionOf(real) });
   assert(r.ok, JSON.stringify(r.firstProblem));
   assertEquals(r.vfio.length, 1);
   const d = r.vfio[0];
@@ -91,7 +92,7 @@ Deno.test("QEMU stream: each truncation is a StreamError at or before the cut, n
   for (const cut of cuts) {
     const part = real.subarray(0, cut);
     for (const description of [desc, null]) {
-      const r = await inspectQemuStream(memory(part), { description });
+      const r = await inspectQemuStream(new MemorySource(part), { description });
       assert(!r.ok, `a stream cut at ${cut} must not pass`);
       const q = r.firstProblem!;
       assert(q.offset <= cut, `cut at ${cut}: problem at ${q.offset} (${q.message})`);
@@ -113,7 +114,7 @@ Deno.test("QEMU stream: damage in the framing is found where it is", async () =>
     const bad = real.slice();
     bad[c.at] ^= c.xor;
     for (const description of [desc, null]) {
-      const r = await inspectQemuStream(memory(bad), { description });
+      const r = await inspectQemuStream(new MemorySource(bad), { description });
       assert(!r.ok, `byte ${c.at} flipped must be found`);
       assertMatch(r.firstProblem!.message, c.want, `byte ${c.at}`);
       assert(
@@ -131,11 +132,11 @@ Deno.test("QEMU stream: a device section the description sizes differently is re
   });
   const desc = descriptionOf(s)!;
   desc.devices[0].fields![0].size = 23;
-  const r = await inspectQemuStream(memory(s), { description: desc });
+  const r = await inspectQemuStream(new MemorySource(s), { description: desc });
   assert(!r.ok);
   assertMatch(r.firstProblem!.message, /footer of timer says section|missing section footer/);
   // Without the description up front, the footer scan's size is checked against it at the end.
-  const r2 = await inspectQemuStream(memory(s), { description: null });
+  const r2 = await inspectQemuStream(new MemorySource(s), { description: null });
   assert(r2.ok, JSON.stringify(r2.firstProblem));
 });
 
@@ -147,7 +148,7 @@ Deno.test("QEMU stream: vfio-mig's own tags are not QEMU's", async () => {
   const at = findFirst(s, [...be64(TAG.END_OF_STATE), 0x7e, ...be32(37)]);
   const bad = s.slice();
   bad.set(be64(TAG.SWITCHOVER), at);
-  const r = await inspectQemuStream(memory(bad));
+  const r = await inspectQemuStream(new MemorySource(bad));
   assert(!r.ok);
   assertEquals(r.firstProblem!.offset, at);
   assertMatch(r.firstProblem!.message, /unknown VFIO tag .* \(SWITCHOVER is vfio-mig's, not QEMU's\)/);

@@ -20,6 +20,7 @@ import { parseFaults, SimKernel, type SimKernelOptions } from "../../src/sim/ker
 import { type ModelName, MTTY_MAGIC, mttyHeader } from "../../src/sim/models.ts";
 import { SimStore } from "../../src/sim/store.ts";
 import { Sim as HelperSim, withStore } from "../helpers/sim.ts";
+import { concat } from "../helpers/bytes.ts";
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = DeviceState;
 const { GET, SET, PROBE } = FEATURE_FLAGS;
@@ -135,16 +136,6 @@ function drain(s: Sim, fd: number, bufSize = 1000): Uint8Array {
 
 function stateFile(s: Sim): Uint8Array {
   return Deno.readFileSync(`${s.dir}/state.bin`);
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
 }
 
 const PORTS: Record<"mtty-1" | "mtty-2", number> = { "mtty-1": 1, "mtty-2": 2 };

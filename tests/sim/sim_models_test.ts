@@ -13,7 +13,8 @@ import { DeviceState } from "../../src/vfio/state_machine.ts";
 import { BULK_HEADER_SIZE, bulkHeader, CAP_MSI_AT, CAP_MSIX_AT, fillXe, mttyHeader } from "../../src/sim/models.ts";
 import { SimStore } from "../../src/sim/store.ts";
 import { V1_REGION_INDEX } from "../../src/sim/v1_device.ts";
-import { concat, expectErrno, host, metaOf, Sim, sleepSync, stateFile, withSim, withStore } from "../helpers/sim.ts";
+import { expectErrno, host, metaOf, Sim, sleepSync, stateFile, withSim, withStore } from "../helpers/sim.ts";
+import { concat } from "../helpers/bytes.ts";
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY } = DeviceState;
 const MiB = 1 << 20;

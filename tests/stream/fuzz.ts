@@ -39,6 +39,7 @@ import { SimStore } from "../../src/sim/store.ts";
 import { V1_DATA_OFFSET, V1_REGION_INDEX } from "../../src/sim/v1_device.ts";
 import { HEADER_FIXED, MAX_CHUNK, MAX_HEADER_JSON, TAG } from "../../src/stream/format.ts";
 import { openSink, type Source } from "../../src/transport/transport.ts";
+import { concat, MemorySource } from "../helpers/bytes.ts";
 
 const host = libc();
 const crc32 = (b: Uint8Array, prev = 0) => zcrc32(b, prev) >>> 0;
@@ -158,16 +159,6 @@ export function parse(b: Uint8Array): Parsed {
 // ---------------------------------------------------------------------------
 // Building blocks for mutations
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 /** A header around arbitrary JSON text, with a correct CRC. */
 function headerOf(json: string): Uint8Array {
   const j = new TextEncoder().encode(json);
@@ -238,19 +229,6 @@ class TrackedSource implements Source {
     buf.set(this.data.subarray(this.#pos, this.#pos + n));
     this.#pos += n;
     this.k.pos = this.#pos;
-    return n;
-  }
-  close(): void {}
-}
-
-class BytesSource implements Source {
-  readonly label = "bytes";
-  #pos = 0;
-  constructor(readonly data: Uint8Array) {}
-  read(buf: Uint8Array): number {
-    const n = Math.min(buf.length, this.data.length - this.#pos);
-    buf.set(this.data.subarray(this.#pos, this.#pos + n));
-    this.#pos += n;
     return n;
   }
   close(): void {}
@@ -651,7 +629,7 @@ async function runCase(k: RecordingKernel, base: Base, bytes: Uint8Array): Promi
 
   // inspect: never throws; a stream that loads is one it finds nothing wrong with.
   try {
-    const rep = inspectStream(new BytesSource(bytes));
+    const rep = inspectStream(new MemorySource(bytes));
     if (ok && !rep.ok) problems.push(`inspect finds a problem in a stream that loaded: ${rep.firstProblem?.message}`);
   } catch (e) {
     problems.push(`inspect threw ${e instanceof Error ? e.stack : e}`);

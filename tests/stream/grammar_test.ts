@@ -15,7 +15,7 @@ import { SimStore } from "../../src/sim/store.ts";
 import { CHUNK_HEADER, TAG } from "../../src/stream/format.ts";
 import { verifyStream } from "../../src/stream/verify.ts";
 import { openSink } from "../../src/transport/transport.ts";
-import { concat, MemorySource, u64be } from "../helpers/sim.ts";
+import { concat, MemorySource, u64be } from "../helpers/bytes.ts";
 
 const host = libc();
 

@@ -23,6 +23,7 @@ import {
 import { StreamReader, type StreamRecord } from "../../src/stream/reader.ts";
 import { StreamWriter } from "../../src/stream/writer.ts";
 import type { Sink, Source } from "../../src/transport/transport.ts";
+import { concat, MemorySource, u32be, u64be } from "../helpers/bytes.ts";
 
 class MemorySink implements Sink {
   readonly label = "memory";
@@ -43,22 +44,6 @@ class MemorySink implements Sink {
   }
 }
 
-/** Hands out `data` at most `step` bytes per read; counts what it delivered. */
-class MemorySource implements Source {
-  readonly label = "memory";
-  pos = 0;
-  reads = 0;
-  constructor(readonly data: Uint8Array, readonly step = Infinity) {}
-  read(buf: Uint8Array): number {
-    this.reads++;
-    const n = Math.min(buf.length, this.data.length - this.pos, this.step);
-    buf.set(this.data.subarray(this.pos, this.pos + n));
-    this.pos += n;
-    return n;
-  }
-  close(): void {}
-}
-
 /** `prefix`, then zeros for ever (a stream that never ends); counts bytes delivered. */
 class EndlessSource implements Source {
   readonly label = "endless";
@@ -72,28 +57,6 @@ class EndlessSource implements Source {
     return buf.length;
   }
   close(): void {}
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
-
-function be64(n: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, n);
-  return b;
-}
-
-function be32(n: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, n);
-  return b;
 }
 
 const IDENTITY: StreamIdentity = {
@@ -395,17 +358,17 @@ Deno.test("an unknown record tag is refused", async () => {
   const s = buildStream(CHUNKS);
   for (const tag of [0xffffffffef1000ffn, 0n, 0xffffffffef110002n, TAG.DEV_DATA_STATE + 0x100n]) {
     const b = s.bytes.slice();
-    b.set(be64(tag), s.recordAt[1]);
+    b.set(u64be(tag), s.recordAt[1]);
     const e = await expectStreamError(b, `unknown record tag 0x${tag.toString(16)}`, `tag ${tag}`);
     assertEquals(e.offset, s.recordAt[1]);
   }
 });
 
 Deno.test("an oversized chunk length is refused before any allocation or read of it", async () => {
-  const head = concat([encodeHeader(HEADER), be64(TAG.DEV_DATA_STATE)]);
+  const head = concat([encodeHeader(HEADER), u64be(TAG.DEV_DATA_STATE)]);
   for (const size of [2n ** 62n, 2n ** 64n - 1n, BigInt(MAX_CHUNK) + 1n]) {
     // An endless source: a reader that tried to read `size` bytes would never stop.
-    const src = new EndlessSource(concat([head, be64(size), be32(0)]));
+    const src = new EndlessSource(concat([head, u64be(size), u32be(0)]));
     const e = await assertRejects(() => readAll(src), StreamError, "exceeds", `size ${size}`);
     assertMatch(e.message, new RegExp(`record of ${size} bytes exceeds the ${MAX_CHUNK}-byte limit`));
     assert(src.delivered <= 8 << 20, `only the read-ahead buffer was filled (${src.delivered} bytes)`);

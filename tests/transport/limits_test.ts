@@ -18,7 +18,9 @@ import { SimStore } from "../../src/sim/store.ts";
 import { encodeHeader, MAX_CHUNK, type StreamHeader, TAG } from "../../src/stream/format.ts";
 import { StreamReader } from "../../src/stream/reader.ts";
 import { TcpClient } from "../../src/transport/tcp.ts";
-import { openSink, type Source } from "../../src/transport/transport.ts";
+import { openSink } from "../../src/transport/transport.ts";
+import { concat, MemorySource } from "../helpers/bytes.ts";
+import { bareRecord, sizedRecord } from "../helpers/stream.ts";
 
 const host = libc();
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
@@ -47,48 +49,16 @@ const HEADER: StreamHeader = {
   mode: "offline",
 };
 
-class SlowSource implements Source {
-  readonly label = "slow";
-  #pos = 0;
-  delivered = 0;
-  constructor(readonly data: Uint8Array) {}
-  read(buf: Uint8Array): number {
-    const n = Math.min(buf.length, this.data.length - this.#pos, 4096);
-    buf.set(this.data.subarray(this.#pos, this.#pos + n));
-    this.#pos += n;
-    this.delivered += n;
-    return n;
-  }
-  close(): void {}
-}
-
-function be64(n: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, n);
-  return b;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
+/** Hands out at most 4 KiB a read, as a slow pipe does. */
+const slowSource = (data: Uint8Array) => new MemorySource(data, 4096);
 
 /** A stream whose data record claims `claim` bytes and carries `carry` of them. */
 function lyingStream(claim: number, carry: number): Uint8Array {
-  const sized = new Uint8Array(12);
-  new DataView(sized.buffer).setBigUint64(0, BigInt(claim));
   return concat([
     encodeHeader(HEADER),
-    be64(TAG.DEV_SETUP_STATE),
-    be64(TAG.END_OF_STATE),
-    be64(TAG.DEV_DATA_STATE),
-    sized,
-    new Uint8Array(carry).fill(0x5a),
+    bareRecord(TAG.DEV_SETUP_STATE),
+    bareRecord(TAG.END_OF_STATE),
+    sizedRecord(TAG.DEV_DATA_STATE, new Uint8Array(carry).fill(0x5a), { claim, crc: 0 }),
   ]);
 }
 
@@ -96,7 +66,7 @@ Deno.test("a length field claiming the 64 MiB maximum allocates nothing by itsel
   for (const carry of [0, 100, 3 * MiB, 5 * MiB]) {
     const bytes = lyingStream(MAX_CHUNK, carry);
     const before = Deno.memoryUsage().external;
-    const r = new StreamReader(new SlowSource(bytes));
+    const r = new StreamReader(slowSource(bytes));
     await r.readHeader();
     let err: unknown = null;
     try {
@@ -112,7 +82,7 @@ Deno.test("a length field claiming the 64 MiB maximum allocates nothing by itsel
     assert(grew < limit, `carry ${carry}: the reader's buffers grew by ${(grew / MiB).toFixed(1)} MiB`);
 
     const before2 = Deno.memoryUsage().external;
-    const rep = inspectStream(new SlowSource(bytes));
+    const rep = inspectStream(slowSource(bytes));
     const grew2 = Deno.memoryUsage().external - before2;
     assert(!rep.ok && /truncated/.test(rep.firstProblem!.message), `inspect: ${rep.firstProblem?.message}`);
     assert(grew2 < 3 * MiB, `inspect grew by ${(grew2 / MiB).toFixed(1)} MiB`);
@@ -121,11 +91,7 @@ Deno.test("a length field claiming the 64 MiB maximum allocates nothing by itsel
 
 Deno.test("a record of exactly the maximum size still loads through the growing buffer", async () => {
   const payload = new Uint8Array(MAX_CHUNK).map((_, i) => (i * 31) & 0xff);
-  const sized = new Uint8Array(12);
-  const v = new DataView(sized.buffer);
-  v.setBigUint64(0, BigInt(MAX_CHUNK));
-  v.setUint32(8, crc32(payload) >>> 0);
-  const r = new StreamReader(new SlowSource(concat([encodeHeader(HEADER), be64(TAG.DEV_DATA_STATE), sized, payload])));
+  const r = new StreamReader(slowSource(concat([encodeHeader(HEADER), sizedRecord(TAG.DEV_DATA_STATE, payload)])));
   await r.readHeader();
   const rec = await r.next();
   assert(rec.kind === "data" && rec.bytes.length === MAX_CHUNK, "the whole record");
@@ -208,7 +174,7 @@ Deno.test("the listener's idle timeout: a peer silent before or after RESUMING i
       d.close();
     }
     const stream = Deno.readFileSync(`${t}/a.vfmig`);
-    const header = new StreamReader(new SlowSource(stream));
+    const header = new StreamReader(slowSource(stream));
     await header.readHeader();
     const setupEnd = header.offset + 16; // DEV_SETUP_STATE, END_OF_STATE: the load enters RESUMING
     const crcB = crc32(Deno.readFileSync(`${b}/state.bin`));

@@ -22,8 +22,10 @@ import { parseFaults, SimKernel } from "../../src/sim/kernel.ts";
 import { initialMttyState, mttyHeader } from "../../src/sim/models.ts";
 import { SimStore } from "../../src/sim/store.ts";
 import { V1_DATA_OFFSET, V1_REGION_INDEX, v1Areas, type V1Sparse } from "../../src/sim/v1_device.ts";
-import { crc32, TAG } from "../../src/stream/format.ts";
+import { TAG } from "../../src/stream/format.ts";
 import { openSink, openSource } from "../../src/transport/transport.ts";
+import { concat } from "../helpers/bytes.ts";
+import { bareRecord, sizedRecord, trailerOver } from "../helpers/stream.ts";
 
 const host = libc();
 const { RUNNING, SAVING, RESUMING, MASK } = DEVICE_STATE_V1;
@@ -381,29 +383,6 @@ Deno.test("v1 failed save (read error mid-stream, offline and live) leaves the s
 // ---------------------------------------------------------------------------
 // Golden bytes
 
-function be64(n: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, n);
-  return b;
-}
-function sized(tag: bigint, data: Uint8Array): Uint8Array[] {
-  const h = new Uint8Array(20);
-  const v = new DataView(h.buffer);
-  v.setBigUint64(0, tag);
-  v.setBigUint64(8, BigInt(data.length));
-  v.setUint32(16, crc32(data));
-  return [h, data];
-}
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 /** The records of a stream (everything after the header). */
 function records(file: string): Uint8Array {
   const b = Deno.readFileSync(file);
@@ -425,26 +404,16 @@ Deno.test("v1 golden bytes: mtty-1, offline and live, tags in QEMU 7.2's order",
       new Uint8Array([0, 1, 0, 0, 0, 0, 0, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
       config,
     ]);
-    const END = be64(TAG.END_OF_STATE);
-    const trailer = (chunks: Uint8Array[]) => {
-      const b = new Uint8Array(32);
-      const v = new DataView(b.buffer);
-      v.setBigUint64(0, 0xffffffffef1100ffn);
-      v.setBigUint64(8, BigInt(chunks.reduce((a, c) => a + c.length, 0)));
-      v.setBigUint64(16, BigInt(chunks.length));
-      v.setUint32(24, chunks.reduce((c, x) => crc32(x, c), 0));
-      v.setUint32(28, crc32(b.subarray(8, 28)));
-      return b;
-    };
+    const END = bareRecord(TAG.END_OF_STATE);
     // Offline: SETUP END | DATA(60) END (complete phase) | CONFIG END | trailer
     const offline = concat([
-      be64(0xffffffffef100003n),
+      bareRecord(0xffffffffef100003n),
       END,
-      ...sized(0xffffffffef100004n, data),
+      sizedRecord(0xffffffffef100004n, data),
       END,
-      ...sized(0xffffffffef100002n, cfgSection),
+      sizedRecord(0xffffffffef100002n, cfgSection),
       END,
-      trailer([data]),
+      trailerOver([data]),
     ]);
     createDevice(`${t}/off`, { model: "mtty-1", seed, dataSize: 4096 });
     const r1 = await saveTo(`${t}/off`, `${t}/off.bin`);
@@ -459,15 +428,15 @@ Deno.test("v1 golden bytes: mtty-1, offline and live, tags in QEMU 7.2's order",
     ]);
     // Live: the pre-copy iteration carries mtty's 24-byte header, stop-and-copy the port.
     const live = concat([
-      be64(0xffffffffef100003n),
+      bareRecord(0xffffffffef100003n),
       END,
-      ...sized(0xffffffffef100004n, data.subarray(0, 24)),
+      sizedRecord(0xffffffffef100004n, data.subarray(0, 24)),
       END,
-      ...sized(0xffffffffef100004n, data.subarray(24)),
+      sizedRecord(0xffffffffef100004n, data.subarray(24)),
       END,
-      ...sized(0xffffffffef100002n, cfgSection),
+      sizedRecord(0xffffffffef100002n, cfgSection),
       END,
-      trailer([data.subarray(0, 24), data.subarray(24)]),
+      trailerOver([data.subarray(0, 24), data.subarray(24)]),
     ]);
     createDevice(`${t}/live`, { model: "mtty-1", seed, dataSize: 4096 });
     const r2 = await saveTo(`${t}/live`, `${t}/live.bin`, { live: true });
