@@ -179,13 +179,34 @@ export function parseSize(text: string, name: string): number;
 export function parseSize(text: string | undefined, name: string, dflt: number): number;
 export function parseSize(text: string | undefined, name: string, dflt?: number): number {
   if (text === undefined) return dflt!;
+  return sizeValue(text, name, "a size", "e.g. 4096, 64K, 64M, 2G");
+}
+
+function sizeValue(text: string, name: string, noun: string, example: string): number {
   const m = /^\s*(-?)(\d+(?:\.\d+)?|\.\d+)\s*([kmgt]?)(i?b)?(\/s)?\s*$/i.exec(text);
-  const example = "e.g. 4096, 64K, 64M, 2G";
-  if (!m) throw new VfioMigError(`--${name} takes a size (${example}), not '${text}'`, "usage");
+  if (!m) throw new VfioMigError(`--${name} takes ${noun} (${example}), not '${text}'`, "usage");
   if (m[1] === "-") throw new VfioMigError(`--${name} cannot be negative (given ${text})`, "usage");
   const bytes = Number(m[2]) * SIZE_UNITS[m[3].toLowerCase()];
   if (!Number.isSafeInteger(bytes)) {
     throw new VfioMigError(`--${name} takes a whole number of bytes (${example}), not '${text}'`, "usage");
+  }
+  return bytes;
+}
+
+/** What --help says of a RATE (parseRate). */
+export const RATE_HELP = "RATE is bytes per second, with an optional binary unit and /s: 100M or 100M/s\n" +
+  "(100 MiB/s), 1G, 512K; as QEMU's migrate_set_parameter max-bandwidth reads it.";
+
+/**
+ * A rate option's value in bytes per second (--max-bandwidth): a size as parseSize reads
+ * it (`100M`, `1G`, `100M/s`, binary units as QEMU's max-bandwidth). Refused (usage, exit
+ * 2): what parseSize refuses, and 0 (no rate; leave the option out for none).
+ */
+export function parseRate(text: string, name: string): number {
+  const example = "e.g. 100M or 100M/s, 1G, 512K";
+  const bytes = sizeValue(text, name, "a rate in bytes/s", example);
+  if (bytes === 0) {
+    throw new VfioMigError(`--${name} must be more than 0 bytes/s (${example}; leave it out for no limit)`, "usage");
   }
   return bytes;
 }

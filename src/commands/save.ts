@@ -8,6 +8,7 @@ import { DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_MAX_PRECOPY_MS } from "../migrate/pr
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/tcp.ts";
 import { openSink, saveTarget, type Sink } from "../transport/transport.ts";
 import { type Command, parse, printJson } from "./command.ts";
+import { parseRate, RATE_HELP } from "./options.ts";
 import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
 import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
 import { freshOpenWarnings } from "../device/family.ts";
@@ -36,16 +37,17 @@ export function liveSummary(r: SaveResult): string {
 /** The text summary of a save: one line, the live line, and with several devices one line each. */
 export function saveSummary(r: SaveResult, target: string): string[] {
   const to = target === "-" ? "standard output" : target;
+  const cap = r.maxBandwidth ? `, at most ${formatBytes(r.maxBandwidth)}/s` : "";
   const lines: string[] = [];
   if (r.devices.length === 1) {
     lines.push(
       `saved ${formatBytes(r.bytes)} from ${r.device} to ${to} in ${r.seconds.toFixed(2)}s ` +
-        `(${formatBytes(r.throughput)}/s); device is ${r.finalState}`,
+        `(${formatBytes(r.throughput)}/s${cap}); device is ${r.finalState}`,
     );
   } else {
     lines.push(
       `saved ${formatBytes(r.bytes)} from ${r.devices.length} devices to ${to} in ${r.seconds.toFixed(2)}s ` +
-        `(${formatBytes(r.throughput)}/s), downtime ${Math.round(r.downtimeMs)} ms`,
+        `(${formatBytes(r.throughput)}/s${cap}), downtime ${Math.round(r.downtimeMs)} ms`,
     );
     for (const d of r.devices) {
       lines.push(`  ${d.index}  ${d.device}: ${formatBytes(d.bytes)}, ${d.chunks} chunks; device is ${d.finalState}`);
@@ -95,6 +97,9 @@ ${deviceHelp(21)}
                      pre-copy: after its first round; without --live: ignored)
       --downtime-limit TIME  the downtime to aim for with --live (default ${DEFAULT_DOWNTIME_LIMIT_MS}ms;
                      0: switch only when nothing is left to send)
+      --max-bandwidth RATE  read device data at most this fast (QEMU's max-bandwidth,
+                     default: no limit); with --live it paces pre-copy, and the
+                     stop-copy runs unlimited as QEMU's does (the device is stopped)
       --max-precopy TIME  longest pre-copy phase with --live (default ${DEFAULT_MAX_PRECOPY_MS / 1000}s;
                      0: stop-copy right after the initial data)
                      A device without MIG_DATA_SIZE never converges (its stop-copy
@@ -111,6 +116,7 @@ ${EVENTS_HELP}
 ${MULTI_SAVE_HELP}
 
 TIME is milliseconds, or a number with a unit: 500ms, 10s, 2m.
+${RATE_HELP}
 Permissions: deno run --allow-ffi (everything goes through libc); tcp:// also
 needs --allow-net.
 
@@ -137,6 +143,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     "no-p2p": { type: "boolean" },
     resume: { type: "boolean" },
     live: { type: "boolean" },
+    "max-bandwidth": { type: "string" },
     "max-precopy": { type: "string", needs: "live" },
     "downtime-limit": { type: "string", needs: "live" },
     tls: { type: "boolean", needs: TCP_OUTPUT },
@@ -160,6 +167,9 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     );
   }
   const target = saveTarget(positionals[0]); // QEMU's tcp:H:P and file:P too; other URIs refused
+  const maxBandwidth = values["max-bandwidth"] === undefined
+    ? undefined
+    : parseRate(values["max-bandwidth"], "max-bandwidth");
   const maxPrecopy = msOption(values["max-precopy"], "max-precopy", DEFAULT_MAX_PRECOPY_MS, { zero: true });
   const downtimeLimit = msOption(values["downtime-limit"], "downtime-limit", DEFAULT_DOWNTIME_LIMIT_MS, {
     zero: true,
@@ -180,7 +190,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     progress: !values.quiet && !values.json,
     reservedFds: target === "-" ? [1] : [],
   });
-  events.start({ command: "save", mode: values.live ? "live" : "offline", target });
+  events.start({ command: "save", mode: values.live ? "live" : "offline", target, maxBandwidth });
   let sink: Sink | null = null;
   let devs: VfioDevice[] = [];
   try {
@@ -219,6 +229,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
         events,
         cancel,
         noP2p: values["no-p2p"],
+        maxBandwidth,
       });
       // Saved from a fresh open of a device vfio-pci resets: say whose state this is.
       const fresh = devs.flatMap((d) => freshOpenWarnings(d, "save"));

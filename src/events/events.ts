@@ -92,6 +92,8 @@ export interface StartInfo {
   mode?: "offline" | "live";
   /** Where the stream goes or comes from (file, -, tcp://HOST:PORT, tcp listener ADDR). */
   target?: string;
+  /** save --max-bandwidth: the rate the data is paced to, bytes/s. */
+  maxBandwidth?: number;
 }
 
 export interface HeaderInfo {
@@ -213,6 +215,7 @@ export class Events {
       pid: Deno.pid,
       mode: info.mode,
       target: info.target,
+      maxBandwidth: info.maxBandwidth,
     });
   }
 

@@ -118,6 +118,8 @@ export class ProgressBar implements EventSubscriber {
   #phase = "setup";
   #bytes = 0;
   #rate = 0;
+  /** save --max-bandwidth, bytes/s (the start event), or null. */
+  #maxBandwidth: number | null = null;
   #total: number | null = null;
   #iteration = 0;
   #estimate: number | null = null;
@@ -140,6 +142,7 @@ export class ProgressBar implements EventSubscriber {
       case "start":
         this.#command = e.command as string;
         this.#live = e.mode === "live";
+        this.#maxBandwidth = (e.maxBandwidth as number | undefined) ?? null;
         return;
       case "header":
         this.#live = e.mode === "live";
@@ -197,7 +200,11 @@ export class ProgressBar implements EventSubscriber {
     const total = this.#total !== null && this.#total > 0 ? this.#total : null;
     const within = total !== null && this.#bytes <= total;
     const amount = formatBytes(this.#bytes) + (within ? ` / ~${formatBytes(total!)}` : "");
-    const extras: string[] = [`${formatBytes(this.#rate)}/s`];
+    // The limit while it applies (a live save's stop-copy runs unlimited, as QEMU's).
+    const paced = this.#maxBandwidth !== null && !(this.#live && this.#phase !== "pre-copy");
+    const extras: string[] = [
+      `${formatBytes(this.#rate)}/s${paced ? ` (max ${formatBytes(this.#maxBandwidth!)}/s)` : ""}`,
+    ];
     if (this.#phase === "pre-copy" && this.#estimate !== null) {
       extras.push(
         `left ~${formatBytes(this.#estimate)}` +

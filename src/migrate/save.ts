@@ -27,6 +27,7 @@ import { pciConfigProblem, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
+import { RateLimit } from "./rate_limit.ts";
 import { openSink, type Sink } from "../transport/transport.ts";
 import { deviceOrigin } from "../device/origin.ts";
 import { VERSION } from "../version.ts";
@@ -81,6 +82,13 @@ export interface SaveOptions {
   created?: Date;
   /** Several devices: allow devices without P2P (they must do no peer-to-peer DMA). */
   noP2p?: boolean;
+  /**
+   * Paces the device data read to this many bytes/s (> 0; QEMU's max-bandwidth):
+   * the whole of an offline save, a live save's pre-copy; a live save's stop-copy runs
+   * unlimited, as QEMU's completion does (migration_completion_precopy), since the
+   * devices are stopped then. src/migrate/rate_limit.ts.
+   */
+  maxBandwidth?: number;
 }
 
 /** What the save did with one device. */
@@ -133,6 +141,8 @@ export interface SaveResult {
   switchReason: SwitchReason | null;
   /** Measured pre-copy bandwidth the switchover was judged by, bytes/s, or null. */
   bandwidth: number | null;
+  /** The rate limit the data was paced to (SaveOptions.maxBandwidth), bytes/s, or null. */
+  maxBandwidth: number | null;
   /** The downtime limit aimed for, ms (live saves). */
   downtimeLimitMs: number | null;
   /** Live v2 saves: whether the first device took the precopy-info v2 opt-in (Linux 7.1); null otherwise. */
@@ -293,6 +303,12 @@ export async function save(
   opts: SaveOptions = {},
 ): Promise<SaveResult> {
   const devs = deviceList(devices, "save");
+  if (opts.maxBandwidth !== undefined && !(opts.maxBandwidth > 0 && Number.isFinite(opts.maxBandwidth))) {
+    throw new VfioMigError(
+      `save: maxBandwidth must be a positive number of bytes/s, not ${opts.maxBandwidth}`,
+      "usage",
+    );
+  }
   const sink = typeof output === "string" ? openSink(devs[0].sys, output) : output;
   const cancel = opts.cancel ?? new Cancellation();
   return await runOperation({
@@ -334,6 +350,7 @@ async function saveTo(
   let policy: PrecopyPolicy | null = null;
   let switchReason: SwitchReason | null = null;
   let markers = 0;
+  const pace = opts.maxBandwidth ? new RateLimit(opts.maxBandwidth) : null;
   try {
     // setup
     const header = streamHeader(units, live, opts.created ?? new Date());
@@ -361,7 +378,7 @@ async function saveTo(
     if (live) {
       await pausePoint(getenv, "pre-copy", cancel, drain);
       policy = new PrecopyPolicy(opts.downtimeLimitMs, opts.maxPrecopyMs);
-      const r = await precopy(units, w, sink, policy, cancel, events);
+      const r = await precopy(units, w, sink, policy, cancel, events, pace);
       switchReason = r.reason;
       markers = r.markers;
     }
@@ -380,7 +397,7 @@ async function saveTo(
     }
     events.phase("stop-copy", "start");
     await pausePoint(getenv, "stop-copy", cancel, drain);
-    await readRound(units, w, "stop-copy", Infinity, cancel, events);
+    await readRound(units, w, "stop-copy", Infinity, cancel, events, live ? null : pace);
     const stopCopyMs = performance.now() - stopAt;
     if (group) {
       for (const u of units) events.phase("stop-copy", "end", { device: deviceRef(u), bytes: u.stopCopyBytes });
@@ -476,6 +493,7 @@ async function saveTo(
       iterations: policy?.iterations ?? 0,
       switchReason,
       bandwidth: policy?.lastRate ? policy.lastRate * 1000 : null, // what the switchover was judged by
+      maxBandwidth: pace?.bytesPerSecond ?? null,
       downtimeLimitMs: policy ? policy.downtimeLimitMs : null,
       precopyInfoV2: live ? units[0].s.precopyInfoV2 ?? null : null,
       reinits: units.reduce((a, u) => a + u.reinits, 0),
@@ -530,6 +548,7 @@ async function precopy(
   policy: PrecopyPolicy,
   cancel: Cancellation,
   events: Events,
+  pace: RateLimit | null,
 ): Promise<{ reason: SwitchReason; markers: number }> {
   const unswitch = cancel.onSwitchover(() => policy.requested = true);
   let markers = 0;
@@ -541,7 +560,7 @@ async function precopy(
       const t = performance.now();
       for (const u of units) u.iterBytes = 0;
       events.iterationStart(policy.iterations + 1);
-      await readRound(units, w, "pre-copy", t + ITERATION_MS, cancel, events);
+      await readRound(units, w, "pre-copy", t + ITERATION_MS, cancel, events, pace);
       for (const u of units) u.status = u.s.precopyStatus(u.iterBytes);
       let bytes = 0;
       let initial = 0;
@@ -639,7 +658,8 @@ async function precopy(
  * whose read would block is passed over; when none had anything we wait a moment, so
  * a device that yields its data slowly holds no other (and no signal) up. Bytes go to
  * each unit's iterBytes (pre-copy) or stopCopyBytes (stop-copy, which ends each
- * device's data with its END_OF_STATE).
+ * device's data with its END_OF_STATE) With `pace` (--max-bandwidth) each chunk read is paid
+ * for before the next read (src/migrate/rate_limit.ts).
  */
 async function readRound(
   units: Unit[],
@@ -648,6 +668,7 @@ async function readRound(
   until: number,
   cancel: Cancellation,
   events: Events,
+  pace: RateLimit | null,
 ): Promise<void> {
   const active = units.slice();
   let idle = 0; // rounds in a row in which no device had anything
@@ -672,6 +693,7 @@ async function readRound(
       else u.stopCopyBytes += n;
       moved += n;
       k++;
+      if (pace) await pace.take(n, cancel.abortSignal); // --max-bandwidth
       await w.flowControl();
       events.progress(phase, w.dataBytes);
     }

@@ -76,6 +76,8 @@ export interface ReportModel {
   /** The mode the stream was saved in (its header), for a load. */
   streamMode: string | null;
   target: string | null;
+  /** save --max-bandwidth: the rate the data was paced to, bytes/s (the start event), or null. */
+  maxBandwidth: number | null;
   tool: string;
   wallClock: string;
   protocol: string | null;
@@ -152,6 +154,7 @@ export class ModelBuilder {
       mode: null,
       streamMode: null,
       target: null,
+      maxBandwidth: null,
       tool: "",
       wallClock: "",
       protocol: null,
@@ -202,6 +205,7 @@ export class ModelBuilder {
         m.command = e.command as string;
         m.mode = (e.mode as string | undefined) ?? null;
         m.target = (e.target as string | undefined) ?? null;
+        m.maxBandwidth = (e.maxBandwidth as number | undefined) ?? null;
         m.tool = e.tool as string;
         m.wallClock = e.wallClock as string;
         break;

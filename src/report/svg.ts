@@ -221,6 +221,7 @@ export function summaryRows(m: ReportModel): [string, string][] {
   ]);
   rows.push([m.devices.length === 1 ? "device" : "devices", m.devices.map((d) => d.label).join(", ")]);
   if (m.protocol) rows.push(["protocol", m.protocol]);
+  if (m.maxBandwidth) rows.push(["max bandwidth", `${fmtRate(m.maxBandwidth)} (--max-bandwidth)`]);
   const bytes = summaryNumber(m, "bytes");
   const pre = summaryNumber(m, "precopyBytes");
   const stop = summaryNumber(m, "stopCopyBytes");
