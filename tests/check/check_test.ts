@@ -12,21 +12,10 @@ import { SimKernel } from "../../src/sim/kernel.ts";
 import type { ModelName } from "../../src/sim/models.ts";
 import { SimStore } from "../../src/sim/store.ts";
 import { stateHash } from "../../src/commands/sim.ts";
+import { cliText as vfioMig } from "../helpers/proc.ts";
 
-const CLI = new URL("../../cli.ts", import.meta.url).pathname;
 const MODELS: ModelName[] = ["mtty-1", "mtty-2", "bulk"];
 const FLAG_SETS = [0x1, 0x3, 0x5, 0x7];
-
-async function vfioMig(args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", CLI, ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
 
 async function withDevice<T>(
   opts: { model: ModelName; flags?: number; size?: number; quirks?: string[] },

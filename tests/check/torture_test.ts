@@ -9,20 +9,10 @@ import { SimStore } from "../../src/sim/store.ts";
 import type { ModelName } from "../../src/sim/models.ts";
 import { isBugReport, parseRecord } from "../../src/check/torture/kmsg.ts";
 import type { TortureReport } from "../../src/check/torture/supervisor.ts";
+import { cliText as vfioMig } from "../helpers/proc.ts";
 
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
 const ACK = "--i-accept-state-loss";
-
-async function vfioMig(args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", CLI, ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
 
 async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await Deno.makeTempDir({ prefix: "vfio-mig-torture-" });

@@ -3,49 +3,24 @@
 // trips, pipes, live saves, refusals, recovery after failures, exit codes, help.
 // Plus, in-process through the library API: no fd leaks, and the version.
 
-import { createHash } from "node:crypto";
 import { assert, assertEquals, assertMatch, assertRejects, assertStringIncludes, fail } from "../helpers/assert.ts";
 import { load, openDevice, openSink, openSource, save, VERSION } from "../../mod.ts";
-import { SimKernel, SimStore } from "../../src/sim/mod.ts";
+import { parseFaults, SimKernel, SimStore } from "../../src/sim/mod.ts";
 import { libc } from "../../src/vfio/mod.ts";
-import { parseFaults } from "../../src/sim/kernel.ts";
-import { StreamReader } from "../../src/stream/reader.ts";
-import { BASE_ENV, CLI, DENO, MiB, ROOT } from "../helpers/proc.ts";
+import { StreamReader } from "../../src/stream/mod.ts";
+import {
+  BASE_ENV,
+  CLI,
+  DENO,
+  MiB,
+  ROOT,
+  type RunBytes as Run,
+  runCli as cli,
+  sha,
+  show,
+  stateOf,
+} from "../helpers/proc.ts";
 import { MemorySource } from "../helpers/bytes.ts";
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-  out: Uint8Array;
-}
-
-async function cli(args: string[], opts: { env?: Record<string, string>; stdin?: Uint8Array } = {}): Promise<Run> {
-  const child = new Deno.Command(DENO, {
-    args: ["run", "--allow-ffi", CLI, ...args],
-    cwd: ROOT,
-    env: { ...BASE_ENV, ...opts.env },
-    stdin: opts.stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (opts.stdin) {
-    const w = child.stdin.getWriter();
-    try {
-      await w.write(opts.stdin);
-      await w.close();
-    } catch {
-      await w.abort().catch(() => {}); // the reader went early: its exit code tells
-    }
-  }
-  const r = await child.output();
-  const dec = new TextDecoder();
-  return { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr), out: r.stdout };
-}
-
-function show(r: Run): string {
-  return `exit ${r.code}\n--- stdout\n${r.stdout.slice(0, 2000)}\n--- stderr\n${r.stderr.slice(0, 2000)}`;
-}
 
 async function ok(args: string[], opts?: { env?: Record<string, string>; stdin?: Uint8Array }): Promise<Run> {
   const r = await cli(args, opts);
@@ -76,27 +51,6 @@ async function withTemp(fn: (dir: string) => Promise<void>): Promise<void> {
 async function simCreate(path: string, model: string, ...extra: string[]): Promise<void> {
   const r = await ok(["sim", "create", path, "--model", model, ...extra]);
   assertStringIncludes(r.stdout, `created sim:${path}`);
-}
-
-const STATE_NAMES = ["ERROR", "STOP", "RUNNING", "STOP_COPY", "RESUMING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"];
-
-/** The persisted migration state of a simulated device (read from its folder, no process). */
-async function stateOf(dir: string): Promise<string> {
-  const meta = JSON.parse(await Deno.readTextFile(`${dir}/device.json`));
-  return STATE_NAMES[meta.state] ?? `?${meta.state}`;
-}
-
-/** SHA-256 of a simulated device's internal state. */
-async function sha(dir: string): Promise<string> {
-  const h = createHash("sha256");
-  using f = await Deno.open(`${dir}/state.bin`);
-  const buf = new Uint8Array(4 * MiB);
-  for (;;) {
-    const n = await f.read(buf);
-    if (n === null) break;
-    h.update(buf.subarray(0, n));
-  }
-  return h.digest("hex");
 }
 
 /** Changes a simulated device's internal state in place (its first 4 KiB, inverted). */
@@ -500,7 +454,14 @@ async function interruptedLoad(t: string, bystander: string): Promise<void> {
   }
   const r = await output;
   const dec = new TextDecoder();
-  const run: Run = { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr), out: r.stdout };
+  const run: Run = {
+    code: r.code,
+    signal: r.signal,
+    stdout: dec.decode(r.stdout),
+    stderr: dec.decode(r.stderr),
+    out: r.stdout,
+    ms: 0,
+  };
   assertOneLineFailure(run, 130, "SIGINT during load", "interrupted by SIGINT");
   assertEquals(await stateOf(dst), "RUNNING", "the interrupted destination was reset");
   assert((await logLines(log)).some(isReset), "reset issued");

@@ -15,24 +15,10 @@ import { DeviceState } from "../../src/vfio/state_machine.ts";
 import { SimKernel } from "../../src/sim/kernel.ts";
 import { SimStore } from "../../src/sim/store.ts";
 import { openSink } from "../../src/transport/transport.ts";
+import { BASE_ENV, CLI, DENO, MiB, ROOT } from "../helpers/proc.ts";
 
 const host = libc();
-const CLI = new URL("../../cli.ts", import.meta.url).pathname;
-const ROOT = new URL("../..", import.meta.url).pathname;
-const DENO = Deno.execPath();
-const MiB = 1 << 20;
 const TOKEN = "signals-test-token";
-
-const BASE_ENV: Record<string, string> = {
-  NO_COLOR: "1",
-  DENO_NO_PROMPT: "1",
-  VFIO_MIG_SIM_FAULTS: "",
-  VFIO_MIG_SIM_LOG: "",
-  VFIO_MIG_DEVICE: "",
-  VFIO_MIG_DEBUG: "",
-  VFIO_MIG_PAUSE_AT: "",
-  VFIO_MIG_TOKEN: "",
-};
 
 type Line = Record<string, unknown>;
 const { RUNNING, STOP } = DeviceState;

@@ -3,17 +3,12 @@
 // device refusal, exit 3).
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { BASE_ENV, CLI, DENO, ROOT } from "../helpers/proc.ts";
+import { runCli } from "../helpers/proc.ts";
 
+/** The tool's answer, stdout and stderr trimmed. */
 async function vfioMig(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(DENO, {
-    args: ["run", "--allow-ffi", CLI, ...args],
-    cwd: ROOT,
-    env: BASE_ENV,
-    stdin: "null",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout).trim(), stderr: dec.decode(out.stderr).trim() };
+  const r = await runCli(args);
+  return { code: r.code, stdout: r.stdout.trim(), stderr: r.stderr.trim() };
 }
 
 Deno.test("state: v2 names, v1 device_state bits (set as QEMU 7.2 does), and a non-migratable device exits 3", async () => {

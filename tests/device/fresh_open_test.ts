@@ -4,25 +4,9 @@
 // (docs/device-state.md). Real processes: the reset happens at the process's last close.
 
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { BASE_ENV, CLI, DENO, ROOT, type Run, show } from "../helpers/proc.ts";
+import { CLI, DENO, runCli, show } from "../helpers/proc.ts";
 
-async function vfioMig(args: string[]): Promise<Run> {
-  const t0 = performance.now();
-  const out = await new Deno.Command(DENO, {
-    args: ["run", "--allow-ffi", "--allow-read", CLI, ...args],
-    cwd: ROOT,
-    env: BASE_ENV,
-    stdin: "null",
-  }).output();
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    signal: out.signal,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-    ms: performance.now() - t0,
-  };
-}
+const vfioMig = (args: string[]) => runCli(args, { allow: ["--allow-ffi", "--allow-read"] });
 
 Deno.test("fresh opens of a pci-family device: save and load warn; load --exec keeps the state for CMD", async () => {
   const t = await Deno.makeTempDir({ prefix: "vfio-mig-fresh-" });

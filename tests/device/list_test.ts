@@ -7,21 +7,9 @@ import { listDevices } from "../../src/commands/list.ts";
 import { openDevice, systemFor } from "../../src/device/open.ts";
 import { libc } from "../../ffi/libc.ts";
 import { SimStore } from "../../src/sim/mod.ts";
+import { cliText as vfioMig } from "../helpers/proc.ts";
 
-const CLI = new URL("../../cli.ts", import.meta.url).pathname;
 const MDEV = "b1a2c3d4-0000-4000-8000-000000000001";
-
-async function vfioMig(args: string[], env: Record<string, string> = {}) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", CLI, ...args],
-    env,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
 
 /** A PCI device under ROOT/bus/pci/devices with its driver, group and cdev links. */
 async function pciDevice(root: string, addr: string, driver: string | null, group: string, cdev?: string) {
@@ -109,7 +97,7 @@ Deno.test("list: vfio-bound PCI devices and mdevs from a fake sysfs, with groups
 Deno.test("list: text output honours VFIO_MIG_SYSFS and shows unavailable devices with their reason", async () => {
   const root = await fakeSysfs();
   try {
-    const r = await vfioMig(["list"], { VFIO_MIG_SYSFS: root });
+    const r = await vfioMig(["list"], undefined, { VFIO_MIG_SYSFS: root });
     assertEquals(r.code, 0, r.err);
     assertMatch(r.out, /0000:3b:00\.1 {2}\(pci, driver mlx5_vfio_pci\)/);
     assertMatch(

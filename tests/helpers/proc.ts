@@ -148,6 +148,64 @@ export function cli(args: string[], opts: { env?: Record<string, string>; ms?: n
   return vfioMig(args, opts).done(opts.ms ?? 60_000);
 }
 
+/** A finished run, with standard output's bytes too (a stream saved to "-"). */
+export interface RunBytes extends Run {
+  out: Uint8Array;
+}
+
+/**
+ * Runs vfio-mig to the end as `deno run --allow-ffi cli.ts ARGS` (`allow`: other
+ * permission flags instead), in the checkout, with BASE_ENV and `env`; standard input
+ * `stdin`'s bytes (a reader that stops early is no error: its exit code tells) or none.
+ */
+export async function runCli(
+  args: string[],
+  opts: { env?: Record<string, string>; stdin?: Uint8Array; allow?: string[] } = {},
+): Promise<RunBytes> {
+  const t0 = performance.now();
+  const child = new Deno.Command(DENO, {
+    args: ["run", ...(opts.allow ?? ["--allow-ffi"]), CLI, ...args],
+    cwd: ROOT,
+    env: { ...BASE_ENV, ...opts.env },
+    stdin: opts.stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (opts.stdin) {
+    const w = child.stdin.getWriter();
+    try {
+      await w.write(opts.stdin);
+      await w.close();
+    } catch {
+      await w.abort().catch(() => {});
+    }
+  }
+  const r = await child.output();
+  const dec = new TextDecoder();
+  return {
+    code: r.code,
+    signal: r.signal,
+    stdout: dec.decode(r.stdout),
+    stderr: dec.decode(r.stderr),
+    out: r.stdout,
+    ms: performance.now() - t0,
+  };
+}
+
+/**
+ * runCli with the file permissions spelled out (--allow-ffi --allow-read --allow-write
+ * --allow-env, as the inspect, QEMU, check and list tests run it): exit code, stdout
+ * (`out`) and stderr (`err`).
+ */
+export async function cliText(
+  args: string[],
+  stdin?: Uint8Array,
+  env?: Record<string, string>,
+): Promise<{ code: number; out: string; err: string }> {
+  const r = await runCli(args, { stdin, env, allow: ["--allow-ffi", "--allow-read", "--allow-write", "--allow-env"] });
+  return { code: r.code, out: r.stdout, err: r.stderr };
+}
+
 export async function ok(args: string[], opts: { env?: Record<string, string>; ms?: number } = {}): Promise<Run> {
   const r = await cli(args, opts);
   if (r.code !== 0) fail(`vfio-mig ${args.join(" ")} failed: ${show(r)}`);

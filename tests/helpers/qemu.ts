@@ -7,27 +7,6 @@ import { TAG } from "../../src/stream/format.ts";
 
 export const FIXTURES = new URL("../fixtures/qemu/", import.meta.url).pathname;
 
-const CLI = new URL("../../cli.ts", import.meta.url).pathname;
-
-/** Runs the CLI (stdin: these bytes, else none); its exit code, stdout and stderr. */
-export async function vfioMig(args: string[], stdin?: Uint8Array): Promise<{ code: number; out: string; err: string }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", CLI, ...args],
-    env: { VFIO_MIG_SIM_FAULTS: "", VFIO_MIG_DEVICE: "" },
-    stdin: stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin) {
-    const w = child.stdin.getWriter();
-    await w.write(stdin).catch(() => {});
-    await w.close().catch(() => {});
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
-
 /** A gzip'd fixture, whole. */
 export async function fixture(name: string): Promise<Uint8Array> {
   const gz = await Deno.readFile(`${FIXTURES}${name}.gz`);

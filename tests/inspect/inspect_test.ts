@@ -6,7 +6,7 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
 import { inspectStream } from "../../src/inspect/inspect.ts";
 import { CHUNK_HEADER, MAX_CHUNK } from "../../src/stream/format.ts";
-import { vfioMig } from "../helpers/qemu.ts";
+import { cliText as vfioMig } from "../helpers/proc.ts";
 import { MemorySource } from "../helpers/bytes.ts";
 
 /** Streams saved once by the CLI: an offline mtty-2 save and a live save of a changing bulk device. */

@@ -5,14 +5,12 @@
 
 import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "../helpers/assert.ts";
 import { jsonOf, logLines, MiB, ok, sha, show, simCreate, sleep, stateOf, vfioMig, withTemp } from "../helpers/proc.ts";
-import { load, openDevice, save, type SaveResult } from "../../mod.ts";
+import { load, openDevice, save, type SaveResult, type Sink, type StreamSource } from "../../mod.ts";
 import { SimKernel, SimStore } from "../../src/sim/mod.ts";
 import { streamFormat } from "../../src/stream/mod.ts";
-import { libc } from "../../src/vfio/mod.ts";
-import { isErrno } from "../../ffi/errno.ts";
-import { decode, encodeInto, FEATURE, FEATURE_FLAGS, featureBuffer, IOCTL, STRUCTS } from "../../ffi/vfio_uapi.ts";
-import { DeviceState } from "../../src/vfio/state_machine.ts";
-import type { Sink, StreamSource } from "../../src/transport/transport.ts";
+import { DeviceState, isErrno, libc, uapi } from "../../src/vfio/mod.ts";
+
+const { decode, encodeInto, FEATURE, FEATURE_FLAGS, featureBuffer, IOCTL, STRUCTS } = uapi;
 
 const REINIT = 1;
 

@@ -5,7 +5,8 @@
 // device kind, a damaged file, an unknown --qemu-id), and a reset after a failure.
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
-import { fixture, FIXTURES, synthQemuStream, vfioMig } from "../helpers/qemu.ts";
+import { fixture, FIXTURES, synthQemuStream } from "../helpers/qemu.ts";
+import { cliText as vfioMig } from "../helpers/proc.ts";
 import { MemorySource } from "../helpers/bytes.ts";
 
 async function sim(dir: string, name: string, ...args: string[]): Promise<string> {

@@ -11,17 +11,7 @@ import { TAG } from "../../src/stream/format.ts";
 import type { Sink } from "../../src/transport/transport.ts";
 import { counting, fixture, FIXTURES, synthQemuStream } from "../helpers/qemu.ts";
 import { MemorySource } from "../helpers/bytes.ts";
-
-const CLI = new URL("../../cli.ts", import.meta.url).pathname;
-
-async function vfioMig(args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", CLI, ...args],
-    stdin: "null",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
+import { cliText as vfioMig } from "../helpers/proc.ts";
 
 /** A sink that keeps what it gets. */
 function collect(): Sink & { bytes(): Uint8Array; committed: boolean } {

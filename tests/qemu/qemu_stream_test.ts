@@ -11,7 +11,8 @@ import { checkDescription } from "../../src/qemu/description.ts";
 import { QemuStreamParser } from "../../src/qemu/stream.ts";
 import { decodeVfioConfig } from "../../src/qemu/vfio_config.ts";
 import { TAG } from "../../src/stream/format.ts";
-import { be32, be64, counting, fixture, synthQemuStream, vfioMig } from "../helpers/qemu.ts";
+import { be32, be64, counting, fixture, synthQemuStream } from "../helpers/qemu.ts";
+import { cliText as vfioMig } from "../helpers/proc.ts";
 import { MemorySource } from "../helpers/bytes.ts";
 
 /** The description at the end of a stream held in memory (as readDescriptionAtEnd finds it in a file). */
