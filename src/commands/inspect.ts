@@ -92,6 +92,12 @@ function headerLines(r: InspectReport): string[] {
   const h = r.header;
   if (!h) return ["header      none readable"];
   const out = [`header      format ${h.version}, ${h.jsonBytes} bytes of JSON, checksum ${h.checksum}`];
+  if (h.signed) {
+    out.push(
+      `  signed    ${h.signed.algorithm}, key id ${h.signed.keyId} (MACs not checked here: ` +
+        `vfio-mig verify --verify-key KEY checks them)`,
+    );
+  } else if (h.version === 1) out.push("  signed    no (unsigned: load --verify-key refuses it)");
   const f = h.fields;
   if (!f) return out;
   if (Array.isArray(f.devices)) {

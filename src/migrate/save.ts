@@ -27,6 +27,7 @@ import { pciConfigProblem, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
+import type { StreamKey } from "../stream/mac.ts";
 import { openSink, type Sink } from "../transport/transport.ts";
 import { deviceOrigin } from "../device/origin.ts";
 import { VERSION } from "../version.ts";
@@ -81,6 +82,8 @@ export interface SaveOptions {
   created?: Date;
   /** Several devices: allow devices without P2P (they must do no peer-to-peer DMA). */
   noP2p?: boolean;
+  /** --sign-key: sign the stream with this key (format version 2; src/stream/mac.ts). */
+  signKey?: StreamKey | null;
 }
 
 /** What the save did with one device. */
@@ -327,7 +330,7 @@ async function saveTo(
     // One device: its own error says what is wrong. Several: which operation, and that none changed.
     throw devs.length === 1 ? e : failure(`${what} refused`, e, "no device was changed");
   }
-  const w = new StreamWriter(sink, opts.chunkSize, units.length);
+  const w = new StreamWriter(sink, opts.chunkSize, units.length, opts.signKey ?? null);
   const getenv = (n: string) => devs[0].sys.getenv(n);
   // VFIO_MIG_PAUSE_AT: what was written before the phase has left the process when it pauses.
   const drain = () => sink.drain?.();
