@@ -17,6 +17,7 @@ import {
   cli,
   DENO,
   jsonOf,
+  listen,
   logLines,
   MiB,
   ok,
@@ -140,6 +141,9 @@ Deno.test("signed streams: round trip through a file and a pipe; the key id is s
     const hex = (x: Uint8Array) => Array.from(x).map((v) => v.toString(16).padStart(2, "0")).join("");
     assert(!hex(s).includes(hex(keyBytes)), "the key is not in the stream");
 
+    const sj = await ok(["save", "--json", "--resume", "--sign-key", key, "--device", `sim:${a}`, `${t}/s3.vfmig`]);
+    assertEquals(jsonOf(sj.stdout).signed, { algorithm: "hmac-sha256", keyId });
+    assert(!("signed" in jsonOf((await ok(["save", "--json", "--resume", "--device", `sim:${a}`, `${t}/u3`])).stdout)));
     const v = await ok(["verify", "--verify-key", key, `${t}/s.vfmig`]);
     assertMatch(v.stdout, new RegExp(`signed \\(hmac-sha256, key id ${keyId}\\), every MAC verified`));
     const vj = jsonOf((await ok(["verify", "--json", "--verify-key", key, `${t}/s.vfmig`])).stdout);
@@ -423,5 +427,53 @@ Deno.test("signed streams: key files: at least 32 bytes, owner-only, no symlink,
     // The key is a file: an option value that is not one is refused, never taken as the key.
     const r = await cli(["save", "--sign-key", "0123456789abcdef0123456789abcdef", "--device", `sim:${a}`, `${t}/x`]);
     assertMatch(oneLine(r, 2, "a key on the command line"), /cannot open the key file/);
+  });
+});
+
+Deno.test("signed streams over TCP: a live save signed for a --listen --verify-key load; another key is refused before the device is touched", async () => {
+  await withTemp(async (t) => {
+    const [a, b, key, other] = [`${t}/a`, `${t}/b`, `${t}/key`, `${t}/other`];
+    await simCreate(a, "--model", "bulk", "--size", String(2 * MiB + 9), "--seed", "3");
+    await simCreate(b, "--model", "bulk", "--size", String(2 * MiB + 9), "--seed", "4");
+    await writeKey(key);
+    await writeKey(other);
+    const TOKEN = "signed-test-token";
+    const before = await sha(b);
+    // Signed with another key: the listener refuses the header; the device is untouched.
+    const log = `${t}/refused.log`;
+    const { proc: d1, port: p1 } = await listen(b, ["--token", TOKEN, "--verify-key", key], { VFIO_MIG_SIM_LOG: log });
+    const s1 = await cli([
+      "save",
+      "--resume",
+      "--sign-key",
+      other,
+      "--device",
+      `sim:${a}`,
+      `tcp://127.0.0.1:${p1}`,
+      "--token",
+      TOKEN,
+    ]);
+    assertEquals(s1.code, 4, show(s1));
+    const r1 = await d1.done(30_000);
+    assertEquals(r1.code, 4, show(r1));
+    assertMatch(r1.stderr, /signed with another key/);
+    await assertUntouched(b, log, before, "another key over TCP");
+    // The same key: a live, signed save loads.
+    const { proc: d2, port: p2 } = await listen(b, ["--token", TOKEN, "--verify-key", key]);
+    await ok([
+      "save",
+      "--live",
+      "--resume",
+      "--sign-key",
+      key,
+      "--device",
+      `sim:${a}`,
+      `tcp://127.0.0.1:${p2}`,
+      "--token",
+      TOKEN,
+    ]);
+    const r2 = await d2.done(30_000);
+    assertEquals(r2.code, 0, show(r2));
+    assertEquals(await sha(b), await sha(a));
   });
 });

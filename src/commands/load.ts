@@ -158,8 +158,7 @@ ${
     examplesHelp([
       "vfio-mig load --device 0000:3b:00.1 state.bin",
       "zstd -d -q s.zst -o s.bin && vfio-mig inspect s.bin > /dev/null && vfio-mig load -d 0000:3b:00.1 s.bin",
-      "vfio-mig load --listen 0.0.0.0:7000 --token $T --device 0000:3b:00.1 --exec qemu-system-x86_64 ...",
-      "vfio-mig load --verify-key /etc/vfio-mig/key --device 0000:3b:00.1 state.bin",
+      "vfio-mig load --listen 0.0.0.0:7000 --token $T --verify-key /etc/vfio-mig/key -d 0000:3b:00.1 --exec qemu-system-x86_64 ...",
     ])
   }
 

@@ -126,8 +126,7 @@ ${
     examplesHelp([
       "vfio-mig save --device 0000:3b:00.1 state.bin",
       "vfio-mig save --live --downtime-limit 300ms --device pid:4242 - | ssh dst vfio-mig load -d 0000:3b:00.1 -",
-      "vfio-mig save --token $T --device 0000:3b:00.1 tcp://dst:7000",
-      "vfio-mig save --sign-key /etc/vfio-mig/key --device 0000:3b:00.1 state.bin",
+      "vfio-mig save --sign-key /etc/vfio-mig/key --token $T --device 0000:3b:00.1 tcp://dst:7000",
     ])
   }
 
@@ -241,11 +240,18 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
         events.note(w, "warning");
         console.error(`vfio-mig: warning: ${w}`);
       }
-      const summary = { command: "save", output: target, ...r, warnings: [...r.warnings, ...fresh] };
+      const summary = {
+        command: "save",
+        output: target,
+        ...r,
+        warnings: [...r.warnings, ...fresh],
+        ...(signKey ? { signed: signKey.info } : {}),
+      };
       events.result(summary);
       if (values.json) printJson(summary, target === "-");
       else if (!values.quiet) {
         for (const line of saveSummary(r, target)) console.error(line);
+        if (signKey) console.error(`signed with key ${signKey.path} (key id ${signKey.id})`);
       }
       // Not converging is worth a word even with --json (unless the JSON itself goes to stderr).
       if (r.switchReason === "max-precopy" && !values.quiet && !(values.json && target === "-")) {

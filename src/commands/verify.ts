@@ -64,8 +64,7 @@ ${
     examplesHelp([
       "vfio-mig verify state.bin",
       "vfio-mig verify --json state.bin | jq .problem",
-      "vfio-mig verify --verify-key /etc/vfio-mig/key state.bin",
-      "zstd -d -c s.zst | vfio-mig verify -",
+      "zstd -d -c s.zst | vfio-mig verify --verify-key /etc/vfio-mig/key -",
     ])
   }
 
