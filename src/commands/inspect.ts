@@ -227,7 +227,9 @@ are skipped to the next recognisable one, and the first problem is given with it
 byte offset and what was expected there. Memory stays bounded whatever the stream's
 length fields say. A stream of several devices ('save --device A --device B ...') is
 shown per device: the header's device list, a DEV column in the records, and each
-device's sections, totals and decoded data.
+device's sections, totals and decoded data. A signed stream ('save --sign-key',
+format 2) is named with its key id; inspect takes no key and skips its MACs
+('vfio-mig verify --verify-key KEY FILE' checks them).
 
 A QEMU migration stream (magic "QEVM", from 'migrate' to a file) is recognised too:
 its machine type, RAM and the other sections summed up, commands such as
