@@ -479,3 +479,41 @@ Deno.test("signed streams over TCP: a live save signed for a --listen --verify-k
     assertEquals(await sha(b), await sha(a));
   });
 });
+
+Deno.test("signed streams: save, verify, inspect and the failure object of a signed stream conform to their schemas", async () => {
+  const { Ajv2020 } = await import("ajv/dist/2020.js");
+  const formats = (await import("ajv-formats")).default;
+  const A = new Ajv2020({ strict: true, strictRequired: false, allErrors: true, allowUnionTypes: true });
+  formats.default(A);
+  A.addKeyword("x-version");
+  const dir = new URL("../docs/schemas/", import.meta.url);
+  const names = ["save", "load", "info", "list", "check", "inspect", "verify", "failure", "events"];
+  for (const n of names) A.addSchema(JSON.parse(await Deno.readTextFile(new URL(`${n}.schema.json`, dir))));
+  const conforms = (kind: string, value: unknown) => {
+    const v = A.getSchema(`urn:vfio-mig:schema:${kind}`)!;
+    assert(v(value), `${kind}: ${JSON.stringify(v.errors?.slice(0, 3))}`);
+  };
+  await withTemp(async (t) => {
+    const [a, b, key, other] = [`${t}/a`, `${t}/b`, `${t}/key`, `${t}/other`];
+    await simCreate(a, "--model", "mtty-1");
+    await simCreate(b, "--model", "mtty-1");
+    await writeKey(key);
+    await writeKey(other);
+    conforms(
+      "save",
+      jsonOf((await ok(["save", "--json", "--resume", "--sign-key", key, "--device", `sim:${a}`, `${t}/s`])).stdout),
+    );
+    conforms("verify", jsonOf((await ok(["verify", "--json", "--verify-key", key, `${t}/s`])).stdout));
+    const bad = await cli(["verify", "--json", "--verify-key", other, `${t}/s`]);
+    assertEquals(bad.code, 4, show(bad));
+    const vj = jsonOf(bad.stdout) as { problem: { authentication?: boolean } };
+    assertEquals(vj.problem.authentication, true);
+    conforms("verify", vj);
+    conforms("inspect", jsonOf((await ok(["inspect", "--json", `${t}/s`])).stdout));
+    const f = await cli(["load", "--json", "--verify-key", other, "--device", `sim:${b}`, `${t}/s`]);
+    assertEquals(f.code, 4, show(f));
+    const fj = jsonOf(f.stdout) as { stream: { authentication?: boolean } };
+    assertEquals(fj.stream.authentication, true);
+    conforms("failure", fj);
+  });
+});
