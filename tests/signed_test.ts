@@ -170,8 +170,42 @@ Deno.test("signed streams: round trip through a file and a pipe; the key id is s
     await ok(["load", "--device", `sim:${b}`, `${t}/s.vfmig`]);
     assertEquals(await sha(b), src);
     // Nothing of the key in what load and verify print, even with --json.
-    const j = await ok(["load", "--json", "--verify-key", key, "--device", `sim:${b}`, `${t}/s.vfmig`]);
-    assert(!j.stdout.includes(hex(keyBytes)) && !j.stderr.includes(hex(keyBytes)));
+    const j = await ok([
+      "load",
+      "--json",
+      "--events",
+      `${t}/load.jsonl`,
+      "--verify-key",
+      key,
+      "--device",
+      `sim:${b}`,
+      `${t}/s.vfmig`,
+    ]);
+    const ev = await ok([
+      "save",
+      "--events",
+      `${t}/save.jsonl`,
+      "--resume",
+      "--sign-key",
+      key,
+      "--device",
+      `sim:${a}`,
+      `${t}/e`,
+    ]);
+    const b64 = btoa(String.fromCharCode(...keyBytes));
+    for (
+      const text of [
+        j.stdout,
+        j.stderr,
+        ev.stdout,
+        ev.stderr,
+        await Deno.readTextFile(`${t}/load.jsonl`),
+        await Deno.readTextFile(`${t}/save.jsonl`),
+      ]
+    ) {
+      assert(!text.includes(hex(keyBytes)) && !text.includes(b64), "no key in outputs, reports or events");
+    }
+    assertStringIncludes(ev.stderr, `(key id ${keyId})`, "save names the key id");
   });
 });
 
