@@ -142,12 +142,19 @@ Deno.test("signed streams: round trip through a file and a pipe; the key id is s
     assert(!hex(s).includes(hex(keyBytes)), "the key is not in the stream");
 
     const sj = await ok(["save", "--json", "--resume", "--sign-key", key, "--device", `sim:${a}`, `${t}/s3.vfmig`]);
-    assertEquals(jsonOf(sj.stdout).signed, { algorithm: "hmac-sha256", keyId });
+    const signedAs = (x: unknown) => {
+      const m = x as { algorithm: string; keyId: string; nonce: string };
+      assertMatch(m.nonce, /^[0-9a-f]{32}$/, "a random nonce per stream");
+      assertEquals({ ...m, nonce: "" }, { algorithm: "hmac-sha256", keyId, nonce: "" });
+      return m.nonce;
+    };
+    const n3 = signedAs(jsonOf(sj.stdout).signed);
     assert(!("signed" in jsonOf((await ok(["save", "--json", "--resume", "--device", `sim:${a}`, `${t}/u3`])).stdout)));
     const v = await ok(["verify", "--verify-key", key, `${t}/s.vfmig`]);
     assertMatch(v.stdout, new RegExp(`signed \\(hmac-sha256, key id ${keyId}\\), every MAC verified`));
     const vj = jsonOf((await ok(["verify", "--json", "--verify-key", key, `${t}/s.vfmig`])).stdout);
-    assertEquals(vj.signed, { algorithm: "hmac-sha256", keyId });
+    const n1 = signedAs(vj.signed);
+    assert(n1 !== n3, "each signed stream has its own nonce");
     assertEquals(vj.authenticated, true);
     assertEquals(jsonOf((await ok(["verify", "--json", `${t}/s.vfmig`])).stdout).authenticated, false);
     assertEquals(jsonOf((await ok(["verify", "--json", `${t}/u.vfmig`])).stdout).signed, null);
@@ -155,7 +162,7 @@ Deno.test("signed streams: round trip through a file and a pipe; the key id is s
     assertStringIncludes(ins.stdout, `signed    hmac-sha256, key id ${keyId}`);
     assertStringIncludes((await ok(["inspect", `${t}/u.vfmig`])).stdout, "signed    no");
     const ij = jsonOf((await ok(["inspect", "--json", `${t}/s.vfmig`])).stdout) as { header: { signed: unknown } };
-    assertEquals(ij.header.signed, { algorithm: "hmac-sha256", keyId });
+    assertEquals(signedAs(ij.header.signed), n1);
 
     // A file, then a pipe, each verified while it loads.
     await ok(["load", "--verify-key", key, "--device", `sim:${b}`, `${t}/s.vfmig`]);

@@ -245,7 +245,6 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
         output: target,
         ...r,
         warnings: [...r.warnings, ...fresh],
-        ...(signKey ? { signed: signKey.info } : {}),
       };
       events.result(summary);
       if (values.json) printJson(summary, target === "-");

@@ -27,7 +27,7 @@ import { pciConfigProblem, type VfioDevice } from "../device/open.ts";
 import { VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
-import type { StreamKey } from "../stream/mac.ts";
+import type { StreamKey, StreamMacInfo } from "../stream/mac.ts";
 import { openSink, type Sink } from "../transport/transport.ts";
 import { deviceOrigin } from "../device/origin.ts";
 import { VERSION } from "../version.ts";
@@ -161,6 +161,8 @@ export interface SaveResult {
    * events): a device that gave far less data than its MIG_DATA_SIZE said.
    */
   warnings: string[];
+  /** Signed streams only (SaveOptions.signKey): the header's `mac` field (algorithm, key id, nonce). */
+  signed?: StreamMacInfo;
 }
 
 /** One device in a save: its session and what moved. */
@@ -493,6 +495,7 @@ async function saveTo(
       configBytes: first.configBytes,
       devices: perDevice,
       warnings,
+      ...(w.signed ? { signed: w.signed } : {}),
     };
   } catch (e) {
     sink.abort();

@@ -110,7 +110,7 @@ export interface StreamHeader {
    */
   devices?: StreamDeviceEntry[];
   /** Signed streams (version 2) only: the MAC and the key's id (src/stream/mac.ts). */
-  mac?: { algorithm: "hmac-sha256"; keyId: string };
+  mac?: { algorithm: "hmac-sha256"; keyId: string; nonce: string };
 }
 
 /** One device of a multi-device stream (header `devices`). */

@@ -38,7 +38,15 @@ export interface StreamMacInfo {
   algorithm: typeof MAC_ALGORITHM;
   /** Hex, KEY_ID_HEX digits: the first 8 bytes of SHA-256 of the key. */
   keyId: string;
+  /**
+   * Hex, NONCE_HEX digits: random, per stream. It makes every signed stream's chain its
+   * own, even two saves with the same header otherwise (a fixed `created`).
+   */
+  nonce: string;
 }
+
+/** Hex digits of a signed stream's nonce (16 random bytes). */
+export const NONCE_HEX = 32;
 
 type Crypto = typeof import("node:crypto");
 type Hmac = ReturnType<Crypto["createHmac"]>;
@@ -136,9 +144,11 @@ export class StreamKey {
     return new StreamKey(key, await import("node:crypto"), path);
   }
 
-  /** The header's `mac` field for streams signed with this key. */
-  get info(): StreamMacInfo {
-    return { algorithm: MAC_ALGORITHM, keyId: this.id };
+  /** The header's `mac` field for a new stream signed with this key (a fresh nonce each call). */
+  info(): StreamMacInfo {
+    const nonce = Array.from(crypto.getRandomValues(new Uint8Array(NONCE_HEX / 2)))
+      .map((b) => b.toString(16).padStart(2, "0")).join("");
+    return { algorithm: MAC_ALGORITHM, keyId: this.id, nonce };
   }
 
   /** A MAC chain for one stream (one per stream: it counts records). */
@@ -217,6 +227,9 @@ export function macInfoProblem(fields: unknown): string | null {
   }
   if (typeof m.keyId !== "string" || !new RegExp(`^[0-9a-f]{${KEY_ID_HEX}}$`).test(m.keyId)) {
     return "the signed stream's header has no valid key id";
+  }
+  if (typeof m.nonce !== "string" || !new RegExp(`^[0-9a-f]{${NONCE_HEX}}$`).test(m.nonce)) {
+    return "the signed stream's header has no valid nonce";
   }
   return null;
 }

@@ -15,7 +15,7 @@ import {
   type StreamHeader,
   TAG,
 } from "./format.ts";
-import { MAC_SIZE, type MacChain, type StreamKey } from "./mac.ts";
+import { MAC_SIZE, type MacChain, type StreamKey, type StreamMacInfo } from "./mac.ts";
 
 export class StreamWriter {
   readonly #sink: Sink;
@@ -72,13 +72,17 @@ export class StreamWriter {
     this.written += b.length;
   }
 
+  /** A signed stream's `mac` header field, once the header is written; null: unsigned. */
+  signed: StreamMacInfo | null = null;
+
   /** The header; a signed stream's gets version 2 and its `mac` field here (h is not changed). */
   header(h: StreamHeader): void {
     if (!this.#mac) {
       this.#out(encodeHeader(h));
       return;
     }
-    const b = encodeHeader({ ...h, version: FORMAT_VERSION_SIGNED, mac: this.#key!.info }, FORMAT_VERSION_SIGNED);
+    this.signed = this.#key!.info();
+    const b = encodeHeader({ ...h, version: FORMAT_VERSION_SIGNED, mac: this.signed }, FORMAT_VERSION_SIGNED);
     this.#out(b);
     this.#out(this.#mac.header(b), true);
   }
