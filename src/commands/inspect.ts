@@ -92,6 +92,12 @@ function headerLines(r: InspectReport): string[] {
   const h = r.header;
   if (!h) return ["header      none readable"];
   const out = [`header      format ${h.version}, ${h.jsonBytes} bytes of JSON, checksum ${h.checksum}`];
+  if (h.signed) {
+    out.push(
+      `  signed    ${h.signed.algorithm}, key id ${h.signed.keyId} (MACs not checked here: ` +
+        `vfio-mig verify --verify-key KEY checks them)`,
+    );
+  } else if (h.version === 1) out.push("  signed    no (unsigned: load --verify-key refuses it)");
   const f = h.fields;
   if (!f) return out;
   if (Array.isArray(f.devices)) {
@@ -221,7 +227,9 @@ are skipped to the next recognisable one, and the first problem is given with it
 byte offset and what was expected there. Memory stays bounded whatever the stream's
 length fields say. A stream of several devices ('save --device A --device B ...') is
 shown per device: the header's device list, a DEV column in the records, and each
-device's sections, totals and decoded data.
+device's sections, totals and decoded data. A signed stream ('save --sign-key',
+format 2) is named with its key id; inspect takes no key and skips its MACs
+('vfio-mig verify --verify-key KEY FILE' checks them).
 
 A QEMU migration stream (magic "QEVM", from 'migrate' to a file) is recognised too:
 its machine type, RAM and the other sections summed up, commands such as

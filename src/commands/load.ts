@@ -34,6 +34,8 @@ import {
   reportTurnedAway,
   tokenFrom,
 } from "./network.ts";
+import { libc } from "../../ffi/libc.ts";
+import { StreamAuthError, StreamKey } from "../stream/mac.ts";
 
 /**
  * The kind of stream in a regular file, from its first bytes read with pread (the
@@ -114,6 +116,12 @@ ${deviceHelp(21)}
                      MSI/MSI-X enable state); its vendor/device ids are still checked
       --no-verify-first  do not check a FILE whole before touching the device (saves
                      reading it twice; damage found while loading then resets it)
+      --verify-key FILE  accept only a stream signed ('save --sign-key') with the key
+                     in FILE (mode 600): an unsigned stream, another key or any MAC
+                     that does not match is refused (exit 4). A FILE is checked whole
+                     first (the device keeps its state); a pipe or --listen stream
+                     is refused at its first bad record, before any of its bytes
+                     reach the device (the device is then reset, as for damage)
       --protocol P   auto (default: the stream's), v1 or v2
       --qemu-id ID   FILE is a QEMU migration stream ('migrate' to a file; told by its
                      magic) holding several VFIO devices: load the one whose section
@@ -150,7 +158,7 @@ ${
     examplesHelp([
       "vfio-mig load --device 0000:3b:00.1 state.bin",
       "zstd -d -q s.zst -o s.bin && vfio-mig inspect s.bin > /dev/null && vfio-mig load -d 0000:3b:00.1 s.bin",
-      "vfio-mig load --listen 0.0.0.0:7000 --token $T --device 0000:3b:00.1 --exec qemu-system-x86_64 ...",
+      "vfio-mig load --listen 0.0.0.0:7000 --token $T --verify-key /etc/vfio-mig/key -d 0000:3b:00.1 --exec qemu-system-x86_64 ...",
     ])
   }
 
@@ -176,6 +184,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
     "no-start": { type: "boolean" },
     "no-config": { type: "boolean" },
     "no-verify-first": { type: "boolean" },
+    "verify-key": { type: "string" },
     protocol: { type: "string" },
     "qemu-id": { type: "string" },
     listen: { type: "string" },
@@ -195,6 +204,10 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
     return 0;
   }
   if (positionals.length > 1) throw new VfioMigError("load: give at most one input FILE (or -)", "usage");
+  // The key is read (and node:crypto loaded) only when one is given; before any device is opened.
+  const key = values["verify-key"] === undefined
+    ? null
+    : await StreamKey.fromFile(libc(), values["verify-key"], "--verify-key");
   if (execArgv && execArgv.length === 0) throw new VfioMigError("load: --exec needs a command", "usage");
   if (values.listen !== undefined && positionals.length > 0) {
     throw new VfioMigError("load: give either an input FILE or --listen, not both", "usage");
@@ -255,6 +268,17 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
         if (kind !== null) unbind();
         source = sniffed.source;
         if (sniffed.kind === "qemu") {
+          if (key) {
+            throw failure(
+              `${operationName("load into", devs.map((d) => d.label))} refused`,
+              new StreamAuthError(
+                `the stream is not signed: it is a QEMU migration stream, which carries no MAC; ` +
+                  `--verify-key ${key.path} accepts only vfio-mig streams saved with --sign-key`,
+                0,
+              ),
+              devs.length === 1 ? `${devs[0].label} was not touched` : "no device was touched",
+            );
+          }
           reader = await qemuLoadReader(sys, from, devs, {
             qemuId: values["qemu-id"],
             protocol: parseProtocol(values.protocol, "load"),
@@ -312,6 +336,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
         reader,
         verifyFirst: !values["no-verify-first"],
         progress: !values.quiet && !values.json,
+        key,
       });
       // A fresh open of a device vfio-pci resets: the state dies with our fd unless
       // --exec hands it on.

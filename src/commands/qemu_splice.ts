@@ -53,6 +53,14 @@ ${
     })
   }`,
   async run(args) {
+    // A QEMU migration stream has no place for a MAC (docs/stream-format.md, "Signed streams").
+    if (args.some((a) => a === "--sign-key" || a.startsWith("--sign-key="))) {
+      throw new VfioMigError(
+        "qemu-splice: --sign-key: a QEMU migration stream cannot carry a MAC; only vfio-mig streams are signed " +
+          "(save --sign-key)",
+        "usage",
+      );
+    }
     const { values, positionals } = parse("qemu-splice", args, {
       "device-stream": { type: "string" },
       output: { type: "string", short: "o" },

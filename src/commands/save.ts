@@ -14,6 +14,8 @@ import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
 import { freshOpenWarnings } from "../device/family.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
+import { libc } from "../../ffi/libc.ts";
+import { StreamKey } from "../stream/mac.ts";
 
 function ms(n: number): string {
   return `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`;
@@ -109,6 +111,12 @@ ${NETWORK_HELP}
       --tls          connect with TLS (system roots); --tls-ca FILE trusts a CA
       --protocol P   auto (default: uAPI v2 when the device has it, else the v1
                      migration region), v1 or v2
+      --sign-key FILE  sign the stream: an HMAC-SHA256 over the header, every record
+                     and the trailer, chained, with the key in FILE (its bytes, at
+                     least 32; mode 600; make one: (umask 077; head -c 32
+                     /dev/urandom > FILE)); 'load --verify-key FILE' then refuses
+                     anything else. The header names the key id (sha256sum FILE,
+                     first 16 digits), never the key
       --json         print a summary as JSON (to stderr when the stream goes to stdout)
 ${EVENTS_HELP}
   -q, --quiet        no progress bar
@@ -124,7 +132,7 @@ ${
     examplesHelp([
       "vfio-mig save --device 0000:3b:00.1 state.bin",
       "vfio-mig save --live --downtime-limit 300ms --device pid:4242 - | ssh dst vfio-mig load -d 0000:3b:00.1 -",
-      "vfio-mig save --token $T --device 0000:3b:00.1 tcp://dst:7000",
+      "vfio-mig save --sign-key /etc/vfio-mig/key --token $T --device 0000:3b:00.1 tcp://dst:7000",
     ])
   }
 
@@ -151,6 +159,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     token: { ...NETWORK_OPTIONS.token, needs: TCP_OUTPUT },
     "handshake-timeout": { ...NETWORK_OPTIONS["handshake-timeout"], needs: TCP_OUTPUT },
     protocol: { type: "string" },
+    "sign-key": { type: "string" },
     ...EVENTS_OPTIONS,
     json: { type: "boolean" },
     quiet: { type: "boolean", short: "q" },
@@ -160,6 +169,10 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     return 0;
   }
   scope.toStderr = positionals[0] === "-";
+  // The key is read (and node:crypto loaded) only when one is given; before any device is touched.
+  const signKey: StreamKey | null = values["sign-key"] === undefined
+    ? null
+    : await StreamKey.fromFile(libc(), values["sign-key"], "--sign-key");
   if (positionals.length !== 1) {
     throw new VfioMigError(
       "save: give one output: a FILE, - for standard output, or tcp://HOST:PORT (see 'vfio-mig save --help')",
@@ -230,6 +243,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
         cancel,
         noP2p: values["no-p2p"],
         maxBandwidth,
+        signKey,
       });
       // Saved from a fresh open of a device vfio-pci resets: say whose state this is.
       const fresh = devs.flatMap((d) => freshOpenWarnings(d, "save"));
@@ -237,11 +251,17 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
         events.note(w, "warning");
         console.error(`vfio-mig: warning: ${w}`);
       }
-      const summary = { command: "save", output: target, ...r, warnings: [...r.warnings, ...fresh] };
+      const summary = {
+        command: "save",
+        output: target,
+        ...r,
+        warnings: [...r.warnings, ...fresh],
+      };
       events.result(summary);
       if (values.json) printJson(summary, target === "-");
       else if (!values.quiet) {
         for (const line of saveSummary(r, target)) console.error(line);
+        if (signKey) console.error(`signed with key ${signKey.path} (key id ${signKey.id})`);
       }
       // Not converging is worth a word even with --json (unless the JSON itself goes to stderr).
       if (r.switchReason === "max-precopy" && !values.quiet && !(values.json && target === "-")) {

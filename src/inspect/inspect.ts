@@ -11,6 +11,7 @@ import {
   crc32,
   deviceIndex,
   FORMAT_VERSION,
+  FORMAT_VERSION_SIGNED,
   HEADER_FIXED,
   MAX_CHUNK,
   MAX_HEADER_JSON,
@@ -26,6 +27,7 @@ import type { Source } from "../transport/transport.ts";
 import { PayloadInspector, type PayloadSummary } from "./payload.ts";
 import { ByteScanner } from "./scanner.ts";
 import { RecordGrammar, type SectionName, type Step } from "../stream/grammar.ts";
+import { MAC_SIZE, macInfoProblem, type StreamMacInfo } from "../stream/mac.ts";
 
 export interface Problem {
   /** Byte offset in the stream where the problem is. */
@@ -89,6 +91,11 @@ export interface InspectReport {
     jsonBytes: number;
     checksum: "ok" | "bad";
     fields: StreamHeader | null;
+    /**
+     * A signed stream (format version 2): its MAC algorithm and key id, from the header.
+     * inspect takes no key: the MACs are skipped, not checked (verify/load --verify-key do).
+     */
+    signed: StreamMacInfo | null;
   } | null;
   records: RecordInfo[];
   sections: SectionInfo[];
@@ -216,10 +223,27 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
   }
   const hv = new DataView(fixed.buffer);
   const version = hv.getUint16(8);
-  if (version !== FORMAT_VERSION) {
-    problem(8, `stream format version ${version} (expected ${FORMAT_VERSION}, the only one this vfio-mig reads)`);
+  if (version !== FORMAT_VERSION && version !== FORMAT_VERSION_SIGNED) {
+    problem(
+      8,
+      `stream format version ${version} (expected ${FORMAT_VERSION}, or ${FORMAT_VERSION_SIGNED} for a signed ` +
+        `stream: the ones this vfio-mig reads)`,
+    );
     return finish();
   }
+  const signed = version === FORMAT_VERSION_SIGNED;
+  /** A signed stream's MAC after the record at `offset` (numbered `record`): skipped; false when the stream ends first. */
+  const skipMac = (offset: number, record: number, name: string): boolean => {
+    if (!signed) return true;
+    const got = sc.skip(MAC_SIZE);
+    if (got === MAC_SIZE) return true;
+    problem(
+      offset,
+      `truncated: the stream ends inside the MAC of record ${record} (${name}; ${got} of ${MAC_SIZE} bytes present)`,
+      record,
+    );
+    return false;
+  };
   const jsonLen = hv.getUint32(12);
   let v1 = false;
   let headerFields: StreamHeader | null = null;
@@ -265,7 +289,20 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
     }
     v1 = fields?.protocol === "v1";
     headerFields = fields;
-    report.header = { version, jsonBytes: jsonLen, checksum: want === got ? "ok" : "bad", fields };
+    let macInfo: StreamMacInfo | null = null;
+    if (signed) {
+      const why = macInfoProblem(fields);
+      if (why) problem(HEADER_FIXED, why);
+      else macInfo = fields!.mac!;
+    }
+    report.header = { version, jsonBytes: jsonLen, checksum: want === got ? "ok" : "bad", fields, signed: macInfo };
+    if (signed) {
+      const have = sc.skip(MAC_SIZE);
+      if (have < MAC_SIZE) {
+        problem(0, `truncated: the stream ends inside the header's MAC (${have} of ${MAC_SIZE} bytes present)`);
+        return finish();
+      }
+    }
   }
 
   opts.onHeader?.(report);
@@ -369,6 +406,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       const s = grammar.selectDevice(deviceIndex(tag)!);
       if (s.problem) problem(offset, s.problem, s.index);
       push({ index: s.index, offset, tag: name, section: "device", ...dev(s), ...mark }, null);
+      if (!skipMac(offset, s.index, name)) break;
       continue;
     }
 
@@ -414,6 +452,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
         );
       }
       push({ index: s.index, offset, tag: name, section: "trailer", ...mark }, null);
+      if (!skipMac(offset, s.index, name)) break;
       const extraAt = sc.offset;
       const extra = sc.stream(Number.MAX_SAFE_INTEGER, () => {});
       if (extra > 0) problem(extraAt, `${extra} unexpected bytes after the trailer`, grammar.index);
@@ -427,6 +466,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       push({ index: s.index, offset, tag: name, section: s.section, ...dev(s), ...mark }, null);
       // END_OF_STATE closes a pre-copy iteration: the next record starts another.
       if (s.closesIteration) open.get(s.device ?? -1)!.fresh = true;
+      if (!skipMac(offset, s.index, name)) break;
       continue;
     }
 
@@ -529,6 +569,7 @@ export function inspectStream(src: Source, opts: InspectOptions = {}): InspectRe
       if (dr) dr.configBytes += n;
     }
     push({ index, offset, tag: name, section: sec, size: n, crc: ok ? "ok" : "bad", ...dev(s), ...mark }, head);
+    if (!skipMac(offset, index, name)) break;
   }
   // Protocol v1 has no SWITCHOVER marker: no pre-copy / stop-copy split.
   const switched = grammar.switchovers();

@@ -39,6 +39,7 @@ import type { Events } from "../events/events.ts";
 import { V1ResumeSession } from "./v1_session.ts";
 import { V2ResumeSession } from "./v2_session.ts";
 import { checkAt, grammarFor, headerDevices, PreadSource, verifyStream } from "../stream/verify.ts";
+import { StreamAuthError, type StreamKey } from "../stream/mac.ts";
 import { MIGRATION_FLAGS } from "../../ffi/vfio_uapi.ts";
 
 export interface LoadOptions {
@@ -68,6 +69,14 @@ export interface LoadOptions {
    * pipe or socket cannot be checked first. With `progress`, a line on a terminal.
    */
   verifyFirst?: boolean;
+  /**
+   * --verify-key: accept only a vfio-mig stream signed with this key (src/stream/mac.ts):
+   * a file's MACs are all checked before any device is touched (with verifyFirst), and
+   * every record's MAC again before its bytes reach a device; a pipe or socket is refused
+   * at its first bad record. An unsigned stream, a QEMU stream or another key: refused
+   * (StreamAuthError, exit 4) before any device is touched.
+   */
+  key?: StreamKey | null;
 }
 
 /**
@@ -311,13 +320,15 @@ async function precheck(source: FdSource, start: number, ctx: OperationContext, 
   let ok = false;
   try {
     const r = await verifyStream(new PreadSource(source.sys, source.fd, source.label, start), {
+      key: opts.key,
       checkConfig: (b) => void decodeConfigState(b),
       onProgress: line.update,
       checkpoint: () => ctx.cancel.checkpoint(),
     });
     if (!r.ok) {
       const p = r.problem!;
-      throw new StreamError(p.message, p.offset ?? undefined, p.record ?? undefined);
+      const E = p.authentication ? StreamAuthError : StreamError;
+      throw new E(p.message, p.offset ?? undefined, p.record ?? undefined);
     }
     ok = true;
   } finally {
@@ -336,11 +347,18 @@ async function loadFrom(
   const labels = list.map((t) => t.device.label);
   const what = operationName("load into", labels);
   const start = precheckStart(source, opts);
-  const reader = opts.reader ? opts.reader(source) : new StreamReader(source);
+  const reader = opts.reader ? opts.reader(source) : new StreamReader(source, undefined, opts.key ?? null);
   let header: StreamHeader;
   let units: Unit[];
   let warnings: { u: Unit; w: string }[];
   try {
+    if (opts.key && opts.reader) {
+      throw new StreamAuthError(
+        `the stream is not signed: it is a QEMU migration stream, which carries no MAC; --verify-key ` +
+          `${opts.key.path} accepts only vfio-mig streams saved with --sign-key`,
+        0,
+      );
+    }
     ({ header, units, warnings } = await openUnits(reader, list, opts));
     // The header matched every destination: before any is touched, the whole file.
     if (start !== null) {

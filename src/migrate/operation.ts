@@ -162,7 +162,8 @@ export interface FailureReport {
   exitCode: number;
   kind: string;
   signal?: string;
-  stream?: { offset: number | null; record: number | null };
+  /** `authentication`: true when the stream failed --verify-key (src/stream/mac.ts StreamAuthError). */
+  stream?: { offset: number | null; record: number | null; authentication?: true };
   devices: { index: number; device: string; state: string | null; opened: boolean }[];
 }
 
@@ -195,7 +196,15 @@ export function failureReport(
     exitCode,
     kind,
     ...(signal ? { signal: signal.signal } : {}),
-    ...(stream ? { stream: { offset: stream.offset ?? null, record: stream.record ?? null } } : {}),
+    ...(stream
+      ? {
+        stream: {
+          offset: stream.offset ?? null,
+          record: stream.record ?? null,
+          ...((stream as { authentication?: boolean }).authentication ? { authentication: true as const } : {}),
+        },
+      }
+      : {}),
     devices,
   };
 }

@@ -28,6 +28,7 @@ import { VfioMigError } from "../errors.ts";
 import { FORMAT_VERSION, type StreamDeviceEntry, type StreamHeader, TAG } from "../stream/format.ts";
 import { StreamWriter } from "../stream/writer.ts";
 import { RateLimit } from "./rate_limit.ts";
+import type { StreamKey, StreamMacInfo } from "../stream/mac.ts";
 import { openSink, type Sink } from "../transport/transport.ts";
 import { deviceOrigin } from "../device/origin.ts";
 import { VERSION } from "../version.ts";
@@ -89,6 +90,8 @@ export interface SaveOptions {
    * devices are stopped then. src/migrate/rate_limit.ts.
    */
   maxBandwidth?: number;
+  /** --sign-key: sign the stream with this key (format version 2; src/stream/mac.ts). */
+  signKey?: StreamKey | null;
 }
 
 /** What the save did with one device. */
@@ -168,6 +171,8 @@ export interface SaveResult {
    * events): a device that gave far less data than its MIG_DATA_SIZE said.
    */
   warnings: string[];
+  /** Signed streams only (SaveOptions.signKey): the header's `mac` field (algorithm, key id, nonce). */
+  signed?: StreamMacInfo;
 }
 
 /** One device in a save: its session and what moved. */
@@ -343,7 +348,7 @@ async function saveTo(
     // One device: its own error says what is wrong. Several: which operation, and that none changed.
     throw devs.length === 1 ? e : failure(`${what} refused`, e, "no device was changed");
   }
-  const w = new StreamWriter(sink, opts.chunkSize, units.length);
+  const w = new StreamWriter(sink, opts.chunkSize, units.length, opts.signKey ?? null);
   const getenv = (n: string) => devs[0].sys.getenv(n);
   // VFIO_MIG_PAUSE_AT: what was written before the phase has left the process when it pauses.
   const drain = () => sink.drain?.();
@@ -508,6 +513,7 @@ async function saveTo(
       configBytes: first.configBytes,
       devices: perDevice,
       warnings,
+      ...(w.signed ? { signed: w.signed } : {}),
     };
   } catch (e) {
     sink.abort();

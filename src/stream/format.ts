@@ -1,4 +1,4 @@
-// The vfio-mig stream format, version 1 (docs/stream-format.md). Big-endian framing.
+// The vfio-mig stream format, versions 1 and 2 (docs/stream-format.md). Big-endian framing.
 //
 //   header   "VFIOMIG\0" | be16 version | be16 0 | be32 n | n bytes of JSON | be32 crc32
 //   records  be64 tag [payload]:
@@ -8,13 +8,19 @@
 //                                          all data | be32 crc32 of these 20 bytes
 //     DEVICE + i                           no payload; multi-device streams only: the
 //                                          following records are device i's
+// Version 2 is a signed stream (src/stream/mac.ts): version 1's bytes, with the header's
+// JSON naming the MAC and key (`mac`), and a 32-byte HMAC-SHA256 after the header and
+// after every record, the trailer included. Unsigned streams are version 1.
 // QEMU's VFIO tags (hw/vfio/migration.c) keep their values; vfio-mig's own tags use
 // the 0xEF11 magic so they never collide with QEMU's 0xEF10 ones.
 
 import zlib from "node:zlib";
 
 export const STREAM_MAGIC = new Uint8Array([0x56, 0x46, 0x49, 0x4f, 0x4d, 0x49, 0x47, 0x00]); // VFIOMIG\0
+/** The version of an unsigned stream. */
 export const FORMAT_VERSION = 1;
+/** The version of a signed stream: version 1 with a MAC after the header and each record (src/stream/mac.ts). */
+export const FORMAT_VERSION_SIGNED = 2;
 export const HEADER_FIXED = 16; // magic + version + reserved + length
 export const MAX_HEADER_JSON = 64 * 1024;
 /** Largest data chunk a reader accepts: bounds the memory a stream can make us use. */
@@ -103,6 +109,8 @@ export interface StreamHeader {
    * order. The fields above then repeat devices[0]'s.
    */
   devices?: StreamDeviceEntry[];
+  /** Signed streams (version 2) only: the MAC and the key's id (src/stream/mac.ts). */
+  mac?: { algorithm: "hmac-sha256"; keyId: string; nonce: string };
 }
 
 /** One device of a multi-device stream (header `devices`). */
@@ -133,13 +141,14 @@ export function crc32(data: Uint8Array, prev = 0): number {
 
 const enc = new TextEncoder();
 
-export function encodeHeader(h: StreamHeader): Uint8Array {
+/** The header's bytes; `version` FORMAT_VERSION_SIGNED for a signed stream (whose `h.mac` is set). */
+export function encodeHeader(h: StreamHeader, version = FORMAT_VERSION): Uint8Array {
   const json = enc.encode(JSON.stringify(h));
   if (json.length > MAX_HEADER_JSON) throw new Error("stream header too large");
   const out = new Uint8Array(HEADER_FIXED + json.length + 4);
   const v = new DataView(out.buffer);
   out.set(STREAM_MAGIC, 0);
-  v.setUint16(8, FORMAT_VERSION);
+  v.setUint16(8, version);
   v.setUint16(10, 0);
   v.setUint32(12, json.length);
   out.set(json, HEADER_FIXED);

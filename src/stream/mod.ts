@@ -1,7 +1,9 @@
 /**
  * The vfio-mig stream: its format (`streamFormat`: magic, tags, header and trailer),
  * a record reader and a writer, the record grammar load, inspect and verify share,
- * and the whole-stream check (`verifyStream`, `verifyFile`) load makes of a file first.
+ * the whole-stream check (`verifyStream`, `verifyFile`) load makes of a file first, and
+ * signed streams (`StreamKey`: a key file; give it to StreamWriter to sign, to
+ * StreamReader or verifyStream's `key` to verify; docs/stream-format.md, "Signed streams").
  *
  * @module
  */
@@ -18,3 +20,4 @@ export {
   type VerifyResult,
   verifyStream,
 } from "./verify.ts";
+export { MacChain, StreamAuthError, StreamKey, type StreamMacInfo } from "./mac.ts";

@@ -1,6 +1,8 @@
 // Reads a vfio-mig stream from a Source, one record at a time, with bounded memory:
 // no length field can make it allocate more than MAX_CHUNK plus a header. A data
-// record is returned only after its checksum matched.
+// record is returned only after its checksum matched, and, reading a signed stream
+// with a key (src/stream/mac.ts), only after its MAC matched: a bad record is refused
+// before the caller sees any of its bytes.
 
 import { StreamError } from "../errors.ts";
 import type { StreamSource } from "../transport/transport.ts";
@@ -9,6 +11,7 @@ import {
   crc32,
   deviceIndex,
   FORMAT_VERSION,
+  FORMAT_VERSION_SIGNED,
   HEADER_FIXED,
   MAX_CHUNK,
   MAX_HEADER_JSON,
@@ -22,6 +25,7 @@ import {
   TRAILER_SIZE,
 } from "./format.ts";
 import { crc32Combine } from "./writer.ts";
+import { MAC_SIZE, type MacChain, macInfoProblem, StreamAuthError, type StreamKey, type StreamMacInfo } from "./mac.ts";
 
 export type StreamRecord =
   /** `device`: the index a DEVICE tag selects (multi-device streams). */
@@ -67,10 +71,21 @@ export class StreamReader implements RecordReader {
   /** The number of the record being read (src/stream/grammar.ts numbering); null in the header. */
   #record: number | null = null;
   #records = 0;
+  readonly #key: StreamKey | null;
+  /** With a key: the chain every record's MAC is checked against. */
+  #chain: MacChain | null = null;
+  /** The header's `mac` (a signed stream), once read; null: unsigned. */
+  #signed: StreamMacInfo | null = null;
 
-  constructor(src: StreamSource, maxChunk = MAX_CHUNK) {
+  /**
+   * `key` (--verify-key): accept only a stream signed with it, and check every MAC
+   * before a record is returned. Without it a signed stream is read as an unsigned
+   * one: its MACs are skipped, unchecked.
+   */
+  constructor(src: StreamSource, maxChunk = MAX_CHUNK, key: StreamKey | null = null) {
     this.#src = src;
     this.#maxChunk = maxChunk;
+    this.#key = key;
     // Small first: most streams (an mtty's is 200 bytes) never need more. The first
     // record that does not fit grows it to the working size (growth in #fill).
     this.#buf = new Uint8Array(Math.min(FIRST_BUFFER, maxChunk + CHUNK_HEADER));
@@ -88,6 +103,11 @@ export class StreamReader implements RecordReader {
   /** Records read so far (each framed record counts: the next one's number). */
   get records(): number {
     return this.#records;
+  }
+
+  /** A signed stream's `mac` header field (algorithm, key id), once the header is read; null: unsigned. */
+  get signed(): StreamMacInfo | null {
+    return this.#signed;
   }
 
   #error(message: string, offset: number): StreamError {
@@ -153,9 +173,16 @@ export class StreamReader implements RecordReader {
     }
     const v = new DataView(fixed.buffer, fixed.byteOffset, HEADER_FIXED);
     const version = v.getUint16(8);
-    if (version !== FORMAT_VERSION) {
+    if (version !== FORMAT_VERSION && version !== FORMAT_VERSION_SIGNED) {
       throw new StreamError(
-        `stream format version ${version} is not supported (this vfio-mig reads ${FORMAT_VERSION})`,
+        `stream format version ${version} is not supported (this vfio-mig reads ${FORMAT_VERSION} and ` +
+          `${FORMAT_VERSION_SIGNED}, signed)`,
+        8,
+      );
+    }
+    if (this.#key && version !== FORMAT_VERSION_SIGNED) {
+      throw new StreamAuthError(
+        `the stream is not signed: --verify-key ${this.#key.path} accepts only streams saved with --sign-key`,
         8,
       );
     }
@@ -180,34 +207,86 @@ export class StreamReader implements RecordReader {
     ) {
       throw new StreamError("stream header lacks the vfio-mig fields", HEADER_FIXED);
     }
+    if (version === FORMAT_VERSION_SIGNED) await this.#headerMac(h, head, json, crcBytes.slice());
     return h;
+  }
+
+  /** A signed stream's header: its `mac` field and the MAC that follows it. */
+  async #headerMac(h: StreamHeader, ...parts: Uint8Array[]): Promise<void> {
+    const problem = macInfoProblem(h);
+    if (problem) throw new StreamError(problem, HEADER_FIXED);
+    this.#signed = h.mac!;
+    const stored = await this.#take(MAC_SIZE, "the stream header's MAC", 0);
+    if (!this.#key) return;
+    if (h.mac!.keyId !== this.#key.id) {
+      throw new StreamAuthError(
+        `the stream is signed with another key (key id ${h.mac!.keyId}; --verify-key ${this.#key.path} ` +
+          `has key id ${this.#key.id})`,
+        HEADER_FIXED,
+      );
+    }
+    this.#chain = this.#key.chain();
+    if (!this.#chain.matches(stored, this.#chain.header(...parts))) {
+      throw new StreamAuthError(
+        `authentication failed: the stream header does not carry the MAC of key ${this.#key.id} (it was changed)`,
+        0,
+      );
+    }
+  }
+
+  /**
+   * The MAC after the record just read (signed streams): checked against the chain with
+   * a key, skipped without one. Nothing of the record has left the reader before.
+   */
+  async #recordMac(offset: number, name: string): Promise<void> {
+    if (!this.#signed) return;
+    const stored = await this.#take(MAC_SIZE, `the MAC of record ${this.#record} (${name})`, offset);
+    if (!this.#chain) return;
+    if (!this.#chain.matches(stored, this.#chain.finish())) {
+      throw new StreamAuthError(
+        `authentication failed: record ${this.#record} (${name}) does not carry the MAC of key ` +
+          `${this.#key!.id} (changed, dropped, duplicated, reordered or taken from another stream)`,
+        offset,
+        this.#record ?? undefined,
+      );
+    }
   }
 
   async next(): Promise<StreamRecord> {
     if (this.#ended) throw this.#error("read past the end of the stream", this.#offset);
     const offset = this.#offset;
     this.#record = this.#records;
+    const chain = this.#chain;
+    chain?.begin();
     const tb = await this.#take(8, "a record tag");
+    chain?.update(tb);
     const tag = new DataView(tb.buffer, tb.byteOffset, 8).getBigUint64(0);
     const name = tagName(tag);
     if (!name) throw this.#error(`unknown record tag 0x${tag.toString(16)}`, offset);
     if (tag === TAG.STREAM_END) return await this.#trailer(offset);
     if (name === "DEVICE") {
+      await this.#recordMac(offset, name);
       this.#records++;
       return { kind: "tag", tag: name, offset, device: deviceIndex(tag)! };
     }
     if (!SIZED_TAGS.has(tag)) {
+      await this.#recordMac(offset, name);
       this.#records++;
       return { kind: "tag", tag: name, offset };
     }
     const hb = await this.#take(12, `the header of a ${name} record`, offset);
+    chain?.update(hb);
     const hv = new DataView(hb.buffer, hb.byteOffset, 12);
     const size = hv.getBigUint64(0);
     const crc = hv.getUint32(8);
     if (size > BigInt(this.#maxChunk)) {
       throw this.#error(`${name} record of ${size} bytes exceeds the ${this.#maxChunk}-byte limit`, offset + 8);
     }
+    // The payload and its MAC buffered together: taking the MAC then cannot move the payload.
+    if (this.#signed) await this.#fill(Number(size) + MAC_SIZE);
     const bytes = await this.#take(Number(size), `a ${name} record of ${size} bytes`, offset);
+    chain?.update(bytes);
+    await this.#recordMac(offset, name);
     const got = crc32(bytes);
     if (got !== crc) {
       throw this.#error(`checksum mismatch in ${name} record #${this.#chunks + 1} (corrupted stream)`, offset);
@@ -222,7 +301,10 @@ export class StreamReader implements RecordReader {
   }
 
   async #trailer(offset: number): Promise<StreamRecord> {
+    if (this.#signed) await this.#fill(TRAILER_SIZE - 8 + MAC_SIZE);
     const b = await this.#take(TRAILER_SIZE - 8, "the stream trailer", offset);
+    this.#chain?.update(b);
+    await this.#recordMac(offset, "STREAM_END");
     const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
     if (crc32(b.subarray(0, 20)) !== v.getUint32(20)) {
       throw this.#error("stream trailer checksum mismatch (corrupted stream)", offset);

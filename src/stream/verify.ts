@@ -14,12 +14,18 @@ import type { StreamSource } from "../transport/transport.ts";
 import { MAX_DEVICES, STREAM_MAGIC, type StreamDeviceEntry, type StreamHeader } from "./format.ts";
 import { RecordGrammar } from "./grammar.ts";
 import { StreamReader } from "./reader.ts";
+import { StreamAuthError, type StreamKey, type StreamMacInfo } from "./mac.ts";
 
 /** Where a stream is damaged: the byte, the record (null: the header) and what is wrong. */
 export interface StreamProblem {
   offset: number | null;
   record: number | null;
   message: string;
+  /**
+   * Present when the problem is an authentication failure (a key was given: the stream is
+   * unsigned, signed with another key, or a MAC does not match; src/stream/mac.ts).
+   */
+  authentication?: true;
 }
 
 /** What verifyStream found. */
@@ -39,9 +45,18 @@ export interface VerifyResult {
   records: number;
   /** The stream's devices (one for a single-device stream). */
   devices: number;
+  /** A signed stream's MAC and key id (from its header, once read); null: unsigned (or no header). */
+  signed: StreamMacInfo | null;
+  /** Every MAC was checked with VerifyOptions.key and matched (false without a key). */
+  authenticated: boolean;
 }
 
 export interface VerifyOptions {
+  /**
+   * --verify-key: the stream must be signed with this key and every MAC must match
+   * (src/stream/mac.ts). Without it a signed stream's MACs are skipped.
+   */
+  key?: StreamKey | null;
   /** Called as bytes are checked (at most every 100 ms, and once at the end): bytes read so far. */
   onProgress?: (bytes: number) => void;
   /**
@@ -107,7 +122,7 @@ export function grammarFor(entries: readonly StreamDeviceEntry[]): RecordGrammar
  * what `checkpoint` throws, and errors of the source itself (I/O).
  */
 export async function verifyStream(src: StreamSource, opts: VerifyOptions = {}): Promise<VerifyResult> {
-  const reader = new StreamReader(src);
+  const reader = new StreamReader(src, undefined, opts.key ?? null);
   const result: VerifyResult = {
     ok: false,
     problem: null,
@@ -117,6 +132,8 @@ export async function verifyStream(src: StreamSource, opts: VerifyOptions = {}):
     chunks: 0,
     records: 0,
     devices: 0,
+    signed: null,
+    authenticated: false,
   };
   let last = performance.now();
   try {
@@ -147,10 +164,12 @@ export async function verifyStream(src: StreamSource, opts: VerifyOptions = {}):
       }
     }
     result.ok = true;
+    result.authenticated = !!opts.key;
   } catch (e) {
     if (!(e instanceof StreamError)) throw e;
     result.problem = problemOf(e);
   }
+  result.signed = reader.signed;
   result.streamBytes = reader.offset;
   result.dataBytes = reader.dataBytes;
   result.records = reader.records;
@@ -174,7 +193,12 @@ export function checkAt(fn: () => void, offset: number, record: number): void {
 export function problemOf(e: StreamError): StreamProblem {
   const suffix = e.offset === undefined ? "" : ` (at byte ${e.offset})`;
   const message = suffix && e.message.endsWith(suffix) ? e.message.slice(0, -suffix.length) : e.message;
-  return { offset: e.offset ?? null, record: e.record ?? null, message };
+  return {
+    offset: e.offset ?? null,
+    record: e.record ?? null,
+    message,
+    ...(e instanceof StreamAuthError ? { authentication: true as const } : {}),
+  };
 }
 
 /**

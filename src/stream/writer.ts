@@ -1,6 +1,7 @@
 // Writes a vfio-mig stream to a Sink. Data chunks are read by the caller straight
 // into chunkBuffer()'s payload area, behind room for the chunk header, so each chunk
-// leaves in one write with no copy.
+// leaves in one write with no copy. A signed stream (a StreamKey given) writes each
+// record's MAC right after it (src/stream/mac.ts), in the same write for a chunk.
 
 import type { Sink } from "../transport/transport.ts";
 import {
@@ -10,9 +11,11 @@ import {
   deviceTag,
   encodeHeader,
   encodeTrailer,
+  FORMAT_VERSION_SIGNED,
   type StreamHeader,
   TAG,
 } from "./format.ts";
+import { MAC_SIZE, type MacChain, type StreamKey, type StreamMacInfo } from "./mac.ts";
 
 export class StreamWriter {
   readonly #sink: Sink;
@@ -22,16 +25,25 @@ export class StreamWriter {
   #chunks = 0;
   #dataCrc = 0;
   #tag = new Uint8Array(8);
+  readonly #chunkSize: number;
+  /** Signed streams: the MAC chain (null: an unsigned, version 1 stream). */
+  readonly #mac: MacChain | null;
+  readonly #key: StreamKey | null;
   /** Bytes written to the sink so far. */
   written = 0;
 
   /**
    * `devices`: how many devices the stream carries; with more than one, selectDevice()
-   * writes DEVICE tags (docs/stream-format.md, "Several devices").
+   * writes DEVICE tags (docs/stream-format.md, "Several devices"). `key`: sign the
+   * stream (format version 2, docs/stream-format.md "Signed streams").
    */
-  constructor(sink: Sink, chunkSize = DEFAULT_CHUNK, readonly devices = 1) {
+  constructor(sink: Sink, chunkSize = DEFAULT_CHUNK, readonly devices = 1, key: StreamKey | null = null) {
     this.#sink = sink;
-    this.#buf = new Uint8Array(CHUNK_HEADER + chunkSize);
+    this.#chunkSize = chunkSize;
+    this.#mac = key?.chain() ?? null;
+    this.#key = key;
+    // Room for the MAC behind the largest payload: a signed chunk leaves in one write too.
+    this.#buf = new Uint8Array(CHUNK_HEADER + chunkSize + (key ? MAC_SIZE : 0));
     this.#view = new DataView(this.#buf.buffer);
   }
 
@@ -46,7 +58,7 @@ export class StreamWriter {
 
   /** Where the next chunk's bytes go (read into it, then call data(n)). */
   get payload(): Uint8Array {
-    return this.#buf.subarray(CHUNK_HEADER);
+    return this.#buf.subarray(CHUNK_HEADER, CHUNK_HEADER + this.#chunkSize);
   }
 
   /** Waits while the sink holds too much it could not write yet (a no-op for files). */
@@ -60,8 +72,28 @@ export class StreamWriter {
     this.written += b.length;
   }
 
+  /** A signed stream's `mac` header field, once the header is written; null: unsigned. */
+  signed: StreamMacInfo | null = null;
+
+  /** The header; a signed stream's gets version 2 and its `mac` field here (h is not changed). */
   header(h: StreamHeader): void {
-    this.#out(encodeHeader(h));
+    if (!this.#mac) {
+      this.#out(encodeHeader(h));
+      return;
+    }
+    this.signed = this.#key!.info();
+    const b = encodeHeader({ ...h, version: FORMAT_VERSION_SIGNED, mac: this.signed }, FORMAT_VERSION_SIGNED);
+    this.#out(b);
+    this.#out(this.#mac.header(b), true);
+  }
+
+  /** A record of one buffer (a tag, the trailer) and, signed, its MAC. */
+  #record(b: Uint8Array, kept = false): void {
+    this.#out(b, kept);
+    if (!this.#mac) return;
+    this.#mac.begin();
+    this.#mac.update(b);
+    this.#out(this.#mac.finish(), true);
   }
 
   #device = -1;
@@ -80,13 +112,13 @@ export class StreamWriter {
     if (this.#device === this.#deviceWritten) return;
     this.#deviceWritten = this.#device;
     new DataView(this.#tag.buffer).setBigUint64(0, deviceTag(this.#device));
-    this.#out(this.#tag);
+    this.#record(this.#tag);
   }
 
   tag(t: bigint): void {
     this.#select();
     new DataView(this.#tag.buffer).setBigUint64(0, t);
-    this.#out(this.#tag);
+    this.#record(this.#tag);
   }
 
   /**
@@ -115,8 +147,15 @@ export class StreamWriter {
     this.#view.setBigUint64(0, TAG.DEV_DATA_STATE);
     this.#view.setBigUint64(8, BigInt(n));
     this.#view.setUint32(16, c);
-    this.#out(this.#buf.subarray(0, CHUNK_HEADER));
+    const head = this.#buf.subarray(0, CHUNK_HEADER);
+    this.#out(head);
     for (const p of parts) if (p.length) this.#out(p, true);
+    if (this.#mac) {
+      this.#mac.begin();
+      this.#mac.update(head);
+      for (const p of parts) this.#mac.update(p);
+      this.#out(this.#mac.finish(), true);
+    }
     this.#dataCrc = crc32Combine(this.#dataCrc, c, n); // c covers all parts: no second pass
     this.#dataBytes += n;
     this.#chunks++;
@@ -136,11 +175,19 @@ export class StreamWriter {
     this.#view.setBigUint64(8, BigInt(n));
     this.#view.setUint32(16, c);
     if (tag === TAG.DEV_DATA_STATE) this.#dataCrc = crc32Combine(this.#dataCrc, c, n); // no second pass
-    this.#out(this.#buf.subarray(0, CHUNK_HEADER + n), kept);
+    let len = CHUNK_HEADER + n;
+    if (this.#mac) {
+      // The MAC goes behind the payload, into the room the buffer keeps for it.
+      this.#mac.begin();
+      this.#mac.update(this.#buf.subarray(0, len));
+      this.#buf.set(this.#mac.finish(), len);
+      len += MAC_SIZE;
+    }
+    this.#out(this.#buf.subarray(0, len), kept);
   }
 
   end(): void {
-    this.#out(encodeTrailer({ dataBytes: this.#dataBytes, chunks: this.#chunks, dataCrc: this.#dataCrc }));
+    this.#record(encodeTrailer({ dataBytes: this.#dataBytes, chunks: this.#chunks, dataCrc: this.#dataCrc }));
   }
 }
 

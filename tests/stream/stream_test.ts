@@ -400,9 +400,10 @@ Deno.test("header refusals: magic, version, length limit, JSON, missing fields",
   const good = encodeHeader(HEADER);
   await expectStreamError(flipped(good, 0), "bad magic", "magic");
   await expectStreamError(new TextEncoder().encode("#!/bin/sh\necho not a stream\n"), "bad magic", "text");
-  const v2 = good.slice();
-  new DataView(v2.buffer).setUint16(8, 2);
-  await expectStreamError(v2, "stream format version 2 is not supported", "version");
+  // (version 2 is a signed stream: docs/stream-format.md, "Signed streams")
+  const v3 = good.slice();
+  new DataView(v3.buffer).setUint16(8, 3);
+  await expectStreamError(v3, "stream format version 3 is not supported", "version");
   // A huge length is refused from the fixed part alone.
   const big = good.slice(0, HEADER_FIXED);
   new DataView(big.buffer).setUint32(12, MAX_HEADER_JSON + 1);
