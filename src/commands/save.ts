@@ -65,7 +65,7 @@ export function maxPrecopyNote(r: SaveResult): string {
   const bw = r.bandwidth;
   const needMs = bw ? (left / bw) * 1000 : null;
   const would = needMs !== null ? `, ~${ms(needMs)} at ${formatBytes(bw!)}/s` : "";
-  const limit = needMs === null || needMs > r.downtimeLimitMs
+  const limit = needMs === null || needMs > (r.downtimeLimitMs ?? 0)
     ? `more than the ${r.downtimeLimitMs} ms downtime limit`
     : `within the ${r.downtimeLimitMs} ms downtime limit only at the switch`;
   return `vfio-mig: note: pre-copy did not converge: after ${r.iterations} iterations ` +
