@@ -51,11 +51,19 @@ export interface StartResult {
   variant: string;
   command: string;
   unsupported?: string;
+  /** A bare `deno run empty.ts`, in the same rounds. */
+  bareMs?: { median: number; best: number; all: number[] };
+  helpMs?: { median: number; best: number; all: number[] };
+  /** `info --device` of a PCI address with no device (exit 3). */
+  infoMs?: { median: number; best: number; all: number[] };
+  /** Median over the bare `deno run`: what vfio-mig's own start costs. */
+  overBareMs?: { help: number; info: number };
+  /** Goals for overBareMs, ms. */
+  goals: { help: number; info: number };
   firstFile?: string;
   firstAccessMs?: { median: number; best: number; all: number[] };
   stateWallMs?: { median: number; best: number; all: number[] };
   straceWallMs?: { median: number; all: number[] };
-  goalMs: number;
   met?: boolean;
 }
 

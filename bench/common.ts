@@ -35,6 +35,24 @@ export function shq(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }
 
+/**
+ * Shell words that start the vfio-mig of checkout `repo` as users do: its bin/vfio-mig (SIGUSR1 blocked from exec,
+ * so cli.ts does not re-execute itself: README "Security"; the commands' modules read lazily), with this Deno
+ * (VFIO_MIG_DENO, set in this process's environment for every child). A checkout without bin/vfio-mig: `deno run
+ * cli.ts` under the same `env`.
+ */
+export function toolCommand(repo: string): string {
+  try {
+    if (Deno.statSync(`${repo}/bin/vfio-mig`).isFile) {
+      Deno.env.set("VFIO_MIG_DENO", Deno.execPath());
+      return shq(repo + "/bin/vfio-mig");
+    }
+  } catch { /* an older checkout */ }
+  return `env --block-signal=USR1 --ignore-signal=USR2 ${shq(Deno.execPath())} run --allow-ffi --allow-net ${
+    shq(repo + "/cli.ts")
+  }`;
+}
+
 export async function sh(script: string, check = true): Promise<{ code: number; stdout: string; stderr: string }> {
   const r = await new Deno.Command("bash", { args: ["-c", script], stdin: "null", stdout: "piped", stderr: "piped" })
     .output();

@@ -17,7 +17,7 @@
 //                         [--clean] [--no-verify]
 
 import { parseArgs } from "node:util";
-import { dec, die, GiB, parseSize, setBenchName, shq } from "./common.ts";
+import { dec, die, GiB, parseSize, setBenchName, shq, toolCommand } from "./common.ts";
 
 setBenchName("bench:multi");
 
@@ -66,7 +66,7 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1) die("--rounds takes a whole number,
 if (!Number.isInteger(WARMUP) || WARMUP < 0) die("--warmup takes a whole number");
 const DIR = opt.dir!.replace(/\/$/, "");
 const OUT = opt.out ?? `${repo}/bench/results/multi.json`;
-const TOOL = `${shq(Deno.execPath())} run --allow-ffi ${shq(repo + "/cli.ts")}`;
+const TOOL = toolCommand(repo);
 const SRC = Array.from({ length: N }, (_, i) => `${DIR}/src${i}`);
 const DST = Array.from({ length: N }, (_, i) => `${DIR}/dst${i}`);
 
@@ -240,8 +240,8 @@ let verified: boolean | null = null;
 if (!opt["no-verify"]) {
   const cmp = await Promise.all(
     SRC.map((s, i) =>
-      new Deno.Command(Deno.execPath(), {
-        args: ["run", "--allow-ffi", `${repo}/cli.ts`, "sim", "compare", s, DST[i]],
+      new Deno.Command("sh", {
+        args: ["-c", `${TOOL} sim compare ${shq(s)} ${shq(DST[i])}`],
         stdout: "null",
         stderr: "null",
       }).output()

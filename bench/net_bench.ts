@@ -31,6 +31,7 @@ import {
   setBenchName,
   sh,
   shq,
+  toolCommand,
 } from "./common.ts";
 
 setBenchName("bench:net");
@@ -80,7 +81,7 @@ const RATES = opt.rates!.split(",").map((s) => Number(s.trim())).filter((n) => n
 const DIR = opt.dir!.replace(/\/$/, "");
 const OUT = opt.out ?? `${repo}/bench/results/net.json`;
 const VERIFY = !opt["no-verify"];
-const TOOL = `${shq(Deno.execPath())} run --allow-ffi --allow-net ${shq(repo + "/cli.ts")}`;
+const TOOL = toolCommand(repo);
 
 async function cpuJiffies(): Promise<number> {
   const line = (await sh("head -1 /proc/stat")).stdout.trim().split(/\s+/).slice(1).map(Number);

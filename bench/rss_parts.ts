@@ -8,7 +8,7 @@
 //   deno run -A bench/rss_parts.ts [--sizes 64M,1G,8G] [--dir /dev/shm/vfio-mig-rss]
 
 import { parseArgs } from "node:util";
-import { die, parseSize, sh, shq, sizeLabel } from "./common.ts";
+import { die, parseSize, sh, shq, sizeLabel, toolCommand } from "./common.ts";
 
 const { values: opt } = parseArgs({
   args: Deno.args,
@@ -25,7 +25,7 @@ if (opt.help) {
 
 const repo = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const deno = Deno.execPath();
-const cli = `${shq(deno)} run --allow-ffi --allow-net ${shq(repo + "/cli.ts")}`;
+const cli = toolCommand(repo);
 
 interface Parts {
   rss: number;

@@ -26,6 +26,7 @@ import {
   setBenchName,
   sh,
   shq,
+  toolCommand,
 } from "./common.ts";
 
 setBenchName("bench:v1");
@@ -80,7 +81,7 @@ const SIDES = list(opt.sides!) as Side[];
 for (const s of SIDES) if (!(s in SPARSE)) die(`unknown side ${s} (mmap, pread, fault)`);
 const DIR = opt.dir!.replace(/\/$/, "");
 const OUT = opt.out ?? `${repo}/bench/results/v1.json`;
-const TOOL = `${shq(Deno.execPath())} run --allow-ffi ${shq(repo + "/cli.ts")}`;
+const TOOL = toolCommand(repo);
 
 // ---------------------------------------------------------------------------
 // running things

@@ -11,7 +11,19 @@
 // tmpfs for the big size, removed at the end.
 
 import { parseArgs } from "node:util";
-import { die, GiB, loadAvg, median, parseSize, printTable, setBenchName, sh, shq, sizeLabel } from "./common.ts";
+import {
+  die,
+  GiB,
+  loadAvg,
+  median,
+  parseSize,
+  printTable,
+  setBenchName,
+  sh,
+  shq,
+  sizeLabel,
+  toolCommand,
+} from "./common.ts";
 
 setBenchName("bench:verify");
 const { values: opt } = parseArgs({
@@ -35,7 +47,7 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1) die("--rounds takes a whole number 
 const DIR = opt.dir ?? "/dev/shm/vfio-mig-verify-bench";
 const OUT = opt.out ?? new URL("./results/verify.json", import.meta.url).pathname;
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const VM = `${shq(Deno.execPath())} run --allow-ffi ${shq(CLI)}`;
+const VM = toolCommand(CLI.slice(0, -"/cli.ts".length));
 
 async function timed(script: string): Promise<number> {
   const t = performance.now();

@@ -18,6 +18,11 @@ export const EXIT = {
   INTERRUPTED: 130,
 } as const;
 
+/** The exit code table every --help ends with (EXIT above, in words). */
+export const EXIT_CODES_HELP = `Exit codes: 0 success, 1 failure (a device step or I/O failed), 2 usage error,
+3 device not found / not openable / not migratable, 4 stream damaged or for another
+device, 130 interrupted (SIGINT, SIGTERM or SIGHUP; SIGQUIT still quits at once).`;
+
 export type ErrorKind = "failure" | "usage" | "device" | "stream" | "interrupted";
 
 const EXIT_OF: Record<ErrorKind, number> = {

@@ -4,9 +4,8 @@
 
 import { libc } from "../ffi/libc.ts";
 import { registerBuiltinBackends } from "./backends.ts";
-import { EXIT_CODES_HELP } from "./commands/command.ts";
 import { COMMANDS } from "./commands/index.ts";
-import { describeError, EXIT, VfioMigError } from "./errors.ts";
+import { describeError, EXIT, EXIT_CODES_HELP, VfioMigError } from "./errors.ts";
 import type { Guard } from "./launch.ts";
 import { dropUnclaimedSignal, holdSwitchoverSignal, onUnclaimedSignal } from "./signals.ts";
 import { VERSION } from "./version.ts";

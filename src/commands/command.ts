@@ -27,6 +27,5 @@ export function hex(n: number | null | undefined, width = 4): string {
   return n === null || n === undefined ? "?" : `0x${n.toString(16).padStart(width, "0")}`;
 }
 
-export const EXIT_CODES_HELP = `Exit codes: 0 success, 1 failure (a device step or I/O failed), 2 usage error,
-3 device not found / not openable / not migratable, 4 stream damaged or for another
-device, 130 interrupted (SIGINT, SIGTERM or SIGHUP; SIGQUIT still quits at once).`;
+/** The exit code table every --help ends with (src/errors.ts, beside EXIT: --help loads no parser). */
+export { EXIT_CODES_HELP } from "../errors.ts";

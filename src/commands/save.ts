@@ -59,14 +59,22 @@ export function saveSummary(r: SaveResult, target: string): string[] {
   return lines;
 }
 
-/** What to say when pre-copy had to give up: the limit could not be met. */
+/**
+ * What to say when pre-copy had to give up. The bytes are what was left at the switch, measured: what stop-copy
+ * sent plus what the TCP queue still held (not the decision's PRECOPY_INFO estimate, which at a --max-precopy
+ * switch was taken before MIG_DATA_SIZE was asked and may be far from it).
+ */
 export function maxPrecopyNote(r: SaveResult): string {
-  const left = r.estimateAtSwitch ?? r.stopCopyBytes;
+  const left = r.stopCopyBytes + r.backlogAtSwitch;
   const bw = r.bandwidth;
-  const would = bw ? `, ~${ms((left / bw) * 1000)} at ${formatBytes(bw)}/s` : "";
+  const needMs = bw ? (left / bw) * 1000 : null;
+  const would = needMs !== null ? `, ~${ms(needMs)} at ${formatBytes(bw!)}/s` : "";
+  const limit = needMs === null || needMs > (r.downtimeLimitMs ?? 0)
+    ? `more than the ${r.downtimeLimitMs} ms downtime limit`
+    : `within the ${r.downtimeLimitMs} ms downtime limit only at the switch`;
   return `vfio-mig: note: pre-copy did not converge: after ${r.iterations} iterations ` +
-    `${formatBytes(left)} still had to be sent${would}, more than the ${r.downtimeLimitMs} ms downtime limit ` +
-    `(the device dirties its state about as fast as it can be sent); --max-precopy forced the switch, ` +
+    `${formatBytes(left)} was left at the switch${would}, ${limit} (the device dirties its state about as fast ` +
+    `as it can be sent, or cannot report MIG_DATA_SIZE); --max-precopy forced the switch, ` +
     `downtime was ${ms(r.downtimeMs)}. Raise --downtime-limit, or give more bandwidth.`;
 }
 
@@ -106,7 +114,9 @@ ${deviceHelp(21)}
                      0: stop-copy right after the initial data)
                      A device without MIG_DATA_SIZE never converges (its stop-copy
                      size counts as 100 GiB, as QEMU's): only --max-precopy or
-                     kill -USR2 ends its pre-copy
+                     kill -USR2 ends its pre-copy. The note at a forced switch
+                     gives what was left then, measured (stop-copy's bytes and
+                     the TCP queue), not the PRECOPY_INFO estimate
 ${NETWORK_HELP}
       --tls          connect with TLS (system roots); --tls-ca FILE trusts a CA
       --protocol P   auto (default: uAPI v2 when the device has it, else the v1

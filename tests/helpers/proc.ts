@@ -139,7 +139,14 @@ export async function killAll(): Promise<void> {
  * cli.ts runs at once, without its re-exec (tests/cli/security_test.ts runs both ways).
  */
 export function vfioMig(args: string[], opts: { env?: Record<string, string>; net?: boolean } = {}): Proc {
-  const flags = ["--allow-ffi", ...(opts.net === false ? [] : ["--allow-net"])];
+  // bin/vfio-mig's flags: each command's modules read when it runs, from this checkout only; 1 MiB semi-spaces
+  const flags = [
+    "--unstable-lazy-dynamic-imports",
+    `--allow-read=${ROOT.replace(/\/$/, "")}`,
+    "--allow-ffi",
+    ...(opts.net === false ? [] : ["--allow-net"]),
+    "--v8-flags=--max-semi-space-size=1",
+  ];
   return new Proc("env", ["--block-signal=USR1", "--ignore-signal=USR2", DENO, "run", ...flags, CLI, ...args], opts);
 }
 
