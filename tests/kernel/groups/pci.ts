@@ -14,6 +14,7 @@ import { openDevice, type VfioDevice } from "../../../src/device/open.ts";
 import { DeviceState, stateName } from "../../../src/vfio/state_machine.ts";
 import { SimKernel } from "../../../src/sim/kernel.ts";
 import { SimStore } from "../../../src/sim/store.ts";
+import { summarizeConfig } from "../../../src/pci/config.ts";
 import { assert, check, cli, eq, extraReport, ok, ROOT, sh, tmp } from "../lib/guest.ts";
 import { qemuAvailable, QemuVm } from "../lib/qemu_vm.ts";
 
@@ -189,6 +190,8 @@ function exists(path: string): boolean {
 }
 
 const hexOf = (b: Uint8Array) => hex([...b]);
+const unhex = (h: string) => new Uint8Array((h.match(/../g) ?? []).map((x) => parseInt(x, 16)));
+const hexLe16 = (n: number) => hex([n & 0xff, n >> 8]);
 /** A little-endian 16-bit value from its hex bytes. */
 const le16 = (h: string) => parseInt(h.slice(2, 4) + h.slice(0, 2), 16);
 const PCI_COMMAND_MEMORY = 0x2, PCI_COMMAND_MASTER = 0x4;
@@ -403,6 +406,76 @@ if (fns.length < 2 || !Deno.statSync("/sys/module/vfio_pci_core").isDirectory) {
   } finally {
     await H1.quit();
     await H2.quit().catch(() => {});
+  }
+
+  const E = pciFunctions("0x8086", "0x10d3")[0]; // QEMU's e1000e: MSI and MSI-X
+  if (E) {
+    await pciCheck(
+      "config section on an MSI/MSI-X function (e1000e): command, MSI address/data/enable, MSI-X enable and table, source vs after load --exec",
+      async () => {
+        bind(E);
+        const table: string[] = [];
+        for (const mode of ["MSI", "MSI-X"] as const) {
+          const H = await new Holder(E).ready();
+          const file = `${tmp}/e1000e-${mode}.bin`;
+          let fields: [string, string][] = [];
+          let src: string[] = [];
+          try {
+            const s = summarizeConfig(unhex((await H.ask(`region-read ${CONFIG} 0 256`)).hex as string));
+            assert(s.msi && s.msix, `e1000e's capabilities: ${JSON.stringify(s)}`);
+            const msi = s.msi, msix = s.msix;
+            fields = [
+              ["command", `region-read ${CONFIG} 4 2`],
+              ["MSI control", `region-read ${CONFIG} ${msi.offset + 2} 2`],
+              ["MSI address", `region-read ${CONFIG} ${msi.offset + 4} 4`],
+              ["MSI data", `region-read ${CONFIG} ${msi.offset + (msi.is64bit ? 12 : 8)} 2`],
+              ["MSI-X control", `region-read ${CONFIG} ${msix.offset + 2} 2`],
+              ["MSI-X table entry 0", `region-read ${msix.table.bar} ${msix.table.offset} 16`],
+            ];
+            await H.ask(`region-write ${CONFIG} 4 0605`); // 0x0506: MEMORY, MASTER, SERR, INTX_DISABLE
+            if (mode === "MSI") {
+              await H.ask(`region-write ${CONFIG} ${msi.offset + 4} 0010e0fe`); // 0xfee01000
+              await H.ask(`region-write ${CONFIG} ${msi.offset + (msi.is64bit ? 12 : 8)} 4140`); // 0x4041
+              await H.ask("irq 1 1"); // VFIO_DEVICE_SET_IRQS: MSI on, as a VMM arms it
+              await H.ask(`region-write ${CONFIG} ${msi.offset + 2} ${hexLe16(msi.control | 1)}`);
+            } else {
+              await H.ask("irq 2 1"); // MSI-X on
+            }
+            src = await H.all(fields.map(([, c]) => c));
+            await ok(["save", "--resume", "--device", `pid:${H.pid}`, file]);
+          } finally {
+            await H.quit();
+          }
+          const got = (await loadExecRead(E, file, fields.map(([, c]) => c))).answers;
+          fields.forEach(([name], i) =>
+            table.push(`${mode} armed: ${name}: source ${src[i]}, after load --exec ${got[i]}`)
+          );
+          const at = (name: string, from: string[]) => from[fields.findIndex(([n]) => n === name)];
+          // What a load can give through vfio-pci (drivers/vfio/pci/vfio_pci_config.c, vfio_pci_rdwr.c):
+          eq(le16(at("command", got)) & 0x0506, 0x0506, `${mode}: command register after load --exec`);
+          eq(
+            at("MSI-X table entry 0", src),
+            "ff".repeat(16),
+            `${mode}: the MSI-X table through BAR (vfio-pci hides it)`,
+          );
+          eq(at("MSI-X table entry 0", got), "ff".repeat(16), `${mode}: the MSI-X table after the load`);
+          if (mode === "MSI") {
+            eq(
+              [at("MSI address", got), at("MSI data", got)],
+              ["0010e0fe", "4140"],
+              "MSI address and data (virtualised)",
+            );
+            eq(le16(at("MSI control", src)) & 1, 1, "the source's MSI enable (armed, then written)");
+            // vfio_msi_config_write clears the enable bit unless this fd armed MSI (SET_IRQS).
+            eq(le16(at("MSI control", got)) & 1, 0, "MSI enable after load --exec (not armed by the load)");
+          } else {
+            eq(le16(at("MSI-X control", src)) >> 15, 1, "the source's MSI-X enable (hardware, read-only)");
+            eq(le16(at("MSI-X control", got)) >> 15, 0, "MSI-X enable after load --exec (read-only in vfio-pci)");
+          }
+        }
+        for (const l of table) extraReport.push(`pci e1000e config: ${l}`);
+      },
+    );
   }
 
   await pciCheck("check on the function: every conformance row's answer (listed below)", async () => {
