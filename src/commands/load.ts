@@ -341,6 +341,10 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
       // A fresh open of a device vfio-pci resets: the state dies with our fd unless
       // --exec hands it on.
       const fresh = execArgv ? [] : devs.flatMap((d) => freshOpenWarnings(d, "load"));
+      // What a device's config space did not take (vfio-pci virtualises and drops some).
+      for (const u of r.devices) {
+        for (const n of u.config?.notRestored ?? []) fresh.push(`${u.device}: not restored: ${n}`);
+      }
       for (const w of fresh) {
         events.note(w, "warning");
         console.error(`vfio-mig: warning: ${w}`);

@@ -141,7 +141,18 @@ export interface ConfigRestore {
   msiEnabled: boolean | null;
   msixEnabled: boolean | null;
   msixTable: boolean;
+  /**
+   * What the device did not take, read back after the restore, one sentence each (empty
+   * when everything the section carries is there). On vfio-pci (drivers/vfio/pci/
+   * vfio_pci_config.c, vfio_pci_rdwr.c): the MSI enable bit stays clear unless this fd
+   * armed MSI with VFIO_DEVICE_SET_IRQS (vfio_msi_config_write), the MSI-X capability is
+   * read-only (its enable follows SET_IRQS), and the MSI-X table is hidden from region
+   * reads and writes (0xff bytes read, writes dropped): the VMM emulates it.
+   */
+  notRestored: string[];
 }
+
+const allOnes = (b: Uint8Array) => b.every((x) => x === 0xff);
 
 /**
  * vfio_pci_load_config, standalone: the command register with I/O and memory off,
@@ -205,10 +216,35 @@ export function restoreConfigState(saved: ConfigState, d: VfioDevice): ConfigRes
     put(s.msix.offset + 2, 2, "the MSI-X control");
   }
   put(PCI_COMMAND, 2, "the command register");
+  // Read back: what the device took (vfio-pci drops some of it without an error).
+  const now = d.readConfig();
+  const t = now ? summarizeConfig(now) : null;
+  const notRestored: string[] = [];
+  if (s.msi?.enabled && !t?.msi?.enabled) {
+    notRestored.push(
+      "MSI enable: vfio-pci keeps it only for an fd that armed MSI (VFIO_DEVICE_SET_IRQS); " +
+        "the fd's user arms it, as QEMU's vfio_pci_load_config does",
+    );
+  }
+  if (s.msix?.enabled && !t?.msix?.enabled) {
+    notRestored.push(
+      "MSI-X enable: read-only in vfio-pci's config space; it follows VFIO_DEVICE_SET_IRQS (MSI-X) by the fd's user",
+    );
+  }
+  if (s.msix && saved.msixTable) {
+    const back = readBar(d, s.msix.table.bar, s.msix.table.offset, saved.msixTable.length);
+    if (allOnes(saved.msixTable) || !back || back.some((x, i) => x !== saved.msixTable![i])) {
+      tableRestored = false;
+      notRestored.push(
+        "MSI-X table: vfio-pci hides it from userspace (0xff bytes read, writes dropped); the VMM emulates it",
+      );
+    }
+  }
   return {
-    command: s.command,
-    msiEnabled: s.msi ? s.msi.enabled : null,
-    msixEnabled: s.msix ? s.msix.enabled : null,
+    command: t?.command ?? s.command,
+    msiEnabled: s.msi ? !!t?.msi?.enabled : null,
+    msixEnabled: s.msix ? !!t?.msix?.enabled : null,
     msixTable: tableRestored,
+    notRestored,
   };
 }

@@ -147,7 +147,8 @@ main() {
     [ "$VERBOSE" = 1 ] && kcmd="console=ttyS0 panic=-1 loglevel=7"
     # Debian kernel: an emulated IOMMU with interrupt remapping (vfio_iommu_type1
     # refuses groups without it) and two ivshmem-plain functions, each alone behind
-    # a root port (its own IOMMU group), for the pci group (ivshmem_mig/README.md).
+    # a root port (its own IOMMU group), for the pci group (ivshmem_mig/README.md),
+    # and an e1000e behind a third (MSI and MSI-X, which ivshmem-plain lacks).
     # VFIO_MIG_KERNEL_PCI=0 leaves them out.
     machine=q35 pcidevs=()
     if [ "$FLAVOUR" = debian ] && [ "${VFIO_MIG_KERNEL_PCI:-1}" = 1 ]; then
@@ -159,7 +160,8 @@ main() {
                  -object memory-backend-ram,id=ivm1,size=1M
                  -device pcie-root-port,id=rp1,chassis=1,slot=1 -device ivshmem-plain,memdev=ivm1,bus=rp1
                  -object memory-backend-ram,id=ivm2,size=1M
-                 -device pcie-root-port,id=rp2,chassis=2,slot=2 -device ivshmem-plain,memdev=ivm2,bus=rp2)
+                 -device pcie-root-port,id=rp2,chassis=2,slot=2 -device ivshmem-plain,memdev=ivm2,bus=rp2
+                 -device pcie-root-port,id=rp3,chassis=3,slot=3 -device e1000e,bus=rp3)
     fi
     QEMU=(qemu-system-x86_64 -M "$machine" "${pcidevs[@]}" -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM"
           -nodefaults -no-user-config -display none -no-reboot -pidfile "$RUN/qemu.pid"

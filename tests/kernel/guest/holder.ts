@@ -20,6 +20,10 @@
 //                              below OFF+LEN every 20 ms until churn-stop; writes the device
 //                              refuses (stopped) are counted, not errors   {"ok":true}
 //   churn-stop                 {"writes":N,"refused":N,"last":N}
+//   irq INDEX COUNT            VFIO_DEVICE_SET_IRQS, DATA_EVENTFD | ACTION_TRIGGER on IRQ index
+//                              INDEX (1 MSI, 2 MSI-X) for vectors 0..COUNT-1, each with eventfd
+//                              -1 (enabled, no trigger): vfio-pci enables MSI/MSI-X in the
+//                              function, as a VMM does before its guest's vectors fire {"ok":true}
 //   quit                       closes the device and exits 0
 // An error answers {"error":"…"} and the holder goes on.
 
@@ -93,6 +97,19 @@ function answer(line: string): unknown {
       const b = new Uint8Array(Number(args[2]));
       const n = sys.pread(dev.fd, b, regionOffset(Number(args[0])) + Number(args[1]));
       return { hex: hex(b.subarray(0, n)) };
+    }
+    case "irq": {
+      // struct vfio_irq_set: argsz, flags, index, start, count (u32 each), then count s32 fds.
+      const count = Number(args[1]);
+      const b = new Uint8Array(20 + 4 * count);
+      const v = new DataView(b.buffer);
+      const DATA_EVENTFD = 1 << 2, ACTION_TRIGGER = 1 << 5;
+      [b.length, DATA_EVENTFD | ACTION_TRIGGER, Number(args[0]), 0, count].forEach((x, i) =>
+        v.setUint32(4 * i, x, true)
+      );
+      for (let i = 0; i < count; i++) v.setInt32(20 + 4 * i, -1, true);
+      sys.ioctl(dev.fd, IOCTL.DEVICE_SET_IRQS, b);
+      return { ok: true };
     }
     case "churn":
       if (churn) throw new Error("already churning");

@@ -15,6 +15,12 @@
  * BAR2 (the shared memory a workload writes through the BAR region; a
  * stopped device refuses those writes with EBUSY).
  *
+ * It also binds (driver_override only) QEMU's e1000e (8086:10d3), which has
+ * MSI and MSI-X capabilities that ivshmem-plain lacks, with no device state
+ * of its own (a header, an empty register record and the end): the function
+ * is there for what vfio-pci-core does with config space, MSI and MSI-X
+ * around a migration, not for e1000e's registers.
+ *
  * Where the state is lost, as on a real function: at a reset through
  * pci_try_reset_function (first open, VFIO_DEVICE_RESET), whose reset_done
  * clears the memory area (QEMU's ivshmem resets its registers but not its
@@ -179,6 +185,11 @@ static u32 ivmg_dirty(struct ivmg_device *ivdev, struct ivmg_file *migf, bool em
 	u32 i, n = 0, c = ivdev->chunk;
 	u8 *p;
 
+	if (!ivdev->mem_len) {	/* a function without a memory area (e1000e) */
+		if (emit)
+			ivdev->shadow_valid = true;
+		return 0;
+	}
 	ivmg_with_mem(ivdev, ivmg_do_snapshot);
 	for (i = 0; i < ivdev->nchunks; i++) {
 		u8 *now = ivdev->scratch + (size_t)i * c, *had = ivdev->shadow + (size_t)i * c;
@@ -210,7 +221,7 @@ static void ivmg_emit_final(struct ivmg_device *ivdev, struct ivmg_file *migf)
 	if (!p)
 		return;
 	ivmg_put_head(p, IVMG_REC_REGS, 0, 4, 0);
-	put_unaligned_le32(ioread32(ivdev->regs + IVSHMEM_INTRMASK), p + IVMG_HEAD);
+	put_unaligned_le32(ivdev->regs ? ioread32(ivdev->regs + IVSHMEM_INTRMASK) : 0, p + IVMG_HEAD);
 	ivmg_put_head(p + IVMG_HEAD + 4, IVMG_REC_END, 0, 0, 0);
 	migf->filled += 2 * IVMG_HEAD + 4;
 	migf->final = true;
@@ -494,8 +505,10 @@ static int ivmg_load(struct ivmg_device *ivdev, struct ivmg_file *migf)
 		ret = -EINVAL;
 		goto out;
 	}
-	ivmg_with_mem(ivdev, ivmg_do_load);
-	iowrite32(migf->intrmask, ivdev->regs + IVSHMEM_INTRMASK);
+	if (ivdev->mem_len)
+		ivmg_with_mem(ivdev, ivmg_do_load);
+	if (ivdev->regs)
+		iowrite32(migf->intrmask, ivdev->regs + IVSHMEM_INTRMASK);
 out:
 	mutex_unlock(&migf->lock);
 	return ret;
@@ -538,7 +551,8 @@ static struct file *ivmg_step(struct ivmg_device *ivdev, u32 new)
 
 		if (IS_ERR(migf))
 			return ERR_CAST(migf);
-		memset(ivdev->staging, 0, ivdev->mem_len);
+		if (ivdev->staging)
+			memset(ivdev->staging, 0, ivdev->mem_len);
 		get_file(migf->filp);
 		ivdev->resuming_migf = migf;
 		return migf->filp;
@@ -659,10 +673,11 @@ static int ivmg_init_dev(struct vfio_device *vdev)
 	struct ivmg_device *ivdev = ivmg_of(vdev);
 	struct pci_dev *pdev = to_pci_dev(vdev->dev);
 	resource_size_t bar2 = pci_resource_len(pdev, 2);
+	bool ivshmem = pdev->vendor == PCI_VENDOR_ID_REDHAT_QUMRANET && pdev->device == 0x1110;
 	int ret;
 
-	if (!chunk_bytes || chunk_bytes > SZ_1M || !mem_bytes || mem_bytes % chunk_bytes || mem_bytes > bar2 ||
-	    pci_resource_len(pdev, 0) < 16)
+	if (!chunk_bytes || chunk_bytes > SZ_1M || !mem_bytes || mem_bytes % chunk_bytes ||
+	    (ivshmem && (mem_bytes > bar2 || pci_resource_len(pdev, 0) < 16)))
 		return -EINVAL;
 	vdev->migration_flags = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
 	vdev->mig_ops = &ivmg_mig_ops;
@@ -670,8 +685,10 @@ static int ivmg_init_dev(struct vfio_device *vdev)
 	if (ret)
 		return ret;
 	mutex_init(&ivdev->state_mutex);
-	ivdev->mem_len = mem_bytes;
 	ivdev->chunk = chunk_bytes;
+	if (!ivshmem)
+		return 0;	/* e1000e: no memory area, no register */
+	ivdev->mem_len = mem_bytes;
 	ivdev->nchunks = mem_bytes / chunk_bytes;
 	ivdev->shadow = vzalloc(mem_bytes);
 	ivdev->scratch = vzalloc(mem_bytes);
@@ -767,6 +784,7 @@ static void ivmg_remove(struct pci_dev *pdev)
 
 static const struct pci_device_id ivmg_table[] = {
 	{ PCI_DRIVER_OVERRIDE_DEVICE_VFIO(PCI_VENDOR_ID_REDHAT_QUMRANET, 0x1110) }, /* ivshmem */
+	{ PCI_DRIVER_OVERRIDE_DEVICE_VFIO(PCI_VENDOR_ID_INTEL, 0x10d3) }, /* e1000e: config, MSI, MSI-X only */
 	{}
 };
 MODULE_DEVICE_TABLE(pci, ivmg_table);
