@@ -8,6 +8,7 @@ import { libc } from "../ffi/libc.ts";
 import { SimStore } from "../src/sim/store.ts";
 import type { ModelName } from "../src/sim/models.ts";
 import { isBugReport, parseRecord } from "../src/check/torture/kmsg.ts";
+import { knownFields, structuredCases } from "../src/check/torture/mutate.ts";
 import type { TortureReport } from "../src/check/torture/supervisor.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -298,4 +299,24 @@ Deno.test("torture: a v1 device (region protocol) is fuzzed through its migratio
     assert(r.fuzz!.refusedWrite > 0 && r.fuzz!.refusedStop > 0 && r.fuzz!.accepted > 0, JSON.stringify(r.fuzz));
     assert(r.notes.some((n) => n.startsWith("v1 device (migration region 9")), r.notes.join("\n"));
   });
+});
+
+Deno.test("torture: the kernel lab's ivshmem_vfio_pci stream is a known format; its chunk record's fields get boundary values", () => {
+  // The driver's stream (tests/kernel/ivshmem_mig/ivshmem_vfio_pci.c): header {"IVMG", 1, mem_bytes, chunk_bytes},
+  // then a chunk record's head {1, offset, length, 0}.
+  const size = 16 + 16 * (16 + 4096) + 16 + 4 + 16;
+  const head = new Uint8Array(64);
+  const v = new DataView(head.buffer);
+  [0x474d5649, 1, 65536, 4096, 1, 0, 4096, 0].forEach((x, i) => v.setUint32(i * 4, x, true));
+  const k = knownFields(head, size);
+  assertEquals(k.format, "ivshmem_vfio_pci (kernel lab)");
+  assertEquals(k.header, 16);
+  const names = structuredCases(head, size).map((m) => m.name);
+  // Past the end of the memory area (the planted defect trust_resume_len lets these through).
+  for (const want of ["record[0].offset = 0x10000 (was 0x0)", "record[0].length = 0x7fffffff (was 0x1000)"]) {
+    assert(names.includes(want), `${want} not among ${names.length} cases`);
+  }
+  // Version 2 is not this format.
+  v.setUint32(4, 2, true);
+  assertEquals(knownFields(head, size).format, "unknown");
 });

@@ -20,8 +20,8 @@ import { fileLines, readReplayHeader, type ReplayHeader } from "./replay.ts";
 const SIGKILL = 9;
 /** How long the worker may take to start (a Deno start in a TCG guest takes tens of seconds). */
 const START_BOUND_MS = 300_000;
-/** Kernel-log records kept per finding. */
-const KMSG_KEEP = 12;
+/** Kernel-log records kept per finding (a KASAN report names the driver's function about 15 lines in). */
+const KMSG_KEEP = 40;
 
 export interface TortureOptions {
   /** Device spec, as for every command (sim:PATH, a PCI address, ...). */
