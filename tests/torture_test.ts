@@ -9,7 +9,7 @@ import { SimStore } from "../src/sim/store.ts";
 import type { ModelName } from "../src/sim/models.ts";
 import { isBugReport, parseRecord } from "../src/check/torture/kmsg.ts";
 import { knownFields, structuredCases } from "../src/check/torture/mutate.ts";
-import type { TortureReport } from "../src/check/torture/supervisor.ts";
+import { otherTask, type TortureReport } from "../src/check/torture/supervisor.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const ACK = "--i-accept-state-loss";
@@ -319,4 +319,13 @@ Deno.test("torture: the kernel lab's ivshmem_vfio_pci stream is a known format; 
   // Version 2 is not this format.
   v.setUint32(4, 2, true);
   assertEquals(knownFields(head, size).format, "unknown");
+});
+
+Deno.test("kmsg: a hung-task report about a task that is not the worker's is told apart (an earlier run's wedged task)", () => {
+  const sys = libc();
+  const line = (tid: number) => `INFO: task deno:${tid} blocked for more than 30 seconds.`;
+  assertEquals(otherTask(sys, line(Deno.pid), Deno.pid), null); // the worker's own (main) thread
+  assertEquals(otherTask(sys, line(2147483646), Deno.pid), 2147483646);
+  assertEquals(otherTask(sys, "BUG: KASAN: use-after-free in foo", Deno.pid), null);
+  assertEquals(otherTask(sys, line(2147483646), undefined), null); // no worker yet: not judged
 });

@@ -14,7 +14,7 @@
 #                              Debian guest; default 1)
 #   VFIO_MIG_KERNEL_INTERRUPT=0|1  the interrupt group (default 1)
 #   VFIO_MIG_KERNEL_TORTURE=0|1  the torture group on the sanitizer kernel (default 1)
-#   VFIO_MIG_TORTURE_STEPS=N   its budget: fuzz cases and stress steps per device (default 60)
+#   VFIO_MIG_TORTURE_STEPS=N   its budget: fuzz cases and stress steps per device (default 20)
 #   VFIO_MIG_KERNEL_SERIAL=1   one guest after the other
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -84,7 +84,7 @@ torture_label="sanitizer 6.12 kernel, check --torture"
 torture_run() {
     # The replay files of what it finds go to tests/kernel/torture/out/ in the checkout.
     run_suite torture "$torture_label" --sanitizer-kernel --timeout 1800 -- \
-        "deno run -A tests/kernel/guest/torture.ts --steps ${VFIO_MIG_TORTURE_STEPS:-60}"
+        "deno run -A tests/kernel/guest/torture.ts --steps ${VFIO_MIG_TORTURE_STEPS:-20}"
 }
 [ "${VFIO_MIG_KERNEL_SERIAL:-0}" = 1 ] && wait "${jobs_[@]}"
 if [ "$cdev" = 1 ]; then

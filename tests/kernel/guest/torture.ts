@@ -31,8 +31,8 @@ function arg(name: string, dflt: string): string {
 }
 const SEED = arg("seed", Deno.env.get("TORTURE_SEED") ?? "20261206");
 const STEPS = arg("steps", Deno.env.get("TORTURE_STEPS") ?? "100");
-/** A call that does not return within this bound is a hang finding (s). */
-const STEP_TIMEOUT = arg("step-timeout", Deno.env.get("TORTURE_STEP_TIMEOUT") ?? "60");
+/** A call that does not return within this bound is a hang finding (s); each hang found costs this much. */
+const STEP_TIMEOUT = arg("step-timeout", Deno.env.get("TORTURE_STEP_TIMEOUT") ?? "30");
 /** Replay files: in the checkout, so that they outlive the guest. */
 const OUT = arg("out", Deno.env.get("TORTURE_OUT") ?? `${ROOT}tests/kernel/torture/out`);
 const FLAVOUR = Deno.env.get("VFIO_MIG_KERNEL_FLAVOUR") ?? "unknown";
