@@ -4,7 +4,10 @@
 // too. tests/kernel/suite.sh runs it in its own guest; alone:
 //
 //   bash tests/kernel/run.sh --sanitizer-kernel --timeout 1800 -- \
-//       deno run -A tests/kernel/guest/torture.ts [--seed N] [--steps N] [--out DIR]
+//       deno run -A tests/kernel/guest/torture.ts [--seed N] [--steps N] [--out DIR] [--only PART ...]
+//
+// --only PART (repeatable) runs only those parts: settings, mtty, mtty_v1, ivshmem,
+// control, known.
 //
 // Targets: mtty-2 (the kernel's mtty sample, uAPI v2), mtty_v1-2 (the v1 region protocol;
 // fuzzing), the first ivshmem-plain function bound to the lab's variant driver
@@ -37,6 +40,10 @@ const STEP_TIMEOUT = arg("step-timeout", Deno.env.get("TORTURE_STEP_TIMEOUT") ??
 const OUT = arg("out", Deno.env.get("TORTURE_OUT") ?? `${ROOT}tests/kernel/torture/out`);
 const FLAVOUR = Deno.env.get("VFIO_MIG_KERNEL_FLAVOUR") ?? "unknown";
 const SANITIZER = FLAVOUR === "sanitizer";
+const PARTS = ["settings", "mtty", "mtty_v1", "ivshmem", "control", "known"];
+const only = Deno.args.flatMap((a, i) => (a === "--only" && Deno.args[i + 1] ? [Deno.args[i + 1]] : []));
+for (const o of only) if (!PARTS.includes(o)) throw new Error(`--only ${o}: the parts are ${PARTS.join(", ")}`);
+const want = (part: string) => only.length === 0 || only.includes(part);
 const CONTROL_CASES = 64;
 
 interface Known {
@@ -175,7 +182,7 @@ console.log(
 );
 const t0 = performance.now();
 
-if (SANITIZER) {
+if (SANITIZER && want("settings")) {
   await check("sanitizer kernel: KASAN (multi-shot), lockdep, hung-task detector on; panic_on_warn off", async () => {
     const cmdline = Deno.readTextFileSync("/proc/cmdline");
     assert(/\bkasan_multi_shot\b/.test(cmdline), `no kasan_multi_shot in /proc/cmdline: ${cmdline.trim()}`);
@@ -189,87 +196,96 @@ if (SANITIZER) {
   });
 }
 
-await check(`torture mtty-2 (seed ${SEED}, ${STEPS}+${STEPS}): no new finding`, async () => {
-  const u = createMtty("mtty-2");
-  judge("mtty-2", "mtty", await torture("mtty-2", u, ["--seed", SEED, "--steps", STEPS, "--out", `${OUT}/mtty-2`]));
-});
-removeCreatedMtty();
+if (want("mtty")) {
+  await check(`torture mtty-2 (seed ${SEED}, ${STEPS}+${STEPS}): no new finding`, async () => {
+    const u = createMtty("mtty-2");
+    judge("mtty-2", "mtty", await torture("mtty-2", u, ["--seed", SEED, "--steps", STEPS, "--out", `${OUT}/mtty-2`]));
+  });
+  removeCreatedMtty();
+}
 
-await check(`torture mtty_v1-2 (seed ${SEED}, ${STEPS} fuzz cases): no new finding`, async () => {
-  const u = mttyV1();
-  try {
-    judge(
-      "mtty_v1-2",
-      "mtty_v1",
-      await torture("mtty_v1-2", u, ["--seed", SEED, "--steps", STEPS, "--out", `${OUT}/mtty_v1-2`]),
-    );
-  } finally {
-    removeMdev(u);
-  }
-});
+if (want("mtty_v1")) {
+  await check(`torture mtty_v1-2 (seed ${SEED}, ${STEPS} fuzz cases): no new finding`, async () => {
+    const u = mttyV1();
+    try {
+      judge(
+        "mtty_v1-2",
+        "mtty_v1",
+        await torture("mtty_v1-2", u, ["--seed", SEED, "--steps", STEPS, "--out", `${OUT}/mtty_v1-2`]),
+      );
+    } finally {
+      removeMdev(u);
+    }
+  });
+}
 
 const fns = ivshmemFunctions();
-await check(`torture ${DRIVER} (seed ${SEED}, ${STEPS}+${STEPS}, defects off): no new finding`, async () => {
-  assert(fns.length >= 2, `two ivshmem-plain functions wanted, found ${fns.length} (VFIO_MIG_KERNEL_PCI=0?)`);
-  setDefect(false);
-  bind(fns[0]);
-  judge(
-    `${DRIVER} ${fns[0]}`,
-    DRIVER,
-    await torture(DRIVER, fns[0], ["--seed", SEED, "--steps", STEPS, "--out", `${OUT}/${DRIVER}`]),
-  );
-});
+if (want("ivshmem")) {
+  await check(`torture ${DRIVER} (seed ${SEED}, ${STEPS}+${STEPS}, defects off): no new finding`, async () => {
+    assert(fns.length >= 2, `two ivshmem-plain functions wanted, found ${fns.length} (VFIO_MIG_KERNEL_PCI=0?)`);
+    setDefect(false);
+    bind(fns[0]);
+    judge(
+      `${DRIVER} ${fns[0]}`,
+      DRIVER,
+      await torture(DRIVER, fns[0], ["--seed", SEED, "--steps", STEPS, "--out", `${OUT}/${DRIVER}`]),
+    );
+  });
+}
 
 // The positive control: the planted defect must be found. Before the replays of known
 // findings: a wedged task of those makes the hung-task detector speak every 30 s, and
 // such lines must not be what the control is found by. A fuzz run of CONTROL_CASES
 // cases whatever --steps says: the structured cases put the first chunk record's offset
 // and length at their boundaries in cases 50-64 (the format is known: mutate.ts).
-await check(`positive control: ${DRIVER} with trust_resume_len=1 is reported by the fuzzing`, async () => {
-  assert(fns.length >= 2, `two ivshmem-plain functions wanted, found ${fns.length}`);
-  bind(fns[1]);
-  setDefect(true);
-  let r: TortureReport;
-  try {
-    r = await torture(`control ${DRIVER}`, fns[1], [
-      "--seed",
-      SEED,
-      "--steps",
-      String(CONTROL_CASES),
-      "--only",
-      "fuzz",
-      "--out",
-      `${OUT}/control`,
-    ]);
-  } finally {
-    setDefect(false);
-  }
-  // On the sanitizer kernel the kernel must say it (a KASAN report, or the Oops of a
-  // write that missed the buffer by gigabytes); elsewhere any finding counts (without
-  // KASAN a write into vmalloc's guard page can fail quietly with EFAULT).
-  const caught = r.findings.filter((f) =>
-    f.phase === "fuzz" &&
-    (SANITIZER
-      ? f.kinds.includes("kernel-log") && f.kmsg.some((l) => /KASAN|ivmg_|ivshmem_vfio_pci|Oops|BUG:/.test(l))
-      : f.kinds.length > 0)
-  );
-  assert(
-    caught.length > 0,
-    `not found: ${r.findings.length} finding(s), none ${SANITIZER ? "with a kernel-log report" : ""} ` +
-      `during fuzzing (fuzz: ${JSON.stringify(r.fuzz)})`,
-  );
-  for (const f of r.findings) all.push({ target: `control ${fns[1]}`, f, label: "the planted defect" });
-  const f = caught[0];
-  console.log(
-    `  control found: #${f.id} ${f.kinds.join("+")} at call ${f.step}, ${f.case ?? f.phase}: ${
-      f.kmsg.find((l) => /KASAN|BUG|Oops/.test(l)) ?? f.detail[0]
-    }`,
-  );
-});
+if (want("control")) {
+  await check(`positive control: ${DRIVER} with trust_resume_len=1 is reported by the fuzzing`, async () => {
+    assert(fns.length >= 2, `two ivshmem-plain functions wanted, found ${fns.length}`);
+    bind(fns[1]);
+    setDefect(true);
+    let r: TortureReport;
+    try {
+      r = await torture(`control ${DRIVER}`, fns[1], [
+        "--seed",
+        SEED,
+        "--steps",
+        String(CONTROL_CASES),
+        "--only",
+        "fuzz",
+        "--out",
+        `${OUT}/control`,
+      ]);
+    } finally {
+      setDefect(false);
+    }
+    // On the sanitizer kernel the kernel must say it (a KASAN report, or the Oops of a
+    // write that missed the buffer by gigabytes); elsewhere any finding counts (without
+    // KASAN a write into vmalloc's guard page can fail quietly with EFAULT).
+    const caught = r.findings.filter((f) =>
+      f.phase === "fuzz" &&
+      (SANITIZER
+        ? f.kinds.includes("kernel-log") && f.kmsg.some((l) => /KASAN|ivmg_|ivshmem_vfio_pci|Oops|BUG:/.test(l))
+        : f.kinds.length > 0)
+    );
+    assert(
+      caught.length > 0,
+      `not found: ${r.findings.length} finding(s), none ${SANITIZER ? "with a kernel-log report" : ""} ` +
+        `during fuzzing (fuzz: ${JSON.stringify(r.fuzz)})`,
+    );
+    for (const f of r.findings) all.push({ target: `control ${fns[1]}`, f, label: "the planted defect" });
+    const f = caught[0];
+    console.log(
+      `  control found: #${f.id} ${f.kinds.join("+")} at call ${f.step}, ${f.case ?? f.phase}: ${
+        f.kmsg.find((l) => /KASAN|BUG|Oops/.test(l)) ?? f.detail[0]
+      }`,
+    );
+  });
 
-// Known findings not met in the runs above: each replayed on a fresh device, last (a
-// replay may wedge that device, or a task, until the guest powers off).
-for (const k of KNOWN) {
+  // Known findings not met in the runs above: each replayed on a fresh device, last (a
+  // replay may wedge that device, or a task, until the guest powers off).
+}
+
+for (const k of want("known") ? KNOWN : []) {
   await check(`known finding ${k.id} (${k.driver}) still reproduces`, async () => {
     if (seenKnown.has(k.id)) {
       console.log(`  ${k.id}: found again by the runs above`);
