@@ -8,7 +8,8 @@ import { libc } from "../../ffi/libc.ts";
 import { SimStore } from "../../src/sim/store.ts";
 import type { ModelName } from "../../src/sim/models.ts";
 import { isBugReport, parseRecord } from "../../src/check/torture/kmsg.ts";
-import type { TortureReport } from "../../src/check/torture/supervisor.ts";
+import { knownFields, structuredCases } from "../../src/check/torture/mutate.ts";
+import { otherTask, type TortureReport } from "../../src/check/torture/supervisor.ts";
 import { cliText as vfioMig } from "../helpers/proc.ts";
 
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
@@ -288,4 +289,33 @@ Deno.test("torture: a v1 device (region protocol) is fuzzed through its migratio
     assert(r.fuzz!.refusedWrite > 0 && r.fuzz!.refusedStop > 0 && r.fuzz!.accepted > 0, JSON.stringify(r.fuzz));
     assert(r.notes.some((n) => n.startsWith("v1 device (migration region 9")), r.notes.join("\n"));
   });
+});
+
+Deno.test("torture: the kernel lab's ivshmem_vfio_pci stream is a known format; its chunk record's fields get boundary values", () => {
+  // The driver's stream (tests/kernel/ivshmem_mig/ivshmem_vfio_pci.c): header {"IVMG", 1, mem_bytes, chunk_bytes},
+  // then a chunk record's head {1, offset, length, 0}.
+  const size = 16 + 16 * (16 + 4096) + 16 + 4 + 16;
+  const head = new Uint8Array(64);
+  const v = new DataView(head.buffer);
+  [0x474d5649, 1, 65536, 4096, 1, 0, 4096, 0].forEach((x, i) => v.setUint32(i * 4, x, true));
+  const k = knownFields(head, size);
+  assertEquals(k.format, "ivshmem_vfio_pci (kernel lab)");
+  assertEquals(k.header, 16);
+  const names = structuredCases(head, size).map((m) => m.name);
+  // Past the end of the memory area (the planted defect trust_resume_len lets these through).
+  for (const want of ["record[0].offset = 0x10000 (was 0x0)", "record[0].length = 0x7fffffff (was 0x1000)"]) {
+    assert(names.includes(want), `${want} not among ${names.length} cases`);
+  }
+  // Version 2 is not this format.
+  v.setUint32(4, 2, true);
+  assertEquals(knownFields(head, size).format, "unknown");
+});
+
+Deno.test("kmsg: a hung-task report about a task that is not the worker's is told apart (an earlier run's wedged task)", () => {
+  const sys = libc();
+  const line = (tid: number) => `INFO: task deno:${tid} blocked for more than 30 seconds.`;
+  assertEquals(otherTask(sys, line(Deno.pid), Deno.pid), null); // the worker's own (main) thread
+  assertEquals(otherTask(sys, line(2147483646), Deno.pid), 2147483646);
+  assertEquals(otherTask(sys, "BUG: KASAN: use-after-free in foo", Deno.pid), null);
+  assertEquals(otherTask(sys, line(2147483646), undefined), null); // no worker yet: not judged
 });

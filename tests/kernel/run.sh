@@ -10,9 +10,15 @@
 #                    linux-source-6.12 (IOMMUFD + VFIO_DEVICE_CDEV + mtty built
 #                    in: /dev/iommu, /dev/vfio/devices/vfioN) instead of
 #                    Debian's 6.12 kernel (env VFIO_MIG_CUSTOM_KERNEL=1)
+#   --sanitizer-kernel  boot the sanitizer 6.12 kernel (KASAN, UBSAN, lockdep,
+#                    hang detectors; mtty built in, mtty_v1.ko and
+#                    ivshmem_vfio_pci.ko built against it, the PCI lab's
+#                    IOMMU and ivshmem functions): the torture group's guest
+#                    (guest/torture.sh; env VFIO_MIG_SANITIZER_KERNEL=1)
 #   --timeout SECS   stop the VM after SECS seconds, exit 124 (default 600,
 #                    env VFIO_MIG_KERNEL_TIMEOUT)
-#   --mem MB         guest memory (default 512, env VFIO_MIG_KERNEL_MEM)
+#   --mem MB         guest memory (default 512, 1024 for the sanitizer
+#                    kernel; env VFIO_MIG_KERNEL_MEM)
 #   --log FILE       also save the guest console transcript to FILE
 #   --verbose        show kernel messages and the guest init's progress
 #   --prepare        only fetch and build what the VM needs; do not boot
@@ -39,6 +45,7 @@ HARNESS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HARNESS/lib/common.sh"
 . "$HARNESS/lib/steps.sh"
 . "$HARNESS/lib/qemu.sh"
+. "$HARNESS/lib/sanitizer.sh"
 
 # The whole run is one function, read before anything runs: editing this file
 # during a (long) run cannot derail it.
@@ -47,13 +54,15 @@ usage() { sed -n '2,/^$/s/^# \{0,1\}//p' "$HARNESS/run.sh"; }
 main() {
     FLAVOUR=debian
     [ "${VFIO_MIG_CUSTOM_KERNEL:-0}" = 1 ] && FLAVOUR=custom
+    [ "${VFIO_MIG_SANITIZER_KERNEL:-0}" = 1 ] && FLAVOUR=sanitizer
     TIMEOUT=${VFIO_MIG_KERNEL_TIMEOUT:-600}
-    MEM=${VFIO_MIG_KERNEL_MEM:-512}
+    MEM=${VFIO_MIG_KERNEL_MEM:-}
     VERBOSE=${VFIO_MIG_KERNEL_VERBOSE:-0}
     LOGFILE="" PREPARE_ONLY=0 SHELL_MODE=0
     while [ $# -gt 0 ]; do
         case "$1" in
             --custom-kernel) FLAVOUR=custom; shift ;;
+            --sanitizer-kernel) FLAVOUR=sanitizer; shift ;;
             --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
             --mem) MEM=${2:?--mem needs a value}; shift 2 ;;
             --log) LOGFILE=${2:?--log needs a file}; shift 2 ;;
@@ -67,6 +76,8 @@ main() {
         esac
     done
     COMMAND="$*"
+    # KASAN's shadow (1/8 of memory) and quarantine: the sanitizer guest gets more.
+    if [ -z "$MEM" ]; then MEM=512; [ "$FLAVOUR" = sanitizer ] && MEM=1024; fi
     if [ "$PREPARE_ONLY" = 0 ] && [ "$SHELL_MODE" = 0 ] && [ -z "$COMMAND" ]; then
         usage >&2; die "no guest command given"
     fi
@@ -98,6 +109,11 @@ main() {
         step "ivshmem_vfio_pci.ko" build_ivshmem_mig
         step "QEMU roots" qemu_roots
         KERNEL=$VMLINUZ
+    elif [ "$FLAVOUR" = sanitizer ]; then
+        step "kernel source package" kernel_debs "$DEB_SOURCE"
+        step "sanitizer kernel" build_sanitizer_kernel
+        step "sanitizer modules" build_sanitizer_modules
+        KERNEL=$SANITIZER/bzImage
     else
         step "kernel source package" kernel_debs "$DEB_SOURCE"
         step "custom kernel" build_custom_kernel
@@ -106,6 +122,10 @@ main() {
     step "deno" deno_binary
     step "initramfs" build_initramfs
     INITRD=$KCACHE/initramfs-$FLAVOUR/initramfs.cpio.gz
+    if [ "$FLAVOUR" = sanitizer ]; then
+        step "sanitizer initramfs" build_sanitizer_initramfs
+        INITRD=$SANITIZER/initramfs/initramfs.cpio.gz
+    fi
     log "$(printf '%-22s %6s s' "prepared ($FLAVOUR)" "$(secs "$T_START")")"
     [ "$PREPARE_ONLY" = 1 ] && exit 0
     # Booting only reads the cache: let other runs boot too, but not rebuild.
@@ -145,13 +165,13 @@ main() {
     fsdev() { echo "local,path=${1//,/,,},mount_tag=$2,security_model=none,multidevs=remap,id=$2${3:+,$3}"; }
     kcmd="console=ttyS0 panic=-1 quiet loglevel=3"
     [ "$VERBOSE" = 1 ] && kcmd="console=ttyS0 panic=-1 loglevel=7"
-    # Debian kernel: an emulated IOMMU with interrupt remapping (vfio_iommu_type1
+    # Debian and sanitizer kernels: an emulated IOMMU with interrupt remapping (vfio_iommu_type1
     # refuses groups without it) and two ivshmem-plain functions, each alone behind
     # a root port (its own IOMMU group), for the pci group (ivshmem_mig/README.md),
     # and an e1000e behind a third (MSI and MSI-X, which ivshmem-plain lacks).
     # VFIO_MIG_KERNEL_PCI=0 leaves them out.
     machine=q35 pcidevs=()
-    if [ "$FLAVOUR" = debian ] && [ "${VFIO_MIG_KERNEL_PCI:-1}" = 1 ]; then
+    if [ "$FLAVOUR" != custom ] && [ "${VFIO_MIG_KERNEL_PCI:-1}" = 1 ]; then
         machine=q35,kernel-irqchip=split
         # no_timer_check: with the IO-APIC behind interrupt remapping, a slow (loaded, TCG)
         # host sometimes fails check_timer: "timer doesn't work through Interrupt-remapped IO-APIC".
@@ -163,6 +183,8 @@ main() {
                  -device pcie-root-port,id=rp2,chassis=2,slot=2 -device ivshmem-plain,memdev=ivm2,bus=rp2
                  -device pcie-root-port,id=rp3,chassis=3,slot=3 -device e1000e,bus=rp3)
     fi
+    # The sanitizer kernel: KASAN reports every bug, not only the first one.
+    [ "$FLAVOUR" = sanitizer ] && kcmd="$kcmd kasan_multi_shot"
     QEMU=(qemu-system-x86_64 -M "$machine" "${pcidevs[@]}" -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM"
           -nodefaults -no-user-config -display none -no-reboot -pidfile "$RUN/qemu.pid"
           -kernel "$KERNEL" -initrd "$INITRD"

@@ -3,13 +3,18 @@
 # tests/kernel/suite.ts inside it against real mtty devices; with the custom kernel
 # (IOMMUFD, VFIO_DEVICE_CDEV) the checks about how a device is reached run again
 # through /dev/vfio/devices/vfioN, with the borrow, interrupt and sim_reset groups; the
-# Debian guest runs the QEMU judge. The two guests run at the same time (each is one
-# TCG vCPU; these machines have two cores); their lines are prefixed [debian] and
-# [custom]. Ends with "kernel: N passed, N failed".
+# Debian guest runs the QEMU judge. A third guest, the sanitizer kernel (KASAN, UBSAN,
+# lockdep, hang detectors), runs the torture group (guest/torture.ts: `check --torture`
+# on every real driver of the lab, the planted defect as positive control, the known
+# findings) after the custom one. The Debian guest and the custom-then-torture chain run
+# at the same time (each guest is one TCG vCPU; these machines have two cores); their
+# lines are prefixed [debian], [custom] and [torture]. Ends with "kernel: N passed, N failed".
 #   VFIO_MIG_KERNEL_CDEV=0|1   also run on the custom kernel (default 1)
 #   VFIO_MIG_KERNEL_QEMU=0|1   the QEMU judge group (QEMU 10 and 7.2 nested in the
 #                              Debian guest; default 1)
 #   VFIO_MIG_KERNEL_INTERRUPT=0|1  the interrupt group (default 1)
+#   VFIO_MIG_KERNEL_TORTURE=0|1  the torture group on the sanitizer kernel (default 1)
+#   VFIO_MIG_TORTURE_STEPS=N   its budget: fuzz cases and stress steps per device (default 20)
 #   VFIO_MIG_KERNEL_SERIAL=1   one guest after the other
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -67,20 +72,35 @@ custom_label="custom 6.12 kernel, iommufd cdev"
 prepared=1
 bash "$here/run.sh" --prepare >/dev/null 2>&1 || prepared=0
 [ "$cdev" = 1 ] && { bash "$here/run.sh" --custom-kernel --prepare >/dev/null 2>&1 || prepared=0; }
+torture=${VFIO_MIG_KERNEL_TORTURE:-1}
+[ "$torture" = 1 ] && { bash "$here/run.sh" --sanitizer-kernel --prepare >/dev/null 2>&1 || prepared=0; }
 # Prepared: the guests take the cache lock shared and boot together (else each
 # prepares under the exclusive lock, and reports what failed).
 export VFIO_MIG_KERNEL_PREPARED=$prepared
 
 run_suite debian "$debian_label" --timeout 2700 -- "deno run -A tests/kernel/suite.ts $without" &
 jobs_=($!)
+torture_label="sanitizer 6.12 kernel, check --torture"
+torture_run() {
+    # The replay files of what it finds go to tests/kernel/torture/out/ in the checkout.
+    run_suite torture "$torture_label" --sanitizer-kernel --timeout 1800 -- \
+        "deno run -A tests/kernel/guest/torture.ts --steps ${VFIO_MIG_TORTURE_STEPS:-20}"
+}
+[ "${VFIO_MIG_KERNEL_SERIAL:-0}" = 1 ] && wait "${jobs_[@]}"
 if [ "$cdev" = 1 ]; then
-    [ "${VFIO_MIG_KERNEL_SERIAL:-0}" = 1 ] && wait "${jobs_[@]}"
-    run_suite custom "$custom_label" --custom-kernel --timeout 2700 -- "deno run -A tests/kernel/suite.ts --cdev --without qemu $optional" &
+    {
+        run_suite custom "$custom_label" --custom-kernel --timeout 2700 -- "deno run -A tests/kernel/suite.ts --cdev --without qemu $optional"
+        [ "$torture" = 1 ] && torture_run
+    } &
+    jobs_+=($!)
+elif [ "$torture" = 1 ]; then
+    torture_run &
     jobs_+=($!)
 fi
 wait "${jobs_[@]}"
 
 count debian "$debian_label"
 [ "$cdev" = 1 ] && count custom "$custom_label"
+[ "$torture" = 1 ] && count torture "$torture_label"
 echo "kernel: $passed passed, $failed failed"
 [ "$failed" = 0 ]

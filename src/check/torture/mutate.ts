@@ -5,7 +5,10 @@
 // {u64 magic, u32 major, u32 minor, u32 nr_ports, u32 flags} then per port struct
 // serial_port {u8 uart_reg[8]; u8 fifo[16]; u8 head, tail, count; bool dlab, overrun;
 // u16 divisor; u8 fcr, max_fifo_size, intr_trigger_level}), its fields get values at
-// their boundaries first.
+// their boundaries first. The kernel lab's test variant driver
+// (tests/kernel/ivshmem_mig/ivshmem_vfio_pci.c) has a known format too: a 16-byte header
+// {u32 magic "IVMG", u32 version 1, u32 mem_bytes, u32 chunk_bytes}, then records of a
+// 16-byte head {u32 type, u32 offset, u32 length, u32 0} and length bytes.
 
 import { MTTY_MAGIC, MTTY_PORT_SIZE } from "../../sim/models.ts";
 import type { Rng } from "./rng.ts";
@@ -29,6 +32,7 @@ export interface Field {
 const BULK_MAGIC = 0x4b4c55424d494656n;
 const XE_MAGIC = 0x46564558564d4946n;
 const MAX_FIELD_PORTS = 4;
+const IVMG_MAGIC = 0x474d5649;
 
 /** The fields of a known format, from the state's first bytes; [] when unknown. */
 export function knownFields(head: Uint8Array, size: number): { format: string; fields: Field[]; header: number } {
@@ -56,6 +60,24 @@ export function knownFields(head: Uint8Array, size: number): { format: string; f
       f("intr_trigger_level", 34, 1);
     }
     return { format: "mtty", fields, header: 24 };
+  }
+  if (Number(magic & 0xffffffffn) === IVMG_MAGIC && magic >> 32n === 1n) {
+    const rec = (name: string, at: number): Field[] => [
+      { name: `${name}.type`, offset: at, width: 4 },
+      { name: `${name}.offset`, offset: at + 4, width: 4 },
+      { name: `${name}.length`, offset: at + 8, width: 4 },
+    ];
+    return {
+      format: "ivshmem_vfio_pci (kernel lab)",
+      header: 16,
+      fields: [
+        { name: "magic", offset: 0, width: 4 },
+        { name: "version", offset: 4, width: 4 },
+        { name: "mem_bytes", offset: 8, width: 4 },
+        { name: "chunk_bytes", offset: 12, width: 4 },
+        ...rec("record[0]", 16),
+      ].filter((f) => f.offset + f.width <= size),
+    };
   }
   if (magic === BULK_MAGIC) {
     return {

@@ -20,8 +20,27 @@ import { fileLines, readReplayHeader, type ReplayHeader } from "./replay.ts";
 const SIGKILL = 9;
 /** How long the worker may take to start (a Deno start in a TCG guest takes tens of seconds). */
 const START_BOUND_MS = 300_000;
-/** Kernel-log records kept per finding. */
-const KMSG_KEEP = 12;
+/** Kernel-log records kept per finding (a KASAN report names the driver's function about 15 lines in). */
+const KMSG_KEEP = 40;
+
+/** The hung-task detector's report line (kernel/hung_task.c: "INFO: task COMM:PID blocked for more than N seconds."). */
+const HUNG_TASK = /INFO: task .*:(\d+) blocked for more than/;
+
+/**
+ * The task id of a hung-task report about a task that is not one of the worker's threads
+ * (/proc/WORKER/task/TID), e.g. one an earlier run left asleep in the kernel; null for any
+ * other line, or when the worker is not known yet.
+ */
+export function otherTask(sys: Sys, text: string, worker: number | undefined): number | null {
+  const m = HUNG_TASK.exec(text);
+  if (!m || worker === undefined) return null;
+  try {
+    sys.stat(`/proc/${worker}/task/${m[1]}`);
+    return null;
+  } catch {
+    return Number(m[1]);
+  }
+}
 
 export interface TortureOptions {
   /** Device spec, as for every command (sim:PATH, a PCI address, ...). */
@@ -177,6 +196,15 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
           `KASAN reported at call ${step} without kasan_multi_shot on the kernel command line: later KASAN bugs go unreported`,
         );
       }
+      const other = otherTask(sys, r.text, pid);
+      if (other !== null) {
+        limit(
+          `task ${other}`,
+          `the kernel reported task ${other} blocked, which is not this run's worker (a task an earlier run ` +
+            `left wedged): not counted as a finding of this run`,
+        );
+        continue;
+      }
       if (!isBugReport(r.text) && !pending.get(step)?.kinds.has("kernel-log")) continue;
       const p = at(step);
       p.kinds.add("kernel-log");
@@ -195,7 +223,7 @@ export async function runTorture(opts: TortureOptions, sys: Sys = libc()): Promi
     args.push("--seed", String(opts.seed), "--steps", String(opts.steps), "--time", String(opts.timeMs / 1000));
     if (opts.only) args.push("--only", opts.only);
   }
-  let pid: number;
+  let pid: number | undefined;
   try {
     pid = spawn([...(opts.self ?? selfArgv()), ...args], environment());
   } finally {

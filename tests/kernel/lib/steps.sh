@@ -43,7 +43,7 @@ ensure_packages() {
 
 host_packages() {
     local pkgs=("${HOST_PACKAGES[@]}")
-    [ "$FLAVOUR" = custom ] && pkgs+=("${CUSTOM_PACKAGES[@]}")
+    [ "$FLAVOUR" != debian ] && pkgs+=("${CUSTOM_PACKAGES[@]}")
     ensure_packages "${pkgs[@]}"
     # A dynamically linked /bin/busybox (package busybox) cannot run alone in
     # the initramfs.
