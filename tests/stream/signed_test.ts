@@ -5,12 +5,12 @@
 // touched, a pipe at the first bad record with nothing of it written to the device's
 // data_fd. Keys come from files of at least 32 bytes that only their owner may read.
 
-import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
-import { inspectStream, type RecordInfo } from "../src/inspect/inspect.ts";
-import { openSource } from "../src/transport/transport.ts";
-import { libc } from "../ffi/libc.ts";
-import { crc32, HEADER_FIXED } from "../src/stream/format.ts";
-import { MAC_SIZE } from "../src/stream/mac.ts";
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "../helpers/assert.ts";
+import { inspectStream, type RecordInfo } from "../../src/inspect/inspect.ts";
+import { openSource } from "../../src/transport/transport.ts";
+import { libc } from "../../ffi/libc.ts";
+import { crc32, HEADER_FIXED } from "../../src/stream/format.ts";
+import { MAC_SIZE } from "../../src/stream/mac.ts";
 import {
   assertUntouched,
   CLI,
@@ -29,7 +29,7 @@ import {
   stateOf,
   stateSets,
   withTemp,
-} from "./proc_helpers.ts";
+} from "../helpers/proc.ts";
 
 /** vfio-mig reading `bytes` from a pipe. */
 function withStdinPipe(bytes: Uint8Array, args: string[], env: Record<string, string> = {}): Proc {
@@ -527,7 +527,7 @@ Deno.test("signed streams: save, verify, inspect and the failure object of a sig
   const A = new Ajv2020({ strict: true, strictRequired: false, allErrors: true, allowUnionTypes: true });
   formats.default(A);
   A.addKeyword("x-version");
-  const dir = new URL("../docs/schemas/", import.meta.url);
+  const dir = new URL("../../docs/schemas/", import.meta.url);
   const names = ["save", "load", "info", "list", "check", "inspect", "verify", "failure", "events"];
   for (const n of names) A.addSchema(JSON.parse(await Deno.readTextFile(new URL(`${n}.schema.json`, dir))));
   const conforms = (kind: string, value: unknown) => {
