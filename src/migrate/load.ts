@@ -371,7 +371,7 @@ async function loadFrom(
       interruptedOr(cancel, e),
       labels.length === 1 ? `${labels[0]} was not touched` : "no device was touched",
     );
-    await source.notify?.({ event: "done", ok: false, message: err.message });
+    await source.notify?.({ event: "done", ok: false, message: err.message, kind: err.kind });
     throw err;
   }
   events.devices(units.map((u) => ({ index: u.i, label: u.d.label })));
@@ -514,7 +514,7 @@ async function loadRecords(
   } catch (e) {
     // A signal closes a network source under a pending read: report the signal (exit 130).
     const err = failure(`${what} failed`, interruptedOr(cancel, e), units.map((u) => u.s.abort()).join(", "));
-    await source.notify?.({ event: "done", ok: false, message: err.message });
+    await source.notify?.({ event: "done", ok: false, message: err.message, kind: err.kind });
     throw err;
   }
 }

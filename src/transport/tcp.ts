@@ -311,7 +311,7 @@ export class TcpClient {
       const why = this.#done && !this.#done.ok ? `: ${this.#done.message}` : "";
       throw new VfioMigError(
         `${this.label}: the destination closed the connection${why || ` (${e instanceof Error ? e.message : e})`}`,
-        "failure",
+        this.#done ? destinationKind(this.#done) : "failure",
       );
     }
   }
@@ -993,13 +993,22 @@ export class TcpSink {
     const r = await this.client.finish();
     this.peerDoneAt = performance.now();
     this.result = r;
-    if (!r.ok) throw new VfioMigError(`the destination failed: ${r.message}`, "failure");
+    if (!r.ok) throw new VfioMigError(`the destination failed: ${r.message}`, destinationKind(r));
   }
 
   abort(): void {
     this.#drop();
     this.client.close();
   }
+}
+
+/**
+ * The exit class of a destination's failure, from its DONE frame's `kind` (load's error
+ * kind): a stream the destination refused (damaged, unsigned, a MAC that fails) is "stream"
+ * (exit 4, as `save --help` says); anything else, or a peer that sends no kind, "failure".
+ */
+function destinationKind(done: { ok: boolean; kind?: unknown }): "stream" | "failure" {
+  return !done.ok && done.kind === "stream" ? "stream" : "failure";
 }
 
 /** The destination side: stream bytes from the one authenticated peer. */

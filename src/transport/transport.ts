@@ -70,7 +70,7 @@ export interface Source {
 /** What a destination can tell its source over a two-way transport. */
 export type PeerEvent =
   | { event: "init-loaded" }
-  | { event: "done"; ok: boolean; message: string; finalState?: string };
+  | { event: "done"; ok: boolean; message: string; finalState?: string; kind?: string };
 
 /** A source that may be asynchronous (network, pipes), and may talk back to the sender. */
 export interface StreamSource {
