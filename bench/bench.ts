@@ -967,7 +967,9 @@ async function main(): Promise<void> {
   if (fs !== "tmpfs") console.error(`bench: warning: ${DIR} is ${fs}, not tmpfs: the disk will be measured too`);
   // at once, SIZE: A, B, B's incoming state during a load, B/copy.bin, OUT and its temporary, a stream per
   // variant, V1; BIG (its own phase, after SIZE's devices are gone): A; then one RSS device at a time
-  const mainNeed = SIZE * (7 + VARIANTS.length);
+  // only pipe/file rows: A, OUT and its temporary
+  const fileOnly = ROWS.every((r) => ["pipe", "file", "file-rw", "rss", "start"].includes(r));
+  const mainNeed = SIZE * (fileOnly ? 3 : 7 + VARIANTS.length);
   const bigNeed = ROWS.includes("pipe") || ROWS.includes("rss") ? BIG * 1.05 : 0;
   const need = (opt.keep ? mainNeed + bigNeed + RSS_SIZES.reduce((a, b) => a + b, 0) : Math.max(mainNeed, bigNeed)) +
     256 * MiB;
