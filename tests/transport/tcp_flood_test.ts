@@ -19,10 +19,11 @@ const TOKEN = "correct-horse-battery";
 const HOST = "127.0.0.1";
 /**
  * What a flood may add to the listener's resident set, over its own when it began listening.
- * NOT the issue's 64 MiB in all, which these runs do not meet: the idle listener is ~54 MiB
- * on deno 2.9.6 (~36 MiB of it the deno executable's code pages; node:util and node:zlib,
- * which every command loads, ~10 MiB), 600 connections held at once and the flood take it
- * to ~67 MiB, and 1024 held under a flood that keeps the listener dropping to ~79 MiB (2
+ * NOT the issue's 64 MiB in all, which these runs do not meet: the idle listener is ~55 MiB
+ * on deno 2.9.6 (~36-41 MiB of it the deno executable's code pages; node:util and node:zlib
+ * ~10 MiB), 600 connections held at once and the flood take it to ~65-67 MiB with V8's
+ * semi-spaces capped at 1 MiB as bin/vfio-mig starts it (~69 MiB without), and 1024 held
+ * under a flood that keeps the listener dropping to ~72 MiB (~84 MiB without) (2
  * shared CPUs, floods of 200-300 connections/s). V8's heap grows under the churn itself (a
  * bare Deno accept/read/close loop grows as much). This bounds the part the flood adds; the
  * absolute peak is reported.
