@@ -165,13 +165,13 @@ main() {
     fsdev() { echo "local,path=${1//,/,,},mount_tag=$2,security_model=none,multidevs=remap,id=$2${3:+,$3}"; }
     kcmd="console=ttyS0 panic=-1 quiet loglevel=3"
     [ "$VERBOSE" = 1 ] && kcmd="console=ttyS0 panic=-1 loglevel=7"
-    # Debian and sanitizer kernels: an emulated IOMMU with interrupt remapping (vfio_iommu_type1
+    # Every kernel: an emulated IOMMU with interrupt remapping (vfio_iommu_type1
     # refuses groups without it) and two ivshmem-plain functions, each alone behind
     # a root port (its own IOMMU group), for the pci group (ivshmem_mig/README.md),
     # and an e1000e behind a third (MSI and MSI-X, which ivshmem-plain lacks).
     # VFIO_MIG_KERNEL_PCI=0 leaves them out.
     machine=q35 pcidevs=()
-    if [ "$FLAVOUR" != custom ] && [ "${VFIO_MIG_KERNEL_PCI:-1}" = 1 ]; then
+    if [ "${VFIO_MIG_KERNEL_PCI:-1}" = 1 ]; then
         machine=q35,kernel-irqchip=split
         # no_timer_check: with the IO-APIC behind interrupt remapping, a slow (loaded, TCG)
         # host sometimes fails check_timer: "timer doesn't work through Interrupt-remapped IO-APIC".

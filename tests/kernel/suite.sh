@@ -59,9 +59,8 @@ optional=""
 cdev=${VFIO_MIG_KERNEL_CDEV:-1}
 # The two guests share the groups out, so that neither takes much longer than the other:
 # Debian (group/container) runs core, qemu (whose many vfio-mig runs all open
-# through the group) and pci (the ivshmem functions under the emulated IOMMU exist only
-# in the Debian guest; elsewhere the group says it skipped); the custom kernel (cdev) runs core's open-path checks, borrow,
-# interrupt and sim_reset. Without the custom kernel, Debian runs them all.
+# through the group) and pci; the custom kernel (cdev) runs core's open-path checks, borrow,
+# interrupt, sim_reset and pci's two cdev checks. Without the custom kernel, Debian runs them all.
 without=$optional
 [ "$cdev" = 1 ] && without="$without --without borrow --without interrupt --without sim_reset"
 debian_label="Debian 6.12 kernel, group/container"

@@ -334,7 +334,8 @@ build_initramfs() {
 build_custom_kernel() {
     local src=$CUSTOM/src S=$CUSTOM/src/linux-source-6.12 O=$CUSTOM/build frag=$GUEST_SRC/custom-kernel.config
     local k sk line bad=0
-    k=$(key "$(recipe build_custom_kernel)" "${DEB[$DEB_SOURCE]##*/}" "@$frag")
+    local ivmg=$HARNESS/ivshmem_mig/ivshmem_vfio_pci.c
+    k=$(key "$(recipe build_custom_kernel)" "${DEB[$DEB_SOURCE]##*/}" "@$frag" "@$ivmg")
     if stamp_ok "$CUSTOM" "$k" && [ -f "$CUSTOM/bzImage" ]; then STEP_NOTE=cached; return 0; fi
     mkdir -p "$CUSTOM"
 
@@ -347,6 +348,10 @@ build_custom_kernel() {
         stamp_set "$src" "$sk"
     fi
 
+    # The pci group's variant driver, built in beside vfio-pci-core (no modules here).
+    cmp -s "$ivmg" "$S/drivers/vfio/pci/ivshmem_vfio_pci.c" || cp "$ivmg" "$S/drivers/vfio/pci/"
+    grep -q ivshmem_vfio_pci "$S/drivers/vfio/pci/Makefile" ||
+        echo 'obj-$(CONFIG_VFIO_PCI_CORE) += ivshmem_vfio_pci.o' >>"$S/drivers/vfio/pci/Makefile"
     mkdir -p "$O"
     quiet custom-kernel make -C "$S" O="$O" tinyconfig
     quiet custom-kernel "$S/scripts/kconfig/merge_config.sh" -m -O "$O" "$O/.config" "$frag"
