@@ -348,10 +348,19 @@ build_custom_kernel() {
         stamp_set "$src" "$sk"
     fi
 
-    # The pci group's variant driver, built in beside vfio-pci-core (no modules here).
+    # The pci group's variant driver, built in beside vfio-pci-core (no modules here),
+    # behind its own symbol IVSHMEM_VFIO_PCI_TEST (custom-kernel.config sets it): the
+    # tree is shared with the sanitizer kernel (lib/sanitizer.sh), which loads the
+    # driver as a module and must not get it built in as well.
+    local mk=$S/drivers/vfio/pci/Makefile kc=$S/drivers/vfio/pci/Kconfig
+    local mkline='obj-$(CONFIG_IVSHMEM_VFIO_PCI_TEST) += ivshmem_vfio_pci.o'
     cmp -s "$ivmg" "$S/drivers/vfio/pci/ivshmem_vfio_pci.c" || cp "$ivmg" "$S/drivers/vfio/pci/"
-    grep -q ivshmem_vfio_pci "$S/drivers/vfio/pci/Makefile" ||
-        echo 'obj-$(CONFIG_VFIO_PCI_CORE) += ivshmem_vfio_pci.o' >>"$S/drivers/vfio/pci/Makefile"
+    if ! grep -qxF "$mkline" "$mk"; then
+        sed -i '/ivshmem_vfio_pci/d' "$mk"
+        echo "$mkline" >>"$mk"
+    fi
+    grep -q '^config IVSHMEM_VFIO_PCI_TEST$' "$kc" ||
+        printf '\nconfig IVSHMEM_VFIO_PCI_TEST\n\ttristate "vfio-mig test variant driver (tests/kernel/ivshmem_mig)"\n\tdepends on VFIO_PCI_CORE\n' >>"$kc"
     mkdir -p "$O"
     quiet custom-kernel make -C "$S" O="$O" tinyconfig
     quiet custom-kernel "$S/scripts/kconfig/merge_config.sh" -m -O "$O" "$O/.config" "$frag"
