@@ -98,6 +98,8 @@ struct ivmg_file {
 struct ivmg_device {
 	struct vfio_pci_core_device core_device;
 	struct mutex state_mutex;	/* mig_state and the files */
+	spinlock_t reset_lock;		/* deferred_reset */
+	bool deferred_reset;		/* reset_done came while state_mutex was held */
 	enum vfio_device_mig_state mig_state;
 	struct ivmg_file *saving_migf;
 	struct ivmg_file *resuming_migf;
@@ -114,6 +116,8 @@ static struct ivmg_device *ivmg_of(struct vfio_device *vdev)
 {
 	return container_of(vdev, struct ivmg_device, core_device.vdev);
 }
+
+static void ivmg_state_mutex_unlock(struct ivmg_device *ivdev);
 
 /* Runs fn with memory decoding on: the user may have turned it off. */
 static void ivmg_with_mem(struct ivmg_device *ivdev, void (*fn)(struct ivmg_device *))
@@ -312,7 +316,7 @@ static long ivmg_precopy_ioctl(struct file *filp, unsigned int cmd, unsigned lon
 	mutex_lock(&ivdev->state_mutex);
 	if (ivdev->mig_state != VFIO_DEVICE_STATE_PRE_COPY &&
 	    ivdev->mig_state != VFIO_DEVICE_STATE_PRE_COPY_P2P) {
-		mutex_unlock(&ivdev->state_mutex);
+		ivmg_state_mutex_unlock(ivdev);
 		return -EINVAL;
 	}
 	mutex_lock(&migf->lock);
@@ -326,7 +330,7 @@ static long ivmg_precopy_ioctl(struct file *filp, unsigned int cmd, unsigned lon
 			   (u64)ivmg_dirty(ivdev, migf, false) * (IVMG_HEAD + ivdev->chunk);
 out:
 	mutex_unlock(&migf->lock);
-	mutex_unlock(&ivdev->state_mutex);
+	ivmg_state_mutex_unlock(ivdev);
 	if (ret)
 		return ret;
 	return copy_to_user((void __user *)arg, &info, minsz) ? -EFAULT : 0;
@@ -603,7 +607,7 @@ static struct file *ivmg_set_state(struct vfio_device *vdev, enum vfio_device_mi
 			break;
 		}
 	}
-	mutex_unlock(&ivdev->state_mutex);
+	ivmg_state_mutex_unlock(ivdev);
 	return res;
 }
 
@@ -613,7 +617,7 @@ static int ivmg_get_state(struct vfio_device *vdev, enum vfio_device_mig_state *
 
 	mutex_lock(&ivdev->state_mutex);
 	*curr = ivdev->mig_state;
-	mutex_unlock(&ivdev->state_mutex);
+	ivmg_state_mutex_unlock(ivdev);
 	return 0;
 }
 
@@ -652,8 +656,33 @@ static void ivmg_close_device(struct vfio_device *vdev)
 	ivdev->mig_state = VFIO_DEVICE_STATE_RUNNING;
 	/* vfio_pci_core_disable resets the function without reset_done: drop the state here. */
 	ivmg_clear(ivdev);
-	mutex_unlock(&ivdev->state_mutex);
+	ivmg_state_mutex_unlock(ivdev);
 	vfio_pci_core_close_device(vdev);
+}
+
+/*
+ * reset_done runs with vfio-pci-core's memory_lock held (vfio_pci_core_ioctl's
+ * VFIO_DEVICE_RESET, the first open), and a BAR access through the device fd takes
+ * state_mutex (ivmg_write) and then memory_lock (vfio_pci_bar_rw): taking state_mutex
+ * here would be the circular locking lockdep reported (check --torture on the
+ * sanitizer kernel, tests/kernel/torture/). So, as mlx5 (mlx5vf_pci_aer_reset_done)
+ * and hisi_acc do: reset_done only marks the reset when state_mutex is taken, and
+ * whoever holds it applies the reset as it unlocks.
+ */
+static void ivmg_state_mutex_unlock(struct ivmg_device *ivdev)
+{
+again:
+	spin_lock(&ivdev->reset_lock);
+	if (ivdev->deferred_reset) {
+		ivdev->deferred_reset = false;
+		spin_unlock(&ivdev->reset_lock);
+		ivdev->mig_state = VFIO_DEVICE_STATE_RUNNING;
+		ivmg_disable_fds(ivdev);
+		ivmg_clear(ivdev);
+		goto again;
+	}
+	mutex_unlock(&ivdev->state_mutex);
+	spin_unlock(&ivdev->reset_lock);
 }
 
 static void ivmg_reset_done(struct pci_dev *pdev)
@@ -661,11 +690,14 @@ static void ivmg_reset_done(struct pci_dev *pdev)
 	struct vfio_pci_core_device *core = pci_get_drvdata(pdev);
 	struct ivmg_device *ivdev = container_of(core, struct ivmg_device, core_device);
 
-	mutex_lock(&ivdev->state_mutex);
-	ivdev->mig_state = VFIO_DEVICE_STATE_RUNNING;
-	ivmg_disable_fds(ivdev);
-	ivmg_clear(ivdev);
-	mutex_unlock(&ivdev->state_mutex);
+	spin_lock(&ivdev->reset_lock);
+	ivdev->deferred_reset = true;
+	if (!mutex_trylock(&ivdev->state_mutex)) {
+		spin_unlock(&ivdev->reset_lock);
+		return;
+	}
+	spin_unlock(&ivdev->reset_lock);
+	ivmg_state_mutex_unlock(ivdev);
 }
 
 static int ivmg_init_dev(struct vfio_device *vdev)
@@ -685,6 +717,7 @@ static int ivmg_init_dev(struct vfio_device *vdev)
 	if (ret)
 		return ret;
 	mutex_init(&ivdev->state_mutex);
+	spin_lock_init(&ivdev->reset_lock);
 	ivdev->chunk = chunk_bytes;
 	if (!ivshmem)
 		return 0;	/* e1000e: no memory area, no register */
@@ -734,7 +767,7 @@ static ssize_t ivmg_write(struct vfio_device *vdev, const char __user *buf, size
 		ret = -EBUSY;
 	else
 		ret = vfio_pci_core_write(vdev, buf, count, ppos);
-	mutex_unlock(&ivdev->state_mutex);
+	ivmg_state_mutex_unlock(ivdev);
 	return ret;
 }
 
