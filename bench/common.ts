@@ -61,6 +61,13 @@ export async function sh(script: string, check = true): Promise<{ code: number; 
   return out;
 }
 
+/** Runs `script` in bash (exit 0 required) and returns its wall time in seconds. */
+export async function timed(script: string): Promise<number> {
+  const t = performance.now();
+  await sh(script);
+  return (performance.now() - t) / 1000;
+}
+
 export async function loadAvg(): Promise<number[]> {
   return (await sh("cat /proc/loadavg")).stdout.trim().split(/\s+/).slice(0, 3).map(Number);
 }

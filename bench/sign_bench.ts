@@ -9,7 +9,19 @@
 // it is written back, never stored): only the stream files take space (tmpfs).
 
 import { parseArgs } from "node:util";
-import { die, loadAvg, median, parseSize, printTable, setBenchName, sh, shq, sizeLabel } from "./common.ts";
+import {
+  die,
+  loadAvg,
+  median,
+  parseSize,
+  printTable,
+  setBenchName,
+  sh,
+  shq,
+  sizeLabel,
+  timed,
+  toolCommand,
+} from "./common.ts";
 
 setBenchName("bench:sign");
 const { values: opt } = parseArgs({
@@ -31,13 +43,7 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1) die("--rounds takes a whole number 
 const DIR = opt.dir ?? "/dev/shm/vfio-mig-sign-bench";
 const OUT = opt.out ?? new URL("./results/sign.json", import.meta.url).pathname;
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const VM = `${shq(Deno.execPath())} run --allow-ffi ${shq(CLI)}`;
-
-async function timed(script: string): Promise<number> {
-  const t = performance.now();
-  await sh(script);
-  return (performance.now() - t) / 1000;
-}
+const VM = toolCommand(CLI.slice(0, -"/cli.ts".length));
 
 interface Row {
   size: number;

@@ -22,6 +22,7 @@ import {
   sh,
   shq,
   sizeLabel,
+  timed,
   toolCommand,
 } from "./common.ts";
 
@@ -48,12 +49,6 @@ const DIR = opt.dir ?? "/dev/shm/vfio-mig-verify-bench";
 const OUT = opt.out ?? new URL("./results/verify.json", import.meta.url).pathname;
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const VM = toolCommand(CLI.slice(0, -"/cli.ts".length));
-
-async function timed(script: string): Promise<number> {
-  const t = performance.now();
-  await sh(script);
-  return (performance.now() - t) / 1000;
-}
 
 interface Row {
   size: number;
