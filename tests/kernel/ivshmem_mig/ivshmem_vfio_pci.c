@@ -234,24 +234,42 @@ static void ivmg_emit_final(struct ivmg_device *ivdev, struct ivmg_file *migf)
 static void ivmg_disable_fd(struct ivmg_file *migf)
 {
 	mutex_lock(&migf->lock);
-	migf->disabled = true;
+	WRITE_ONCE(migf->disabled, true);
 	migf->rd = migf->filled = 0;
 	mutex_unlock(&migf->lock);
 }
 
-static void ivmg_disable_fds(struct ivmg_device *ivdev)
+/*
+ * Ends the data fds. From a reset (locked false) no migf->lock is taken: reset_done may
+ * run under vfio-pci-core's memory_lock, and a reader holds migf->lock across
+ * copy_to_user (mmap_lock), under which a fault on the BAR mmap takes memory_lock — the
+ * second chain lockdep reported (tests/kernel/torture/README.md). The flag alone stops
+ * the next read or write; one already inside finishes with the bytes it had.
+ */
+static void ivmg_disable_fds_how(struct ivmg_device *ivdev, bool locked)
 {
 	if (ivdev->resuming_migf) {
-		ivmg_disable_fd(ivdev->resuming_migf);
+		if (locked)
+			ivmg_disable_fd(ivdev->resuming_migf);
+		else
+			WRITE_ONCE(ivdev->resuming_migf->disabled, true);
 		fput(ivdev->resuming_migf->filp);
 		ivdev->resuming_migf = NULL;
 	}
 	if (ivdev->saving_migf) {
-		ivmg_disable_fd(ivdev->saving_migf);
+		if (locked)
+			ivmg_disable_fd(ivdev->saving_migf);
+		else
+			WRITE_ONCE(ivdev->saving_migf->disabled, true);
 		fput(ivdev->saving_migf->filp);
 		ivdev->saving_migf = NULL;
 	}
 	ivdev->shadow_valid = false;
+}
+
+static void ivmg_disable_fds(struct ivmg_device *ivdev)
+{
+	ivmg_disable_fds_how(ivdev, true);
 }
 
 static int ivmg_release_file(struct inode *inode, struct file *filp)
@@ -273,7 +291,7 @@ static ssize_t ivmg_save_read(struct file *filp, char __user *buf, size_t len, l
 	if (pos)
 		return -ESPIPE;
 	mutex_lock(&migf->lock);
-	if (migf->disabled) {
+	if (READ_ONCE(migf->disabled)) {
 		done = -ENODEV;
 		goto out;
 	}
@@ -320,7 +338,7 @@ static long ivmg_precopy_ioctl(struct file *filp, unsigned int cmd, unsigned lon
 		return -EINVAL;
 	}
 	mutex_lock(&migf->lock);
-	if (migf->disabled) {
+	if (READ_ONCE(migf->disabled)) {
 		ret = -ENODEV;
 		goto out;
 	}
@@ -393,7 +411,7 @@ static ssize_t ivmg_resume_write(struct file *filp, const char __user *buf, size
 	if (pos)
 		return -ESPIPE;
 	mutex_lock(&migf->lock);
-	if (migf->disabled) {
+	if (READ_ONCE(migf->disabled)) {
 		ret = -ENODEV;
 		goto out;
 	}
@@ -677,7 +695,7 @@ again:
 		ivdev->deferred_reset = false;
 		spin_unlock(&ivdev->reset_lock);
 		ivdev->mig_state = VFIO_DEVICE_STATE_RUNNING;
-		ivmg_disable_fds(ivdev);
+		ivmg_disable_fds_how(ivdev, false);
 		ivmg_clear(ivdev);
 		goto again;
 	}
