@@ -21,74 +21,14 @@ import {
   spec,
   tmp,
 } from "../lib/guest.ts";
+import { Holder } from "../lib/holder.ts";
 
 // Every check here is about how a device is reached: all run on both kernels.
 const check = (name: string, fn: () => Promise<void> | void) => anyCheck(name, fn, { cdev: true });
 
-const HOLDER = `${ROOT}tests/kernel/guest/holder.ts`;
 const HAND_DOWN = `${ROOT}tests/kernel/guest/hand_down.ts`;
 const AS_USER = `${ROOT}tests/kernel/guest/as_user.ts`;
 const dec = new TextDecoder();
-
-/** A process holding a device open; it answers commands on its own fd (see holder.ts). */
-class Holder {
-  readonly child: Deno.ChildProcess;
-  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
-  #buf = "";
-  pid = 0;
-  fd = -1;
-
-  constructor(readonly spec: string) {
-    this.child = new Deno.Command("deno", {
-      args: ["run", "--allow-ffi", HOLDER, spec],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "inherit",
-    }).spawn();
-    this.#writer = this.child.stdin.getWriter();
-    this.#reader = this.child.stdout.getReader();
-  }
-
-  async #line(): Promise<Record<string, unknown>> {
-    for (;;) {
-      const nl = this.#buf.indexOf("\n");
-      if (nl >= 0) {
-        const line = this.#buf.slice(0, nl);
-        this.#buf = this.#buf.slice(nl + 1);
-        return JSON.parse(line);
-      }
-      const { value, done } = await this.#reader.read();
-      if (done) throw new Error(`holder of ${this.spec} exited`);
-      this.#buf += dec.decode(value, { stream: true });
-    }
-  }
-
-  async ready(): Promise<this> {
-    const r = await this.#line();
-    assert(r.ready === true, `holder not ready: ${JSON.stringify(r)}`);
-    this.pid = r.pid as number;
-    this.fd = r.fd as number;
-    return this;
-  }
-
-  async ask(cmd: string): Promise<Record<string, unknown>> {
-    await this.#writer.write(new TextEncoder().encode(cmd + "\n"));
-    const r = await this.#line();
-    if (r.error) throw new Error(`holder: ${cmd}: ${r.error}`);
-    return r;
-  }
-
-  async quit(): Promise<void> {
-    try {
-      await this.#writer.write(new TextEncoder().encode("quit\n"));
-      await this.#writer.close();
-    } catch { /* already gone */ }
-    this.#reader.releaseLock();
-    await this.child.stdout.cancel();
-    await this.child.status;
-  }
-}
 
 function removeMtty(uuid: string): void {
   try {

@@ -15,16 +15,15 @@ import { DeviceState, stateName } from "../../../src/vfio/state_machine.ts";
 import { SimKernel } from "../../../src/sim/kernel.ts";
 import { SimStore } from "../../../src/sim/store.ts";
 import { summarizeConfig } from "../../../src/pci/config.ts";
-import { assert, CDEV_MODE, check, cli, eq, extraReport, ok, ROOT, sh, tmp } from "../lib/guest.ts";
+import { assert, CDEV_MODE, check, cli, eq, extraReport, ok, sh, tmp } from "../lib/guest.ts";
+import { HOLDER, Holder } from "../lib/holder.ts";
 import { qemuAvailable, QemuVm } from "../lib/qemu_vm.ts";
 
-const HOLDER = `${ROOT}tests/kernel/guest/holder.ts`;
 const PARAMS = "/sys/module/ivshmem_vfio_pci/parameters";
 const DRIVER = "ivshmem_vfio_pci";
 const BAR0 = 0, BAR2 = 2, CONFIG = 7;
 const MEM = 65536, CHUNK = 4096;
 const STREAM = 16 + (MEM / CHUNK) * (16 + CHUNK) + 16 + 4 + 16; // the driver's MIG_DATA_SIZE
-const dec = new TextDecoder();
 
 /** ivshmem-plain functions (1af4:1110), by PCI address. */
 function ivshmemFunctions(): string[] {
@@ -83,70 +82,6 @@ function readCmds(): string[] {
   return SPOTS.map((at) => `region-read ${BAR2} ${at} 16`);
 }
 const want = (seed: number) => SPOTS.map((_, i) => pattern(seed + i));
-
-/** A process holding a function open; it answers holder.ts commands on its own fd. */
-class Holder {
-  readonly child: Deno.ChildProcess;
-  readonly #w: WritableStreamDefaultWriter<Uint8Array>;
-  readonly #r: ReadableStreamDefaultReader<Uint8Array>;
-  #buf = "";
-  pid = 0;
-
-  constructor(readonly spec: string) {
-    this.child = new Deno.Command("deno", {
-      args: ["run", "--allow-ffi", HOLDER, spec],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "inherit",
-    }).spawn();
-    this.#w = this.child.stdin.getWriter();
-    this.#r = this.child.stdout.getReader();
-  }
-
-  async #line(): Promise<Record<string, unknown>> {
-    for (;;) {
-      const nl = this.#buf.indexOf("\n");
-      if (nl >= 0) {
-        const line = this.#buf.slice(0, nl);
-        this.#buf = this.#buf.slice(nl + 1);
-        return JSON.parse(line);
-      }
-      const { value, done } = await this.#r.read();
-      if (done) throw new Error(`holder of ${this.spec} exited`);
-      this.#buf += dec.decode(value, { stream: true });
-    }
-  }
-
-  async ready(): Promise<this> {
-    const r = await this.#line();
-    assert(r.ready === true, `holder not ready: ${JSON.stringify(r)}`);
-    this.pid = r.pid as number;
-    return this;
-  }
-
-  async ask(cmd: string): Promise<Record<string, unknown>> {
-    await this.#w.write(new TextEncoder().encode(cmd + "\n"));
-    const r = await this.#line();
-    if (r.error) throw new Error(`holder: ${cmd}: ${r.error}`);
-    return r;
-  }
-
-  async all(cmds: string[]): Promise<string[]> {
-    const out: string[] = [];
-    for (const c of cmds) out.push(((await this.ask(c)).hex as string | undefined) ?? "");
-    return out;
-  }
-
-  async quit(): Promise<void> {
-    try {
-      await this.#w.write(new TextEncoder().encode("quit\n"));
-      await this.#w.close();
-    } catch { /* already gone */ }
-    this.#r.releaseLock();
-    await this.child.stdout.cancel();
-    await this.child.status;
-  }
-}
 
 /** Runs holder.ts on SPEC with these commands (a fresh open, or fd:N), returns the hex answers. */
 function holderScript(spec: string, cmds: string[]): string {
