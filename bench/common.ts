@@ -1,6 +1,8 @@
 // Helpers every benchmark script shares: option parsing, shell commands, /usr/bin/time
 // output, and statistics.
 
+import { parseArgs } from "node:util";
+
 export const GiB = 1024 ** 3;
 export const MiB = 1024 ** 2;
 export const dec = new TextDecoder();
@@ -158,4 +160,47 @@ export function sizeLabel(bytes: number): string {
     if (bytes >= n && bytes % n === 0) return `${bytes / n}${u}`;
   }
   return String(bytes);
+}
+
+/** What the small file benches (sign, verify) take: --sizes, --rounds, --dir, --out, --help. */
+export interface FileBenchOptions {
+  sizes: number[];
+  rounds: number;
+  dir: string;
+  out: string;
+  /** The tool's command line, as toolCommand gives it for this checkout. */
+  vm: string;
+}
+
+/**
+ * Parses a file bench's options (exits after --help, dies on a bad --rounds); `defaults`
+ * gives the usage line and the default sizes, rounds, dir and results file (under bench/results/).
+ */
+export function fileBenchOptions(
+  args: string[],
+  defaults: { usage: string; sizes: string; rounds: number; dir: string; out: string },
+): FileBenchOptions {
+  const { values: opt } = parseArgs({
+    args,
+    options: {
+      sizes: { type: "string" },
+      rounds: { type: "string" },
+      dir: { type: "string" },
+      out: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (opt.help) {
+    console.log(defaults.usage);
+    Deno.exit(0);
+  }
+  const rounds = Number(opt.rounds ?? String(defaults.rounds));
+  if (!Number.isInteger(rounds) || rounds < 1) die("--rounds takes a whole number >= 1");
+  return {
+    sizes: (opt.sizes ?? defaults.sizes).split(",").map(parseSize),
+    rounds,
+    dir: opt.dir ?? defaults.dir,
+    out: opt.out ?? new URL(`./results/${defaults.out}`, import.meta.url).pathname,
+    vm: toolCommand(new URL("..", import.meta.url).pathname.replace(/\/$/, "")),
+  };
 }

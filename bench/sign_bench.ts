@@ -8,42 +8,16 @@
 // Devices are simulated xe VFs (state generated from the seed as it is read and checked as
 // it is written back, never stored): only the stream files take space (tmpfs).
 
-import { parseArgs } from "node:util";
-import {
-  die,
-  loadAvg,
-  median,
-  parseSize,
-  printTable,
-  setBenchName,
-  sh,
-  shq,
-  sizeLabel,
-  timed,
-  toolCommand,
-} from "./common.ts";
+import { fileBenchOptions, loadAvg, median, printTable, setBenchName, sh, shq, sizeLabel, timed } from "./common.ts";
 
 setBenchName("bench:sign");
-const { values: opt } = parseArgs({
-  options: {
-    sizes: { type: "string" },
-    rounds: { type: "string" },
-    dir: { type: "string" },
-    out: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  },
+const { sizes: SIZES, rounds: ROUNDS, dir: DIR, out: OUT, vm: VM } = fileBenchOptions(Deno.args, {
+  usage: "bench/sign_bench.ts [--sizes 1G] [--rounds 5] [--dir /dev/shm/vfio-mig-sign-bench] [--out FILE]",
+  sizes: "1G",
+  rounds: 5,
+  dir: "/dev/shm/vfio-mig-sign-bench",
+  out: "sign.json",
 });
-if (opt.help) {
-  console.log("bench/sign_bench.ts [--sizes 1G] [--rounds 5] [--dir /dev/shm/vfio-mig-sign-bench] [--out FILE]");
-  Deno.exit(0);
-}
-const SIZES = (opt.sizes ?? "1G").split(",").map(parseSize);
-const ROUNDS = Number(opt.rounds ?? "5");
-if (!Number.isInteger(ROUNDS) || ROUNDS < 1) die("--rounds takes a whole number >= 1");
-const DIR = opt.dir ?? "/dev/shm/vfio-mig-sign-bench";
-const OUT = opt.out ?? new URL("./results/sign.json", import.meta.url).pathname;
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const VM = toolCommand(CLI.slice(0, -"/cli.ts".length));
 
 interface Row {
   size: number;

@@ -10,45 +10,27 @@
 // as it is written back, never stored), so only the stream file takes space: 8 GiB of
 // tmpfs for the big size, removed at the end.
 
-import { parseArgs } from "node:util";
 import {
-  die,
+  fileBenchOptions,
   GiB,
   loadAvg,
   median,
-  parseSize,
   printTable,
   setBenchName,
   sh,
   shq,
   sizeLabel,
   timed,
-  toolCommand,
 } from "./common.ts";
 
 setBenchName("bench:verify");
-const { values: opt } = parseArgs({
-  options: {
-    sizes: { type: "string" },
-    rounds: { type: "string" },
-    dir: { type: "string" },
-    out: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  },
+const { sizes: SIZES, rounds: ROUNDS, dir: DIR, out: OUT, vm: VM } = fileBenchOptions(Deno.args, {
+  usage: "deno task bench:verify [--sizes 1G,8G] [--rounds 3] [--dir /dev/shm/vfio-mig-verify-bench] [--out FILE]",
+  sizes: "1G,8G",
+  rounds: 3,
+  dir: "/dev/shm/vfio-mig-verify-bench",
+  out: "verify.json",
 });
-if (opt.help) {
-  console.log(
-    "deno task bench:verify [--sizes 1G,8G] [--rounds 3] [--dir /dev/shm/vfio-mig-verify-bench] [--out FILE]",
-  );
-  Deno.exit(0);
-}
-const SIZES = (opt.sizes ?? "1G,8G").split(",").map(parseSize);
-const ROUNDS = Number(opt.rounds ?? "3");
-if (!Number.isInteger(ROUNDS) || ROUNDS < 1) die("--rounds takes a whole number >= 1");
-const DIR = opt.dir ?? "/dev/shm/vfio-mig-verify-bench";
-const OUT = opt.out ?? new URL("./results/verify.json", import.meta.url).pathname;
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const VM = toolCommand(CLI.slice(0, -"/cli.ts".length));
 
 interface Row {
   size: number;
