@@ -15,6 +15,11 @@
 #                    ivshmem_vfio_pci.ko built against it, the PCI lab's
 #                    IOMMU and ivshmem functions): the torture group's guest
 #                    (guest/torture.sh; env VFIO_MIG_SANITIZER_KERNEL=1)
+#   --vf             the SR-IOV VF lab (Debian kernel): QEMU 10 (the cache's
+#                    relocatable root) as the outer QEMU instead of the host's
+#                    7.2, with an igb (82576) PF behind a root port under the
+#                    emulated IOMMU instead of the ivshmem and e1000e functions:
+#                    the `vf` group's guest (env VFIO_MIG_KERNEL_VF=1)
 #   --timeout SECS   stop the VM after SECS seconds, exit 124 (default 600,
 #                    env VFIO_MIG_KERNEL_TIMEOUT)
 #   --mem MB         guest memory (default 512, 1024 for the sanitizer
@@ -58,11 +63,13 @@ main() {
     TIMEOUT=${VFIO_MIG_KERNEL_TIMEOUT:-600}
     MEM=${VFIO_MIG_KERNEL_MEM:-}
     VERBOSE=${VFIO_MIG_KERNEL_VERBOSE:-0}
+    VF_LAB=${VFIO_MIG_KERNEL_VF:-0}
     LOGFILE="" PREPARE_ONLY=0 SHELL_MODE=0
     while [ $# -gt 0 ]; do
         case "$1" in
             --custom-kernel) FLAVOUR=custom; shift ;;
             --sanitizer-kernel) FLAVOUR=sanitizer; shift ;;
+            --vf) VF_LAB=1; shift ;;
             --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
             --mem) MEM=${2:?--mem needs a value}; shift 2 ;;
             --log) LOGFILE=${2:?--log needs a file}; shift 2 ;;
@@ -82,6 +89,7 @@ main() {
         usage >&2; die "no guest command given"
     fi
     [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
+    [ "$VF_LAB" = 1 ] && [ "$FLAVOUR" != debian ] && die "--vf runs the Debian kernel only"
     [ "$(uname -m)" = x86_64 ] || die "this harness needs an x86_64 host"
 
     # The project checkout: the git top folder holding tests/kernel.
@@ -157,6 +165,7 @@ main() {
         echo "VM_VERBOSE=$VERBOSE"
         echo "VM_SHELL=$SHELL_MODE"
         echo "VM_QEMU=$QEMU_SHARED"
+        echo "VM_VF=$VF_LAB"
     } >"$RUN/env"
 
     # security_model=none: files keep the host user's ownership; multidevs=remap
@@ -183,9 +192,21 @@ main() {
                  -device pcie-root-port,id=rp2,chassis=2,slot=2 -device ivshmem-plain,memdev=ivm2,bus=rp2
                  -device pcie-root-port,id=rp3,chassis=3,slot=3 -device e1000e,bus=rp3)
     fi
+    # The VF lab (--vf): QEMU 10's igb (82576 PF, 8086:10c9; the host's 7.2 has no igb) alone
+    # behind a root port, with ARI (its VFs 8086:10ca sit at devfn 0x80 and up on that bus).
+    # The guest's igb driver takes the PF; the vf group enables the VFs (sriov_numvfs).
+    outer=qemu-system-x86_64
+    if [ "$VF_LAB" = 1 ]; then
+        [ -x "$QROOTS/10/qemu" ] || die "--vf needs the QEMU 10 root ($QROOTS/10; VFIO_MIG_QEMU=0 leaves it out)"
+        outer=$QROOTS/10/qemu
+        machine=q35,kernel-irqchip=split
+        [[ "$kcmd" == *intel_iommu=on* ]] || kcmd="$kcmd intel_iommu=on no_timer_check"
+        pcidevs=(-device intel-iommu,intremap=on
+                 -device pcie-root-port,id=rp1,chassis=1,slot=1 -device igb,bus=rp1)
+    fi
     # The sanitizer kernel: KASAN reports every bug, not only the first one.
     [ "$FLAVOUR" = sanitizer ] && kcmd="$kcmd kasan_multi_shot"
-    QEMU=(qemu-system-x86_64 -M "$machine" "${pcidevs[@]}" -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM"
+    QEMU=("$outer" -M "$machine" "${pcidevs[@]}" -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM"
           -nodefaults -no-user-config -display none -no-reboot -pidfile "$RUN/qemu.pid"
           -kernel "$KERNEL" -initrd "$INITRD"
           -append "$kcmd ${VFIO_MIG_KERNEL_APPEND:-}"

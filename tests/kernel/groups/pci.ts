@@ -16,11 +16,27 @@ import { SimKernel } from "../../../src/sim/kernel.ts";
 import { SimStore } from "../../../src/sim/store.ts";
 import { summarizeConfig } from "../../../src/pci/config.ts";
 import { assert, CDEV_MODE, check, cli, eq, extraReport, ok, sh, tmp } from "../lib/guest.ts";
-import { HOLDER, Holder } from "../lib/holder.ts";
+import { Holder } from "../lib/holder.ts";
+import {
+  bind,
+  cdevOf,
+  DRIVER,
+  driverOf,
+  exists,
+  hex,
+  hexAnswers,
+  hexLe16,
+  hexOf,
+  holderScript,
+  le16,
+  loadExecRead,
+  pciCheck,
+  pciFunctions,
+  setParam,
+  unhex,
+} from "../lib/pci.ts";
 import { qemuAvailable, QemuVm } from "../lib/qemu_vm.ts";
 
-const PARAMS = "/sys/module/ivshmem_vfio_pci/parameters";
-const DRIVER = "ivshmem_vfio_pci";
 const BAR0 = 0, BAR2 = 2, CONFIG = 7;
 const MEM = 65536, CHUNK = 4096;
 const STREAM = 16 + (MEM / CHUNK) * (16 + CHUNK) + 16 + 4 + 16; // the driver's MIG_DATA_SIZE
@@ -30,45 +46,6 @@ function ivshmemFunctions(): string[] {
   return pciFunctions("0x1af4", "0x1110");
 }
 
-/** The functions with these vendor and device ids, by PCI address. */
-function pciFunctions(vendor: string, device: string): string[] {
-  const out: string[] = [];
-  for (const e of Deno.readDirSync("/sys/bus/pci/devices")) {
-    const d = `/sys/bus/pci/devices/${e.name}`;
-    try {
-      if (
-        Deno.readTextFileSync(`${d}/vendor`).trim() === vendor &&
-        Deno.readTextFileSync(`${d}/device`).trim() === device
-      ) {
-        out.push(e.name);
-      }
-    } catch { /* not a function we know */ }
-  }
-  return out.sort();
-}
-
-function driverOf(bdf: string): string | null {
-  try {
-    return Deno.readLinkSync(`/sys/bus/pci/devices/${bdf}/driver`).split("/").pop()!;
-  } catch {
-    return null;
-  }
-}
-
-/** Binds by driver_override, as an operator binds a variant driver. */
-function bind(bdf: string): void {
-  if (driverOf(bdf) === DRIVER) return;
-  const d = `/sys/bus/pci/devices/${bdf}`;
-  if (driverOf(bdf)) Deno.writeTextFileSync(`${d}/driver/unbind`, bdf);
-  Deno.writeTextFileSync(`${d}/driver_override`, DRIVER);
-  Deno.writeTextFileSync("/sys/bus/pci/drivers_probe", bdf);
-}
-
-function setParam(name: string, v: boolean): void {
-  Deno.writeTextFileSync(`${PARAMS}/${name}`, v ? "1" : "0");
-}
-
-const hex = (b: number[]) => b.map((x) => x.toString(16).padStart(2, "0")).join("");
 /** 16 recognisable bytes for a seed. */
 const pattern = (seed: number) => hex(Array.from({ length: 16 }, (_, i) => (seed * 16 + i * 7 + 1) & 0xff));
 /** Where the patterns go: the first chunk, one in the middle, the last bytes of the area. */
@@ -83,28 +60,6 @@ function readCmds(): string[] {
 }
 const want = (seed: number) => SPOTS.map((_, i) => pattern(seed + i));
 
-/** Runs holder.ts on SPEC with these commands (a fresh open, or fd:N), returns the hex answers. */
-function holderScript(spec: string, cmds: string[]): string {
-  const input = [...cmds, "quit"].join("\\n");
-  return `printf '${input}\\n' | deno run --allow-ffi ${HOLDER} ${spec}`;
-}
-function hexAnswers(stdout: string): string[] {
-  return stdout.trim().split("\n").slice(1).map((l) => JSON.parse(l)).map((j) => {
-    if (j.error) throw new Error(`holder: ${j.error}`);
-    return j.hex ?? "";
-  });
-}
-
-/**
- * VFIO_MIG_PCI_ONLY=WORD,WORD (e.g. QEMU): only the checks whose name has one of the
- * words (case-insensitive), besides the binding one; to work on a few checks in one guest.
- */
-const ONLY = Deno.env.get("VFIO_MIG_PCI_ONLY")?.toLowerCase().split(",").filter((w) => w);
-const wanted = (name: string) => !ONLY || ONLY.some((w) => name.toLowerCase().includes(w));
-function pciCheck(name: string, fn: () => Promise<void>): Promise<void> | void {
-  if (wanted(name)) return check(name, fn);
-}
-
 /** A holder on SPEC writes pattern SEED, and vfio-mig saves it from the holder into FILE. */
 async function holderSave(spec: string, seed: number, file: string): Promise<void> {
   const H = await new Holder(spec).ready();
@@ -116,45 +71,9 @@ async function holderSave(spec: string, seed: number, file: string): Promise<voi
   }
 }
 
-function exists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
-
-const hexOf = (b: Uint8Array) => hex([...b]);
-const unhex = (h: string) => new Uint8Array((h.match(/../g) ?? []).map((x) => parseInt(x, 16)));
-const hexLe16 = (n: number) => hex([n & 0xff, n >> 8]);
-/** A little-endian 16-bit value from its hex bytes. */
-const le16 = (h: string) => parseInt(h.slice(2, 4) + h.slice(0, 2), 16);
 const PCI_COMMAND_MEMORY = 0x2, PCI_COMMAND_MASTER = 0x4;
 /** The idstr of the first device QemuVm passes through (addr 0x1). */
 const QEMU_IDSTR = "0000:00:01.0/vfio";
-
-/** load --device DST FILE --exec (holder.ts on the handed-down fd reads CMDS): the answers. */
-async function loadExecRead(dst: string, file: string, cmds: string[]): Promise<{ answers: string[]; stderr: string }> {
-  const r = await cli([
-    "load",
-    "--device",
-    dst,
-    file,
-    "--exec",
-    "sh",
-    "-c",
-    holderScript("fd:$VFIO_MIG_DEVICE_FD", cmds),
-  ]);
-  if (r.code !== 0) throw new Error(`load --exec exited ${r.code}: ${r.stderr.trim()}`);
-  return { answers: hexAnswers(r.stdout).filter((x) => x !== ""), stderr: r.stderr };
-}
-
-/** /dev/vfio/devices/vfioN of a function bound to a VFIO driver (the custom kernel's cdev). */
-function cdevOf(bdf: string): string {
-  const nodes = [...Deno.readDirSync(`/sys/bus/pci/devices/${bdf}/vfio-dev`)].map((e) => e.name);
-  assert(nodes.length === 1, `vfio-dev nodes of ${bdf}: ${nodes}`);
-  return `/dev/vfio/devices/${nodes[0]}`;
-}
 
 const fns = ivshmemFunctions();
 const haveDriver = (() => {

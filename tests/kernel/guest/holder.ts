@@ -24,6 +24,8 @@
 //                              INDEX (1 MSI, 2 MSI-X) for vectors 0..COUNT-1, each with eventfd
 //                              -1 (enabled, no trigger): vfio-pci enables MSI/MSI-X in the
 //                              function, as a VMM does before its guest's vectors fire {"ok":true}
+//   irq-info INDEX             VFIO_DEVICE_GET_IRQ_INFO for IRQ index INDEX (0 INTx, 1 MSI,
+//                              2 MSI-X)                                {"flags":N,"count":N}
 //   quit                       closes the device and exits 0
 // An error answers {"error":"…"} and the holder goes on.
 
@@ -110,6 +112,15 @@ function answer(line: string): unknown {
       for (let i = 0; i < count; i++) v.setInt32(20 + 4 * i, -1, true);
       sys.ioctl(dev.fd, IOCTL.DEVICE_SET_IRQS, b);
       return { ok: true };
+    }
+    case "irq-info": {
+      // struct vfio_irq_info: argsz, flags, index, count (u32 each).
+      const b = new Uint8Array(16);
+      const v = new DataView(b.buffer);
+      v.setUint32(0, 16, true);
+      v.setUint32(8, Number(args[0]), true);
+      sys.ioctl(dev.fd, IOCTL.DEVICE_GET_IRQ_INFO, b);
+      return { flags: v.getUint32(4, true), count: v.getUint32(12, true) };
     }
     case "churn":
       if (churn) throw new Error("already churning");

@@ -15,6 +15,18 @@
  * BAR2 (the shared memory a workload writes through the BAR region; a
  * stopped device refuses those writes with EBUSY).
  *
+ * It also binds (driver_override only) an SR-IOV virtual function: QEMU's
+ * igb VF (82576 VF, 8086:10ca), which resets by FLR and whose memory enable,
+ * BARs and INTx vfio-pci virtualises as for every VF. A VF has no memory
+ * area: its device state is the six registers of its queue 0 that a driver
+ * programs through BAR0 before it enables the queue, RDBAL, RDBAH, RDLEN,
+ * TDBAL, TDBAH, TDLEN (VF offsets 0x2800.. and 0x3800..; QEMU's igbvf.c maps
+ * them to the PF's queue registers of that VF, hw/net/igb_core.c stores them
+ * with no side effect while the queue is disabled). They are the "area" of
+ * the stream: one 24-byte chunk. QEMU's FLR (igb_core_vf_reset) only
+ * disables the VF's queues and keeps them; a real VF's FLR resets them, so
+ * reset_done and close_device clear them, as for ivshmem's memory.
+ *
  * It also binds (driver_override only) QEMU's e1000e (8086:10d3), which has
  * MSI and MSI-X capabilities that ivshmem-plain lacks, with no device state
  * of its own (a header, an empty register record and the end): the function
@@ -62,6 +74,13 @@
 #define IVMG_REC_REGS 2
 #define IVMG_REC_END 3
 #define IVSHMEM_INTRMASK 0x00
+#define IGBVF_DEVICE 0x10ca
+#define IGBVF_NREGS 6
+/* The VF's queue 0 registers (82576 VF register map; hw/net/igbvf.c vf_to_pf_addr). */
+static const u32 igbvf_regs[IGBVF_NREGS] = {
+	0x2800, 0x2804, 0x2808,	/* RDBAL0, RDBAH0, RDLEN0 */
+	0x3800, 0x3804, 0x3808,	/* TDBAL0, TDBAH0, TDLEN0 */
+};
 
 static unsigned int mem_bytes = 65536;
 module_param(mem_bytes, uint, 0444);
@@ -103,8 +122,10 @@ struct ivmg_device {
 	enum vfio_device_mig_state mig_state;
 	struct ivmg_file *saving_migf;
 	struct ivmg_file *resuming_migf;
-	void __iomem *regs;		/* BAR0 */
-	void __iomem *mem;		/* BAR2, mem_len bytes */
+	void __iomem *regs;		/* ivshmem: BAR0 (INTRMASK) */
+	void __iomem *mem;		/* ivshmem: BAR2, mem_len bytes */
+	void __iomem *vfregs;		/* igb VF: BAR0; the area is igbvf_regs[] */
+	unsigned int state_bar;		/* the BAR whose writes a stopped device refuses */
 	u32 mem_len, chunk, nchunks;
 	u8 *shadow;			/* what the reader of the save file has (PRE_COPY) */
 	bool shadow_valid;
@@ -119,7 +140,12 @@ static struct ivmg_device *ivmg_of(struct vfio_device *vdev)
 
 static void ivmg_state_mutex_unlock(struct ivmg_device *ivdev);
 
-/* Runs fn with memory decoding on: the user may have turned it off. */
+/*
+ * Runs fn with memory decoding on: the user may have turned it off. A real VF has no
+ * memory enable of its own (the PF's VF MSE decodes its BARs; the bit is read-only
+ * zero and the write below does nothing), but QEMU's igb VF honours the bit, which
+ * vfio-pci passes through.
+ */
 static void ivmg_with_mem(struct ivmg_device *ivdev, void (*fn)(struct ivmg_device *))
 {
 	struct pci_dev *pdev = ivdev->core_device.pdev;
@@ -135,23 +161,44 @@ static void ivmg_with_mem(struct ivmg_device *ivdev, void (*fn)(struct ivmg_devi
 
 static void ivmg_do_clear(struct ivmg_device *ivdev)
 {
+	int i;
+
+	if (ivdev->vfregs) {
+		for (i = 0; i < IGBVF_NREGS; i++)
+			iowrite32(0, ivdev->vfregs + igbvf_regs[i]);
+		return;
+	}
 	memset_io(ivdev->mem, 0, ivdev->mem_len);
 }
 
 static void ivmg_do_snapshot(struct ivmg_device *ivdev)
 {
+	int i;
+
+	if (ivdev->vfregs) {
+		for (i = 0; i < IGBVF_NREGS; i++)
+			put_unaligned_le32(ioread32(ivdev->vfregs + igbvf_regs[i]), ivdev->scratch + 4 * i);
+		return;
+	}
 	memcpy_fromio(ivdev->scratch, ivdev->mem, ivdev->mem_len);
 }
 
 static void ivmg_do_load(struct ivmg_device *ivdev)
 {
+	int i;
+
+	if (ivdev->vfregs) {
+		for (i = 0; i < IGBVF_NREGS; i++)
+			iowrite32(get_unaligned_le32(ivdev->staging + 4 * i), ivdev->vfregs + igbvf_regs[i]);
+		return;
+	}
 	memcpy_toio(ivdev->mem, ivdev->staging, ivdev->mem_len);
 }
 
-/* The device loses the memory area (a reset, the last close). */
+/* The device loses the memory area, or the VF its queue registers (a reset, the last close). */
 static void ivmg_clear(struct ivmg_device *ivdev)
 {
-	if (keep_on_reset || !ivdev->mem)
+	if (keep_on_reset || (!ivdev->mem && !ivdev->vfregs))
 		return;
 	ivmg_with_mem(ivdev, ivmg_do_clear);
 }
@@ -724,6 +771,7 @@ static int ivmg_init_dev(struct vfio_device *vdev)
 	struct pci_dev *pdev = to_pci_dev(vdev->dev);
 	resource_size_t bar2 = pci_resource_len(pdev, 2);
 	bool ivshmem = pdev->vendor == PCI_VENDOR_ID_REDHAT_QUMRANET && pdev->device == 0x1110;
+	bool igbvf = pdev->vendor == PCI_VENDOR_ID_INTEL && pdev->device == IGBVF_DEVICE;
 	int ret;
 
 	if (!chunk_bytes || chunk_bytes > SZ_1M || !mem_bytes || mem_bytes % chunk_bytes ||
@@ -737,6 +785,22 @@ static int ivmg_init_dev(struct vfio_device *vdev)
 	mutex_init(&ivdev->state_mutex);
 	spin_lock_init(&ivdev->reset_lock);
 	ivdev->chunk = chunk_bytes;
+	ivdev->state_bar = VFIO_PCI_BAR2_REGION_INDEX;
+	if (igbvf) {
+		/* The queue registers, one chunk: dirty tracking compares them as a whole. */
+		if (pci_resource_len(pdev, 0) < igbvf_regs[IGBVF_NREGS - 1] + 4)
+			return -EINVAL;
+		ivdev->state_bar = VFIO_PCI_BAR0_REGION_INDEX;
+		ivdev->mem_len = ivdev->chunk = 4 * IGBVF_NREGS;
+		ivdev->nchunks = 1;
+		ivdev->shadow = vzalloc(ivdev->mem_len);
+		ivdev->scratch = vzalloc(ivdev->mem_len);
+		ivdev->staging = vzalloc(ivdev->mem_len);
+		ivdev->vfregs = pci_iomap(pdev, 0, igbvf_regs[IGBVF_NREGS - 1] + 4);
+		if (!ivdev->shadow || !ivdev->scratch || !ivdev->staging || !ivdev->vfregs)
+			return -ENOMEM; /* the release callback frees what was taken */
+		return 0;
+	}
 	if (!ivshmem)
 		return 0;	/* e1000e: no memory area, no register */
 	ivdev->mem_len = mem_bytes;
@@ -760,6 +824,8 @@ static void ivmg_release_dev(struct vfio_device *vdev)
 		pci_iounmap(pdev, ivdev->mem);
 	if (ivdev->regs)
 		pci_iounmap(pdev, ivdev->regs);
+	if (ivdev->vfregs)
+		pci_iounmap(pdev, ivdev->vfregs);
 	vfree(ivdev->shadow);
 	vfree(ivdev->scratch);
 	vfree(ivdev->staging);
@@ -768,16 +834,17 @@ static void ivmg_release_dev(struct vfio_device *vdev)
 }
 
 /*
- * A stopped device (STOP, STOP_COPY, RESUMING) takes no writes to its memory area
- * through the BAR region (-EBUSY): what the save streamed stays the device's state.
- * Writes through an mmap of BAR2 are not seen here, and not stopped.
+ * A stopped device (STOP, STOP_COPY, RESUMING) takes no writes to the BAR that holds
+ * its state (ivshmem BAR2, the igb VF's BAR0) through the BAR region (-EBUSY): what
+ * the save streamed stays the device's state. Writes through an mmap of that BAR are
+ * not seen here, and not stopped.
  */
 static ssize_t ivmg_write(struct vfio_device *vdev, const char __user *buf, size_t count, loff_t *ppos)
 {
 	struct ivmg_device *ivdev = ivmg_of(vdev);
 	ssize_t ret;
 
-	if (VFIO_PCI_OFFSET_TO_INDEX(*ppos) != VFIO_PCI_BAR2_REGION_INDEX)
+	if (VFIO_PCI_OFFSET_TO_INDEX(*ppos) != ivdev->state_bar)
 		return vfio_pci_core_write(vdev, buf, count, ppos);
 	mutex_lock(&ivdev->state_mutex);
 	if (ivdev->mig_state == VFIO_DEVICE_STATE_STOP || ivdev->mig_state == VFIO_DEVICE_STATE_STOP_COPY ||
@@ -836,6 +903,7 @@ static void ivmg_remove(struct pci_dev *pdev)
 static const struct pci_device_id ivmg_table[] = {
 	{ PCI_DRIVER_OVERRIDE_DEVICE_VFIO(PCI_VENDOR_ID_REDHAT_QUMRANET, 0x1110) }, /* ivshmem */
 	{ PCI_DRIVER_OVERRIDE_DEVICE_VFIO(PCI_VENDOR_ID_INTEL, 0x10d3) }, /* e1000e: config, MSI, MSI-X only */
+	{ PCI_DRIVER_OVERRIDE_DEVICE_VFIO(PCI_VENDOR_ID_INTEL, IGBVF_DEVICE) }, /* igb VF: queue 0 registers */
 	{}
 };
 MODULE_DEVICE_TABLE(pci, ivmg_table);
@@ -856,4 +924,4 @@ static struct pci_driver ivmg_driver = {
 module_pci_driver(ivmg_driver);
 
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("vfio-mig test: ivshmem-plain over vfio-pci-core with VFIO migration uAPI v2");
+MODULE_DESCRIPTION("vfio-mig test: ivshmem-plain and the igb VF over vfio-pci-core with VFIO migration uAPI v2");

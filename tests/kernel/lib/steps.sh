@@ -238,8 +238,10 @@ deno_libs() {
 # initramfs: busybox, /init, modules in dependency order, glibc for deno.
 
 # Modules the guest loads (Debian kernel); their dependencies come first.
-# irqbypass and vfio-pci-core: the ivshmem variant driver of the pci group.
-GUEST_MODULES="virtio_pci netfs 9pnet 9pnet_virtio 9p vfio vfio_iommu_type1 mdev irqbypass vfio-pci-core"
+# irqbypass and vfio-pci-core: the ivshmem variant driver of the pci group. igb: the VF
+# lab's PF driver (run.sh --vf; no igb function elsewhere, so it binds nothing there);
+# vfio-pci: the PF on vfio-pci with enable_sriov (the VF token case).
+GUEST_MODULES="virtio_pci netfs 9pnet 9pnet_virtio 9p vfio vfio_iommu_type1 mdev irqbypass vfio-pci-core igb vfio-pci"
 
 # resolve_modules: print module paths (relative to $MODDIR) in load order,
 # skipping modules built into the image.

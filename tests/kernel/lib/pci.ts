@@ -1,0 +1,120 @@
+// Helpers of the groups that drive vfio-mig on real PCI functions bound to the test
+// variant driver tests/kernel/ivshmem_mig (groups/pci.ts: ivshmem-plain and e1000e PFs;
+// groups/vf.ts: igb SR-IOV VFs): finding and binding functions, holder.ts scripts, the
+// `load --exec` reader, hex helpers, the VFIO_MIG_PCI_ONLY filter.
+
+import { assert, check, cli } from "./guest.ts";
+import { HOLDER } from "./holder.ts";
+
+/** The test variant driver (tests/kernel/ivshmem_mig/ivshmem_vfio_pci.c) and its module parameters. */
+export const DRIVER = "ivshmem_vfio_pci";
+export const PARAMS = "/sys/module/ivshmem_vfio_pci/parameters";
+
+/** The functions with these vendor and device ids ("0x8086"), by PCI address. */
+export function pciFunctions(vendor: string, device: string): string[] {
+  const out: string[] = [];
+  for (const e of Deno.readDirSync("/sys/bus/pci/devices")) {
+    const d = `/sys/bus/pci/devices/${e.name}`;
+    try {
+      if (
+        Deno.readTextFileSync(`${d}/vendor`).trim() === vendor &&
+        Deno.readTextFileSync(`${d}/device`).trim() === device
+      ) {
+        out.push(e.name);
+      }
+    } catch { /* not a function we know */ }
+  }
+  return out.sort();
+}
+
+/** The name of the driver bound to the function, or null. */
+export function driverOf(bdf: string): string | null {
+  try {
+    return Deno.readLinkSync(`/sys/bus/pci/devices/${bdf}/driver`).split("/").pop()!;
+  } catch {
+    return null;
+  }
+}
+
+/** Binds by driver_override (default: the test variant driver), as an operator binds a variant driver. */
+export function bind(bdf: string, driver = DRIVER): void {
+  if (driverOf(bdf) === driver) return;
+  const d = `/sys/bus/pci/devices/${bdf}`;
+  if (driverOf(bdf)) Deno.writeTextFileSync(`${d}/driver/unbind`, bdf);
+  Deno.writeTextFileSync(`${d}/driver_override`, driver);
+  Deno.writeTextFileSync("/sys/bus/pci/drivers_probe", bdf);
+}
+
+/** Sets one of the driver's planted-defect parameters (off by default). */
+export function setParam(name: string, v: boolean): void {
+  Deno.writeTextFileSync(`${PARAMS}/${name}`, v ? "1" : "0");
+}
+
+export const hex = (b: number[]) => b.map((x) => x.toString(16).padStart(2, "0")).join("");
+export const hexOf = (b: Uint8Array) => hex([...b]);
+export const unhex = (h: string) => new Uint8Array((h.match(/../g) ?? []).map((x) => parseInt(x, 16)));
+export const hexLe16 = (n: number) => hex([n & 0xff, n >> 8]);
+/** A little-endian 16-bit value from its hex bytes. */
+export const le16 = (h: string) => parseInt(h.slice(2, 4) + h.slice(0, 2), 16);
+/** A little-endian 32-bit value as hex bytes, and back. */
+export const hexLe32 = (n: number) => hex([n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, n >>> 24]);
+export const le32 = (h: string) => parseInt(h.slice(6, 8) + h.slice(4, 6) + h.slice(2, 4) + h.slice(0, 2), 16);
+
+export function exists(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** A shell line running holder.ts on SPEC (a fresh open, or fd:N) with these commands, then quit. */
+export function holderScript(spec: string, cmds: string[]): string {
+  const input = [...cmds, "quit"].join("\\n");
+  return `printf '${input}\\n' | deno run --allow-ffi ${HOLDER} ${spec}`;
+}
+
+/** The `hex` of each answer of a holderScript's output ("" for answers without one); throws a holder error. */
+export function hexAnswers(stdout: string): string[] {
+  return stdout.trim().split("\n").slice(1).map((l) => JSON.parse(l)).map((j) => {
+    if (j.error) throw new Error(`holder: ${j.error}`);
+    return j.hex ?? "";
+  });
+}
+
+/**
+ * VFIO_MIG_PCI_ONLY=WORD,WORD (e.g. QEMU): only the checks whose name has one of the
+ * words (case-insensitive), besides the binding one; to work on a few checks in one guest.
+ */
+const ONLY = Deno.env.get("VFIO_MIG_PCI_ONLY")?.toLowerCase().split(",").filter((w) => w);
+const wanted = (name: string) => !ONLY || ONLY.some((w) => name.toLowerCase().includes(w));
+export function pciCheck(name: string, fn: () => Promise<void>): Promise<void> | void {
+  if (wanted(name)) return check(name, fn);
+}
+
+/** load --device DST FILE --exec (holder.ts on the handed-down fd reads CMDS): the answers. */
+export async function loadExecRead(
+  dst: string,
+  file: string,
+  cmds: string[],
+): Promise<{ answers: string[]; stderr: string }> {
+  const r = await cli([
+    "load",
+    "--device",
+    dst,
+    file,
+    "--exec",
+    "sh",
+    "-c",
+    holderScript("fd:$VFIO_MIG_DEVICE_FD", cmds),
+  ]);
+  if (r.code !== 0) throw new Error(`load --exec exited ${r.code}: ${r.stderr.trim()}`);
+  return { answers: hexAnswers(r.stdout).filter((x) => x !== ""), stderr: r.stderr };
+}
+
+/** /dev/vfio/devices/vfioN of a function bound to a VFIO driver (the custom kernel's cdev). */
+export function cdevOf(bdf: string): string {
+  const nodes = [...Deno.readDirSync(`/sys/bus/pci/devices/${bdf}/vfio-dev`)].map((e) => e.name);
+  assert(nodes.length === 1, `vfio-dev nodes of ${bdf}: ${nodes}`);
+  return `/dev/vfio/devices/${nodes[0]}`;
+}
