@@ -19,7 +19,7 @@
 #                    relocatable root) as the outer QEMU instead of the host's
 #                    7.2, with an igb (82576) PF behind a root port under the
 #                    emulated IOMMU instead of the ivshmem and e1000e functions:
-#                    the `vf` group's guest (env VFIO_MIG_KERNEL_VF=1)
+#                    the `vf` group's guest (env VFIO_MIG_VF_LAB=1)
 #   --timeout SECS   stop the VM after SECS seconds, exit 124 (default 600,
 #                    env VFIO_MIG_KERNEL_TIMEOUT)
 #   --mem MB         guest memory (default 512, 1024 for the sanitizer
@@ -63,7 +63,7 @@ main() {
     TIMEOUT=${VFIO_MIG_KERNEL_TIMEOUT:-600}
     MEM=${VFIO_MIG_KERNEL_MEM:-}
     VERBOSE=${VFIO_MIG_KERNEL_VERBOSE:-0}
-    VF_LAB=${VFIO_MIG_KERNEL_VF:-0}
+    VF_LAB=${VFIO_MIG_VF_LAB:-0}
     LOGFILE="" PREPARE_ONLY=0 SHELL_MODE=0
     while [ $# -gt 0 ]; do
         case "$1" in

@@ -6,15 +6,18 @@
 # Debian guest runs the QEMU judge. A third guest, the sanitizer kernel (KASAN, UBSAN,
 # lockdep, hang detectors), runs the torture group (guest/torture.ts: `check --torture`
 # on every real driver of the lab, the planted defect as positive control, the known
-# findings) after the custom one. The Debian guest and the custom-then-torture chain run
-# at the same time (each guest is one TCG vCPU; these machines have two cores); their
-# lines are prefixed [debian], [custom] and [torture]. Ends with "kernel: N passed, N failed".
+# findings) after the custom one. A fourth guest, the VF lab (run.sh --vf: the Debian
+# kernel under QEMU 10, an igb PF with two SR-IOV VFs), runs the vf group after the
+# torture one. The Debian guest and the custom-torture-vf chain run at the same time
+# (each guest is one TCG vCPU; these machines have two cores); their lines are prefixed
+# [debian], [custom], [torture] and [vf]. Ends with "kernel: N passed, N failed".
 #   VFIO_MIG_KERNEL_CDEV=0|1   also run on the custom kernel (default 1)
 #   VFIO_MIG_KERNEL_QEMU=0|1   the QEMU judge group (QEMU 10 and 7.2 nested in the
 #                              Debian guest; default 1)
 #   VFIO_MIG_KERNEL_INTERRUPT=0|1  the interrupt group (default 1)
 #   VFIO_MIG_KERNEL_TORTURE=0|1  the torture group on the sanitizer kernel (default 1)
 #   VFIO_MIG_TORTURE_STEPS=N   its budget: fuzz cases and stress steps per device (default 20)
+#   VFIO_MIG_KERNEL_VF=0|1     the VF lab's guest and its vf group (default 1)
 #   VFIO_MIG_KERNEL_SERIAL=1   one guest after the other
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -80,6 +83,11 @@ export VFIO_MIG_KERNEL_PREPARED=$prepared
 run_suite debian "$debian_label" --timeout 2700 -- "deno run -A tests/kernel/suite.ts $without" &
 jobs_=($!)
 torture_label="sanitizer 6.12 kernel, check --torture"
+vf=${VFIO_MIG_KERNEL_VF:-1}
+vf_label="Debian 6.12 kernel under QEMU 10, SR-IOV VFs"
+vf_run() {
+    run_suite vf "$vf_label" --vf --timeout 1200 -- "deno run -A tests/kernel/suite.ts --group vf"
+}
 torture_run() {
     # The replay files of what it finds go to tests/kernel/torture/out/ in the checkout.
     run_suite torture "$torture_label" --sanitizer-kernel --timeout 1800 -- \
@@ -90,10 +98,14 @@ if [ "$cdev" = 1 ]; then
     {
         run_suite custom "$custom_label" --custom-kernel --timeout 2700 -- "deno run -A tests/kernel/suite.ts --cdev --without qemu $optional"
         [ "$torture" = 1 ] && torture_run
+        [ "$vf" = 1 ] && vf_run
     } &
     jobs_+=($!)
-elif [ "$torture" = 1 ]; then
-    torture_run &
+elif [ "$torture" = 1 ] || [ "$vf" = 1 ]; then
+    {
+        [ "$torture" = 1 ] && torture_run
+        [ "$vf" = 1 ] && vf_run
+    } &
     jobs_+=($!)
 fi
 wait "${jobs_[@]}"
@@ -101,5 +113,6 @@ wait "${jobs_[@]}"
 count debian "$debian_label"
 [ "$cdev" = 1 ] && count custom "$custom_label"
 [ "$torture" = 1 ] && count torture "$torture_label"
+[ "$vf" = 1 ] && count vf "$vf_label"
 echo "kernel: $passed passed, $failed failed"
 [ "$failed" = 0 ]

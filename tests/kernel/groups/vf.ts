@@ -238,15 +238,15 @@ if (!PF || CDEV_MODE) {
         // Memory enable: a VF's is the PF's VF MSE (no_command_memory): with the bit off,
         // vfio-pci does not refuse BAR0 (a PF's region read would fail with EIO).
         for (const c of writeCmds(41)) await H1.ask(c);
-        await H1.ask(`region-write ${CONFIG} 4 0400`); // INTx disable only: memory and master off
+        await H1.ask(`region-write ${CONFIG} 4 0400`); // 0x0004: bus master on, memory off
         const off = (await H1.ask(`region-read ${CONFIG} 4 2`)).hex as string;
         eq(le16(off) & PCI_COMMAND_MEMORY, 0, "memory enable read back after writing it off");
         const hwOff = Deno.readFileSync(`/sys/bus/pci/devices/${A}/config`).subarray(4, 6);
         const whileOff = await H1.all(readCmds()); // vfio-pci: no EIO for a VF
-        await H1.ask(`region-write ${CONFIG} 4 0600`); // memory and master on again
+        await H1.ask(`region-write ${CONFIG} 4 0600`); // 0x0006: memory and master on again
         eq(await H1.all(readCmds()), want(41), "the registers with memory enable on again");
         rows.push(
-          `command: wrote 0x0400, vfio-pci reads 0x${le16(off).toString(16)}, the VF's own register ` +
+          `command: wrote 0x0004 (memory off), vfio-pci reads 0x${le16(off).toString(16)}, the VF's own register ` +
             `0x${(hwOff[0] | hwOff[1] << 8).toString(16)}; BAR0 through vfio-pci meanwhile: no error, ` +
             `${whileOff.join(" ") === want(41).join(" ") ? "the registers" : `read ${whileOff.join(" ")}`}`,
         );
