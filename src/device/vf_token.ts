@@ -165,16 +165,12 @@ function refusal(
         `pass --vf-token UUID if it says "VF token required")`,
     );
   }
-  {
-    const reason = target.kind === "vf"
-      ? `"VF token incorrectly provided, PF not bound to vfio-pci" (the PF ${pf?.name} did not create its VFs ` +
-        `through vfio-pci)`
-      : `"VF token incorrectly provided, not a PF or VF"`;
-    return deviceError(
-      spec,
-      `${ioctl}: EINVAL: the kernel refused the VF token: ${reason}; open it without --vf-token`,
-    );
-  }
+  // EINVAL with a token: vfio_pci_core.c's message for the device's kind.
+  const reason = target.kind === "vf"
+    ? `"VF token incorrectly provided, PF not bound to vfio-pci" (the PF ${pf?.name} did not create its VFs ` +
+      `through vfio-pci)`
+    : `"VF token incorrectly provided, not a PF or VF"`;
+  return deviceError(spec, `${ioctl}: EINVAL: the kernel refused the VF token: ${reason}; open it without --vf-token`);
 }
 
 /**
