@@ -13,6 +13,7 @@ import {
   type VfioDevice,
 } from "../device/open.ts";
 import { parseVfToken } from "../device/vf_token.ts";
+import { libc } from "../../ffi/libc.ts";
 import { VfioMigError } from "../errors.ts";
 
 export const MULTI_SAVE_HELP = `
@@ -37,16 +38,24 @@ all. --no-p2p allows destinations without P2P (no peer-to-peer DMA).
 /** The --vf-token option, in every command that opens devices by name. */
 export const VF_TOKEN_OPTION = { "vf-token": { type: "string" } } as const;
 
+/** The environment variable that gives the VF token without putting it on the command line (ps shows argv). */
+export const VF_TOKEN_ENV = "VFIO_MIG_VF_TOKEN";
+
 /**
- * The --vf-token value checked against the devices it is for (null when not given).
- * Refused (usage, exit 2): not a UUID, or no device among `specs` is opened by name
- * (sim:, pid:, fd: open nothing by name). With several devices, openDevices passes it to
- * each device opened by name, and the device layer to each of those that takes one.
+ * The VF token for `specs` (null when none): --vf-token's value, else $VFIO_MIG_VF_TOKEN
+ * (set but empty: none), checked. Refused (usage, exit 2): not a UUID; --vf-token when no
+ * device among `specs` is opened by name (sim:, pid:, fd: open nothing by name; the
+ * variable, which may be set for other commands, then applies to nothing). With several
+ * devices, openDevices passes it to each device opened by name, and the device layer to
+ * each of those that takes one.
  */
 export function vfTokenFor(cmd: string, text: string | undefined, specs: string[]): string | null {
-  if (text === undefined) return null;
-  const token = parseVfToken(text);
+  const fromEnv = text === undefined;
+  const given = text ?? (libc().getenv(VF_TOKEN_ENV) || undefined);
+  if (given === undefined) return null;
+  const token = parseVfToken(given, fromEnv ? VF_TOKEN_ENV : "--vf-token");
   if (!specs.some(opensByName)) {
+    if (fromEnv) return null;
     throw new VfioMigError(
       `${cmd}: --vf-token applies only to devices opened by name (a PCI address, sysfs path or ` +
         `/dev/vfio/devices/vfioN), not to ${specs.join(", ")} (see 'vfio-mig ${cmd} --help')`,
@@ -110,7 +119,7 @@ export async function openNamedDevice(
   spec: string | undefined,
   vfTokenText?: string,
 ): Promise<VfioDevice> {
-  if (vfTokenText !== undefined) parseVfToken(vfTokenText); // a malformed one before anything else
+  if (vfTokenText !== undefined) parseVfToken(vfTokenText); // a malformed one before the default device
   const s = spec ?? defaultDeviceSpec(systemFor([]));
   const vfToken = vfTokenFor(cmd, vfTokenText, [s]);
   await loadBackendsFor([s]);

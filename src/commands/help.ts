@@ -25,7 +25,8 @@ export function vfTokenHelp(column: number): string {
   return `      --vf-token UUID  the SR-IOV VF token, to open a VF whose PF is bound to
 ${pad}vfio-pci (the token the PF's user set); opening such a PF with one
 ${pad}sets it while none of its VFs is in use. Passed only to devices
-${pad}that take one (sysfs says which); not with sim:, pid:, fd:`;
+${pad}that take one (sysfs says which); not with sim:, pid:, fd:. Also
+${pad}$VFIO_MIG_VF_TOKEN (keeps it off the command line, which ps shows)`;
 }
 
 /** What each exit code means, as the README's table says. */

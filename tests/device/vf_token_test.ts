@@ -377,11 +377,23 @@ Deno.test("CLI: --vf-token validated and refused for sim:/pid:/fd: (exit 2, one 
   r = await cli(["info", "--device", PF, "--vf-token"]);
   assertEquals(r.code, 2, show(r));
   assertMatch(r.stderr, /--vf-token needs a value/);
+  // $VFIO_MIG_VF_TOKEN: checked as the option is; ambient, so it applies to nothing for pid:/fd:/sim:.
+  r = await cli(["info", "--device", PF], { VFIO_MIG_VF_TOKEN: "nope" });
+  assertEquals(r.code, 2, show(r));
+  assertMatch(r.stderr, /VFIO_MIG_VF_TOKEN takes a UUID/);
+  r = await cli(["info", "--device", "sim:/nonexistent/x"], { VFIO_MIG_VF_TOKEN: T });
+  assert(r.code !== 2 || !/vf-token|VF_TOKEN/i.test(r.stderr), `not refused for the variable:\n${show(r)}`);
 });
 
 Deno.test("CLI: the token is not in --json, --events or stderr of a run that fails", () =>
   withTree(async (root) => {
     const events = `${root}/events.jsonl`;
+    const viaEnv = await cli(["save", "--json", "--device", VF, `${root}/env.vfmig`], {
+      VFIO_MIG_SYSFS: root,
+      VFIO_MIG_VF_TOKEN: T,
+    });
+    assert(viaEnv.code !== 0 && viaEnv.code !== 2, show(viaEnv));
+    assert(!(viaEnv.stdout + viaEnv.stderr).toLowerCase().includes(T), show(viaEnv));
     const r = await cli(
       ["save", "--json", "--events", events, "--device", VF, "--device", PLAIN, "--vf-token", T, `${root}/o.vfmig`],
       { VFIO_MIG_SYSFS: root },
