@@ -124,8 +124,11 @@ export interface OpenOptions {
  *
  * A device another process has open fails with DeviceBusyError (exit 3), which names
  * the holder and how to borrow from it. Other failures are VfioMigError with exit code
- * 2 (usage: not a device name) or 3 (device: not found, not bound to vfio, group not
- * viable, no permission).
+ * 2 (usage: not a device name; a malformed `opts.vfToken`, or one for a sim:/pid:/fd:
+ * spec) or 3 (device: not found, not bound to vfio, group not viable, no permission; the
+ * kernel refusing the open for the VF token — EACCES: required or not the PF's, naming
+ * the PF; EINVAL: the kernel's reason; a cdev open with a token before Linux 6.17:
+ * vf_token.ts).
  */
 export function openDevice(spec: string): VfioDevice;
 export function openDevice(sys: Sys, spec: string, opts?: OpenOptions): VfioDevice;
