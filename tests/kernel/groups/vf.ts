@@ -17,6 +17,7 @@ import {
   bind,
   DRIVER,
   driverOf,
+  exists,
   hexAnswers,
   hexLe32,
   holderScript,
@@ -94,7 +95,10 @@ if (!PF || CDEV_MODE) {
       console.log(`vf functions: PF=${PF} (igb) A=${vfs[0]} B=${vfs[1]} (driver ${DRIVER}), groups ${groups}`);
     },
   );
-  if (vfs.length !== 2) vfs = enableVfs(PF, 2); // the binding check was filtered out or failed
+  if (vfs.length !== 2) { // the binding check was filtered out or failed
+    vfs = enableVfs(PF, 2);
+    for (const f of vfs) bind(f);
+  }
   const [A, B] = vfs;
 
   await pciCheck(
@@ -320,4 +324,62 @@ if (!PF || CDEV_MODE) {
     const failed = rows.filter((c) => c.status === "FAIL");
     eq(r.code, 0, `exit code (failed rows: ${JSON.stringify(failed)}; stderr ${r.stderr.trim()})`);
   });
+
+  // Last: it moves the PF to vfio-pci. The VFs of a PF that user space drives through
+  // vfio-pci (enable_sriov=1) want the VF token its user set (vfio_pci_validate_vf_token).
+  await pciCheck(
+    "VF token: the PF rebound to vfio-pci (enable_sriov); a VF opened without the token: exit 3 naming it; with it, load --exec works; a wrong one: exit 3",
+    async () => {
+      const token = crypto.randomUUID(), wrong = crypto.randomUUID();
+      const f = `${tmp}/vf-20.bin`; // a holder's registers, saved by the fresh-load check
+      if (!exists(f)) {
+        const H = await new Holder(A).ready();
+        try {
+          for (const c of writeCmds(20)) await H.ask(c);
+          await ok(["save", "--device", `pid:${H.pid}`, f]);
+        } finally {
+          await H.quit();
+        }
+      }
+      const pfDir = `/sys/bus/pci/devices/${PF}`;
+      Deno.writeTextFileSync(`${pfDir}/sriov_numvfs`, "0");
+      Deno.writeTextFileSync("/sys/module/vfio_pci/parameters/enable_sriov", "Y");
+      bind(PF, "vfio-pci");
+      eq(driverOf(PF), "vfio-pci", "the PF's driver");
+      // The PF's user sets the token (an open of the PF with it, none of its VFs in use).
+      await ok(["info", "--device", PF, "--vf-token", token]);
+      const [a, b] = enableVfs(PF, 2);
+      for (const f of [a, b]) bind(f);
+      const none = await cli(["info", "--device", a]);
+      eq(none.code, 3, `without the token: exit code (${none.stderr.trim()})`);
+      assert(
+        none.stderr.includes("VF token required") && none.stderr.includes(`the PF ${PF} is bound to vfio-pci`) &&
+          none.stderr.includes("--vf-token"),
+        `without the token: ${none.stderr.trim()}`,
+      );
+      const bad = await cli(["info", "--device", a, "--vf-token", wrong]);
+      eq(bad.code, 3, `a wrong token: exit code (${bad.stderr.trim()})`);
+      assert(bad.stderr.includes(`the VF token is not the one PF ${PF} has`), `a wrong token: ${bad.stderr.trim()}`);
+      assert(!bad.stderr.includes(wrong), "the token is never printed");
+      // With it: the holder's registers loaded into this PF's VF, read by CMD.
+      const r = await cli([
+        "load",
+        "--device",
+        b,
+        "--vf-token",
+        token,
+        f,
+        "--exec",
+        "sh",
+        "-c",
+        holderScript("fd:$VFIO_MIG_DEVICE_FD", readCmds()),
+      ]);
+      eq(r.code, 0, `load --vf-token --exec: ${r.stderr.trim()}`);
+      eq(hexAnswers(r.stdout).filter((x) => x), want(20), "what CMD read through BAR0");
+      const i = JSON.parse((await ok(["info", "--json", "--device", a, "--vf-token", token])).stdout);
+      eq([i.migrationFlags, i.dataSize], [7, STREAM], "info with the token");
+      extraReport.push(`vf token: without: ${none.stderr.trim()}`);
+      extraReport.push(`vf token: wrong: ${bad.stderr.trim()}`);
+    },
+  );
 }
