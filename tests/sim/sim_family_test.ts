@@ -165,7 +165,9 @@ Deno.test("VFIO_DEVICE_RESET: an mdev keeps its data; a PCI function (FLR) loses
         s.closeFd(fd);
         assertEquals(stateFile(dir), new Uint8Array(8192), "loaded");
         s.setConfig(0x04, [0x06, 0x00]);
-        s.setConfig(CAP_MSIX_AT + 3, [0x80]);
+        // An mdev's emulated MSI-X control takes the write; vfio-pci arms MSI-X by SET_IRQS only.
+        if (family === "pci") s.setIrqs(2, [-1]);
+        else s.setConfig(CAP_MSIX_AT + 3, [0x80]);
         const sc = s.set(STOP_COPY);
         s.reset();
         expectErrno(() => s.read(sc, 10), "ENODEV", `${family}: the session ended`);
@@ -175,6 +177,7 @@ Deno.test("VFIO_DEVICE_RESET: an mdev keeps its data; a PCI function (FLR) loses
           family === "pci" ? initial : new Uint8Array(8192),
           `${family}: data after VFIO_DEVICE_RESET`,
         );
+        // pci_try_reset_function saves and restores the function's config and MSI-X state.
         assertEquals([s.config(0x04, 2), s.config(CAP_MSIX_AT + 3, 1) & 0x80], [0x06, 0x80], `${family}: config kept`);
       } finally {
         s.close();
