@@ -76,9 +76,15 @@ function barFlags(info: ModelInfo): number {
   return info.driver === "mtty" ? 0x1 : 0x0;
 }
 
-/** A pci-family function's config space at power-on, as vfio_config_init fills vconfig. */
+/**
+ * A pci-family function's config space when an open finds it, as vfio_config_init fills
+ * vconfig: the BARs at their host addresses, and the decode enable for its BARs that
+ * vfio_pci_core_enable's pci_enable_device set (pci_enable_resources: memory, or I/O for
+ * mtty's I/O BARs; a VF without a memory enable gets a virtual one, no_command_memory).
+ */
 export function powerOnConfig(info: ModelInfo, cfg: Uint8Array): Uint8Array {
   const v = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
+  if (info.bars.some((b) => b > 0)) cfg[0x04] |= info.driver === "mtty" ? 0x1 : 0x2;
   for (let i = 0; i < 6; i++) {
     if (info.bars[i] > 0) v.setUint32(BAR0 + 4 * i, hostBarAddress(info, i) | barFlags(info), true);
   }

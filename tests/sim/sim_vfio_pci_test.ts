@@ -98,6 +98,7 @@ Deno.test("vfio_config_do_rw: an access past the end of config space fails EFAUL
 
 Deno.test("init_pci_cap_basic_perm, vfio_bar_fixup: the header's writable, virtual and read-only fields", async () => {
   await withSim(BULK_PCI, (s) => {
+    assertEquals(s.config(0x04, 2), 0x0002, "vfio_pci_core_enable's pci_enable_device: memory decode for BAR2");
     const host2 = hostBarAddress(modelInfo("bulk"), 2);
     assertEquals([s.config(0x18, 2), s.config(0x1a, 2)], [host2 & 0xffff, host2 >>> 16], "BAR2 at its host address");
     s.setConfig(0x18, [0xff, 0xff, 0xff, 0xff]);
@@ -215,8 +216,8 @@ Deno.test("interrupts and config across VFIO_DEVICE_RESET, another open, and the
     try {
       assertEquals(
         [again.config(MSI_CTL, 2), again.config(0x04, 2), again.config(CAP_MSI_AT + 4, 2), again.config(MSIX_CTL, 2)],
-        [0x0080, 0, 0, 0x0003],
-        "power-on config at the next open",
+        [0x0080, 0x0002, 0, 0x0003],
+        "power-on config at the next open (memory decode: pci_enable_device)",
       );
     } finally {
       again.close();
