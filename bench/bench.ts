@@ -384,7 +384,11 @@ function rowDefs(): RowDef[] {
       baseText: "cat A/state.bin > OUT",
       needs: ["ab"],
       tool: fileTool,
-      base: (d) => ({ pre: noOut(d), names: ["cat"], script: `${tw("cat")} cat ${q(d.a + "/state.bin")} >${q(d.out)}` }),
+      base: (d) => ({
+        pre: noOut(d),
+        names: ["cat"],
+        script: `${tw("cat")} cat ${q(d.a + "/state.bin")} >${q(d.out)}`,
+      }),
     });
   }
   if (ROWS.includes("file-rw")) {
