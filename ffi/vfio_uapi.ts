@@ -267,6 +267,9 @@ export function featureBuffer(flags: number, payloadSize: number): Uint8Array {
   return buf;
 }
 
+/** vfio_device_bind_iommufd.flags (include/uapi/linux/vfio.h): TOKEN (Linux 6.17) makes token_uuid_ptr valid. */
+export const DEVICE_BIND_FLAG = { TOKEN: 1 << 0 } as const;
+
 export const REGION_CAP = { SPARSE_MMAP: 1, TYPE: 2, MSIX_MAPPABLE: 3 } as const;
 export const REGION_TYPE_MIGRATION_DEPRECATED = 3;
 export const REGION_SUBTYPE_MIGRATION_DEPRECATED = 1;

@@ -4,8 +4,9 @@ import { V1_CHECKS } from "../check/v1.ts";
 import { defaultDeviceSpec, loadBackendsFor, openDevice, systemFor } from "../device/open.ts";
 import { EXIT, VfioMigError } from "../errors.ts";
 import { DeviceState } from "../vfio/state_machine.ts";
-import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
+import { deviceHelp, examplesHelp, exitCodesHelp, vfTokenHelp } from "./help.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
+import { VF_TOKEN_OPTION, vfTokenFor } from "./devices.ts";
 
 function table(rows: string[][]): string[] {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
@@ -132,6 +133,7 @@ an open gets it back).
 
 Options:
 ${deviceHelp(19)}
+${vfTokenHelp(19)}
       --json       machine-readable report: every check, the findings (its FAILs and
                    WARNs) and the arc table
       --arcs       also print the arc table
@@ -155,6 +157,7 @@ ${TORTURE_HELP}`,
   async run(args) {
     const { values, positionals } = parse("check", args, {
       device: { type: "string", short: "d" },
+      ...VF_TOKEN_OPTION,
       json: { type: "boolean" },
       arcs: { type: "boolean" },
       torture: { type: "boolean" },
@@ -193,11 +196,18 @@ ${TORTURE_HELP}`,
     if (!values.torture && tortureOnly.length) {
       throw new VfioMigError(`check: --${tortureOnly[0]} goes with --torture`, "usage");
     }
-    if (values.torture) return torture(values);
+    if (values.torture) {
+      if (values["vf-token"] !== undefined) {
+        throw new VfioMigError("check: --vf-token goes without --torture (its workers reopen the device)", "usage");
+      }
+      return torture(values);
+    }
     const spec = values.device ?? defaultDeviceSpec(systemFor([]));
+    const vfToken = vfTokenFor("check", values["vf-token"], [spec]);
+    const openOpts = vfToken !== null ? { vfToken } : {};
     await loadBackendsFor([spec]);
     const sys = systemFor([spec]);
-    const dev = openDevice(sys, spec);
+    const dev = openDevice(sys, spec, openOpts);
     // A borrowed (pid:) or inherited (fd:) device cannot be opened again by us.
     const reopenable = !/^(pid|fd):/.test(spec);
     try {
@@ -205,7 +215,7 @@ ${TORTURE_HELP}`,
         reopen: reopenable
           ? (old) => {
             old.close();
-            return openDevice(sys, spec);
+            return openDevice(sys, spec, openOpts);
           }
           : undefined,
       });

@@ -16,6 +16,19 @@ ${pad}process inherited. Default: $VFIO_MIG_DEVICE, else the only
 ${pad}migration-capable VFIO device.${extra}`;
 }
 
+/**
+ * The --vf-token option's lines, aligned at `column` as deviceHelp's (src/device/vf_token.ts
+ * says which devices take the token, and how the kernel checks it).
+ */
+export function vfTokenHelp(column: number): string {
+  const pad = " ".repeat(column);
+  return `      --vf-token UUID  the SR-IOV VF token, to open a VF whose PF is bound to
+${pad}vfio-pci (the token the PF's user set); opening such a PF with one
+${pad}sets it while none of its VFs is in use. Passed only to devices
+${pad}that take one (sysfs says which); not with sim:, pid:, fd:. Also
+${pad}$VFIO_MIG_VF_TOKEN (keeps it off the command line, which ps shows)`;
+}
+
 /** What each exit code means, as the README's table says. */
 export const EXIT_MEANING: Record<number, string> = {
   0: "success",

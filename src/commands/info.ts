@@ -7,14 +7,14 @@ import { parseProtocol } from "../migrate/protocol.ts";
 import { describeConfig } from "../pci/config.ts";
 import { type Command, hex, parse, printJson } from "./command.ts";
 import { examplesHelp, exitCodesHelp } from "./help.ts";
-import { DEVICE_OPTION_HELP, openNamedDevice } from "./devices.ts";
+import { DEVICE_OPTION_HELP, openNamedDevice, VF_TOKEN_OPTION, VF_TOKEN_OPTION_HELP } from "./devices.ts";
 
 export { DEVICE_OPTION_HELP };
 export type { DeviceReport };
 
 export const infoCommand: Command = {
   name: "info",
-  help: `Usage: vfio-mig info [--device D] [--protocol auto|v1|v2] [--json]
+  help: `Usage: vfio-mig info [--device D] [--vf-token UUID] [--protocol auto|v1|v2] [--json]
 
 Opens the device and reports its identity (driver, mdev type, PCI ids), whether its
 driver supports migration (uAPI v2, or the deprecated v1 region protocol), the
@@ -28,6 +28,7 @@ it (as every first open does).
 
 Options:
   -d, --device D   ${DEVICE_OPTION_HELP}
+${VF_TOKEN_OPTION_HELP}
       --protocol P describe migration through auto (v2 when present, else v1), v1 or v2
       --json       machine-readable output
   -h, --help       this help
@@ -44,6 +45,7 @@ ${exitCodesHelp([0, 1, 2, 3])}`,
   async run(args) {
     const { values } = parse("info", args, {
       device: { type: "string", short: "d" },
+      ...VF_TOKEN_OPTION,
       protocol: { type: "string" },
       json: { type: "boolean" },
     });
@@ -51,7 +53,7 @@ ${exitCodesHelp([0, 1, 2, 3])}`,
       console.log(this.help);
       return 0;
     }
-    const dev = await openNamedDevice(values.device);
+    const dev = await openNamedDevice("info", values.device, values["vf-token"]);
     try {
       const r = describeDevice(dev, parseProtocol(values.protocol, "info"));
       if (values.json) printJson(r);

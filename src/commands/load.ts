@@ -18,8 +18,8 @@ import {
 } from "../transport/tcp.ts";
 import { FdSource, loadInput, openStreamSource, type StreamSource } from "../transport/transport.ts";
 import { type Command, parse, printJson } from "./command.ts";
-import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
-import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps } from "./devices.ts";
+import { deviceHelp, examplesHelp, exitCodesHelp, vfTokenHelp } from "./help.ts";
+import { closeDevices, MULTI_LOAD_HELP, openDevices, parseMaps, VF_TOKEN_OPTION, vfTokenFor } from "./devices.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { freshOpenWarnings } from "../device/family.ts";
 import { execWithDeviceFd } from "../device/exec.ts";
@@ -107,6 +107,7 @@ without a device: vfio-mig verify FILE.
 
 Options:
 ${deviceHelp(21)}
+${vfTokenHelp(21)}
       --no-start     leave the device in STOP after loading (default: RUNNING)
       --exec CMD ... after the load, run CMD (all the arguments that follow) with the
                      device fd inherited, its number in $VFIO_MIG_DEVICE_FD: a
@@ -179,6 +180,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
   const args = ex >= 0 ? allArgs.slice(0, ex) : allArgs;
   const { values, positionals } = parse("load", args, {
     device: { type: "string", short: "d", multiple: true },
+    ...VF_TOKEN_OPTION,
     map: { type: "string", multiple: true },
     "no-p2p": { type: "boolean" },
     "no-start": { type: "boolean" },
@@ -222,6 +224,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
     : values.device?.length
     ? values.device
     : [defaultDeviceSpec(systemFor([]))];
+  const vfToken = vfTokenFor("load", values["vf-token"], specs);
   scope.labels = specs;
   if (execArgv && specs.length !== 1) throw new VfioMigError("load: --exec hands on one device; give one", "usage");
   await loadBackendsFor(specs);
@@ -244,7 +247,7 @@ async function runLoad(help: string, allArgs: string[], scope: FailureScope): Pr
   const cancel = new Cancellation().install();
   try {
     if (values.listen === undefined) source = openStreamSource(sys, from);
-    const devs = openDevices(sys, specs);
+    const devs = openDevices(sys, specs, vfToken);
     scope.labels = devs.map((d) => d.label);
     scope.devices = devs;
     try {

@@ -9,8 +9,8 @@ import { DEFAULT_HANDSHAKE_TIMEOUT_MS, TcpClient, TcpSink } from "../transport/t
 import { openSink, saveTarget, type Sink } from "../transport/transport.ts";
 import { type Command, parse, printJson } from "./command.ts";
 import { parseRate, RATE_HELP } from "./options.ts";
-import { deviceHelp, examplesHelp, exitCodesHelp } from "./help.ts";
-import { closeDevices, MULTI_SAVE_HELP, openDevices } from "./devices.ts";
+import { deviceHelp, examplesHelp, exitCodesHelp, vfTokenHelp } from "./help.ts";
+import { closeDevices, MULTI_SAVE_HELP, openDevices, VF_TOKEN_OPTION, vfTokenFor } from "./devices.ts";
 import { freshOpenWarnings } from "../device/family.ts";
 import { EVENTS_HELP, EVENTS_OPTIONS, migrationEvents } from "../events/cli.ts";
 import { msOption, NETWORK_HELP, NETWORK_OPTIONS, readPem, tokenFrom } from "./network.ts";
@@ -98,6 +98,7 @@ PATH; any other NAME:... output is refused (./NAME:... is a file so named).
 
 Options:
 ${deviceHelp(21)}
+${vfTokenHelp(21)}
       --resume       return the device to RUNNING after saving (default: STOP)
       --live         pre-copy while the device runs, then stop it when the rest fits
                      the downtime limit at the measured bandwidth (needs PRE_COPY);
@@ -158,6 +159,7 @@ ${exitCodesHelp([0, 1, 2, 3, 4, 130], { 4: "the destination (tcp://) refused the
 async function runSave(help: string, args: string[], scope: FailureScope): Promise<number> {
   const { values, positionals } = parse("save", args, {
     device: { type: "string", short: "d", multiple: true },
+    ...VF_TOKEN_OPTION,
     "no-p2p": { type: "boolean" },
     resume: { type: "boolean" },
     live: { type: "boolean" },
@@ -198,6 +200,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     zero: true,
   });
   const specs = values.device?.length ? values.device : [defaultDeviceSpec(systemFor([""]))];
+  const vfToken = vfTokenFor("save", values["vf-token"], specs);
   scope.labels = specs;
   await loadBackendsFor(specs);
   const sys = systemFor(specs);
@@ -239,7 +242,7 @@ async function runSave(help: string, args: string[], scope: FailureScope): Promi
     // the process without a word (seen in the TCG guest, where that gap took seconds).
     const cancel = new Cancellation().install();
     try {
-      devs = openDevices(sys, specs);
+      devs = openDevices(sys, specs, vfToken);
       scope.labels = devs.map((d) => d.label);
       scope.devices = devs;
       sink ??= openSink(sys, target);

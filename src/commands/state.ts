@@ -11,11 +11,11 @@ import { SysError } from "../../ffi/errno.ts";
 import { type Command, parse } from "./command.ts";
 import { examplesHelp, exitCodesHelp } from "./help.ts";
 import { stateFailureMessage, unknownStateMessage } from "./state_failure.ts";
-import { DEVICE_OPTION_HELP, openNamedDevice } from "./devices.ts";
+import { DEVICE_OPTION_HELP, openNamedDevice, VF_TOKEN_OPTION, VF_TOKEN_OPTION_HELP } from "./devices.ts";
 
 export const stateCommand: Command = {
   name: "state",
-  help: `Usage: vfio-mig state [--device D] [STATE]
+  help: `Usage: vfio-mig state [--device D] [--vf-token UUID] [STATE]
 
 Without STATE, prints the current migration state. With STATE (STOP, RUNNING,
 RUNNING_P2P, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P) requests it with
@@ -32,6 +32,7 @@ that speaks neither protocol is refused (exit 3).
 
 Options:
   -d, --device D   ${DEVICE_OPTION_HELP}
+${VF_TOKEN_OPTION_HELP}
   -h, --help       this help
 
 ${
@@ -44,12 +45,15 @@ ${
 
 ${exitCodesHelp([0, 1, 2, 3], { 1: "the kernel refused the request (the device's state is then printed)" })}`,
   async run(args) {
-    const { values, positionals } = parse("state", args, { device: { type: "string", short: "d" } });
+    const { values, positionals } = parse("state", args, {
+      device: { type: "string", short: "d" },
+      ...VF_TOKEN_OPTION,
+    });
     if (values.help) {
       console.log(this.help);
       return 0;
     }
-    const dev = await openNamedDevice(values.device);
+    const dev = await openNamedDevice("state", values.device, values["vf-token"]);
     try {
       if (positionals.length > 1) throw new VfioMigError("state: give at most one STATE", "usage");
       let target: DeviceState | null = null;
@@ -86,7 +90,7 @@ ${exitCodesHelp([0, 1, 2, 3], { 1: "the kernel refused the request (the device's
 
 export const resetCommand: Command = {
   name: "reset",
-  help: `Usage: vfio-mig reset [--device D]
+  help: `Usage: vfio-mig reset [--device D] [--vf-token UUID]
 
 Issues VFIO_DEVICE_RESET. The migration state becomes RUNNING and any open migration
 data_fd stops working; the device's internal state is lost (for a borrowed device,
@@ -94,6 +98,7 @@ the state of the process holding it).
 
 Options:
   -d, --device D   ${DEVICE_OPTION_HELP}
+${VF_TOKEN_OPTION_HELP}
   -h, --help       this help
 
 ${
@@ -105,12 +110,12 @@ ${
 
 ${exitCodesHelp([0, 1, 2, 3])}`,
   async run(args) {
-    const { values } = parse("reset", args, { device: { type: "string", short: "d" } });
+    const { values } = parse("reset", args, { device: { type: "string", short: "d" }, ...VF_TOKEN_OPTION });
     if (values.help) {
       console.log(this.help);
       return 0;
     }
-    const dev = await openNamedDevice(values.device);
+    const dev = await openNamedDevice("reset", values.device, values["vf-token"]);
     try {
       // A v1 device has no v2 state to read back: name its device_state bits.
       const v1 = tryGetState(dev) === null ? findV1(dev) : null;

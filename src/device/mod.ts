@@ -45,6 +45,7 @@ export {
   VfioDevice,
   type VfioDeviceOptions,
 } from "./open.ts";
+export { parseVfToken, type VfTokenTarget, vfTokenTarget } from "./vf_token.ts";
 export { type ControlProtocol, type MigrationControl, migrationControl, V1_STATE_BITS } from "./control.ts";
 export { describeDevice, type DeviceReport, type V1Report } from "./describe.ts";
 export {

@@ -20,8 +20,16 @@ import { borrowDevice, fdSpecBackend, openDeviceFd, parseFdSpec } from "./borrow
 import { busyError } from "./busy.ts";
 import { deviceError, type DeviceIdentityInfo, VfioDevice, withIdentity } from "./device.ts";
 import { realResetBehaviour } from "./family.ts";
-import { bindIommufd, explainOpen, openOrExplain } from "./iommufd.ts";
+import { bindIommufd, type BindToken, explainOpen, openOrExplain } from "./iommufd.ts";
 import { CDEV, isVfioDriver, PCI_ADDR, Sysfs, type SysfsDevice, UUID } from "./sysfs.ts";
+import {
+  bindTokenRefused,
+  groupDeviceName,
+  parseVfToken,
+  tokenRefused,
+  vfTokenBytes,
+  vfTokenTarget,
+} from "./vf_token.ts";
 
 export { type BackendOps, type DeviceBackend, loadBackend, registerBackend, registeredBackends } from "./backend.ts";
 export {
@@ -91,6 +99,21 @@ export function systemFor(specs: string[]): Sys {
 export interface OpenOptions {
   /** Where to look devices up by name (default: $VFIO_MIG_SYSFS, else /sys): the inventory's root. */
   sysfs?: Sysfs;
+  /**
+   * The SR-IOV VF token, a UUID (vfio-pci's trust token between a PF's user and its VFs'
+   * users: drivers/vfio/pci/vfio_pci_core.c vfio_pci_core_match, and since Linux 6.17
+   * vfio_pci_core_match_token_uuid). Passed only where the kernel takes one, decided from
+   * sysfs (vf_token.ts vfTokenTarget): a VF whose PF is bound to a vfio driver, or a PF with
+   * the SR-IOV capability bound to one (opening such a PF with a token sets its token while
+   * none of its VFs is in use). Any other device gets none, as the kernel answers a token
+   * there with EINVAL; so one token may be given for several devices. The group path puts
+   * it in VFIO_GROUP_GET_DEVICE_FD's name ("0000:04:10.0 vf_token=UUID"); the cdev path
+   * (/dev/vfio/devices/vfioN) in VFIO_DEVICE_BIND_IOMMUFD (VFIO_DEVICE_BIND_FLAG_TOKEN:
+   * Linux 6.17; older kernels refuse it, exit 3 naming the group path). Refused (usage,
+   * exit 2) for a malformed UUID and for sim:, pid: and fd: specs (nothing is opened by name
+   * there). The token is never printed.
+   */
+  vfToken?: string;
 }
 
 /**
@@ -101,8 +124,11 @@ export interface OpenOptions {
  *
  * A device another process has open fails with DeviceBusyError (exit 3), which names
  * the holder and how to borrow from it. Other failures are VfioMigError with exit code
- * 2 (usage: not a device name) or 3 (device: not found, not bound to vfio, group not
- * viable, no permission).
+ * 2 (usage: not a device name; a malformed `opts.vfToken`, or one for a sim:/pid:/fd:
+ * spec) or 3 (device: not found, not bound to vfio, group not viable, no permission; the
+ * kernel refusing the open for the VF token — EACCES: required or not the PF's, naming
+ * the PF; EINVAL: the kernel's reason; a cdev open with a token before Linux 6.17:
+ * vf_token.ts).
  */
 export function openDevice(spec: string): VfioDevice;
 export function openDevice(sys: Sys, spec: string, opts?: OpenOptions): VfioDevice;
@@ -110,6 +136,14 @@ export function openDevice(a: Sys | string, b?: string, opts: OpenOptions = {}):
   const sys = typeof a === "string" ? systemFor([a]) : a;
   const spec = typeof a === "string" ? a : b!;
   const backend = backendOfSpec(spec);
+  const vfToken = opts.vfToken === undefined ? null : parseVfToken(opts.vfToken);
+  if (vfToken !== null && !opensByName(spec)) {
+    throw new VfioMigError(
+      `${spec}: --vf-token applies only to a device opened by name (a PCI address, sysfs path or ` +
+        `/dev/vfio/devices/vfioN), not to a ${spec.slice(0, spec.indexOf(":") + 1)} device`,
+      "usage",
+    );
+  }
   if (backend) {
     try {
       return openBackendDevice(sys, spec, backend);
@@ -125,7 +159,7 @@ export function openDevice(a: Sys | string, b?: string, opts: OpenOptions = {}):
   const sysfs = opts.sysfs ?? Sysfs.fromEnv(sys);
   const cdev = CDEV.exec(spec);
   const dev = cdev ? sysfs.findByCdev(cdev[1]) : sysfs.find(spec);
-  if (cdev) return openCdev(sys, spec, dev, cdev[1], sysfs);
+  if (cdev) return openCdev(sys, spec, dev, cdev[1], sysfs, vfToken);
   if (!dev) {
     if (!PCI_ADDR.test(spec) && !UUID.test(spec) && !spec.startsWith("/sys/")) {
       throw new VfioMigError(
@@ -138,7 +172,21 @@ export function openDevice(a: Sys | string, b?: string, opts: OpenOptions = {}):
     }
     throw deviceError(spec, "no such device");
   }
-  return openGroup(sys, spec, dev, sysfs);
+  return openGroup(sys, spec, dev, sysfs, vfToken);
+}
+
+/**
+ * Whether `spec` names a device the kernel opens by name (group or cdev path): not a
+ * backend's (sim:PATH), and not pid:/fd: (an fd already open). A --vf-token means something
+ * only for those.
+ */
+export function opensByName(spec: string): boolean {
+  if (backendOfSpec(spec)) return false;
+  try {
+    return parseFdSpec(spec) === null;
+  } catch {
+    return false; // a malformed pid:/fd: spec
+  }
 }
 
 function infoOf(dev: SysfsDevice | null, spec: string): DeviceIdentityInfo {
@@ -176,7 +224,7 @@ function setIommuRefused(spec: string): VfioMigError {
   );
 }
 
-function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): VfioDevice {
+function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs, vfToken: string | null): VfioDevice {
   if (dev.kind === "pci" && (!dev.driver || !isVfioDriver(dev.driver))) {
     throw deviceError(
       spec,
@@ -233,13 +281,17 @@ function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): Vfio
       if (isErrno(e, "EPERM")) throw setIommuRefused(spec);
       throw e;
     }
-    const name = new TextEncoder().encode(dev.name + "\0");
+    const target = vfTokenTarget(sysfs, dev);
+    const name = new TextEncoder().encode(groupDeviceName(dev, vfToken, target) + "\0");
     let fd: number;
     try {
       fd = sys.ioctl(group, IOCTL.GROUP_GET_DEVICE_FD, name);
     } catch (e) {
       if (isErrno(e, "EBUSY")) throw busy();
-      throw e;
+      const passed = vfToken !== null && target.takesToken;
+      throw tokenRefused(e, spec, "VFIO_GROUP_GET_DEVICE_FD", target, passed) ?? e;
+    } finally {
+      name.fill(0); // the token's bytes, gone once the kernel has them
     }
     fds.push(fd); // closed with the others if reading the identity fails
     const flags = flagsOf(sys, fd);
@@ -257,11 +309,28 @@ function openGroup(sys: Sys, spec: string, dev: SysfsDevice, sysfs: Sysfs): Vfio
   }
 }
 
-function openCdev(sys: Sys, spec: string, dev: SysfsDevice | null, node: string, sysfs: Sysfs): VfioDevice {
+function openCdev(
+  sys: Sys,
+  spec: string,
+  dev: SysfsDevice | null,
+  node: string,
+  sysfs: Sysfs,
+  vfToken: string | null,
+): VfioDevice {
   const fd = openOrExplain(sys, spec, spec);
   let iommufd = -1;
+  // A device sysfs does not know gets the token as given: the kernel judges.
+  const target = vfTokenTarget(sysfs, dev);
+  const bytes = vfToken !== null && (target.takesToken || !dev) ? vfTokenBytes(vfToken) : null;
+  const token: BindToken = {
+    bytes,
+    refused: (e) =>
+      bytes && isErrno(e, "EINVAL")
+        ? bindTokenRefused(sys, spec, target, dev?.name ?? null)
+        : tokenRefused(e, spec, "VFIO_DEVICE_BIND_IOMMUFD", target, bytes !== null) ?? e,
+  };
   try {
-    iommufd = bindIommufd(sys, fd, spec, node, dev?.group ?? null);
+    iommufd = bindIommufd(sys, fd, spec, node, dev?.group ?? null, token);
     return withIdentity(
       new VfioDevice(sys, fd, spec, infoOf(dev, spec), [iommufd], "cdev", {
         path: "cdev",
@@ -273,6 +342,8 @@ function openCdev(sys: Sys, spec: string, dev: SysfsDevice | null, node: string,
     if (iommufd >= 0) sys.close(iommufd);
     sys.close(fd);
     throw e;
+  } finally {
+    bytes?.fill(0);
   }
 }
 

@@ -36,6 +36,14 @@ export interface SysfsPciIds {
   classCode: number | null;
 }
 
+/** What sysfs says of a function's SR-IOV side (Sysfs.sriov). */
+export interface SysfsSriov {
+  /** For a VF: its PF's PCI address and the PF's driver (null: none bound). */
+  pf: { name: string; driver: string | null } | null;
+  /** For a PF (a function with the SR-IOV capability): how many VFs it can have. */
+  totalVfs: number | null;
+}
+
 export class Sysfs {
   constructor(readonly sys: Sys, readonly root = "/sys") {}
 
@@ -156,6 +164,23 @@ export class Sysfs {
     const methods = this.attribute(`${dev.path}/reset_method`);
     if (methods !== null) return methods.split(/\s+/).filter((m) => m);
     return this.#exists(`${dev.path}/reset`) ? ["unknown"] : [];
+  }
+
+  /**
+   * A PCI function's SR-IOV side (drivers/pci/iov.c, pci-sysfs.c): `pf` — for a VF, its PF
+   * (the `physfn` link, which only a VF has) and the PF's driver; `totalVfs` — for a PF, its
+   * `sriov_totalvfs` (visible only on a function with the SR-IOV capability: iov.c
+   * sriov_pf_attrs_are_visible, i.e. the kernel's `pdev->is_physfn`). Both null for a
+   * function that is neither, and for an mdev.
+   */
+  sriov(dev: SysfsDevice): SysfsSriov {
+    if (dev.kind !== "pci") return { pf: null, totalVfs: null };
+    const pfName = this.#link(`${dev.path}/physfn`);
+    const total = this.attribute(`${dev.path}/sriov_totalvfs`);
+    return {
+      pf: pfName === null ? null : { name: pfName, driver: this.#link(`${dev.path}/physfn/driver`) },
+      totalVfs: total !== null && /^\d+$/.test(total) ? Number(total) : null,
+    };
   }
 
   /** Other devices in an IOMMU group, with their drivers. */

@@ -272,14 +272,33 @@ if (want("control")) {
       `not found: ${r.findings.length} finding(s), none ${SANITIZER ? "with a kernel-log report" : ""} ` +
         `during fuzzing (fuzz: ${JSON.stringify(r.fuzz)})`,
     );
-    // A known finding met on the way counts as met (lockdep reports once per boot: a replay
-    // after this run could not show it again).
-    for (const f of r.findings) {
-      const known = knownAs(DRIVER, f);
-      if (known) seenKnown.add(known.id);
-      all.push({ target: `control ${fns[1]}`, f, label: known ? `known (${known.id})` : "the planted defect" });
-    }
+    // Every finding is judged, as in the other runs. A known one met on the way counts as met
+    // (lockdep reports once per boot: a replay after this run could not show it again). The
+    // planted defect is the first caught one; what shows at or after its call is its
+    // consequence (the kernel is tainted, the function wedged). An unknown finding before it
+    // is new: the control's own run met a bug the driver's defects-off run did not.
     const f = caught[0];
+    const fresh: TortureFinding[] = [];
+    for (const g of r.findings) {
+      const known = knownAs(DRIVER, g);
+      if (known) seenKnown.add(known.id);
+      else if (g.step < f.step) fresh.push(g);
+      const label = known
+        ? `known (${known.id})`
+        : g === f
+        ? "the planted defect"
+        : g.step < f.step
+        ? "NEW"
+        : "after the planted defect";
+      all.push({ target: `control ${fns[1]}`, f: g, label });
+    }
+    assert(
+      fresh.length === 0,
+      `${fresh.length} new finding(s) before the planted defect's: ${
+        fresh.map((g) => `#${g.id} ${g.kinds.join("+")} at call ${g.step} (${g.what}); replay: ${g.replayCommand}`)
+          .join("; ")
+      } — list it in tests/kernel/torture/known-findings.json with its replay file, or chase the flake`,
+    );
     console.log(
       `  control found: #${f.id} ${f.kinds.join("+")} at call ${f.step}, ${f.case ?? f.phase}: ${
         f.kmsg.find((l) => /KASAN|BUG|Oops/.test(l)) ?? f.detail[0]
