@@ -73,6 +73,13 @@ export interface SimDeviceMeta {
    * late-writeback's writes still in the device's cache (state.bin offset and bytes).
    */
   quirkState?: { migrated?: boolean; cached?: { at: number; bytes: number[] }[] };
+  /**
+   * pci family: the interrupt type armed by VFIO_DEVICE_SET_IRQS (vfio-pci's irq_type: 1
+   * MSI, 2 MSI-X); absent = none. The device's, whoever opened it (vfio_pci.ts).
+   */
+  irqType?: 1 | 2;
+  /** pci family: a REQ trigger eventfd is set (VFIO_DEVICE_SET_IRQS on the REQ index). */
+  reqTrigger?: boolean;
   /** pci family: the device's data is its power-on content (nothing to regenerate). */
   pristine?: boolean;
   /** mtty: the seed its power-on registers came from, when not `seed` (created without one). */

@@ -98,6 +98,22 @@ export class Sim {
     this.k.pwrite(this.fd, new Uint8Array(bytes), CONFIG + at);
   }
 
+  /**
+   * VFIO_DEVICE_SET_IRQS (struct vfio_irq_set: argsz, flags, index, start, count, then
+   * `fds` as s32): with `fds`, DATA_EVENTFD | ACTION_TRIGGER (-1: a vector armed without
+   * an eventfd, as tests/kernel/guest/holder.ts arms a real function); without, DATA_NONE
+   * | ACTION_TRIGGER with count 0 (disarm). `flags` overrides the flags.
+   */
+  setIrqs(index: number, fds?: number[], opts: { flags?: number; start?: number; count?: number } = {}): number {
+    const n = fds?.length ?? 0;
+    const b = new Uint8Array(20 + 4 * n);
+    const v = new DataView(b.buffer);
+    const flags = opts.flags ?? (fds ? (1 << 2) | (1 << 5) : (1 << 0) | (1 << 5));
+    [b.length, flags, index, opts.start ?? 0, opts.count ?? n].forEach((x, i) => v.setUint32(4 * i, x, true));
+    fds?.forEach((fd, i) => v.setInt32(20 + 4 * i, fd, true));
+    return this.k.ioctl(this.fd, IOCTL.DEVICE_SET_IRQS, b);
+  }
+
   closeFd(fd: number): void {
     this.fds.delete(fd);
     this.k.close(fd);
