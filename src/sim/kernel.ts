@@ -119,7 +119,13 @@ export class SimKernel implements Sys {
     const dir = SimKernel.simDeviceOf(this.#host, fd);
     if (dir === null) throw err("adopt", "EBADF", `fd ${fd} is not a simulated VFIO device`);
     if (this.#devices.has(fd)) throw err("adopt", "EBUSY", `fd ${fd} is already open here`);
-    this.#attach(fd, new SimStore(this.#host, dir), true);
+    const store = new SimStore(this.#host, dir);
+    try {
+      this.#attach(fd, store, true);
+    } catch (e) {
+      store.release();
+      throw e;
+    }
     this.#log({ key: "adopt", fd, dev: dir });
   }
 
@@ -205,6 +211,7 @@ export class SimKernel implements Sys {
       this.#log({ key: "close:device", fd, state: stateName(dev.meta.state) });
       this.#host.close(fd); // releases the flock (unless another fd shares the open file)
       if (dev.family === "pci") this.#lastClose(dev);
+      dev.store.release();
       return;
     }
     const f = this.#files.get(fd);
@@ -462,6 +469,7 @@ export class SimKernel implements Sys {
     try {
       this.#attach(fd, store, false);
     } catch (e) {
+      store.release();
       this.#host.close(fd);
       throw e;
     }
