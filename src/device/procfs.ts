@@ -149,9 +149,25 @@ export class Procfs {
         if (e instanceof VfioMigError || e instanceof SysError) continue; // gone, or not ours to see
         throw e;
       }
-      if (fds.length) out.push({ pid, command: this.command(pid) ?? "?", fds });
+      if (!fds.length) continue;
+      const command = this.command(pid);
+      // No name: the process ended between its fd table and its name (a short-lived child
+      // that inherited the fd): no longer a holder. Still there: a name we may not read.
+      if (command === null && !this.#alive(pid)) continue;
+      out.push({ pid, command: command ?? "?", fds });
     }
     return out;
+  }
+
+  /** Whether /proc/PID still exists (its fd table can still be listed). */
+  #alive(pid: number): boolean {
+    try {
+      this.sys.readdir(`${this.root}/${pid}/fd`);
+      return true;
+    } catch (e) {
+      if (e instanceof SysError) return false;
+      throw e;
+    }
   }
 
   #readlink(path: string): string | null {

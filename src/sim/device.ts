@@ -10,6 +10,7 @@ import { CAP_MSIX_AT, configSpace, configWritable, type ModelInfo } from "./mode
 import { behavioursOf } from "./quirks.ts";
 import { familyOf, type SimDeviceMeta, type SimStore, writeFileAtomic } from "./store.ts";
 import { V1_REGION_INDEX, type V1Device } from "./v1_device.ts";
+import { configRead, configWrite, msixBarAccess, powerOnConfig } from "./vfio_pci.ts";
 
 const err = sysErr;
 
@@ -82,10 +83,15 @@ export class CoreDevice implements SimDevice {
     this.core.reset(this, to, why);
   }
 
-  /** Config space and MSI-X table as the store has them (another process may write them). */
+  /**
+   * Config space and MSI-X table as the store has them (another process may write them).
+   * A pci-family function's power-on config has its BARs at host addresses (vfio_pci.ts).
+   */
   loadConfig(): void {
     const saved = this.store.readOptional(this.store.configPath);
-    this.config = saved && saved.length === this.info.configSize ? saved : configSpace(this.info);
+    const fresh = () =>
+      this.family === "pci" ? powerOnConfig(this.info, configSpace(this.info)) : configSpace(this.info);
+    this.config = saved && saved.length === this.info.configSize ? saved : fresh();
     if (this.info.msix) {
       const size = this.info.bars[this.info.msix.bar];
       const bar = this.store.readOptional(this.store.msixPath);
@@ -131,14 +137,33 @@ export class CoreDevice implements SimDevice {
   }
 
   /**
-   * pread/pwrite on the device fd: config space (command register and MSI/MSI-X control
-   * writable), the MSI-X table, the v1 registers, the driver's BARs. `sync` re-reads
-   * device.json (another process may have moved the v1 device_state).
+   * pread/pwrite on the device fd: config space, the MSI-X table, the v1 registers, the
+   * driver's BARs. A pci-family function answers as vfio-pci-core does (vfio_pci.ts: the
+   * MSI enable kept only while MSI is armed, MSI-X control read-only, the MSI-X table
+   * hidden); an mdev's config is its driver's emulation (command register and MSI/MSI-X
+   * control writable, the MSI-X table in its BAR). `sync` re-reads device.json (another
+   * process may have moved the v1 device_state or armed interrupts).
    */
   regionAccess(buf: Uint8Array, offset: number, write: boolean, sync: () => void): number {
     const index = Math.floor(offset / 2 ** 40);
     const off = offset - index * 2 ** 40;
     const op = write ? "pwrite" : "pread";
+    const msix = this.info.msix;
+    if (this.family === "pci" && index === PCI_REGION.CONFIG) {
+      this.loadConfig(); // another process may have written it
+      sync(); // or armed interrupts
+      if (!write) configRead(this.info, this.meta, this.config, off, buf);
+      else if (configWrite(this.info, this.meta, this.config, off, buf)) {
+        writeFileAtomic(this.host, this.store.configPath, this.config);
+      }
+      return buf.length;
+    }
+    if (this.family === "pci" && msix && index === msix.bar) {
+      // vfio_pci_bar_rw: EINVAL from the BAR's end on, a short access across it.
+      if (off >= this.info.bars[index]) throw err(op, "EINVAL");
+      const n = Math.min(buf.length, this.info.bars[index] - off);
+      return msixBarAccess(this.info, off, buf.subarray(0, n), write);
+    }
     if (index === PCI_REGION.CONFIG) {
       if (off + buf.length > this.info.configSize) throw err(op, "EINVAL");
       this.loadConfig(); // another process may have written it
@@ -162,7 +187,6 @@ export class CoreDevice implements SimDevice {
       if (off === 0) sync(); // device_state: another process may have moved it
       return this.v1.access(buf, off, write);
     }
-    const msix = this.info.msix;
     if (msix && this.msixBar && index === msix.bar) {
       if (off + buf.length > this.msixBar.length) throw err(op, "EINVAL");
       this.loadConfig();

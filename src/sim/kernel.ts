@@ -30,6 +30,7 @@ import { type Fault, IOCTL_NAMES, ioctlKey, parseFaults } from "./faults.ts";
 import { modelInfo } from "./models.ts";
 import { type SimDeviceMeta, SimStore } from "./store.ts";
 import { V1_REGION_INDEX, type V1Backend, V1Device } from "./v1_device.ts";
+import { getIrqInfo, setIrqs } from "./vfio_pci.ts";
 // Loading the simulated kernel registers it as the device layer's "sim" backend.
 import "./ops.ts";
 
@@ -118,7 +119,13 @@ export class SimKernel implements Sys {
     const dir = SimKernel.simDeviceOf(this.#host, fd);
     if (dir === null) throw err("adopt", "EBADF", `fd ${fd} is not a simulated VFIO device`);
     if (this.#devices.has(fd)) throw err("adopt", "EBUSY", `fd ${fd} is already open here`);
-    this.#attach(fd, new SimStore(this.#host, dir), true);
+    const store = new SimStore(this.#host, dir);
+    try {
+      this.#attach(fd, store, true);
+    } catch (e) {
+      store.release();
+      throw e;
+    }
     this.#log({ key: "adopt", fd, dev: dir });
   }
 
@@ -204,6 +211,7 @@ export class SimKernel implements Sys {
       this.#log({ key: "close:device", fd, state: stateName(dev.meta.state) });
       this.#host.close(fd); // releases the flock (unless another fd shares the open file)
       if (dev.family === "pci") this.#lastClose(dev);
+      dev.store.release();
       return;
     }
     const f = this.#files.get(fd);
@@ -461,6 +469,7 @@ export class SimKernel implements Sys {
     try {
       this.#attach(fd, store, false);
     } catch (e) {
+      store.release();
       this.#host.close(fd);
       throw e;
     }
@@ -534,6 +543,9 @@ export class SimKernel implements Sys {
     dev.meta.pristine = true;
     dev.meta.state = RUNNING;
     dev.meta.runningSince = Date.now();
+    // vfio_pci_core_disable disarms every interrupt; vfio_pci_core_enable starts with none.
+    delete dev.meta.irqType;
+    delete dev.meta.reqTrigger;
     dev.store.remove(dev.store.configPath);
     dev.store.remove(dev.store.msixPath);
     dev.loadConfig();
@@ -727,6 +739,16 @@ export class SimKernel implements Sys {
       case IOCTL.DEVICE_RESET:
         this.#sync(dev);
         this.#reset(dev, RUNNING, null);
+        return 0;
+      // vfio-pci-core's interrupts (vfio_pci.ts); the mdev family's drivers have none here.
+      case IOCTL.DEVICE_GET_IRQ_INFO:
+        if (dev.family !== "pci") throw err("ioctl", "ENOTTY");
+        return getIrqInfo(dev.info, arg);
+      case IOCTL.DEVICE_SET_IRQS:
+        if (dev.family !== "pci") throw err("ioctl", "ENOTTY");
+        this.#sync(dev);
+        if (setIrqs(this.#host, dev.info, dev.meta, arg)) dev.persist();
+        this.#log({ key, irqType: dev.meta.irqType ?? null });
         return 0;
       case IOCTL.DEVICE_FEATURE:
         this.#sync(dev);

@@ -9,7 +9,7 @@
 //                more than it saw ends its sessions (their data_fds answer ENODEV)
 // All file I/O goes through the libc Sys, so --allow-ffi is the only permission.
 
-import { O, type Sys } from "../../ffi/sys.ts";
+import { O, SEEK, type Sys } from "../../ffi/sys.ts";
 import { isErrno } from "../../ffi/errno.ts";
 import { DeviceState } from "../vfio/state_machine.ts";
 import {
@@ -73,6 +73,13 @@ export interface SimDeviceMeta {
    * late-writeback's writes still in the device's cache (state.bin offset and bytes).
    */
   quirkState?: { migrated?: boolean; cached?: { at: number; bytes: number[] }[] };
+  /**
+   * pci family: the interrupt type armed by VFIO_DEVICE_SET_IRQS (vfio-pci's irq_type: 1
+   * MSI, 2 MSI-X); absent = none. The device's, whoever opened it (vfio_pci.ts).
+   */
+  irqType?: 1 | 2;
+  /** pci family: a REQ trigger eventfd is set (VFIO_DEVICE_SET_IRQS on the REQ index). */
+  reqTrigger?: boolean;
   /** pci family: the device's data is its power-on content (nothing to regenerate). */
   pristine?: boolean;
   /** mtty: the seed its power-on registers came from, when not `seed` (created without one). */
@@ -138,18 +145,36 @@ export class SimStore {
     return `${this.dir}/resets`;
   }
 
+  /** The resets file, kept open once found (O_RDONLY): its size is read through it. */
+  #resetsFd = -1;
+
   /**
    * How many resets the device had (VFIO_DEVICE_RESET, a PCI function's power-on at the
    * first open or last close, a reset the device did itself), by any process: an open
-   * that saw fewer knows its migration files were disabled meanwhile.
+   * that saw fewer knows its migration files were disabled meanwhile. Called on every
+   * data_fd read and write, so the file is opened once and its size read with one
+   * lseek(SEEK_END) of the kept descriptor (no path lookup, no stat buffer to decode:
+   * issue 27 measured the stat at 50-70 ms per GiB); every other process appends to the
+   * same inode (noteReset), so the size is the same the stat saw. release() closes it.
    */
   resetCount(): number | null {
     try {
-      return this.sys.stat(this.resetsPath).size;
+      if (this.#resetsFd < 0) this.#resetsFd = this.sys.open(this.resetsPath, O.RDONLY | O.CLOEXEC);
+      return this.sys.lseek(this.#resetsFd, 0, SEEK.END);
     } catch (e) {
       if (isErrno(e, "ENOENT")) return 0; // a device made before the count existed: none yet
       return null; // unknown now (the caller keeps what it saw)
     }
+  }
+
+  /** Closes what resetCount() kept open (the device's last use in this process); the store may be used again. */
+  release(): void {
+    if (this.#resetsFd < 0) return;
+    const fd = this.#resetsFd;
+    this.#resetsFd = -1;
+    try {
+      this.sys.close(fd);
+    } catch { /* released anyway (Linux) */ }
   }
 
   /** Counts one more reset; returns the new count. */
@@ -280,6 +305,7 @@ export class SimStore {
       if (!isErrno(e, "EEXIST")) throw e;
     }
     this.writeInitialState(meta);
+    this.release(); // a kept resets file is the old one
     for (const stale of [this.incomingPath, this.configPath, this.msixPath, this.resetsPath]) this.remove(stale);
     writeFileAtomic(this.sys, this.resetsPath, new Uint8Array(0)); // no reset yet (a stat finds it)
     this.writeMeta(meta);

@@ -439,20 +439,29 @@ async function interruptedLoad(t: string, bystander: string): Promise<void> {
       if (Date.now() > deadline) fail("load never opened the device");
       await new Promise((r) => setTimeout(r, 20));
     }
-    // Half the stream, the signal, then the rest slowly: the load notices between chunks.
+    // Half the stream, then the signal while the load waits for the rest, which never
+    // comes: it must end on the signal alone. (The rest sent after the signal made this
+    // a race under load: a load that had read everything before its listener ran
+    // completed, rightly, with exit 0.)
     const half = Math.floor(stream.length / 2);
     await w.write(stream.subarray(0, half));
     await new Promise((r) => setTimeout(r, 100));
     child.kill("SIGINT");
-    for (let off = half; off < stream.length; off += 64 * 1024) {
-      await w.write(stream.subarray(off, Math.min(stream.length, off + 64 * 1024)));
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    await w.close();
   } catch {
     await w.abort().catch(() => {}); // the load may stop reading once interrupted
   }
-  const r = await output;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const r = await Promise.race([
+    output,
+    new Promise<null>((res) => timer = setTimeout(() => res(null), 20_000)),
+  ]);
+  clearTimeout(timer);
+  if (r === null) {
+    child.kill("SIGKILL");
+    await output.catch(() => {});
+    fail("SIGINT during load: still running 20 s after the signal, waiting for its stream");
+  }
+  await w.abort().catch(() => {});
   const dec = new TextDecoder();
   const run: Run = {
     code: r.code,

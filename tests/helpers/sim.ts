@@ -63,7 +63,11 @@ export class Sim {
 
   read(fd: number, n: number): Uint8Array {
     const b = new Uint8Array(n);
-    return b.subarray(0, this.k.read(fd, b));
+    const got = this.k.read(fd, b);
+    // A short read keeps only its bytes: a subarray would hold the whole buffer, and a
+    // drain of a device that dirties pages while it is read (a page a read, 1 MiB
+    // buffers) grew to 15 GB under load and was killed by the OOM killer.
+    return got === n ? b : b.slice(0, got);
   }
 
   /** Reads in `size` pieces until read() returns 0 or ENOMSG. */
@@ -96,6 +100,22 @@ export class Sim {
 
   setConfig(at: number, bytes: number[]): void {
     this.k.pwrite(this.fd, new Uint8Array(bytes), CONFIG + at);
+  }
+
+  /**
+   * VFIO_DEVICE_SET_IRQS (struct vfio_irq_set: argsz, flags, index, start, count, then
+   * `fds` as s32): with `fds`, DATA_EVENTFD | ACTION_TRIGGER (-1: a vector armed without
+   * an eventfd, as tests/kernel/guest/holder.ts arms a real function); without, DATA_NONE
+   * | ACTION_TRIGGER with count 0 (disarm). `flags` overrides the flags.
+   */
+  setIrqs(index: number, fds?: number[], opts: { flags?: number; start?: number; count?: number } = {}): number {
+    const n = fds?.length ?? 0;
+    const b = new Uint8Array(20 + 4 * n);
+    const v = new DataView(b.buffer);
+    const flags = opts.flags ?? (fds ? (1 << 2) | (1 << 5) : (1 << 0) | (1 << 5));
+    [b.length, flags, index, opts.start ?? 0, opts.count ?? n].forEach((x, i) => v.setUint32(4 * i, x, true));
+    fds?.forEach((fd, i) => v.setInt32(20 + 4 * i, fd, true));
+    return this.k.ioctl(this.fd, IOCTL.DEVICE_SET_IRQS, b);
   }
 
   closeFd(fd: number): void {

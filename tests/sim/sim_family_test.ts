@@ -10,7 +10,7 @@ import { assertEquals } from "../helpers/assert.ts";
 import { O } from "../../ffi/sys.ts";
 import { DeviceState } from "../../src/vfio/state_machine.ts";
 import { SimKernel } from "../../src/sim/kernel.ts";
-import { CAP_MSIX_AT, initialMttyState } from "../../src/sim/models.ts";
+import { CAP_MSI_AT, CAP_MSIX_AT, initialMttyState } from "../../src/sim/models.ts";
 import { expectErrno, host, metaOf, Sim, stateFile, withStore } from "../helpers/sim.ts";
 
 const { STOP, RUNNING, RUNNING_P2P, STOP_COPY, RESUMING } = DeviceState;
@@ -100,7 +100,9 @@ Deno.test("family pci: the last close resets the device to power-on (RUNNING, se
     assertEquals([...Deno.readDirSync(dir)].some((e) => e.name === "config.bin"), false, "config back to power-on");
     const again = Sim.open(dir);
     try {
-      assertEquals([again.state(), again.config(0x04, 2)], [RUNNING, 0]);
+      // The command register as the next open finds it: I/O decode for mtty's I/O BAR
+      // (vfio_pci_core_enable -> pci_enable_device), not the 0x06 written before.
+      assertEquals([again.state(), again.config(0x04, 2)], [RUNNING, 0x0001]);
     } finally {
       again.close();
     }
@@ -165,7 +167,9 @@ Deno.test("VFIO_DEVICE_RESET: an mdev keeps its data; a PCI function (FLR) loses
         s.closeFd(fd);
         assertEquals(stateFile(dir), new Uint8Array(8192), "loaded");
         s.setConfig(0x04, [0x06, 0x00]);
-        s.setConfig(CAP_MSIX_AT + 3, [0x80]);
+        // An mdev's emulated MSI-X control takes the write; vfio-pci arms MSI-X by SET_IRQS only.
+        if (family === "pci") s.setIrqs(2, [-1]);
+        else s.setConfig(CAP_MSIX_AT + 3, [0x80]);
         const sc = s.set(STOP_COPY);
         s.reset();
         expectErrno(() => s.read(sc, 10), "ENODEV", `${family}: the session ended`);
@@ -175,6 +179,7 @@ Deno.test("VFIO_DEVICE_RESET: an mdev keeps its data; a PCI function (FLR) loses
           family === "pci" ? initial : new Uint8Array(8192),
           `${family}: data after VFIO_DEVICE_RESET`,
         );
+        // pci_try_reset_function saves and restores the function's config and MSI-X state.
         assertEquals([s.config(0x04, 2), s.config(CAP_MSIX_AT + 3, 1) & 0x80], [0x06, 0x80], `${family}: config kept`);
       } finally {
         s.close();
@@ -235,6 +240,44 @@ Deno.test("adopt: when the holder closes first, the borrower's close is the last
     assertEquals(new Sim(k, fd, dir).state(), RUNNING);
     k.close(fd);
     assertEquals(stateFile(dir), initial, "the last close reset it");
+  });
+});
+
+Deno.test("family pci: interrupts armed by a holder process are the device's; a borrower sees and changes them; the last close drops them", async () => {
+  // vfio-pci's irq_type belongs to the vfio_pci_core_device, not to an fd (vfio_pci_intrs.c
+  // vfio_pci_set_msi_trigger); vfio_pci_core_disable disarms at the last close.
+  await withStore({ model: "bulk", size: 8192, family: "pci" }, async (dir) => {
+    const MSI_CTL = CAP_MSI_AT + 2, MSIX_CTL = CAP_MSIX_AT + 2;
+    const h = await Holder.start(dir);
+    let fd = -1;
+    try {
+      assertEquals(await h.ask(`cfg ${MSI_CTL} 129`), String(0x80), "MSI enable written, not armed: cleared");
+      assertEquals(await h.ask("irq 2 1"), "ok", "the holder arms MSI-X");
+      assertEquals(await h.ask(`cfg ${MSIX_CTL}`), String(0x8003));
+      fd = borrow(h);
+      const k = new SimKernel(host);
+      k.adopt(fd);
+      const s = new Sim(k, fd, dir);
+      assertEquals(s.config(MSIX_CTL, 2), 0x8003, "the borrower sees MSI-X armed by the holder");
+      assertEquals(s.setIrqs(2), 0, "and disarms it");
+      s.setIrqs(1, [-1]);
+      assertEquals(await h.ask(`cfg ${MSIX_CTL}`), String(0x0003), "the holder sees it disarmed");
+      assertEquals(await h.ask(`cfg ${MSI_CTL} 129`), String(0x81), "MSI armed by the borrower, enabled by the holder");
+      assertEquals(await h.ask("close"), "closed");
+      assertEquals(s.config(MSI_CTL, 2), 0x81, "the holder's close was not the last");
+      k.close(fd);
+      fd = -1;
+    } finally {
+      await h.end();
+      if (fd >= 0) host.close(fd);
+    }
+    assertEquals(metaOf(dir).irqType, undefined, "the borrower's close was the last: disarmed");
+    const again = Sim.open(dir);
+    try {
+      assertEquals([again.config(MSI_CTL, 2), again.config(MSIX_CTL, 2)], [0x80, 0x03], "power-on config");
+    } finally {
+      again.close();
+    }
   });
 });
 
