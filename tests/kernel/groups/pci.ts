@@ -20,6 +20,8 @@ import { Holder } from "../lib/holder.ts";
 import {
   bind,
   cdevOf,
+  checkBusyNamesHolder,
+  checkTwoTogether,
   DRIVER,
   driverOf,
   exists,
@@ -193,16 +195,7 @@ if (fns.length < 2 || !haveDriver || CDEV_MODE) {
   const H1 = await new Holder(A).ready();
   const H2 = await new Holder(B).ready();
   try {
-    await pciCheck("a held function: a fresh open's EBUSY names the holder", async () => {
-      const r = await cli(["info", "--device", A]);
-      eq(r.code, 3, "exit code");
-      assert(
-        r.stderr.includes(
-          `is held by deno (pid ${H1.pid}); to save its state while it is paused: --device pid:${H1.pid}`,
-        ),
-        `message: ${r.stderr.trim()}`,
-      );
-    });
+    await checkBusyNamesHolder("function", A, H1);
 
     const held = `${tmp}/pci-held.bin`;
     await pciCheck(
@@ -283,26 +276,7 @@ if (fns.length < 2 || !haveDriver || CDEV_MODE) {
       },
     );
 
-    await pciCheck("two functions saved together (P2P) and loaded together, each gets its own", async () => {
-      const H3 = await new Holder(B).ready();
-      try {
-        for (const c of writeCmds(40)) await H1.ask(c);
-        for (const c of writeCmds(50)) await H3.ask(c);
-        const both = `${tmp}/pci-both.bin`;
-        const s = JSON.parse(
-          (await ok(["save", "--json", "--resume", "--device", `pid:${H1.pid}`, "--device", `pid:${H3.pid}`, both]))
-            .stdout,
-        );
-        assert(JSON.stringify(s).includes("RUNNING_P2P"), `P2P visited: ${JSON.stringify(s.statesVisited ?? s)}`);
-        for (const c of writeCmds(60)) await H1.ask(c);
-        for (const c of writeCmds(70)) await H3.ask(c);
-        await ok(["load", "--device", `pid:${H1.pid}`, "--device", `pid:${H3.pid}`, both]);
-        eq(await H1.all(readCmds()), want(40), "A");
-        eq(await H3.all(readCmds()), want(50), "B");
-      } finally {
-        await H3.quit();
-      }
-    });
+    await checkTwoTogether("functions", { writeCmds, readCmds, want }, H1, B, `${tmp}/pci-both.bin`);
   } finally {
     await H1.quit();
     await H2.quit().catch(() => {});

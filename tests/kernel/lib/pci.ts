@@ -3,8 +3,8 @@
 // groups/vf.ts: igb SR-IOV VFs): finding and binding functions, holder.ts scripts, the
 // `load --exec` reader, hex helpers, the VFIO_MIG_PCI_ONLY filter.
 
-import { assert, check, cli } from "./guest.ts";
-import { HOLDER } from "./holder.ts";
+import { assert, check, cli, eq, ok } from "./guest.ts";
+import { HOLDER, Holder } from "./holder.ts";
 
 /** The test variant driver (tests/kernel/ivshmem_mig/ivshmem_vfio_pci.c) and its module parameters. */
 export const DRIVER = "ivshmem_vfio_pci";
@@ -117,4 +117,59 @@ export function cdevOf(bdf: string): string {
   const nodes = [...Deno.readDirSync(`/sys/bus/pci/devices/${bdf}/vfio-dev`)].map((e) => e.name);
   assert(nodes.length === 1, `vfio-dev nodes of ${bdf}: ${nodes}`);
   return `/dev/vfio/devices/${nodes[0]}`;
+}
+
+/**
+ * A group's device state as its holders see it: the commands that write the state for a
+ * seed, the reads that show it, and what those reads answer after writeCmds(seed)
+ * (pci: ivshmem's BAR2 pattern; vf: the igb VF's queue registers).
+ */
+export interface StateProfile {
+  writeCmds(seed: number): string[];
+  readCmds(): string[];
+  want(seed: number): string[];
+}
+
+/** A held function: a fresh open of `spec` fails EBUSY (exit 3) naming holder `h` and the borrow. */
+export function checkBusyNamesHolder(what: string, spec: string, h: Holder): Promise<void> | void {
+  return pciCheck(`a held ${what}: a fresh open's EBUSY names the holder`, async () => {
+    const r = await cli(["info", "--device", spec]);
+    eq(r.code, 3, "exit code");
+    assert(
+      r.stderr.includes(`is held by deno (pid ${h.pid}); to save its state while it is paused: --device pid:${h.pid}`),
+      `message: ${r.stderr.trim()}`,
+    );
+  });
+}
+
+/**
+ * Two functions saved in one stream (the v2 FSM's RUNNING_P2P visited) from holder `h1`
+ * and a new holder of `spec2`, changed, loaded back together: each gets its own state.
+ */
+export function checkTwoTogether(
+  what: string,
+  p: StateProfile,
+  h1: Holder,
+  spec2: string,
+  file: string,
+): Promise<void> | void {
+  return pciCheck(`two ${what} saved together (P2P) and loaded together, each gets its own`, async () => {
+    const h3 = await new Holder(spec2).ready();
+    try {
+      for (const c of p.writeCmds(40)) await h1.ask(c);
+      for (const c of p.writeCmds(50)) await h3.ask(c);
+      const s = JSON.parse(
+        (await ok(["save", "--json", "--resume", "--device", `pid:${h1.pid}`, "--device", `pid:${h3.pid}`, file]))
+          .stdout,
+      );
+      assert(JSON.stringify(s).includes("RUNNING_P2P"), `P2P visited: ${JSON.stringify(s.statesVisited ?? s)}`);
+      for (const c of p.writeCmds(60)) await h1.ask(c);
+      for (const c of p.writeCmds(70)) await h3.ask(c);
+      await ok(["load", "--device", `pid:${h1.pid}`, "--device", `pid:${h3.pid}`, file]);
+      eq(await h1.all(p.readCmds()), p.want(40), "A");
+      eq(await h3.all(p.readCmds()), p.want(50), "B");
+    } finally {
+      await h3.quit();
+    }
+  });
 }
