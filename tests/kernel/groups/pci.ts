@@ -15,26 +15,25 @@ import { DeviceState, stateName } from "../../../src/vfio/state_machine.ts";
 import { SimKernel } from "../../../src/sim/kernel.ts";
 import { SimStore } from "../../../src/sim/store.ts";
 import { summarizeConfig } from "../../../src/pci/config.ts";
-import { assert, CDEV_MODE, check, cli, eq, extraReport, ok, sh, tmp } from "../lib/guest.ts";
+import { assert, CDEV_MODE, check, cli, eq, extraReport, ok, tmp } from "../lib/guest.ts";
 import { Holder } from "../lib/holder.ts";
 import {
   bind,
   cdevOf,
   checkBusyNamesHolder,
+  checkFreshLoad,
+  checkFreshSave,
   checkTwoTogether,
   DRIVER,
   driverOf,
   exists,
   hex,
-  hexAnswers,
   hexLe16,
   hexOf,
-  holderScript,
   le16,
   loadExecRead,
   pciCheck,
   pciFunctions,
-  setParam,
   unhex,
 } from "../lib/pci.ts";
 import { qemuAvailable, QemuVm } from "../lib/qemu_vm.ts";
@@ -61,6 +60,8 @@ function readCmds(): string[] {
   return SPOTS.map((at) => `region-read ${BAR2} ${at} 16`);
 }
 const want = (seed: number) => SPOTS.map((_, i) => pattern(seed + i));
+/** The memory area as the holders see it (lib/pci.ts's shared checks). */
+const STATE = { writeCmds, readCmds, want, zero: SPOTS.map(() => ZERO), noun: "pattern", prefix: "pci" };
 
 /** A holder on SPEC writes pattern SEED, and vfio-mig saves it from the holder into FILE. */
 async function holderSave(spec: string, seed: number, file: string): Promise<void> {
@@ -139,57 +140,20 @@ if (fns.length < 2 || !haveDriver || CDEV_MODE) {
     },
   );
 
-  const f1 = `${tmp}/pci-fresh.bin`;
-  await pciCheck(
+  // The holder's pattern 20 (pci-20.bin) is used again by the QEMU check.
+  await checkFreshSave(
     "fresh save: the first open's reset cleared the function (warning); with keep_on_reset the control keeps it",
-    async () => {
-      // A holder writes a pattern and exits; with the planted defect keep_on_reset the
-      // driver clears nothing, and QEMU's ivshmem memory survives the resets: the control.
-      setParam("keep_on_reset", true);
-      try {
-        const r = await sh(holderScript(A, writeCmds(10)));
-        eq(r.code, 0, `holder: ${r.stderr}`);
-        const s = await cli(["save", "--json", "--device", A, `${tmp}/pci-kept.bin`]);
-        eq(s.code, 0, `save (control): ${s.stderr.trim()}`);
-        const kept = await loadExecRead(B, `${tmp}/pci-kept.bin`, readCmds());
-        eq(kept.answers, want(10), "with keep_on_reset the fresh save got the old pattern (the control)");
-      } finally {
-        setParam("keep_on_reset", false);
-      }
-      const s = await cli(["save", "--json", "--device", A, f1]);
-      eq(s.code, 0, `save: ${s.stderr.trim()}`);
-      const j = JSON.parse(s.stdout);
-      assert(
-        j.warnings.some((w: string) => w.includes("saved post-reset state")) &&
-          s.stderr.includes("saved post-reset state"),
-        `warning: ${s.stderr.trim()}`,
-      );
-      const got = await loadExecRead(B, f1, readCmds());
-      eq(got.answers, [ZERO, ZERO, ZERO], "the fresh save's memory area (reset_done cleared it)");
-    },
+    STATE,
+    A,
+    B,
+    "reset_done cleared it",
   );
-
-  await pciCheck(
+  await checkFreshLoad(
     "fresh load: undone at exit, and says so; load --exec CMD keeps it (CMD reads it through the BAR)",
-    async () => {
-      const H = await new Holder(A).ready();
-      let file = "";
-      try {
-        for (const c of writeCmds(20)) await H.ask(c);
-        file = `${tmp}/pci-20.bin`; // used again by the QEMU check
-        await ok(["save", "--device", `pid:${H.pid}`, file]);
-      } finally {
-        await H.quit();
-      }
-      const l = await cli(["load", "--json", "--device", B, file]);
-      eq(l.code, 0, `load: ${l.stderr.trim()}`);
-      assert(l.stderr.includes("the loaded state is lost when vfio-mig exits"), `warning: ${l.stderr.trim()}`);
-      const after = await sh(holderScript(B, readCmds()));
-      eq(hexAnswers(after.stdout).filter((x) => x), [ZERO, ZERO, ZERO], "B after the fresh load's exit");
-      const kept = await loadExecRead(B, file, readCmds());
-      eq(kept.answers, want(20), "what CMD read through BAR2 after load --exec");
-      assert(!kept.stderr.includes("the loaded state is lost"), `no loss warning with --exec: ${kept.stderr.trim()}`);
-    },
+    STATE,
+    A,
+    B,
+    "BAR2",
   );
 
   const H1 = await new Holder(A).ready();
@@ -276,7 +240,7 @@ if (fns.length < 2 || !haveDriver || CDEV_MODE) {
       },
     );
 
-    await checkTwoTogether("functions", { writeCmds, readCmds, want }, H1, B, `${tmp}/pci-both.bin`);
+    await checkTwoTogether("functions", STATE, H1, B, `${tmp}/pci-both.bin`);
   } finally {
     await H1.quit();
     await H2.quit().catch(() => {});

@@ -11,11 +11,13 @@
 // RDLEN, TDBAL, TDBAH, TDLEN, written and read through BAR0 (ivshmem_mig/README.md).
 // Without an igb PF (every other guest) the group skips itself.
 
-import { assert, CDEV_MODE, cli, eq, extraReport, ok, sh, tmp } from "../lib/guest.ts";
+import { assert, CDEV_MODE, cli, eq, extraReport, ok, tmp } from "../lib/guest.ts";
 import { Holder } from "../lib/holder.ts";
 import {
   bind,
   checkBusyNamesHolder,
+  checkFreshLoad,
+  checkFreshSave,
   checkTwoTogether,
   DRIVER,
   driverOf,
@@ -28,7 +30,6 @@ import {
   loadExecRead,
   pciCheck,
   pciFunctions,
-  setParam,
 } from "../lib/pci.ts";
 
 const BAR0 = 0, CONFIG = 7;
@@ -55,6 +56,8 @@ const writeCmds = (seed: number) => {
 const readCmds = () => [`region-read ${BAR0} ${RX} 12`, `region-read ${BAR0} ${TX} 12`];
 const want = (seed: number) => values(seed);
 const ZERO = ["00".repeat(12), "00".repeat(12)];
+/** The queue registers as the holders see them (lib/pci.ts's shared checks). */
+const STATE = { writeCmds, readCmds, want, zero: ZERO, noun: "registers", prefix: "vf" };
 
 const sysfs = (bdf: string, f: string) => Deno.readTextFileSync(`/sys/bus/pci/devices/${bdf}/${f}`).trim();
 const link = (bdf: string, f: string) => Deno.readLinkSync(`/sys/bus/pci/devices/${bdf}/${f}`).split("/").pop()!;
@@ -103,58 +106,22 @@ if (!PF || CDEV_MODE) {
   }
   const [A, B] = vfs;
 
-  await pciCheck(
+  // QEMU's igb_core_vf_reset disables the VF's queues and keeps their registers; a real
+  // VF loses them at FLR, so the driver clears them (keep_on_reset: it does not).
+  await checkFreshSave(
     "VF fresh save: the first open's FLR state (registers cleared, warning); with keep_on_reset QEMU's FLR keeps them (the control)",
-    async () => {
-      // QEMU's igb_core_vf_reset disables the VF's queues and keeps their registers; a
-      // real VF loses them at FLR, so the driver clears them (keep_on_reset: it does not).
-      setParam("keep_on_reset", true);
-      try {
-        const r = await sh(holderScript(A, writeCmds(10)));
-        eq(r.code, 0, `holder: ${r.stderr}`);
-        const s = await cli(["save", "--json", "--device", A, `${tmp}/vf-kept.bin`]);
-        eq(s.code, 0, `save (control): ${s.stderr.trim()}`);
-        const kept = await loadExecRead(B, `${tmp}/vf-kept.bin`, readCmds());
-        eq(kept.answers, want(10), "with keep_on_reset the fresh save got the old registers (the control)");
-      } finally {
-        setParam("keep_on_reset", false);
-      }
-      const r = await sh(holderScript(A, writeCmds(11)));
-      eq(r.code, 0, `holder: ${r.stderr}`);
-      const f = `${tmp}/vf-fresh.bin`;
-      const s = await cli(["save", "--json", "--device", A, f]);
-      eq(s.code, 0, `save: ${s.stderr.trim()}`);
-      const j = JSON.parse(s.stdout);
-      assert(
-        j.warnings.some((w: string) => w.includes("saved post-reset state")) &&
-          s.stderr.includes("saved post-reset state"),
-        `warning: ${s.stderr.trim()}`,
-      );
-      const got = await loadExecRead(B, f, readCmds());
-      eq(got.answers, ZERO, "the fresh save's registers (cleared at the FLR)");
-    },
+    STATE,
+    A,
+    B,
+    "cleared at the FLR",
+    11,
   );
-
-  await pciCheck(
+  await checkFreshLoad(
     "VF fresh load: undone at exit, and says so; load --exec CMD keeps it (CMD reads the registers through BAR0)",
-    async () => {
-      const H = await new Holder(A).ready();
-      const file = `${tmp}/vf-20.bin`;
-      try {
-        for (const c of writeCmds(20)) await H.ask(c);
-        await ok(["save", "--device", `pid:${H.pid}`, file]);
-      } finally {
-        await H.quit();
-      }
-      const l = await cli(["load", "--json", "--device", B, file]);
-      eq(l.code, 0, `load: ${l.stderr.trim()}`);
-      assert(l.stderr.includes("the loaded state is lost when vfio-mig exits"), `warning: ${l.stderr.trim()}`);
-      const after = await sh(holderScript(B, readCmds()));
-      eq(hexAnswers(after.stdout).filter((x) => x), ZERO, "B after the fresh load's exit");
-      const kept = await loadExecRead(B, file, readCmds());
-      eq(kept.answers, want(20), "what CMD read through BAR0 after load --exec");
-      assert(!kept.stderr.includes("the loaded state is lost"), `no loss warning with --exec: ${kept.stderr.trim()}`);
-    },
+    STATE,
+    A,
+    B,
+    "BAR0",
   );
 
   const H1 = await new Holder(A).ready();
@@ -282,7 +249,7 @@ if (!PF || CDEV_MODE) {
       },
     );
 
-    await checkTwoTogether("VFs", { writeCmds, readCmds, want }, H1, B, `${tmp}/vf-both.bin`);
+    await checkTwoTogether("VFs", STATE, H1, B, `${tmp}/vf-both.bin`);
   } finally {
     await H1.quit();
     await H2.quit().catch(() => {});

@@ -3,7 +3,7 @@
 // groups/vf.ts: igb SR-IOV VFs): finding and binding functions, holder.ts scripts, the
 // `load --exec` reader, hex helpers, the VFIO_MIG_PCI_ONLY filter.
 
-import { assert, check, cli, eq, ok } from "./guest.ts";
+import { assert, check, cli, eq, ok, sh, tmp } from "./guest.ts";
 import { HOLDER, Holder } from "./holder.ts";
 
 /** The test variant driver (tests/kernel/ivshmem_mig/ivshmem_vfio_pci.c) and its module parameters. */
@@ -128,6 +128,90 @@ export interface StateProfile {
   writeCmds(seed: number): string[];
   readCmds(): string[];
   want(seed: number): string[];
+  /** What readCmds() answers on a reset function (the driver cleared its state). */
+  zero: string[];
+  /** The state's name in messages ("pattern", "registers"), and the file names' prefix ("pci", "vf"). */
+  noun: string;
+  prefix: string;
+}
+
+/**
+ * A fresh `save` of `a` gets the state the first open's reset left (vfio-pci-core's
+ * pci_try_reset_function, the driver's reset_done) and says so, read back through `b`
+ * by `load --exec`. The control first: with the driver's keep_on_reset a holder's
+ * seed-10 state survives into the fresh save. `rewrite`: a seed a holder writes (and
+ * exits) right before the fresh save, as the control's did. Returns the fresh save's file.
+ */
+export async function checkFreshSave(
+  name: string,
+  p: StateProfile,
+  a: string,
+  b: string,
+  cleared: string,
+  rewrite?: number,
+): Promise<string> {
+  const file = `${tmp}/${p.prefix}-fresh.bin`;
+  await pciCheck(name, async () => {
+    setParam("keep_on_reset", true);
+    try {
+      const r = await sh(holderScript(a, p.writeCmds(10)));
+      eq(r.code, 0, `holder: ${r.stderr}`);
+      const s = await cli(["save", "--json", "--device", a, `${tmp}/${p.prefix}-kept.bin`]);
+      eq(s.code, 0, `save (control): ${s.stderr.trim()}`);
+      const kept = await loadExecRead(b, `${tmp}/${p.prefix}-kept.bin`, p.readCmds());
+      eq(kept.answers, p.want(10), `with keep_on_reset the fresh save got the old ${p.noun} (the control)`);
+    } finally {
+      setParam("keep_on_reset", false);
+    }
+    if (rewrite !== undefined) {
+      const r = await sh(holderScript(a, p.writeCmds(rewrite)));
+      eq(r.code, 0, `holder: ${r.stderr}`);
+    }
+    const s = await cli(["save", "--json", "--device", a, file]);
+    eq(s.code, 0, `save: ${s.stderr.trim()}`);
+    const j = JSON.parse(s.stdout);
+    assert(
+      j.warnings.some((w: string) => w.includes("saved post-reset state")) &&
+        s.stderr.includes("saved post-reset state"),
+      `warning: ${s.stderr.trim()}`,
+    );
+    const got = await loadExecRead(b, file, p.readCmds());
+    eq(got.answers, p.zero, `the fresh save's ${p.noun} (${cleared})`);
+  });
+  return file;
+}
+
+/**
+ * A fresh `load` into `b` of a holder's seed-20 state of `a` is undone when vfio-mig
+ * exits (the last close resets a vfio-pci function) and says so; `load --exec CMD` keeps
+ * it for CMD, which reads it through `bar`. Returns the saved file (`PREFIX-20.bin`).
+ */
+export async function checkFreshLoad(
+  name: string,
+  p: StateProfile,
+  a: string,
+  b: string,
+  bar: string,
+): Promise<string> {
+  const file = `${tmp}/${p.prefix}-20.bin`;
+  await pciCheck(name, async () => {
+    const h = await new Holder(a).ready();
+    try {
+      for (const c of p.writeCmds(20)) await h.ask(c);
+      await ok(["save", "--device", `pid:${h.pid}`, file]);
+    } finally {
+      await h.quit();
+    }
+    const l = await cli(["load", "--json", "--device", b, file]);
+    eq(l.code, 0, `load: ${l.stderr.trim()}`);
+    assert(l.stderr.includes("the loaded state is lost when vfio-mig exits"), `warning: ${l.stderr.trim()}`);
+    const after = await sh(holderScript(b, p.readCmds()));
+    eq(hexAnswers(after.stdout).filter((x) => x), p.zero, "B after the fresh load's exit");
+    const kept = await loadExecRead(b, file, p.readCmds());
+    eq(kept.answers, p.want(20), `what CMD read through ${bar} after load --exec`);
+    assert(!kept.stderr.includes("the loaded state is lost"), `no loss warning with --exec: ${kept.stderr.trim()}`);
+  });
+  return file;
 }
 
 /** A held function: a fresh open of `spec` fails EBUSY (exit 3) naming holder `h` and the borrow. */
